@@ -1,0 +1,1 @@
+//! Formats shared by every part: chunk ids, manifests, signatures, user records, wire API types.

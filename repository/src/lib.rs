@@ -1,0 +1,1 @@
+//! The appliance repository server and the administrator's CLI (collective-repo).
