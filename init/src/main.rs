@@ -115,6 +115,7 @@ fn bring_up() -> Vec<String> {
         firmware: firmware_identity(),
         repo: settings.repo.clone(),
         cache: cache_status(settings.cache.as_deref()),
+        problems: problems.clone(),
         ..TerminalStatus::default()
     }));
     let auth: Arc<dyn login::Authenticator> = Arc::new(login::NoRepositoryClient { repo: settings.repo.clone() });
@@ -137,11 +138,20 @@ fn bring_up() -> Vec<String> {
             wanted.push(module);
         }
     }
-    let (loaded, failed) = loader.load_parallel(&wanted, 8);
-    info!("drivers loaded: {}", loaded.join(" "));
-    for e in failed {
-        // Drivers for absent hardware fail to probe; that is normal and only logged.
-        info!("{e}");
+    // Bus drivers (virtio_pci, for one) add devices that want drivers of their own, so
+    // repeat until a pass finds nothing new. Devices that enumerate slowly (USB) arrive
+    // later as uevents.
+    for round in 1..=4 {
+        let (loaded, failed) = loader.load_parallel(&wanted, 8);
+        info!("drivers loaded (pass {round}): {}", loaded.join(" "));
+        for e in failed {
+            // Drivers for absent hardware fail to probe; that is normal and only logged.
+            info!("{e}");
+        }
+        wanted = hotplug::coldplug_modules(&loader).into_iter().filter(|m| !loader.is_loaded(m)).collect();
+        if wanted.is_empty() {
+            break;
+        }
     }
     for module in &settings.extra_modules {
         if !loader.is_loaded(module) && !loader.index().knows(module) {
@@ -162,8 +172,9 @@ fn bring_up() -> Vec<String> {
     if let Some(fd) = uevents {
         let loader = loader.clone();
         let board = board.clone();
+        let consoles = settings.consoles.clone();
         let spawned = std::thread::Builder::new().name("hotplug".into()).spawn(move || {
-            hotplug::listen(fd, loader, move |event| on_uevent(event, &board));
+            hotplug::listen(fd, loader, move |event| on_uevent(event, &board, &consoles));
         });
         if let Err(e) = spawned {
             warn!("no hotplug: {e}");
@@ -191,7 +202,7 @@ fn bring_up() -> Vec<String> {
 }
 
 /// Reacts to devices appearing after boot.
-fn on_uevent(event: &hotplug::Uevent, board: &StatusBoard) {
+fn on_uevent(event: &hotplug::Uevent, board: &StatusBoard, consoles: &[String]) {
     if event.action != "add" {
         return;
     }
@@ -203,10 +214,15 @@ fn on_uevent(event: &hotplug::Uevent, board: &StatusBoard) {
                 }
             }
         }
-        Some("net") => {
+        Some("net") if board.snapshot().complete => {
             let nics = net::bring_up();
-            info!("network cards now: {}", nics.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(" "));
-            board.update(|s| s.nics = nics);
+            let before = board.snapshot().nics;
+            if nics.iter().any(|n| !before.iter().any(|b| b.name == n.name)) {
+                info!("network cards now: {}", nics.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(" "));
+                board.update(|s| s.nics = nics);
+                let status = board.snapshot();
+                console::announce(consoles, &status.hardware_lines());
+            }
         }
         _ => {}
     }

@@ -9,27 +9,33 @@ const BOOT: Duration = Duration::from_secs(240);
 const SHORT: Duration = Duration::from_secs(60);
 
 /// Waits for the login screen and for bring-up to finish (the banner's or the later
-/// announcement's "ready in" line).
+/// announcement's "ready in" line), and for the prompt that follows it.
 fn boot_to_ready(config: &MachineConfig) -> Machine {
     let mut m = Machine::boot(firmware(), config).expect("start QEMU");
     m.expect("Collective terminal", BOOT).unwrap();
     m.expect("login:", BOOT).unwrap();
-    m.expect("ready in", BOOT).unwrap();
+    wait_ready(&mut m);
     m
+}
+
+fn wait_ready(m: &mut Machine) {
+    m.expect("ready in", BOOT).unwrap();
+    m.expect("login:", SHORT).unwrap();
 }
 
 #[test]
 fn boots_to_login_with_identity_and_status() {
     let mut m = Machine::boot(firmware(), &MachineConfig { nic: Nic::E1000e, ..Default::default() }).unwrap();
-    m.expect("Collective terminal terminal-525400123456", BOOT).unwrap();
+    m.expect("Collective terminal", BOOT).unwrap();
     let banner = m.expect("login:", BOOT).unwrap();
     assert!(banner.contains("firmware: Linux 6."), "banner names the kernel: {banner}");
     assert!(banner.contains("repository  none configured"), "{banner}");
     assert!(banner.contains("cache       none configured"), "{banner}");
-    m.expect("ready in", BOOT).unwrap();
+    wait_ready(&mut m);
     // The e1000e driver came from the initramfs and found the card: its MAC is shown.
     m.send_line("status").unwrap();
     let status = m.expect("login:", SHORT).unwrap();
+    assert!(status.contains("Collective terminal terminal-525400123456"), "identity missing from status: {status}");
     assert!(status.contains("eth0 52:54:00:12:34:56"), "NIC missing from status: {status}");
 }
 
@@ -59,7 +65,7 @@ fn ctrl_alt_del_reboots_cleanly() {
     // The machine comes back up: a second login screen.
     m.expect("Collective terminal", BOOT).unwrap();
     m.expect("login:", BOOT).unwrap();
-    m.expect("ready in", BOOT).unwrap();
+    wait_ready(&mut m);
     m.send_line("poweroff").unwrap();
     assert!(m.wait_exit(SHORT).unwrap().success());
 }
@@ -99,6 +105,9 @@ fn settings_typos_are_shown_on_the_login_screen() {
 fn network_boot_over_tftp_with_ipxe_reaches_login() {
     let mut m = Machine::boot(firmware(), &MachineConfig { pxe: true, nic: Nic::VirtioNet, ..Default::default() }).unwrap();
     m.expect("Collective terminal: loading firmware", BOOT).unwrap();
-    m.expect("Collective terminal terminal-", BOOT).unwrap();
     m.expect("login:", BOOT).unwrap();
+    wait_ready(&mut m);
+    m.send_line("status").unwrap();
+    let status = m.expect("login:", SHORT).unwrap();
+    assert!(status.contains("eth0 52:54:00:12:34:56"), "{status}");
 }
