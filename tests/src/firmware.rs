@@ -23,7 +23,8 @@ pub struct Firmware {
 }
 
 impl Firmware {
-    fn in_dir(dir: &Path) -> Result<Firmware> {
+    /// The firmware `collective-image build --out DIR` wrote.
+    pub fn from_dir(dir: &Path) -> Result<Firmware> {
         let cmdline = fs::read_to_string(dir.join("cmdline")).with_context(|| format!("no firmware in {}", dir.display()))?;
         Ok(Firmware { dir: dir.to_path_buf(), vmlinuz: dir.join("vmlinuz"), initrd: dir.join("initrd.img"), cmdline: cmdline.trim().to_string() })
     }
@@ -45,7 +46,7 @@ pub fn firmware() -> &'static Firmware {
 
 fn build_or_reuse() -> Result<Firmware> {
     if let Some(dir) = std::env::var_os("COLLECTIVE_FIRMWARE_DIR") {
-        return Firmware::in_dir(Path::new(&dir));
+        return Firmware::from_dir(Path::new(&dir));
     }
     let ws = workspace();
     let root = ws.join("target/system-tests");
@@ -60,14 +61,14 @@ fn build_or_reuse() -> Result<Firmware> {
     let stamp = input_stamp(&programs)?;
     let stamp_file = out.join("STAMP");
     if fs::read_to_string(&stamp_file).ok().as_deref() == Some(stamp.as_str()) {
-        return Firmware::in_dir(&out);
+        return Firmware::from_dir(&out);
     }
     let mut opts = BuildOptions::for_workspace(out.clone())?;
     opts.programs = ProgramSource::Prebuilt(programs);
     let report = image_builder::build(&opts)?;
     eprintln!("{}", report.summary());
     fs::write(&stamp_file, &stamp)?;
-    Firmware::in_dir(&out)
+    Firmware::from_dir(&out)
 }
 
 fn input_stamp(programs: &[PathBuf]) -> Result<String> {
