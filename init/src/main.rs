@@ -12,8 +12,11 @@ mod kmod;
 mod kvm;
 mod logger;
 mod login;
+mod dhcp;
 mod mounts;
 mod net;
+mod network;
+mod rawsock;
 mod power;
 mod settings;
 mod status;
@@ -172,9 +175,9 @@ fn bring_up() -> Vec<String> {
     if let Some(fd) = uevents {
         let loader = loader.clone();
         let board = board.clone();
-        let consoles = settings.consoles.clone();
+        let settings = settings.clone();
         let spawned = std::thread::Builder::new().name("hotplug".into()).spawn(move || {
-            hotplug::listen(fd, loader, move |event| on_uevent(event, &board, &consoles));
+            hotplug::listen(fd, loader, move |event| on_uevent(event, &board, &settings));
         });
         if let Err(e) = spawned {
             warn!("no hotplug: {e}");
@@ -190,6 +193,9 @@ fn bring_up() -> Vec<String> {
         s.boot_seconds = boot_seconds;
         s.complete = true;
     });
+    for nic in board.snapshot().nics {
+        start_dhcp(&nic, &board, &settings);
+    }
     let consoles_drew_early = started.elapsed() > console::PROMPT_DEADLINE;
     board.mark_ready();
     if consoles_drew_early {
@@ -202,7 +208,7 @@ fn bring_up() -> Vec<String> {
 }
 
 /// Reacts to devices appearing after boot.
-fn on_uevent(event: &hotplug::Uevent, board: &StatusBoard, consoles: &[String]) {
+fn on_uevent(event: &hotplug::Uevent, board: &Arc<StatusBoard>, settings: &Settings) {
     if event.action != "add" {
         return;
     }
@@ -219,12 +225,60 @@ fn on_uevent(event: &hotplug::Uevent, board: &StatusBoard, consoles: &[String]) 
             let before = board.snapshot().nics;
             if nics.iter().any(|n| !before.iter().any(|b| b.name == n.name)) {
                 info!("network cards now: {}", nics.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(" "));
-                board.update(|s| s.nics = nics);
+                board.update(|s| s.nics = nics.clone());
                 let status = board.snapshot();
-                console::announce(consoles, &status.hardware_lines());
+                console::announce(&settings.consoles, &status.hardware_lines());
+                for nic in &nics {
+                    start_dhcp(nic, board, settings);
+                }
             }
         }
         _ => {}
+    }
+}
+
+/// Starts the DHCP client of a NIC, once per NIC.
+fn start_dhcp(nic: &net::Nic, board: &Arc<StatusBoard>, settings: &Settings) {
+    static STARTED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    match STARTED.lock() {
+        Ok(started) if started.contains(&nic.name) => return,
+        Ok(mut started) => started.push(nic.name.clone()),
+        Err(_) => return,
+    }
+    let Some(mac) = network::parse_mac(&nic.mac) else {
+        warn!("{}: no usable MAC address ({:?}); no DHCP", nic.name, nic.mac);
+        return;
+    };
+    let (name, board, settings) = (nic.name.clone(), board.clone(), settings.clone());
+    let hostname = board.snapshot().name;
+    let spawned = std::thread::Builder::new().name(format!("dhcp-{name}")).spawn(move || {
+        let nic_name = name.clone();
+        network::run_dhcp(name, mac, hostname, move |state| {
+            let (text, announce) = match &state {
+                network::NetState::WaitingForLink => ("waiting for a link (is the cable in?)".to_string(), false),
+                network::NetState::AskingDhcp => ("asking DHCP".to_string(), false),
+                network::NetState::NoOffer => ("no DHCP offer yet (is a DHCP server on this network?); retrying".to_string(), true),
+                network::NetState::Configured(lease) => {
+                    let via = lease.router.map(|r| format!(" via {r}")).unwrap_or_default();
+                    (format!("{}/{}{via}", lease.address, lease.prefix_len), true)
+                }
+            };
+            board.update(|s| {
+                s.addresses.insert(nic_name.clone(), text);
+                s.nics = net::list_nics(Path::new("/sys/class/net"));
+                if let network::NetState::Configured(lease) = &state {
+                    if settings.repo.is_none() && lease.repo_url.is_some() {
+                        s.repo = lease.repo_url.clone();
+                    }
+                }
+            });
+            if announce {
+                console::announce(&settings.consoles, &board.snapshot().hardware_lines());
+            }
+        });
+    });
+    if let Err(e) = spawned {
+        warn!("cannot start DHCP on {}: {e}", nic.name);
     }
 }
 

@@ -83,6 +83,7 @@ pub fn shutdown(action: PowerAction, consoles: &[String]) -> ! {
     }
     let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
     reap_children();
+    crate::network::release_all();
     nix::unistd::sync();
     let mode = match action {
         PowerAction::PowerOff => RebootMode::RB_POWER_OFF,

@@ -22,6 +22,8 @@ pub struct TerminalStatus {
     pub boot_seconds: Option<f64>,
     /// Whether bring-up has finished; until then KVM and network show as starting.
     pub complete: bool,
+    /// Each NIC's address, or what DHCP is doing about it.
+    pub addresses: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for TerminalStatus {
@@ -36,6 +38,7 @@ impl Default for TerminalStatus {
             problems: Vec::new(),
             boot_seconds: None,
             complete: false,
+            addresses: Default::default(),
         }
     }
 }
@@ -80,7 +83,8 @@ impl TerminalStatus {
                 Some(false) => "no link yet (is the cable in?)",
                 None => "link unknown",
             };
-            let _ = write!(s, "  network     {} {}, {}, address: none yet\r\n", nic.name, nic.mac, link);
+            let address = self.addresses.get(&nic.name).map(String::as_str).unwrap_or("none yet");
+            let _ = write!(s, "  network     {} {}, {}, address: {address}\r\n", nic.name, nic.mac, link);
         }
         let _ = write!(s, "  kvm         {}\r\n", self.kvm);
         s

@@ -32,11 +32,14 @@ fn boots_to_login_with_identity_and_status() {
     assert!(banner.contains("repository  none configured"), "{banner}");
     assert!(banner.contains("cache       none configured"), "{banner}");
     wait_ready(&mut m);
-    // The e1000e driver came from the initramfs and found the card: its MAC is shown.
+    // The e1000e driver came from the initramfs and found the card, and our DHCP client
+    // got an address from QEMU's user network; the consoles are told.
+    m.expect("address: 10.0.2.15/24 via 10.0.2.2", BOOT).unwrap();
+    m.expect("login:", SHORT).unwrap();
     m.send_line("status").unwrap();
     let status = m.expect("login:", SHORT).unwrap();
     assert!(status.contains("Collective terminal terminal-525400123456"), "identity missing from status: {status}");
-    assert!(status.contains("eth0 52:54:00:12:34:56"), "NIC missing from status: {status}");
+    assert!(status.contains("eth0 52:54:00:12:34:56, link up, address: 10.0.2.15/24 via 10.0.2.2"), "NIC missing from status: {status}");
 }
 
 #[test]
