@@ -6,21 +6,8 @@
 //! and never stop on an error: whatever fails is logged and shown on the login screen,
 //! and the terminal stays usable.
 
-mod console;
-mod hotplug;
-mod kmod;
-mod kvm;
-mod logger;
-mod login;
-mod dhcp;
-mod mounts;
-mod net;
-mod network;
-mod rawsock;
-mod power;
-mod settings;
-mod status;
 
+use collective_init::{console, hotplug, kmod, kvm, logger, login, mounts, net, network, power, settings, status};
 use log::{error, info, warn};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::SignalFd;
