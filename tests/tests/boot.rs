@@ -21,6 +21,10 @@ fn boot_to_ready(config: &MachineConfig) -> Machine {
 fn wait_ready(m: &mut Machine) {
     m.expect("ready in", BOOT).unwrap();
     m.expect("login:", SHORT).unwrap();
+    // DHCP finishes in the background and announces the address with a fresh prompt;
+    // wait for it so later prompts answer our own commands.
+    m.expect("address: 10.0.2.15/24 via 10.0.2.2", BOOT).unwrap();
+    m.expect("login:", SHORT).unwrap();
 }
 
 #[test]
@@ -31,11 +35,9 @@ fn boots_to_login_with_identity_and_status() {
     assert!(banner.contains("firmware: Linux 6."), "banner names the kernel: {banner}");
     assert!(banner.contains("repository  none configured"), "{banner}");
     assert!(banner.contains("cache       none configured"), "{banner}");
-    wait_ready(&mut m);
     // The e1000e driver came from the initramfs and found the card, and our DHCP client
     // got an address from QEMU's user network; the consoles are told.
-    m.expect("address: 10.0.2.15/24 via 10.0.2.2", BOOT).unwrap();
-    m.expect("login:", SHORT).unwrap();
+    wait_ready(&mut m);
     m.send_line("status").unwrap();
     let status = m.expect("login:", SHORT).unwrap();
     assert!(status.contains("Collective terminal terminal-525400123456"), "identity missing from status: {status}");
