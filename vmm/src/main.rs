@@ -1,0 +1,155 @@
+//! `vmm`: run one VM from the command line, for publishers testing an appliance without a
+//! repository. Exit code: 0 guest powered off, 2 guest reset, 3 guest crashed, 4 stopped
+//! (Ctrl-A x) or halted, 1 VMM error.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use vmm::{ConsoleConfig, DiskConfig, DiskSource, KernelConfig, MachineConfig, VmConfig};
+
+#[derive(Parser)]
+#[command(name = "vmm", version, about = "The Collective terminal's KVM virtual machine monitor")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot one VM and run it until it powers off, resets or crashes.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Kernel: bzImage, or ELF vmlinux (booted through PVH when it has the note).
+    #[arg(long)]
+    kernel: PathBuf,
+    /// Initramfs.
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel command line (default: serial console and quiet legacy probing).
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// A virtio-blk disk: PATH or PATH,ro. Repeat for more; the first is /dev/vda.
+    #[arg(long = "disk", value_name = "PATH[,ro]")]
+    disks: Vec<String>,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 256)]
+    memory: u64,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u8,
+    /// Do not add a virtio-rng device.
+    #[arg(long)]
+    no_rng: bool,
+    /// Also describe virtio-mmio devices as virtio_mmio.device= on the command line.
+    #[arg(long)]
+    cmdline_mmio_devices: bool,
+    /// Do not forward stdin to the guest's serial console.
+    #[arg(long)]
+    no_input: bool,
+}
+
+fn parse_disk(s: &str) -> Result<DiskConfig, String> {
+    let mut parts = s.split(',');
+    let path = parts.next().filter(|p| !p.is_empty()).ok_or_else(|| format!("empty disk path in {s:?}"))?;
+    let mut read_only = false;
+    for opt in parts {
+        match opt {
+            "ro" => read_only = true,
+            "rw" => read_only = false,
+            other => return Err(format!("unknown disk option {other:?} in {s:?} (expected ro or rw)")),
+        }
+    }
+    Ok(DiskConfig { source: DiskSource::Path(PathBuf::from(path)), read_only })
+}
+
+/// A minimal stderr logger; the level comes from RUST_LOG (error, warn, info, debug, trace).
+struct StderrLogger;
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::max_level()
+    }
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            let _ = writeln!(std::io::stderr(), "vmm: {}: {}\r", r.level(), r.args());
+        }
+    }
+    fn flush(&self) {}
+}
+
+fn init_logger() {
+    let level = match std::env::var("RUST_LOG").unwrap_or_default().to_ascii_lowercase().as_str() {
+        "error" => log::LevelFilter::Error,
+        "info" => log::LevelFilter::Info,
+        "debug" => log::LevelFilter::Debug,
+        "trace" => log::LevelFilter::Trace,
+        "off" => log::LevelFilter::Off,
+        _ => log::LevelFilter::Warn,
+    };
+    if log::set_logger(&StderrLogger).is_ok() {
+        log::set_max_level(level);
+    }
+}
+
+fn main() {
+    init_logger();
+    let Command::Run(args) = Cli::parse().command;
+    let disks = match args.disks.iter().map(|d| parse_disk(d)).collect::<Result<Vec<_>, _>>() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("vmm: {e}");
+            std::process::exit(1);
+        }
+    };
+    let config = VmConfig {
+        machine: MachineConfig {
+            memory_mib: args.memory,
+            vcpus: args.vcpus,
+            disks,
+            rng: !args.no_rng,
+            console: ConsoleConfig::Stdio { input: !args.no_input },
+        },
+        kernel: KernelConfig {
+            kernel: args.kernel,
+            initrd: args.initrd,
+            cmdline: args.cmdline.unwrap_or_default(),
+            cmdline_mmio_devices: args.cmdline_mmio_devices,
+        },
+    };
+    match vmm::run(config) {
+        Ok(reason) => {
+            log::info!("guest exited: {reason:?}");
+            if let vmm::ExitReason::Crash(why) = &reason {
+                eprintln!("vmm: guest crashed: {why}");
+            }
+            std::process::exit(reason.exit_code());
+        }
+        Err(e) => {
+            eprintln!("vmm: {e}");
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                eprintln!("vmm:   caused by: {s}");
+                src = s.source();
+            }
+            std::process::exit(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_options() {
+        let d = parse_disk("/a.img,ro").unwrap();
+        assert!(d.read_only);
+        assert!(!parse_disk("/a.img").unwrap().read_only);
+        assert!(parse_disk(",ro").is_err());
+        assert!(parse_disk("/a,bogus").is_err());
+    }
+}
