@@ -309,3 +309,153 @@ impl Drop for MmioTransport {
         self.device.reset();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+    use crate::devices::virtio::block::tests::{d, mem, used, MemDisk, N, W};
+    use crate::devices::virtio::block::{req, Block};
+    use crate::devices::virtio::{INT_CONFIG, INT_VRING};
+
+    fn w(t: &mut MmioTransport, off: u64, v: u32) {
+        t.write(off, &v.to_le_bytes());
+    }
+
+    fn r(t: &mut MmioTransport, off: u64) -> u32 {
+        let mut b = [0u8; 4];
+        t.read(off, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn wait(evt: &EventFd) -> bool {
+        let mut p = libc::pollfd { fd: evt.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut p, 1, 5000) };
+        let _ = evt.read();
+        n == 1
+    }
+
+    fn negotiate(t: &mut MmioTransport, accept: u64) -> u32 {
+        w(t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+        w(t, reg::DRIVER_FEATURES_SEL, 0);
+        w(t, reg::DRIVER_FEATURES, accept as u32);
+        w(t, reg::DRIVER_FEATURES_SEL, 1);
+        w(t, reg::DRIVER_FEATURES, (accept >> 32) as u32);
+        w(t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
+        r(t, reg::STATUS)
+    }
+
+    fn setup_queue(t: &mut MmioTransport, desc: u64, avail: u64, used: u64, size: u32) {
+        w(t, reg::QUEUE_SEL, 0);
+        w(t, reg::QUEUE_NUM, size);
+        w(t, reg::QUEUE_DESC_LOW, desc as u32);
+        w(t, reg::QUEUE_DESC_HIGH, (desc >> 32) as u32);
+        w(t, reg::QUEUE_AVAIL_LOW, avail as u32);
+        w(t, reg::QUEUE_AVAIL_HIGH, (avail >> 32) as u32);
+        w(t, reg::QUEUE_USED_LOW, used as u32);
+        w(t, reg::QUEUE_USED_HIGH, (used >> 32) as u32);
+        w(t, reg::QUEUE_READY, 1);
+    }
+
+    fn block_transport(mem: Arc<GuestMemoryMmap>) -> (MmioTransport, EventFd) {
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let dev = Block::new(Arc::new(MemDisk::new(64 * 1024, false)), "t".into());
+        (MmioTransport::new(Box::new(dev), mem, irq.try_clone().unwrap()).unwrap(), irq)
+    }
+
+    #[test]
+    fn identification_registers() {
+        let (mut t, _) = block_transport(Arc::new(mem()));
+        assert_eq!(r(&mut t, reg::MAGIC), MMIO_MAGIC);
+        assert_eq!(r(&mut t, reg::VERSION), 2);
+        assert_eq!(r(&mut t, reg::DEVICE_ID), 2);
+        w(&mut t, reg::DEVICE_FEATURES_SEL, 1);
+        assert_eq!(r(&mut t, reg::DEVICE_FEATURES) & 1, 1, "VERSION_1 offered");
+        assert_eq!(r(&mut t, reg::QUEUE_NUM_MAX), 256);
+        w(&mut t, reg::QUEUE_SEL, 7);
+        assert_eq!(r(&mut t, reg::QUEUE_NUM_MAX), 0, "no such queue");
+        // Capacity (sectors) in the config space, read with narrow accesses too.
+        let mut b = [0u8; 8];
+        t.read(reg::CONFIG, &mut b);
+        assert_eq!(u64::from_le_bytes(b), 128);
+        let mut one = [0u8; 1];
+        t.read(reg::CONFIG + 0x1000, &mut one);
+        assert_eq!(one[0], 0);
+        // Misaligned or narrow register accesses are ignored.
+        let mut two = [0xffu8; 2];
+        t.read(reg::MAGIC, &mut two);
+        assert_eq!(two, [0, 0]);
+    }
+
+    #[test]
+    fn features_ok_refused_for_bad_feature_sets() {
+        let (mut t, _) = block_transport(Arc::new(mem()));
+        assert_eq!(negotiate(&mut t, 0) & status::FEATURES_OK, 0, "VERSION_1 is mandatory");
+        w(&mut t, reg::STATUS, 0);
+        let st = negotiate(&mut t, features::VERSION_1 | (1 << 40));
+        assert_eq!(st & status::FEATURES_OK, 0, "a feature never offered");
+        w(&mut t, reg::STATUS, 0);
+        let st = negotiate(&mut t, features::VERSION_1 | features::RING_EVENT_IDX);
+        assert_ne!(st & status::FEATURES_OK, 0);
+    }
+
+    #[test]
+    fn driver_round_trip_then_malformed_chain_needs_reset() {
+        let m = Arc::new(mem());
+        let (mut t, irq) = block_transport(m.clone());
+        let mock = MockSplitQueue::create(m.as_ref(), GuestAddress(0x1000), 16);
+        assert_ne!(negotiate(&mut t, features::VERSION_1 | features::RING_EVENT_IDX) & status::FEATURES_OK, 0);
+        setup_queue(&mut t, mock.desc_table_addr().0, mock.avail_addr().0, mock.used_addr().0, 16);
+        w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK);
+        assert_eq!(t.status() & status::DEVICE_NEEDS_RESET, 0);
+
+        // A good read request.
+        let mut hdr = [0u8; 16];
+        hdr[..4].copy_from_slice(&req::IN.to_le_bytes());
+        hdr[8..].copy_from_slice(&5u64.to_le_bytes());
+        m.write_slice(&hdr, GuestAddress(0x10_0000)).unwrap();
+        mock.add_desc_chains(&[d(0x10_0000, 16, N, 1), d(0x20_0000, 512, W | N, 2), d(0x30_0000, 1, W, 0)], 0)
+            .unwrap();
+        w(&mut t, reg::QUEUE_NOTIFY, 0);
+        assert!(wait(&irq), "used-buffer interrupt");
+        assert_eq!(r(&mut t, reg::INTERRUPT_STATUS) & INT_VRING, INT_VRING);
+        w(&mut t, reg::INTERRUPT_ACK, INT_VRING);
+        assert_eq!(r(&mut t, reg::INTERRUPT_STATUS), 0);
+        assert_eq!(used(&m, mock.used_addr(), 0), (1, 0, 513));
+        let b: u8 = m.read_obj(GuestAddress(0x20_0000)).unwrap();
+        assert_eq!(b, 5);
+
+        // Queue layout is frozen while running.
+        w(&mut t, reg::QUEUE_NUM, 8);
+        w(&mut t, reg::QUEUE_READY, 0);
+        assert_eq!(r(&mut t, reg::QUEUE_READY), 1);
+
+        // A looping chain: the device fails and says so.
+        mock.add_desc_chains(&[d(0x10_0000, 16, N, 4), d(0x20_0000, 512, W | N, 3)], 3).unwrap();
+        w(&mut t, reg::QUEUE_NOTIFY, 0);
+        assert!(wait(&irq), "config-change interrupt");
+        assert_ne!(r(&mut t, reg::STATUS) & status::DEVICE_NEEDS_RESET, 0);
+        assert_ne!(r(&mut t, reg::INTERRUPT_STATUS) & INT_CONFIG, 0);
+
+        // Reset clears everything; the device can be brought up again.
+        w(&mut t, reg::STATUS, 0);
+        assert_eq!(r(&mut t, reg::STATUS), 0);
+        assert_eq!(r(&mut t, reg::INTERRUPT_STATUS), 0);
+        assert_eq!(r(&mut t, reg::QUEUE_READY), 0);
+    }
+
+    #[test]
+    fn queue_outside_memory_fails_at_driver_ok() {
+        let (mut t, irq) = block_transport(Arc::new(mem()));
+        negotiate(&mut t, features::VERSION_1);
+        setup_queue(&mut t, 0xffff_0000_0000, 0x2000, 0x3000, 16);
+        w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK);
+        assert!(wait(&irq));
+        assert_ne!(t.status() & status::DEVICE_NEEDS_RESET, 0);
+    }
+}

@@ -91,3 +91,44 @@ impl ChainHandler for RngHandler {
         Ok(chain.write_at(mem, 0, &self.buf) as u32)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::Queue;
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+    use crate::devices::virtio::block::tests::{d, mem, used, N, W};
+    use crate::devices::virtio::worker::process_queue;
+
+    #[test]
+    fn fills_writable_buffers() {
+        let m = mem();
+        let mock = MockSplitQueue::new(&m, 16);
+        mock.add_desc_chains(&[d(0x10_0000, 64, W | N, 1), d(0x20_0000, 64, W, 0)], 0).unwrap();
+        let mut q: Queue = mock.create_queue().unwrap();
+        let mut h = RngHandler::default();
+        assert!(process_queue(&mut h, 0, &mut q, &m).unwrap());
+        assert_eq!(used(&m, mock.used_addr(), 0), (1, 0, 128));
+        let mut b = [0u8; 64];
+        m.read_slice(&mut b, GuestAddress(0x20_0000)).unwrap();
+        assert!(b.iter().any(|&x| x != 0), "random bytes written");
+    }
+
+    #[test]
+    fn caps_huge_requests_and_rejects_readable_buffers() {
+        let m = mem();
+        let mock = MockSplitQueue::new(&m, 16);
+        mock.add_desc_chains(&[d(0x10_0000, 1 << 20, W, 0)], 0).unwrap();
+        let mut q: Queue = mock.create_queue().unwrap();
+        let mut h = RngHandler::default();
+        process_queue(&mut h, 0, &mut q, &m).unwrap();
+        assert_eq!(used(&m, mock.used_addr(), 0).2 as usize, MAX_BYTES_PER_REQUEST);
+
+        let mock = MockSplitQueue::new(&m, 16);
+        mock.add_desc_chains(&[d(0x10_0000, 64, 0, 0)], 0).unwrap();
+        let mut q: Queue = mock.create_queue().unwrap();
+        assert!(process_queue(&mut h, 0, &mut q, &m).is_err());
+    }
+}

@@ -253,4 +253,4 @@ impl ChainHandler for BlockHandler {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
