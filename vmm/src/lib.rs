@@ -20,7 +20,7 @@ pub mod vstate;
 
 pub use config::{ConsoleConfig, DiskConfig, DiskSource, KernelConfig, MachineConfig, VmConfig};
 pub use devices::virtio::block::BlockBackend;
-pub use exit::ExitReason;
+pub use exit::{ExitReason, ExitSignal};
 pub use machine::{Error, Machine};
 
 /// Builds the VM described by `config`, boots its kernel and runs it to the end.

@@ -220,6 +220,12 @@ impl Machine {
         })
     }
 
+    /// The signal that ends the VM: request [`ExitReason::Stopped`] on it to stop the VM
+    /// from another thread (a logout, a timeout).
+    pub fn exit_signal(&self) -> Arc<ExitSignal> {
+        self.exit.clone()
+    }
+
     /// Guest memory (for tests and for loading custom payloads).
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.mem

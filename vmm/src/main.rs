@@ -47,6 +47,9 @@ struct RunArgs {
     /// Also describe virtio-mmio devices as virtio_mmio.device= on the command line.
     #[arg(long)]
     cmdline_mmio_devices: bool,
+    /// Stop the VM after this many seconds (exit code 4), for tests and benchmarks.
+    #[arg(long, value_name = "SECS")]
+    stop_after: Option<f64>,
     /// Do not forward stdin to the guest's serial console.
     #[arg(long)]
     no_input: bool,
@@ -120,7 +123,18 @@ fn main() {
             cmdline_mmio_devices: args.cmdline_mmio_devices,
         },
     };
-    match vmm::run(config) {
+    let result = vmm::Machine::new(config.machine).and_then(|mut m| {
+        m.load_kernel(&config.kernel)?;
+        if let Some(secs) = args.stop_after.filter(|s| s.is_finite() && *s >= 0.0) {
+            let exit = m.exit_signal();
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_secs_f64(secs));
+                exit.request(vmm::ExitReason::Stopped);
+            });
+        }
+        m.run()
+    });
+    match result {
         Ok(reason) => {
             log::info!("guest exited: {reason:?}");
             if let vmm::ExitReason::Crash(why) = &reason {

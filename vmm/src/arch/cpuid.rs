@@ -30,11 +30,9 @@ pub fn patch_entry(e: &mut kvm_cpuid_entry2, id: u8, count: u8) {
                 e.edx &= !HTT_BIT;
             }
         }
-        4 => {
-            // Intel deterministic cache parameters: EAX[31:26] = cores per package - 1.
-            if e.eax & 0x1f != 0 {
-                e.eax = (e.eax & 0x03ff_ffff) | ((count - 1) << 26);
-            }
+        // Intel deterministic cache parameters: EAX[31:26] = cores per package - 1.
+        4 if e.eax & 0x1f != 0 => {
+            e.eax = (e.eax & 0x03ff_ffff) | ((count - 1) << 26);
         }
         0xb | 0x1f => {
             // Extended topology: one thread per core, `count` cores in the package.

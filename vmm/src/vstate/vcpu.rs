@@ -106,7 +106,10 @@ pub fn run_vcpu(id: u64, mut vcpu: VcpuFd, ctx: VcpuContext) {
             }
         }
     }
-    log::debug!("vCPU {id} stopped");
+    match vcpu.get_regs() {
+        Ok(r) => log::debug!("vCPU {id} stopped at rip {:#x} rsp {:#x}", r.rip, r.rsp),
+        Err(_) => log::debug!("vCPU {id} stopped"),
+    }
 }
 
 /// Starts a thread running [`run_vcpu`].
