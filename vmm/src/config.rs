@@ -34,6 +34,27 @@ pub struct DiskConfig {
     pub read_only: bool,
 }
 
+/// One virtio-net card on a tap device.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NetConfig {
+    /// Tap interface name; `None` lets the kernel pick (`vmtap%d`).
+    pub tap: Option<String>,
+    /// Bridge (appliance network) to attach the tap to; it must exist.
+    pub bridge: Option<String>,
+    /// MAC address; `None` picks a random one in QEMU's 52:54:00 range.
+    pub mac: Option<[u8; 6]>,
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in mac.iter_mut() {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
 /// Where the serial console goes.
 pub enum ConsoleConfig {
     /// The VMM's stdout; with `input`, stdin feeds the guest (raw mode on a terminal,
@@ -67,6 +88,8 @@ pub struct MachineConfig {
     pub vcpus: u8,
     /// virtio-blk disks, in guest order.
     pub disks: Vec<DiskConfig>,
+    /// virtio-net cards, after the disks.
+    pub nets: Vec<NetConfig>,
     /// Add a virtio-rng device.
     pub rng: bool,
     /// Serial console.
@@ -75,7 +98,7 @@ pub struct MachineConfig {
 
 impl Default for MachineConfig {
     fn default() -> Self {
-        Self { memory_mib: 256, vcpus: 1, disks: Vec::new(), rng: true, console: ConsoleConfig::Stdio { input: false } }
+        Self { memory_mib: 256, vcpus: 1, disks: Vec::new(), nets: Vec::new(), rng: true, console: ConsoleConfig::Stdio { input: false } }
     }
 }
 
@@ -106,3 +129,16 @@ pub struct VmConfig {
 /// The command line used when none is given: serial console, reboot through the ACPI reset
 /// register (falls back to the i8042), quiet probing of hardware we do not have.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=a panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd 8250.nr_uarts=1 cryptomgr.notests swiotlb=noforce tsc=reliable";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_parsing() {
+        assert_eq!(parse_mac("52:54:00:0a:0B:ff"), Some([0x52, 0x54, 0, 0x0a, 0x0b, 0xff]));
+        assert_eq!(parse_mac("52:54:00:0a:0b"), None);
+        assert_eq!(parse_mac("52:54:00:0a:0b:ff:00"), None);
+        assert_eq!(parse_mac("52:54:00:0a:0b:zz"), None);
+    }
+}

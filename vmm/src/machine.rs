@@ -27,6 +27,7 @@ use crate::console;
 use crate::devices::legacy::{acpi_pm::AcpiPm, i8042::I8042, rtc::Rtc, serial::FlushingWriter, serial::Serial, AllOnes};
 use crate::devices::virtio::block::{Block, BlockBackend, RawFile};
 use crate::devices::virtio::mmio::{reg, MmioTransport};
+use crate::devices::virtio::net::{Net, Tap};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::VirtioDevice;
 use crate::exit::{ExitReason, ExitSignal};
@@ -178,6 +179,17 @@ impl Machine {
             let name = format!("vd{}", (b'a' + (i as u8 % 26)) as char);
             devices.push((Box::new(Block::new(backend, name.clone())), name));
         }
+        for (i, net) in config.nets.iter().enumerate() {
+            let tap = Tap::open(net.tap.as_deref().unwrap_or("vmtap%d"))
+                .map_err(|e| Error::Device(format!("net {i}: cannot open tap: {e}")))?;
+            if let Some(br) = &net.bridge {
+                tap.attach_to_bridge(br)
+                    .map_err(|e| Error::Device(format!("net {i}: cannot attach {} to bridge {br}: {e}", tap.name())))?;
+            }
+            let mac = net.mac.unwrap_or_else(random_mac);
+            let name = format!("net{i} ({})", tap.name());
+            devices.push((Box::new(Net::new(Arc::new(tap), mac)), name));
+        }
         if config.rng {
             devices.push((Box::new(Rng::new()), "rng".into()));
         }
@@ -324,6 +336,14 @@ impl Machine {
         let _ = &self.vm;
         Ok(self.exit.reason().unwrap_or(ExitReason::Stopped))
     }
+}
+
+/// A random MAC in QEMU's 52:54:00 range (unicast, so the guest accepts it).
+fn random_mac() -> [u8; 6] {
+    let mut r = [0u8; 3];
+    // SAFETY: getrandom into a live 3-byte buffer; on failure the bytes stay zero.
+    unsafe { libc::getrandom(r.as_mut_ptr().cast(), 3, 0) };
+    [0x52, 0x54, 0x00, r[0], r[1], r[2]]
 }
 
 fn wait_readable(evt: &EventFd) {

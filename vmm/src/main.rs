@@ -6,7 +6,8 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use vmm::{ConsoleConfig, DiskConfig, DiskSource, KernelConfig, MachineConfig, VmConfig};
+use vmm::config::parse_mac;
+use vmm::{ConsoleConfig, DiskConfig, DiskSource, KernelConfig, MachineConfig, NetConfig, VmConfig};
 
 #[derive(Parser)]
 #[command(name = "vmm", version, about = "The Collective terminal's KVM virtual machine monitor")]
@@ -35,6 +36,10 @@ struct RunArgs {
     /// A virtio-blk disk: PATH or PATH,ro. Repeat for more; the first is /dev/vda.
     #[arg(long = "disk", value_name = "PATH[,ro]")]
     disks: Vec<String>,
+    /// A virtio-net card on a new tap: [bridge=BR][,tap=NAME][,mac=52:54:00:12:34:56].
+    /// Repeat for more cards.
+    #[arg(long = "net", value_name = "OPTS")]
+    nets: Vec<String>,
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 256)]
     memory: u64,
@@ -67,6 +72,19 @@ fn parse_disk(s: &str) -> Result<DiskConfig, String> {
         }
     }
     Ok(DiskConfig { source: DiskSource::Path(PathBuf::from(path)), read_only })
+}
+
+fn parse_net(s: &str) -> Result<NetConfig, String> {
+    let mut n = NetConfig::default();
+    for opt in s.split(',').filter(|o| !o.is_empty()) {
+        match opt.split_once('=') {
+            Some(("bridge", v)) => n.bridge = Some(v.to_string()),
+            Some(("tap", v)) => n.tap = Some(v.to_string()),
+            Some(("mac", v)) => n.mac = Some(parse_mac(v).ok_or_else(|| format!("bad MAC address {v:?}"))?),
+            _ => return Err(format!("unknown net option {opt:?} (expected bridge=, tap= or mac=)")),
+        }
+    }
+    Ok(n)
 }
 
 /// A minimal stderr logger; the level comes from RUST_LOG (error, warn, info, debug, trace).
@@ -108,11 +126,19 @@ fn main() {
             std::process::exit(1);
         }
     };
+    let nets = match args.nets.iter().map(|n| parse_net(n)).collect::<Result<Vec<_>, _>>() {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("vmm: {e}");
+            std::process::exit(1);
+        }
+    };
     let config = VmConfig {
         machine: MachineConfig {
             memory_mib: args.memory,
             vcpus: args.vcpus,
             disks,
+            nets,
             rng: !args.no_rng,
             console: ConsoleConfig::Stdio { input: !args.no_input },
         },
@@ -165,5 +191,11 @@ mod tests {
         assert!(!parse_disk("/a.img").unwrap().read_only);
         assert!(parse_disk(",ro").is_err());
         assert!(parse_disk("/a,bogus").is_err());
+        let n = parse_net("bridge=br0,mac=52:54:00:00:00:01").unwrap();
+        assert_eq!(n.bridge.as_deref(), Some("br0"));
+        assert_eq!(n.mac, Some([0x52, 0x54, 0, 0, 0, 1]));
+        assert_eq!(parse_net("").unwrap(), NetConfig::default());
+        assert!(parse_net("bridge").is_err());
+        assert!(parse_net("mac=1:2").is_err());
     }
 }

@@ -35,6 +35,7 @@ fn machine(out: &Capture, vcpus: u8) -> Machine {
         memory_mib: 32,
         vcpus,
         disks: vec![],
+        nets: vec![],
         rng: true,
         console: ConsoleConfig::Writer(Box::new(out.clone())),
     })
