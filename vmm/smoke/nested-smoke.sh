@@ -5,9 +5,10 @@
 # The guest /init (init.c) loads the virtio modules, checks the disks, writes to vdb and
 # powers off; the outer init prints the vmm's exit status (0 = guest powered off).
 #
-# usage: vmm/smoke/nested-smoke.sh KERNEL MODULES_DIR   (a Debian linux-image-*-amd64 unpacked)
+# usage: vmm/smoke/nested-smoke.sh KERNEL MODULES_DIR [reboot]
+#   (a Debian linux-image-*-amd64 unpacked; "reboot" makes the guest reboot: expect exit 2)
 set -eu
-KERNEL=$1; MODS=$2
+KERNEL=$1; MODS=$2; EXTRA=${3:+smoke=$3}
 HERE=$(cd "$(dirname "$0")" && pwd); ROOT=$HERE/../..
 W=$(mktemp -d); trap 'rm -rf "$W"' EXIT
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p vmm --target x86_64-unknown-linux-gnu \
@@ -15,8 +16,8 @@ RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p vmm --target 
 gcc -static -O2 -o "$W/init" "$HERE/init.c"
 mkdir -p "$W/g/proc" "$W/g/sys" "$W/g/dev" "$W/g/modules" "$W/o/proc" "$W/o/sys" "$W/o/dev" "$W/o/modules" "$W/o/guest"
 cp "$W/init" "$W/g/init"; cp "$W/init" "$W/o/init"
-for m in virtio virtio_ring virtio_mmio virtio_blk; do cp "$(find "$MODS" -name "$m.ko")" "$W/g/modules/"; done
-for m in irqbypass ccp kvm kvm-amd; do cp "$(find "$MODS" -name "$m.ko")" "$W/o/modules/"; done
+for m in virtio virtio_ring virtio_mmio virtio_blk virtio-rng failover net_failover virtio_net; do cp "$(find "$MODS" -name "$m.ko")" "$W/g/modules/"; done
+for m in irqbypass ccp kvm kvm-amd tun llc stp bridge; do cp "$(find "$MODS" -name "$m.ko")" "$W/o/modules/"; done
 (cd "$W/g" && find . | cpio -o -H newc 2>/dev/null) > "$W/o/guest/initrd"
 cp "$KERNEL" "$W/o/guest/vmlinuz"
 cp "$ROOT/target/x86_64-unknown-linux-gnu/release/vmm" "$W/o/vmm"
@@ -24,5 +25,6 @@ printf 'root-disk-contents-here' > "$W/o/guest/disk.img"; truncate -s 1M "$W/o/g
 truncate -s 1M "$W/o/guest/disk2.img"
 (cd "$W/o" && find . | cpio -o -H newc 2>/dev/null) > "$W/outer.cpio"
 timeout 600 qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 2048 -kernel "$KERNEL" -initrd "$W/outer.cpio" \
-    -append "console=ttyS0 panic=-1 quiet" -nographic -no-reboot | tee "$W/log"
-grep -q "GUEST MARKER" "$W/log" && grep -q "SMOKE: vmm exited status 0" "$W/log" && echo "NESTED SMOKE: PASS"
+    -append "console=ttyS0 panic=-1 quiet $EXTRA" -nographic -no-reboot | tee "$W/log"
+want=0; [ -n "$EXTRA" ] && want=2
+grep -q "GUEST MARKER" "$W/log" && grep -q "SMOKE: vmm exited status $want " "$W/log" && echo "NESTED SMOKE: PASS"

@@ -80,7 +80,8 @@ impl Tap {
             .read(true)
             .write(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open("/dev/net/tun")?;
+            .open("/dev/net/tun")
+            .map_err(|e| io::Error::new(e.kind(), format!("/dev/net/tun: {e} (is the tun module loaded?)")))?;
         let mut req = IfReq::new(name)?;
         let flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as u16;
         req.data[..2].copy_from_slice(&flags.to_ne_bytes());
