@@ -91,14 +91,16 @@ int main(void) {
         ifup("br0");
         int reboot_test = contains("/proc/cmdline", "smoke=reboot");
         double t0 = now();
+        int pipefd[2]; pipe(pipefd);
         pid_t p = fork();
         if (p == 0) {
+            dup2(pipefd[1], 1); close(pipefd[0]); close(pipefd[1]);
             char *argv[] = {"/vmm", "run", "--kernel", "/guest/vmlinuz", "--initrd", "/guest/initrd", "--memory", "256",
                 "--vcpus", "2", "--no-input", "--disk", "/guest/disk.img,ro", "--disk", "/guest/disk2.img",
                 "--net", "bridge=br0,tap=vmtap0,mac=52:54:00:12:34:56",
                 "--cmdline", reboot_test ?
-                "console=ttyS0 reboot=a panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd 8250.nr_uarts=1 cryptomgr.notests tsc=reliable quiet smoke=reboot" :
-                "console=ttyS0 reboot=a panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd 8250.nr_uarts=1 cryptomgr.notests tsc=reliable quiet", 0};
+                "console=ttyS0 reboot=a panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd 8250.nr_uarts=1 cryptomgr.notests tsc=reliable pci=off quiet smoke=reboot" :
+                "console=ttyS0 reboot=a panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd 8250.nr_uarts=1 cryptomgr.notests tsc=reliable pci=off quiet", 0};
             char *envp[] = {"RUST_LOG=info", 0};
             execve("/vmm", argv, envp); perror("exec vmm"); _exit(127);
         }
@@ -111,6 +113,10 @@ int main(void) {
             }
             _exit(0);
         }
+        close(pipefd[1]);
+        /* Relay the guest's console, stamping each line with the time since the vmm's exec. */
+        { FILE *in = fdopen(pipefd[0], "r"); char line[512];
+          while (in && fgets(line, sizeof line, in)) printf("[+%6.2f s] %s", now() - t0, line); }
         int st = 0; waitpid(p, &st, 0);
         kill(responder, SIGKILL);
         printf("SMOKE: vmm exited status %d (signal %d) after %.2f s\n", WIFEXITED(st) ? WEXITSTATUS(st) : -1, WIFSIGNALED(st) ? WTERMSIG(st) : 0, now() - t0);

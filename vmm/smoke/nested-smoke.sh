@@ -5,10 +5,12 @@
 # The guest /init (init.c) loads the virtio modules, checks the disks, writes to vdb and
 # powers off; the outer init prints the vmm's exit status (0 = guest powered off).
 #
-# usage: vmm/smoke/nested-smoke.sh KERNEL MODULES_DIR [reboot]
+# usage: [GUEST_KERNEL=.. GUEST_MODS=..] vmm/smoke/nested-smoke.sh KERNEL MODULES_DIR [reboot]
 #   (a Debian linux-image-*-amd64 unpacked; "reboot" makes the guest reboot: expect exit 2)
 set -eu
 KERNEL=$1; MODS=$2; EXTRA=${3:+smoke=$3}
+# The appliance kernel may differ from the outer one, e.g. Debian's cloud flavour:
+GUEST_KERNEL=${GUEST_KERNEL:-$KERNEL}; GUEST_MODS=${GUEST_MODS:-$MODS}
 HERE=$(cd "$(dirname "$0")" && pwd); ROOT=$HERE/../..
 W=$(mktemp -d); trap 'rm -rf "$W"' EXIT
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p vmm --target x86_64-unknown-linux-gnu \
@@ -16,10 +18,10 @@ RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p vmm --target 
 gcc -static -O2 -o "$W/init" "$HERE/init.c"
 mkdir -p "$W/g/proc" "$W/g/sys" "$W/g/dev" "$W/g/modules" "$W/o/proc" "$W/o/sys" "$W/o/dev" "$W/o/modules" "$W/o/guest"
 cp "$W/init" "$W/g/init"; cp "$W/init" "$W/o/init"
-for m in virtio virtio_ring virtio_mmio virtio_blk virtio-rng failover net_failover virtio_net; do cp "$(find "$MODS" -name "$m.ko")" "$W/g/modules/"; done
+for m in virtio virtio_ring virtio_mmio virtio_blk virtio-rng failover net_failover virtio_net; do cp "$(find "$GUEST_MODS" -name "$m.ko")" "$W/g/modules/"; done
 for m in irqbypass ccp kvm kvm-amd tun llc stp bridge; do cp "$(find "$MODS" -name "$m.ko")" "$W/o/modules/"; done
 (cd "$W/g" && find . | cpio -o -H newc 2>/dev/null) > "$W/o/guest/initrd"
-cp "$KERNEL" "$W/o/guest/vmlinuz"
+cp "$GUEST_KERNEL" "$W/o/guest/vmlinuz"
 cp "$ROOT/target/x86_64-unknown-linux-gnu/release/vmm" "$W/o/vmm"
 printf 'root-disk-contents-here' > "$W/o/guest/disk.img"; truncate -s 1M "$W/o/guest/disk.img"
 truncate -s 1M "$W/o/guest/disk2.img"

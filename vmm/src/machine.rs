@@ -111,11 +111,13 @@ pub struct Machine {
     _kvm: Kvm,
     mem: Arc<GuestMemoryMmap>,
     mem_size: u64,
+    created: std::time::Instant,
 }
 
 impl Machine {
     /// Creates the VM, its memory, vCPUs and devices.
     pub fn new(config: MachineConfig) -> Result<Machine, Error> {
+        let created = std::time::Instant::now();
         if config.vcpus == 0 || config.vcpus > 254 {
             return Err(Error::Config(format!("{} vCPUs: need 1..=254", config.vcpus)));
         }
@@ -229,6 +231,7 @@ impl Machine {
             _kvm: kvm,
             mem,
             mem_size,
+            created,
         })
     }
 
@@ -271,6 +274,7 @@ impl Machine {
         let bsp = &self.vcpus[0];
         regs::setup_sregs(&self.mem, bsp, entry.mode)?;
         regs::setup_regs(bsp, entry.mode, entry.entry)?;
+        log::info!("VM ready to run {:.3} s after creation", self.created.elapsed().as_secs_f64());
         Ok(())
     }
 
@@ -327,13 +331,12 @@ impl Machine {
             }
         }
         wait_readable(self.exit.eventfd());
+        let t = std::time::Instant::now();
+        log::info!("VM ending {:.3} s after creation", self.created.elapsed().as_secs_f64());
         vcpu::stop_vcpus(&stop, threads);
-        // Stop device workers before returning.
-        for t in &self.transports {
-            crate::bus::lock(t).status(); // (keeps the lock order obvious: no worker holds it)
-        }
+        // Dropping the transports stops the device workers (each joins its thread).
         self.transports.clear();
-        let _ = &self.vm;
+        log::info!("vCPUs and devices stopped in {:.3} s", t.elapsed().as_secs_f64());
         Ok(self.exit.reason().unwrap_or(ExitReason::Stopped))
     }
 }
