@@ -107,7 +107,8 @@ pub struct Machine {
     exit: Arc<ExitSignal>,
     mmio_devices: Vec<MmioDeviceInfo>,
     stdin_input: bool,
-    vm: VmFd,
+    // Kept open for the VM's lifetime: closing it would destroy the VM under the vCPUs.
+    _vm: VmFd,
     _kvm: Kvm,
     mem: Arc<GuestMemoryMmap>,
     mem_size: u64,
@@ -227,7 +228,7 @@ impl Machine {
             exit,
             mmio_devices,
             stdin_input,
-            vm,
+            _vm: vm,
             _kvm: kvm,
             mem,
             mem_size,

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use vmm::config::parse_mac;
-use vmm::{ConsoleConfig, DiskConfig, DiskSource, KernelConfig, MachineConfig, NetConfig, VmConfig};
+use vmm::{ConsoleConfig, DiskConfig, DiskSource, KernelConfig, MachineConfig, NetConfig};
 
 #[derive(Parser)]
 #[command(name = "vmm", version, about = "The Collective terminal's KVM virtual machine monitor")]
@@ -55,6 +55,9 @@ struct RunArgs {
     /// Stop the VM after this many seconds (exit code 4), for tests and benchmarks.
     #[arg(long, value_name = "SECS")]
     stop_after: Option<f64>,
+    /// When the guest reboots, boot it again instead of exiting with code 2.
+    #[arg(long)]
+    restart_on_reboot: bool,
     /// Do not forward stdin to the guest's serial console.
     #[arg(long)]
     no_input: bool,
@@ -133,33 +136,41 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let config = VmConfig {
-        machine: MachineConfig {
+    let kernel = KernelConfig {
+        kernel: args.kernel,
+        initrd: args.initrd,
+        cmdline: args.cmdline.unwrap_or_default(),
+        cmdline_mmio_devices: args.cmdline_mmio_devices,
+    };
+    let deadline = args
+        .stop_after
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(|s| std::time::Instant::now() + std::time::Duration::from_secs_f64(s));
+    let result = loop {
+        let machine = MachineConfig {
             memory_mib: args.memory,
             vcpus: args.vcpus,
-            disks,
-            nets,
+            disks: disks.clone(),
+            nets: nets.clone(),
             rng: !args.no_rng,
             console: ConsoleConfig::Stdio { input: !args.no_input },
-        },
-        kernel: KernelConfig {
-            kernel: args.kernel,
-            initrd: args.initrd,
-            cmdline: args.cmdline.unwrap_or_default(),
-            cmdline_mmio_devices: args.cmdline_mmio_devices,
-        },
-    };
-    let result = vmm::Machine::new(config.machine).and_then(|mut m| {
-        m.load_kernel(&config.kernel)?;
-        if let Some(secs) = args.stop_after.filter(|s| s.is_finite() && *s >= 0.0) {
-            let exit = m.exit_signal();
-            std::thread::spawn(move || {
-                std::thread::sleep(std::time::Duration::from_secs_f64(secs));
-                exit.request(vmm::ExitReason::Stopped);
-            });
+        };
+        let r = vmm::Machine::new(machine).and_then(|mut m| {
+            m.load_kernel(&kernel)?;
+            if let Some(at) = deadline {
+                let exit = m.exit_signal();
+                std::thread::spawn(move || {
+                    std::thread::sleep(at.saturating_duration_since(std::time::Instant::now()));
+                    exit.request(vmm::ExitReason::Stopped);
+                });
+            }
+            m.run()
+        });
+        match r {
+            Ok(vmm::ExitReason::Reset) if args.restart_on_reboot => log::info!("guest rebooted: starting it again"),
+            other => break other,
         }
-        m.run()
-    });
+    };
     match result {
         Ok(reason) => {
             log::info!("guest exited: {reason:?}");
