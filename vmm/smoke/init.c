@@ -101,7 +101,7 @@ int main(void) {
                 "--cmdline", reboot_test ?
                 "console=ttyS0 reboot=a panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd 8250.nr_uarts=1 cryptomgr.notests tsc=reliable pci=off quiet smoke=reboot" :
                 "console=ttyS0 reboot=a panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd 8250.nr_uarts=1 cryptomgr.notests tsc=reliable pci=off quiet", 0};
-            char *envp[] = {"RUST_LOG=info", 0};
+            char *envp[] = {contains("/proc/cmdline", "smoke=debug") ? "RUST_LOG=debug" : "RUST_LOG=info", 0};
             execve("/vmm", argv, envp); perror("exec vmm"); _exit(127);
         }
         pid_t responder = fork();

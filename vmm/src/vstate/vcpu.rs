@@ -46,6 +46,35 @@ pub struct VcpuContext {
     pub stop: Arc<AtomicBool>,
 }
 
+/// Counts exits to userspace by kind and address, to find what a boot spends its exits
+/// on (each costs tens of microseconds nested); logged at debug level when the vCPU stops.
+#[derive(Default)]
+struct ExitStats(std::collections::HashMap<(&'static str, u64), u64>);
+
+impl ExitStats {
+    fn count(&mut self, exit: &VcpuExit<'_>) {
+        let key = match exit {
+            VcpuExit::IoIn(p, _) => ("pio-in", u64::from(*p)),
+            VcpuExit::IoOut(p, _) => ("pio-out", u64::from(*p)),
+            VcpuExit::MmioRead(a, _) => ("mmio-read", *a),
+            VcpuExit::MmioWrite(a, _) => ("mmio-write", *a),
+            _ => ("other", 0),
+        };
+        *self.0.entry(key).or_default() += 1;
+    }
+
+    fn log(&self, id: u64) {
+        if !log::log_enabled!(log::Level::Debug) {
+            return;
+        }
+        let mut v: Vec<_> = self.0.iter().collect();
+        v.sort_by(|a, b| b.1.cmp(a.1));
+        let total: u64 = self.0.values().sum();
+        let top: Vec<String> = v.iter().take(8).map(|((k, a), n)| format!("{k} {a:#x}: {n}")).collect();
+        log::debug!("vCPU {id}: {total} exits to the VMM; most: {}", top.join(", "));
+    }
+}
+
 /// Handles one exit; returns a reason when the VM must end.
 fn handle_exit(id: u64, exit: VcpuExit<'_>, ctx: &VcpuContext) -> Option<ExitReason> {
     match exit {
@@ -91,9 +120,14 @@ fn handle_exit(id: u64, exit: VcpuExit<'_>, ctx: &VcpuContext) -> Option<ExitRea
 
 /// Runs vCPU `id` until the VM stops; reports the reason if this vCPU caused it.
 pub fn run_vcpu(id: u64, mut vcpu: VcpuFd, ctx: VcpuContext) {
+    let mut stats = ExitStats::default();
+    let counting = log::log_enabled!(log::Level::Debug);
     while !ctx.stop.load(Ordering::Acquire) {
         match vcpu.run() {
             Ok(exit) => {
+                if counting {
+                    stats.count(&exit);
+                }
                 if let Some(reason) = handle_exit(id, exit, &ctx) {
                     ctx.exit.request(reason);
                     break;
@@ -106,6 +140,7 @@ pub fn run_vcpu(id: u64, mut vcpu: VcpuFd, ctx: VcpuContext) {
             }
         }
     }
+    stats.log(id);
     match vcpu.get_regs() {
         Ok(r) => log::debug!("vCPU {id} stopped at rip {:#x} rsp {:#x}", r.rip, r.rsp),
         Err(_) => log::debug!("vCPU {id} stopped"),
