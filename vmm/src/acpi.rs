@@ -64,8 +64,12 @@ pub fn dsdt(devices: &[MmioDeviceInfo]) -> Vec<u8> {
     let com1_uid = aml::Name::new("_UID".into(), &0u8);
     let com1_irq = aml::Interrupt::new(true, true, false, false, SERIAL_GSI);
     let com1_io = aml::IO::new(SERIAL_PORT, SERIAL_PORT, 1, 8);
-    let com1_crs = aml::Name::new("_CRS".into(), &aml::ResourceTemplate::new(vec![&com1_io, &com1_irq]));
-    aml::Device::new("_SB_.COM1".into(), vec![&com1_hid, &com1_uid, &com1_crs]).to_aml_bytes(&mut body);
+    let com1_crs = aml::Name::new(
+        "_CRS".into(),
+        &aml::ResourceTemplate::new(vec![&com1_io, &com1_irq]),
+    );
+    aml::Device::new("_SB_.COM1".into(), vec![&com1_hid, &com1_uid, &com1_crs])
+        .to_aml_bytes(&mut body);
 
     for (i, d) in devices.iter().enumerate() {
         let hid = aml::Name::new("_HID".into(), &"LNRO0005");
@@ -75,7 +79,8 @@ pub fn dsdt(devices: &[MmioDeviceInfo]) -> Vec<u8> {
         let irq = aml::Interrupt::new(true, true, false, false, d.gsi);
         let crs = aml::Name::new("_CRS".into(), &aml::ResourceTemplate::new(vec![&mem, &irq]));
         let path = format!("_SB_.V{i:03X}");
-        aml::Device::new(path.as_str().into(), vec![&hid, &uid, &cca, &crs]).to_aml_bytes(&mut body);
+        aml::Device::new(path.as_str().into(), vec![&hid, &uid, &cca, &crs])
+            .to_aml_bytes(&mut body);
     }
     let mut t = Sdt::new(*b"DSDT", 36, 6, OEM_ID, *b"CLTVDSDT", OEM_REVISION);
     t.append_slice(&body);
@@ -112,7 +117,15 @@ pub fn madt(vcpus: usize) -> Result<Vec<u8>, AcpiError> {
 
 /// The FADT: hardware-reduced, with sleep control/status and reset registers in I/O space.
 pub fn fadt(dsdt_addr: u64) -> Vec<u8> {
-    let io = |port: u16| GAS::new(AddressSpace::SystemIo, 8, 0, AccessSize::ByteAccess, u64::from(port));
+    let io = |port: u16| {
+        GAS::new(
+            AddressSpace::SystemIo,
+            8,
+            0,
+            AccessSize::ByteAccess,
+            u64::from(port),
+        )
+    };
     let mut f = FADTBuilder::new(OEM_ID, *b"CLTVFACP", OEM_REVISION)
         .dsdt_64(dsdt_addr)
         .flag(Flags::HwReducedAcpi)
@@ -197,7 +210,16 @@ mod tests {
 
     #[test]
     fn tables_are_well_formed() {
-        let devs = [MmioDeviceInfo { base: 0xd000_0000, gsi: 5 }, MmioDeviceInfo { base: 0xd000_1000, gsi: 6 }];
+        let devs = [
+            MmioDeviceInfo {
+                base: 0xd000_0000,
+                gsi: 5,
+            },
+            MmioDeviceInfo {
+                base: 0xd000_1000,
+                gsi: 6,
+            },
+        ];
         let d = dsdt(&devs);
         assert_table(&d, b"DSDT");
         assert!(contains(&d, b"LNRO0005"));
@@ -216,11 +238,24 @@ mod tests {
         assert_ne!(flags & (1 << 20), 0, "HW reduced");
         assert_ne!(flags & (1 << 10), 0, "reset register supported");
         assert_eq!(f[116], 1, "reset reg in I/O space");
-        assert_eq!(u64::from_le_bytes(f[120..128].try_into().unwrap()), u64::from(ACPI_RESET_PORT));
+        assert_eq!(
+            u64::from_le_bytes(f[120..128].try_into().unwrap()),
+            u64::from(ACPI_RESET_PORT)
+        );
         assert_eq!(f[128], ACPI_RESET_VALUE);
-        assert_eq!(u64::from_le_bytes(f[140..148].try_into().unwrap()), 0xa0000, "X_DSDT");
-        assert_eq!(u64::from_le_bytes(f[248..256].try_into().unwrap()), u64::from(ACPI_SLEEP_CONTROL_PORT));
-        assert_eq!(u64::from_le_bytes(f[260..268].try_into().unwrap()), u64::from(ACPI_SLEEP_STATUS_PORT));
+        assert_eq!(
+            u64::from_le_bytes(f[140..148].try_into().unwrap()),
+            0xa0000,
+            "X_DSDT"
+        );
+        assert_eq!(
+            u64::from_le_bytes(f[248..256].try_into().unwrap()),
+            u64::from(ACPI_SLEEP_CONTROL_PORT)
+        );
+        assert_eq!(
+            u64::from_le_bytes(f[260..268].try_into().unwrap()),
+            u64::from(ACPI_SLEEP_STATUS_PORT)
+        );
         let x = xsdt(&[1, 2]);
         assert_table(&x, b"XSDT");
         assert_eq!(x.len(), 52);
@@ -233,7 +268,12 @@ mod tests {
     #[test]
     fn write_tables_into_guest_memory() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
-        let devs: Vec<_> = (0..15).map(|i| MmioDeviceInfo { base: VIRTIO_MMIO_START + i * 0x1000, gsi: 5 + i as u32 }).collect();
+        let devs: Vec<_> = (0..15)
+            .map(|i| MmioDeviceInfo {
+                base: VIRTIO_MMIO_START + i * 0x1000,
+                gsi: 5 + i as u32,
+            })
+            .collect();
         let rsdp_addr = write_tables(&mem, 8, &devs).unwrap();
         let mut r = [0u8; 36];
         mem.read_slice(&mut r, GuestAddress(rsdp_addr)).unwrap();

@@ -42,8 +42,16 @@ impl Bus {
     }
 
     /// Puts `device` at `[base, base + len)`.
-    pub fn insert(&mut self, device: Arc<Mutex<dyn BusDevice>>, base: u64, len: u64) -> Result<(), BusError> {
-        let end = base.checked_add(len).filter(|_| len > 0).ok_or(BusError::Overlap { base, len })?;
+    pub fn insert(
+        &mut self,
+        device: Arc<Mutex<dyn BusDevice>>,
+        base: u64,
+        len: u64,
+    ) -> Result<(), BusError> {
+        let end = base
+            .checked_add(len)
+            .filter(|_| len > 0)
+            .ok_or(BusError::Overlap { base, len })?;
         let overlaps = self
             .devices
             .range(..end)
@@ -109,10 +117,17 @@ mod tests {
         let mut bus = Bus::new();
         let a = Arc::new(Mutex::new(Echo(vec![])));
         bus.insert(a.clone(), 0x3f8, 8).unwrap();
-        assert!(bus.insert(Arc::new(Mutex::new(Echo(vec![]))), 0x3fc, 8).is_err());
-        assert!(bus.insert(Arc::new(Mutex::new(Echo(vec![]))), 0x3f0, 9).is_err());
-        assert!(bus.insert(Arc::new(Mutex::new(Echo(vec![]))), 0x3f0, 0).is_err());
-        bus.insert(Arc::new(Mutex::new(Echo(vec![]))), 0x3f0, 8).unwrap();
+        assert!(bus
+            .insert(Arc::new(Mutex::new(Echo(vec![]))), 0x3fc, 8)
+            .is_err());
+        assert!(bus
+            .insert(Arc::new(Mutex::new(Echo(vec![]))), 0x3f0, 9)
+            .is_err());
+        assert!(bus
+            .insert(Arc::new(Mutex::new(Echo(vec![]))), 0x3f0, 0)
+            .is_err());
+        bus.insert(Arc::new(Mutex::new(Echo(vec![]))), 0x3f0, 8)
+            .unwrap();
         let mut b = [0u8; 1];
         assert!(bus.read(0x3fd, &mut b));
         assert_eq!(b[0], 5);

@@ -98,7 +98,14 @@ pub struct MachineConfig {
 
 impl Default for MachineConfig {
     fn default() -> Self {
-        Self { memory_mib: 256, vcpus: 1, disks: Vec::new(), nets: Vec::new(), rng: true, console: ConsoleConfig::Stdio { input: false } }
+        Self {
+            memory_mib: 256,
+            vcpus: 1,
+            disks: Vec::new(),
+            nets: Vec::new(),
+            rng: true,
+            console: ConsoleConfig::Stdio { input: false },
+        }
     }
 }
 
@@ -137,7 +144,10 @@ mod tests {
 
     #[test]
     fn mac_parsing() {
-        assert_eq!(parse_mac("52:54:00:0a:0B:ff"), Some([0x52, 0x54, 0, 0x0a, 0x0b, 0xff]));
+        assert_eq!(
+            parse_mac("52:54:00:0a:0B:ff"),
+            Some([0x52, 0x54, 0, 0x0a, 0x0b, 0xff])
+        );
         assert_eq!(parse_mac("52:54:00:0a:0b"), None);
         assert_eq!(parse_mac("52:54:00:0a:0b:ff:00"), None);
         assert_eq!(parse_mac("52:54:00:0a:0b:zz"), None);

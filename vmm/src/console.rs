@@ -74,34 +74,36 @@ pub fn filter_input(bytes: &[u8], escaped: &mut bool) -> (Vec<u8>, bool) {
 /// Starts a thread forwarding stdin to `serial`. It lives until stdin closes or the escape
 /// is typed; a blocked read is left behind when the VM ends (the process is about to exit).
 pub fn spawn_stdin_forwarder(serial: Arc<Mutex<Serial>>, exit: Arc<ExitSignal>) {
-    let _ = std::thread::Builder::new().name("console-in".into()).spawn(move || {
-        let mut stdin = std::io::stdin();
-        let mut buf = [0u8; 64];
-        let mut escaped = false;
-        loop {
-            let n = match stdin.read(&mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            let (bytes, stop) = filter_input(&buf[..n], &mut escaped);
-            let mut rest = &bytes[..];
-            while !rest.is_empty() {
-                let sent = lock(&serial).enqueue_input(rest);
-                rest = &rest[sent..];
-                if !rest.is_empty() {
-                    // The guest has not drained its receive FIFO yet.
-                    std::thread::sleep(std::time::Duration::from_millis(5));
+    let _ = std::thread::Builder::new()
+        .name("console-in".into())
+        .spawn(move || {
+            let mut stdin = std::io::stdin();
+            let mut buf = [0u8; 64];
+            let mut escaped = false;
+            loop {
+                let n = match stdin.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                let (bytes, stop) = filter_input(&buf[..n], &mut escaped);
+                let mut rest = &bytes[..];
+                while !rest.is_empty() {
+                    let sent = lock(&serial).enqueue_input(rest);
+                    rest = &rest[sent..];
+                    if !rest.is_empty() {
+                        // The guest has not drained its receive FIFO yet.
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                    if exit.reason().is_some() {
+                        return;
+                    }
                 }
-                if exit.reason().is_some() {
+                if stop {
+                    exit.request(ExitReason::Stopped);
                     return;
                 }
             }
-            if stop {
-                exit.request(ExitReason::Stopped);
-                return;
-            }
-        }
-    });
+        });
 }
 
 #[cfg(test)]
@@ -112,7 +114,10 @@ mod tests {
     fn escape_sequences() {
         let mut e = false;
         assert_eq!(filter_input(b"ab", &mut e), (b"ab".to_vec(), false));
-        assert_eq!(filter_input(b"a\x01\x01b", &mut e), (b"a\x01b".to_vec(), false));
+        assert_eq!(
+            filter_input(b"a\x01\x01b", &mut e),
+            (b"a\x01b".to_vec(), false)
+        );
         assert_eq!(filter_input(b"a\x01", &mut e), (b"a".to_vec(), false));
         assert!(e);
         assert_eq!(filter_input(b"xyz", &mut e), (Vec::new(), true));

@@ -41,7 +41,10 @@ pub struct ExitSignal {
 impl ExitSignal {
     /// A fresh signal.
     pub fn new() -> std::io::Result<Self> {
-        Ok(Self { reason: Mutex::new(None), evt: EventFd::new(EFD_NONBLOCK)? })
+        Ok(Self {
+            reason: Mutex::new(None),
+            evt: EventFd::new(EFD_NONBLOCK)?,
+        })
     }
 
     /// Records `reason` (if none yet) and wakes the waiter.

@@ -18,7 +18,9 @@ pub mod exit;
 pub mod machine;
 pub mod vstate;
 
-pub use config::{ConsoleConfig, DiskConfig, DiskSource, KernelConfig, MachineConfig, NetConfig, VmConfig};
+pub use config::{
+    ConsoleConfig, DiskConfig, DiskSource, KernelConfig, MachineConfig, NetConfig, VmConfig,
+};
 pub use devices::virtio::block::BlockBackend;
 pub use exit::{ExitReason, ExitSignal};
 pub use machine::{Error, Machine};

@@ -24,7 +24,9 @@ use crate::arch::{boot, cpuid, regs};
 use crate::bus::{Bus, BusDevice};
 use crate::config::{ConsoleConfig, DiskSource, KernelConfig, MachineConfig};
 use crate::console;
-use crate::devices::legacy::{acpi_pm::AcpiPm, i8042::I8042, rtc::Rtc, serial::FlushingWriter, serial::Serial, AllOnes};
+use crate::devices::legacy::{
+    acpi_pm::AcpiPm, i8042::I8042, rtc::Rtc, serial::FlushingWriter, serial::Serial, AllOnes,
+};
 use crate::devices::virtio::block::{Block, BlockBackend, RawFile};
 use crate::devices::virtio::mmio::{reg, MmioTransport};
 use crate::devices::virtio::net::{Net, Tap};
@@ -120,24 +122,37 @@ impl Machine {
     pub fn new(config: MachineConfig) -> Result<Machine, Error> {
         let created = std::time::Instant::now();
         if config.vcpus == 0 || config.vcpus > 254 {
-            return Err(Error::Config(format!("{} vCPUs: need 1..=254", config.vcpus)));
+            return Err(Error::Config(format!(
+                "{} vCPUs: need 1..=254",
+                config.vcpus
+            )));
         }
         let mem_size = config
             .memory_mib
             .checked_mul(1 << 20)
             .filter(|&s| s >= 16 << 20)
-            .ok_or_else(|| Error::Config(format!("{} MiB of memory: need at least 16", config.memory_mib)))?;
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "{} MiB of memory: need at least 16",
+                    config.memory_mib
+                ))
+            })?;
         let (kvm, vm) = vm::create_vm()?;
         let mem = Arc::new(memory::create_guest_memory(mem_size)?);
         memory::register_with_kvm(&vm, &mem)?;
         let exit = Arc::new(ExitSignal::new().map_err(io_err("exit eventfd"))?);
 
         // vCPUs: CPUID, MSRs, FPU and LAPIC for all; registers for the boot CPU come with the payload.
-        let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("get_supported_cpuid"))?;
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("get_supported_cpuid"))?;
         let mut vcpus = Vec::new();
         for id in 0..config.vcpus {
-            let fd = vm.create_vcpu(u64::from(id)).map_err(kvm_err("create_vcpu"))?;
-            fd.set_cpuid2(&cpuid::vcpu_cpuid(&supported, id, config.vcpus)).map_err(kvm_err("set_cpuid2"))?;
+            let fd = vm
+                .create_vcpu(u64::from(id))
+                .map_err(kvm_err("create_vcpu"))?;
+            fd.set_cpuid2(&cpuid::vcpu_cpuid(&supported, id, config.vcpus))
+                .map_err(kvm_err("set_cpuid2"))?;
             regs::setup_msrs(&fd)?;
             regs::setup_fpu(&fd)?;
             regs::setup_lapic(&fd)?;
@@ -147,7 +162,8 @@ impl Machine {
         // Legacy devices on port I/O.
         let mut pio = Bus::new();
         let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("serial eventfd"))?;
-        vm.register_irqfd(&serial_irq, SERIAL_GSI).map_err(kvm_err("register_irqfd (serial)"))?;
+        vm.register_irqfd(&serial_irq, SERIAL_GSI)
+            .map_err(kvm_err("register_irqfd (serial)"))?;
         let (out, stdin_input): (Box<dyn std::io::Write + Send>, bool) = match config.console {
             ConsoleConfig::Stdio { input } => (Box::new(FlushingWriter(std::io::stdout())), input),
             ConsoleConfig::Writer(w) => (w, false),
@@ -156,25 +172,44 @@ impl Machine {
         let serial_irq2 = serial_irq.try_clone().map_err(io_err("serial eventfd"))?;
         let serial = Arc::new(Mutex::new(Serial::new(serial_irq2, out)));
         let bus_err = |e: crate::bus::BusError| Error::Device(e.to_string());
-        pio.insert(serial.clone(), u64::from(SERIAL_PORT), 8).map_err(bus_err)?;
-        pio.insert(Arc::new(Mutex::new(I8042::new(exit.clone()))), u64::from(I8042_DATA_PORT), 5)
+        pio.insert(serial.clone(), u64::from(SERIAL_PORT), 8)
             .map_err(bus_err)?;
-        pio.insert(Arc::new(Mutex::new(Rtc::new())), u64::from(RTC_PORT), 2).map_err(bus_err)?;
-        pio.insert(Arc::new(Mutex::new(AcpiPm::new(exit.clone()))), u64::from(ACPI_SLEEP_CONTROL_PORT), 3)
+        pio.insert(
+            Arc::new(Mutex::new(I8042::new(exit.clone()))),
+            u64::from(I8042_DATA_PORT),
+            5,
+        )
+        .map_err(bus_err)?;
+        pio.insert(Arc::new(Mutex::new(Rtc::new())), u64::from(RTC_PORT), 2)
             .map_err(bus_err)?;
-        pio.insert(Arc::new(Mutex::new(AllOnes)), u64::from(PCI_CONFIG_PORT_START), 8).map_err(bus_err)?;
+        pio.insert(
+            Arc::new(Mutex::new(AcpiPm::new(exit.clone()))),
+            u64::from(ACPI_SLEEP_CONTROL_PORT),
+            3,
+        )
+        .map_err(bus_err)?;
+        pio.insert(
+            Arc::new(Mutex::new(AllOnes)),
+            u64::from(PCI_CONFIG_PORT_START),
+            8,
+        )
+        .map_err(bus_err)?;
 
         // virtio devices on MMIO, disks first so the first disk is /dev/vda.
         let mut devices: Vec<(Box<dyn VirtioDevice>, String)> = Vec::new();
         for (i, disk) in config.disks.iter().enumerate() {
             let backend: Arc<dyn BlockBackend> = match &disk.source {
-                DiskSource::Path(p) => Arc::new(RawFile::open(p, disk.read_only).map_err(|source| Error::Disk {
-                    path: p.display().to_string(),
-                    source,
-                })?),
+                DiskSource::Path(p) => Arc::new(RawFile::open(p, disk.read_only).map_err(
+                    |source| Error::Disk {
+                        path: p.display().to_string(),
+                        source,
+                    },
+                )?),
                 DiskSource::Backend(b) => {
                     if disk.read_only && !b.read_only() {
-                        return Err(Error::Config(format!("disk {i} must be read-only but its backend is writable")));
+                        return Err(Error::Config(format!(
+                            "disk {i} must be read-only but its backend is writable"
+                        )));
                     }
                     b.clone()
                 }
@@ -186,8 +221,12 @@ impl Machine {
             let tap = Tap::open(net.tap.as_deref().unwrap_or("vmtap%d"))
                 .map_err(|e| Error::Device(format!("net {i}: cannot open tap: {e}")))?;
             if let Some(br) = &net.bridge {
-                tap.attach_to_bridge(br)
-                    .map_err(|e| Error::Device(format!("net {i}: cannot attach {} to bridge {br}: {e}", tap.name())))?;
+                tap.attach_to_bridge(br).map_err(|e| {
+                    Error::Device(format!(
+                        "net {i}: cannot attach {} to bridge {br}: {e}",
+                        tap.name()
+                    ))
+                })?;
             }
             let mac = net.mac.unwrap_or_else(random_mac);
             let name = format!("net{i} ({})", tap.name());
@@ -197,7 +236,11 @@ impl Machine {
             devices.push((Box::new(Rng::new()), "rng".into()));
         }
         if devices.len() > VIRTIO_GSIS.len() {
-            return Err(Error::Config(format!("{} virtio devices: at most {}", devices.len(), VIRTIO_GSIS.len())));
+            return Err(Error::Config(format!(
+                "{} virtio devices: at most {}",
+                devices.len(),
+                VIRTIO_GSIS.len()
+            )));
         }
         let mut mmio = Bus::new();
         let mut transports = Vec::new();
@@ -206,14 +249,25 @@ impl Machine {
             let base = VIRTIO_MMIO_START + i as u64 * VIRTIO_MMIO_SIZE;
             let gsi = VIRTIO_GSIS[i];
             let irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("virtio irq eventfd"))?;
-            vm.register_irqfd(&irq, gsi).map_err(kvm_err("register_irqfd (virtio)"))?;
-            let t = MmioTransport::new(dev, mem.clone(), irq).map_err(|e| Error::Device(format!("{name}: {e}")))?;
+            vm.register_irqfd(&irq, gsi)
+                .map_err(kvm_err("register_irqfd (virtio)"))?;
+            let t = MmioTransport::new(dev, mem.clone(), irq)
+                .map_err(|e| Error::Device(format!("{name}: {e}")))?;
             for (q, evt) in t.queue_evts().iter().enumerate() {
-                vm.register_ioevent(evt, &IoEventAddress::Mmio(base + reg::QUEUE_NOTIFY), q as u32)
-                    .map_err(kvm_err("register_ioevent"))?;
+                vm.register_ioevent(
+                    evt,
+                    &IoEventAddress::Mmio(base + reg::QUEUE_NOTIFY),
+                    q as u32,
+                )
+                .map_err(kvm_err("register_ioevent"))?;
             }
             let t = Arc::new(Mutex::new(t));
-            mmio.insert(t.clone() as Arc<Mutex<dyn BusDevice>>, base, VIRTIO_MMIO_SIZE).map_err(bus_err)?;
+            mmio.insert(
+                t.clone() as Arc<Mutex<dyn BusDevice>>,
+                base,
+                VIRTIO_MMIO_SIZE,
+            )
+            .map_err(bus_err)?;
             log::info!("virtio {name} at {base:#x}, GSI {gsi}");
             transports.push(t);
             mmio_devices.push(MmioDeviceInfo { base, gsi });
@@ -256,9 +310,16 @@ impl Machine {
     /// vCPU at the kernel's entry.
     pub fn load_kernel(&mut self, k: &KernelConfig) -> Result<(), Error> {
         acpi::write_tables(&self.mem, self.vcpus.len(), &self.mmio_devices)?;
-        let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(|e| Error::Config(format!("command line: {e}")))?;
-        let text = if k.cmdline.trim().is_empty() { crate::config::DEFAULT_CMDLINE } else { k.cmdline.as_str() };
-        cmdline.insert_str(text).map_err(|e| Error::Config(format!("command line: {e}")))?;
+        let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE)
+            .map_err(|e| Error::Config(format!("command line: {e}")))?;
+        let text = if k.cmdline.trim().is_empty() {
+            crate::config::DEFAULT_CMDLINE
+        } else {
+            k.cmdline.as_str()
+        };
+        cmdline
+            .insert_str(text)
+            .map_err(|e| Error::Config(format!("command line: {e}")))?;
         if k.cmdline_mmio_devices {
             for d in &self.mmio_devices {
                 cmdline
@@ -266,23 +327,40 @@ impl Machine {
                     .map_err(|e| Error::Config(format!("command line: {e}")))?;
             }
         }
-        let mut kernel = File::open(&k.kernel).map_err(io_err(format!("cannot open kernel {}", k.kernel.display())))?;
+        let mut kernel = File::open(&k.kernel)
+            .map_err(io_err(format!("cannot open kernel {}", k.kernel.display())))?;
         let mut initrd = match &k.initrd {
-            Some(p) => Some(File::open(p).map_err(io_err(format!("cannot open initrd {}", p.display())))?),
+            Some(p) => {
+                Some(File::open(p).map_err(io_err(format!("cannot open initrd {}", p.display())))?)
+            }
             None => None,
         };
-        let entry = boot::load(&self.mem, self.mem_size, &mut kernel, initrd.as_mut(), &cmdline)?;
+        let entry = boot::load(
+            &self.mem,
+            self.mem_size,
+            &mut kernel,
+            initrd.as_mut(),
+            &cmdline,
+        )?;
         let bsp = &self.vcpus[0];
         regs::setup_sregs(&self.mem, bsp, entry.mode)?;
         regs::setup_regs(bsp, entry.mode, entry.entry)?;
-        log::info!("VM ready to run {:.3} s after creation", self.created.elapsed().as_secs_f64());
+        log::info!(
+            "VM ready to run {:.3} s after creation",
+            self.created.elapsed().as_secs_f64()
+        );
         Ok(())
     }
 
     /// Loads raw machine code at `addr` and starts the boot vCPU there: in real mode
     /// (`mode == None`, CS = DS = 0) or in the given protected/long mode set up as for a
     /// kernel. For tests and diagnostics; a real payload uses [`Machine::load_kernel`].
-    pub fn load_raw(&mut self, code: &[u8], addr: u64, mode: Option<EntryMode>) -> Result<(), Error> {
+    pub fn load_raw(
+        &mut self,
+        code: &[u8],
+        addr: u64,
+        mode: Option<EntryMode>,
+    ) -> Result<(), Error> {
         self.mem
             .write_slice(code, GuestAddress(addr))
             .map_err(|e| Error::Config(format!("code does not fit at {addr:#x}: {e}")))?;
@@ -298,7 +376,12 @@ impl Machine {
                 sregs.cs.base = 0;
                 sregs.cs.selector = 0;
                 bsp.set_sregs(&sregs).map_err(kvm_err("set_sregs"))?;
-                let r = kvm_bindings::kvm_regs { rip: addr, rflags: 2, rsp: 0x8000, ..Default::default() };
+                let r = kvm_bindings::kvm_regs {
+                    rip: addr,
+                    rflags: 2,
+                    rsp: 0x8000,
+                    ..Default::default()
+                };
                 bsp.set_regs(&r).map_err(kvm_err("set_regs"))?;
             }
         }
@@ -327,17 +410,26 @@ impl Machine {
                 Ok(t) => threads.push(t),
                 Err(e) => {
                     vcpu::stop_vcpus(&stop, threads);
-                    return Err(Error::Io { what: "cannot start vCPU thread".into(), source: e });
+                    return Err(Error::Io {
+                        what: "cannot start vCPU thread".into(),
+                        source: e,
+                    });
                 }
             }
         }
         wait_readable(self.exit.eventfd());
         let t = std::time::Instant::now();
-        log::info!("VM ending {:.3} s after creation", self.created.elapsed().as_secs_f64());
+        log::info!(
+            "VM ending {:.3} s after creation",
+            self.created.elapsed().as_secs_f64()
+        );
         vcpu::stop_vcpus(&stop, threads);
         // Dropping the transports stops the device workers (each joins its thread).
         self.transports.clear();
-        log::info!("vCPUs and devices stopped in {:.3} s", t.elapsed().as_secs_f64());
+        log::info!(
+            "vCPUs and devices stopped in {:.3} s",
+            t.elapsed().as_secs_f64()
+        );
         Ok(self.exit.reason().unwrap_or(ExitReason::Stopped))
     }
 }
@@ -352,7 +444,11 @@ fn random_mac() -> [u8; 6] {
 
 fn wait_readable(evt: &EventFd) {
     loop {
-        let mut p = libc::pollfd { fd: evt.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut p = libc::pollfd {
+            fd: evt.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: one valid pollfd.
         let r = unsafe { libc::poll(&mut p, 1, -1) };
         if r > 0 {

@@ -10,7 +10,11 @@ use vmm::config::parse_mac;
 use vmm::{ConsoleConfig, DiskConfig, DiskSource, KernelConfig, MachineConfig, NetConfig};
 
 #[derive(Parser)]
-#[command(name = "vmm", version, about = "The Collective terminal's KVM virtual machine monitor")]
+#[command(
+    name = "vmm",
+    version,
+    about = "The Collective terminal's KVM virtual machine monitor"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -65,16 +69,26 @@ struct RunArgs {
 
 fn parse_disk(s: &str) -> Result<DiskConfig, String> {
     let mut parts = s.split(',');
-    let path = parts.next().filter(|p| !p.is_empty()).ok_or_else(|| format!("empty disk path in {s:?}"))?;
+    let path = parts
+        .next()
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| format!("empty disk path in {s:?}"))?;
     let mut read_only = false;
     for opt in parts {
         match opt {
             "ro" => read_only = true,
             "rw" => read_only = false,
-            other => return Err(format!("unknown disk option {other:?} in {s:?} (expected ro or rw)")),
+            other => {
+                return Err(format!(
+                    "unknown disk option {other:?} in {s:?} (expected ro or rw)"
+                ))
+            }
         }
     }
-    Ok(DiskConfig { source: DiskSource::Path(PathBuf::from(path)), read_only })
+    Ok(DiskConfig {
+        source: DiskSource::Path(PathBuf::from(path)),
+        read_only,
+    })
 }
 
 fn parse_net(s: &str) -> Result<NetConfig, String> {
@@ -83,8 +97,14 @@ fn parse_net(s: &str) -> Result<NetConfig, String> {
         match opt.split_once('=') {
             Some(("bridge", v)) => n.bridge = Some(v.to_string()),
             Some(("tap", v)) => n.tap = Some(v.to_string()),
-            Some(("mac", v)) => n.mac = Some(parse_mac(v).ok_or_else(|| format!("bad MAC address {v:?}"))?),
-            _ => return Err(format!("unknown net option {opt:?} (expected bridge=, tap= or mac=)")),
+            Some(("mac", v)) => {
+                n.mac = Some(parse_mac(v).ok_or_else(|| format!("bad MAC address {v:?}"))?)
+            }
+            _ => {
+                return Err(format!(
+                    "unknown net option {opt:?} (expected bridge=, tap= or mac=)"
+                ))
+            }
         }
     }
     Ok(n)
@@ -106,7 +126,11 @@ impl log::Log for StderrLogger {
 }
 
 fn init_logger() {
-    let level = match std::env::var("RUST_LOG").unwrap_or_default().to_ascii_lowercase().as_str() {
+    let level = match std::env::var("RUST_LOG")
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+        .as_str()
+    {
         "error" => log::LevelFilter::Error,
         "info" => log::LevelFilter::Info,
         "debug" => log::LevelFilter::Debug,
@@ -122,14 +146,24 @@ fn init_logger() {
 fn main() {
     init_logger();
     let Command::Run(args) = Cli::parse().command;
-    let disks = match args.disks.iter().map(|d| parse_disk(d)).collect::<Result<Vec<_>, _>>() {
+    let disks = match args
+        .disks
+        .iter()
+        .map(|d| parse_disk(d))
+        .collect::<Result<Vec<_>, _>>()
+    {
         Ok(d) => d,
         Err(e) => {
             eprintln!("vmm: {e}");
             std::process::exit(1);
         }
     };
-    let nets = match args.nets.iter().map(|n| parse_net(n)).collect::<Result<Vec<_>, _>>() {
+    let nets = match args
+        .nets
+        .iter()
+        .map(|n| parse_net(n))
+        .collect::<Result<Vec<_>, _>>()
+    {
         Ok(n) => n,
         Err(e) => {
             eprintln!("vmm: {e}");
@@ -153,7 +187,9 @@ fn main() {
             disks: disks.clone(),
             nets: nets.clone(),
             rng: !args.no_rng,
-            console: ConsoleConfig::Stdio { input: !args.no_input },
+            console: ConsoleConfig::Stdio {
+                input: !args.no_input,
+            },
         };
         let r = vmm::Machine::new(machine).and_then(|mut m| {
             m.load_kernel(&kernel)?;
@@ -167,7 +203,9 @@ fn main() {
             m.run()
         });
         match r {
-            Ok(vmm::ExitReason::Reset) if args.restart_on_reboot => log::info!("guest rebooted: starting it again"),
+            Ok(vmm::ExitReason::Reset) if args.restart_on_reboot => {
+                log::info!("guest rebooted: starting it again")
+            }
             other => break other,
         }
     };

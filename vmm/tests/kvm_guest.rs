@@ -47,15 +47,25 @@ fn machine(out: &Capture, vcpus: u8) -> Machine {
 fn hello_then_poweroff(msg: &[u8]) -> Vec<u8> {
     let msg_addr: u16 = 0x1000 + 21;
     let mut code = vec![
-        0xbe, msg_addr as u8, (msg_addr >> 8) as u8, // mov si, msg
-        0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xbe,
+        msg_addr as u8,
+        (msg_addr >> 8) as u8, // mov si, msg
+        0xba,
+        0xf8,
+        0x03, // mov dx, 0x3f8
         0xac, // l: lodsb
-        0x84, 0xc0, // test al, al
-        0x74, 0x03, // jz done
+        0x84,
+        0xc0, // test al, al
+        0x74,
+        0x03, // jz done
         0xee, // out dx, al
-        0xeb, 0xf8, // jmp l
-        0xba, 0x00, 0x06, // done: mov dx, 0x600
-        0xb0, 0x34, // mov al, (5 << 2) | (1 << 5)
+        0xeb,
+        0xf8, // jmp l
+        0xba,
+        0x00,
+        0x06, // done: mov dx, 0x600
+        0xb0,
+        0x34, // mov al, (5 << 2) | (1 << 5)
         0xee, // out dx, al
         0xf4, // hlt (never reached)
     ];
@@ -72,11 +82,19 @@ fn real_mode_guest_prints_and_powers_off() {
     }
     let out = Capture::default();
     let mut m = machine(&out, 1);
-    m.load_raw(&hello_then_poweroff(b"Hello from the guest\n"), 0x1000, None).unwrap();
+    m.load_raw(
+        &hello_then_poweroff(b"Hello from the guest\n"),
+        0x1000,
+        None,
+    )
+    .unwrap();
     let t = Instant::now();
     let reason = m.run().unwrap();
     assert_eq!(reason, ExitReason::PowerOff);
-    assert_eq!(String::from_utf8_lossy(&out.0.lock().unwrap()), "Hello from the guest\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.0.lock().unwrap()),
+        "Hello from the guest\n"
+    );
     assert!(t.elapsed() < Duration::from_secs(30));
 }
 
@@ -88,7 +106,9 @@ fn i8042_reset_is_reported_as_reset() {
     let out = Capture::default();
     let mut m = machine(&out, 2);
     // mov dx, 0x3f8; mov al, 'R'; out dx, al; mov al, 0xfe; out 0x64, al; hlt
-    let code = [0xba, 0xf8, 0x03, 0xb0, b'R', 0xee, 0xb0, 0xfe, 0xe6, 0x64, 0xf4];
+    let code = [
+        0xba, 0xf8, 0x03, 0xb0, b'R', 0xee, 0xb0, 0xfe, 0xe6, 0x64, 0xf4,
+    ];
     m.load_raw(&code, 0x1000, None).unwrap();
     assert_eq!(m.run().unwrap(), ExitReason::Reset);
     assert_eq!(&out.0.lock().unwrap()[..], b"R");
@@ -105,10 +125,12 @@ fn long_mode_entry_with_our_page_tables() {
     // mov dx, 0x3f8; mov al, '6'; out dx, al; mov al, '4'; out dx, al;
     // mov dx, 0x602; mov al, 1; out dx, al  (ACPI reset register)
     let code = [
-        0x66, 0xba, 0xf8, 0x03, 0xb0, b'6', 0xee, 0xb0, b'4', 0xee, 0x66, 0xba, 0x02, 0x06, 0xb0, 0x01, 0xee, 0xf4,
+        0x66, 0xba, 0xf8, 0x03, 0xb0, b'6', 0xee, 0xb0, b'4', 0xee, 0x66, 0xba, 0x02, 0x06, 0xb0,
+        0x01, 0xee, 0xf4,
     ];
     // Above 1 MiB, as a kernel would be.
-    m.load_raw(&code, 0x20_0000, Some(EntryMode::Linux64)).unwrap();
+    m.load_raw(&code, 0x20_0000, Some(EntryMode::Linux64))
+        .unwrap();
     assert_eq!(m.run().unwrap(), ExitReason::Reset);
     assert_eq!(&out.0.lock().unwrap()[..], b"64");
 }
@@ -121,9 +143,13 @@ fn bad_guest_reports_crash_or_reset_not_hang() {
     let out = Capture::default();
     let mut m = machine(&out, 1);
     // Long mode with an empty IDT: ud2 raises #UD, which cannot be delivered -> triple fault.
-    m.load_raw(&[0x0f, 0x0b], 0x20_0000, Some(EntryMode::Linux64)).unwrap();
+    m.load_raw(&[0x0f, 0x0b], 0x20_0000, Some(EntryMode::Linux64))
+        .unwrap();
     let r = m.run().unwrap();
-    assert!(matches!(r, ExitReason::Reset | ExitReason::Crash(_)), "{r:?}");
+    assert!(
+        matches!(r, ExitReason::Reset | ExitReason::Crash(_)),
+        "{r:?}"
+    );
 }
 
 fn temp_file(name: &str, bytes: &[u8]) -> std::path::PathBuf {
@@ -162,9 +188,10 @@ fn bzimage_64bit_entry_gets_the_zero_page() {
     //   mov dx, 0x600; mov al, 0x34; out dx, al; hlt
     //   bad: ud2
     let code = [
-        0x81, 0xbe, 0x02, 0x02, 0x00, 0x00, 0x48, 0x64, 0x72, 0x53, 0x75, 0x21, 0x8b, 0x86, 0x28, 0x02, 0x00, 0x00,
-        0x8a, 0x00, 0x66, 0xba, 0xf8, 0x03, 0xee, 0xb0, b'K', 0xee, 0x8a, 0x86, 0xe8, 0x01, 0x00, 0x00, 0x04, 0x30,
-        0xee, 0x66, 0xba, 0x00, 0x06, 0xb0, 0x34, 0xee, 0xf4, 0x0f, 0x0b,
+        0x81, 0xbe, 0x02, 0x02, 0x00, 0x00, 0x48, 0x64, 0x72, 0x53, 0x75, 0x21, 0x8b, 0x86, 0x28,
+        0x02, 0x00, 0x00, 0x8a, 0x00, 0x66, 0xba, 0xf8, 0x03, 0xee, 0xb0, b'K', 0xee, 0x8a, 0x86,
+        0xe8, 0x01, 0x00, 0x00, 0x04, 0x30, 0xee, 0x66, 0xba, 0x00, 0x06, 0xb0, 0x34, 0xee, 0xf4,
+        0x0f, 0x0b,
     ];
     let kernel = temp_file("bzimage", &synthetic_bzimage(&code));
     let initrd = temp_file("bz-initrd", &[0x5a; 5000]);
@@ -190,9 +217,14 @@ fn bzimage_64bit_entry_gets_the_zero_page() {
     assert_eq!(b, 0x5a);
     assert_eq!(zp(0x70), 0xe0000, "acpi_rsdp_addr");
     let mut cmdline = vec![0u8; 80];
-    m.memory().read_slice(&mut cmdline, GuestAddress(0x20000)).unwrap();
+    m.memory()
+        .read_slice(&mut cmdline, GuestAddress(0x20000))
+        .unwrap();
     let cmdline = String::from_utf8_lossy(&cmdline);
-    assert!(cmdline.starts_with("Xtest console=ttyS0 virtio_mmio.device=4K@0xd0000000:5"), "{cmdline}");
+    assert!(
+        cmdline.starts_with("Xtest console=ttyS0 virtio_mmio.device=4K@0xd0000000:5"),
+        "{cmdline}"
+    );
     let reason = m.run().unwrap();
     std::fs::remove_file(kernel).ok();
     std::fs::remove_file(initrd).ok();
@@ -247,9 +279,9 @@ fn elf_pvh_entry_gets_the_start_info() {
     //   mov al, 'P'; out dx, al; mov dx, 0x600; mov al, 0x34; out dx, al; hlt
     //   bad: ud2
     let code = [
-        0x81, 0x3b, 0x78, 0xc5, 0x6e, 0x33, 0x75, 0x1b, 0x8b, 0x43, 0x18, 0x8a, 0x00, 0x66, 0xba, 0xf8, 0x03, 0xee,
-        0x8a, 0x43, 0x0c, 0x04, 0x30, 0xee, 0xb0, b'P', 0xee, 0x66, 0xba, 0x00, 0x06, 0xb0, 0x34, 0xee, 0xf4, 0x0f,
-        0x0b,
+        0x81, 0x3b, 0x78, 0xc5, 0x6e, 0x33, 0x75, 0x1b, 0x8b, 0x43, 0x18, 0x8a, 0x00, 0x66, 0xba,
+        0xf8, 0x03, 0xee, 0x8a, 0x43, 0x0c, 0x04, 0x30, 0xee, 0xb0, b'P', 0xee, 0x66, 0xba, 0x00,
+        0x06, 0xb0, 0x34, 0xee, 0xf4, 0x0f, 0x0b,
     ];
     let kernel = temp_file("pvh-elf", &synthetic_pvh_elf(&code));
     let initrd = temp_file("pvh-initrd", &[1; 100]);

@@ -102,8 +102,14 @@ pub fn load(
     let (entry, setup_header, kernel_end) = match Elf::load(mem, None, kernel, himem) {
         Ok(r) => {
             let entry = match r.pvh_boot_cap {
-                PvhBootCapability::PvhEntryPresent(a) => BootEntry { mode: EntryMode::Pvh, entry: a.0 },
-                _ => BootEntry { mode: EntryMode::Linux64, entry: r.kernel_load.0 },
+                PvhBootCapability::PvhEntryPresent(a) => BootEntry {
+                    mode: EntryMode::Pvh,
+                    entry: a.0,
+                },
+                _ => BootEntry {
+                    mode: EntryMode::Linux64,
+                    entry: r.kernel_load.0,
+                },
             };
             (entry, None, r.kernel_end)
         }
@@ -116,10 +122,16 @@ pub fn load(
             let hdr = r.setup_header.unwrap_or_default();
             let (version, xloadflags) = (hdr.version, hdr.xloadflags);
             if version < 0x20c || xloadflags & XLF_KERNEL_64 == 0 {
-                return Err(BootError::OldBzImage { version, xloadflags });
+                return Err(BootError::OldBzImage {
+                    version,
+                    xloadflags,
+                });
             }
             // The 64-bit entry point sits 0x200 bytes into the protected-mode code.
-            let entry = BootEntry { mode: EntryMode::Linux64, entry: r.kernel_load.0 + 0x200 };
+            let entry = BootEntry {
+                mode: EntryMode::Linux64,
+                entry: r.kernel_load.0 + 0x200,
+            };
             (entry, Some(hdr), r.kernel_end)
         }
     };
@@ -146,7 +158,10 @@ pub fn load(
     }
 
     load_cmdline(mem, GuestAddress(CMDLINE_START), cmdline).map_err(BootError::Cmdline)?;
-    let cmdline_len = cmdline.as_cstring().map(|c| c.as_bytes().len()).unwrap_or(0);
+    let cmdline_len = cmdline
+        .as_cstring()
+        .map(|c| c.as_bytes().len())
+        .unwrap_or(0);
 
     match entry.mode {
         EntryMode::Linux64 => {
@@ -169,7 +184,11 @@ pub fn load(
             bp.acpi_rsdp_addr = RSDP_START;
             let map = e820_map(mem_size);
             for (i, (addr, size, ty)) in map.iter().enumerate() {
-                bp.e820_table[i] = boot_e820_entry { addr: *addr, size: *size, r#type: *ty };
+                bp.e820_table[i] = boot_e820_entry {
+                    addr: *addr,
+                    size: *size,
+                    r#type: *ty,
+                };
             }
             bp.e820_entries = map.len() as u8;
             LinuxBootConfigurator::write_bootparams::<GuestMemoryMmap>(
@@ -181,7 +200,12 @@ pub fn load(
         EntryMode::Pvh => {
             let map: Vec<hvm_memmap_table_entry> = e820_map(mem_size)
                 .into_iter()
-                .map(|(addr, size, type_)| hvm_memmap_table_entry { addr, size, type_, reserved: 0 })
+                .map(|(addr, size, type_)| hvm_memmap_table_entry {
+                    addr,
+                    size,
+                    type_,
+                    reserved: 0,
+                })
                 .collect();
             let mut info = hvm_start_info {
                 magic: 0x336e_c578, // XEN_HVM_START_MAGIC_VALUE
@@ -197,7 +221,11 @@ pub fn load(
                 info.nr_modules = 1;
                 info.modlist_paddr = PVH_MODLIST_START;
                 params = BootParams::new(&info, GuestAddress(PVH_INFO_START));
-                let module = hvm_modlist_entry { paddr, size, ..Default::default() };
+                let module = hvm_modlist_entry {
+                    paddr,
+                    size,
+                    ..Default::default()
+                };
                 params.set_modules(&[module], GuestAddress(PVH_MODLIST_START));
             }
             params.set_sections(&map, GuestAddress(PVH_MEMMAP_START));
@@ -224,7 +252,10 @@ mod tests {
         let m = e820_map(256 << 20);
         assert_eq!(m[0], (0, EBDA_START, E820_RAM));
         assert_eq!(m[1].2, E820_RESERVED);
-        assert!(m[1].0 <= RSDP_START && RSDP_START < m[1].0 + m[1].1, "RSDP reserved");
+        assert!(
+            m[1].0 <= RSDP_START && RSDP_START < m[1].0 + m[1].1,
+            "RSDP reserved"
+        );
         assert_eq!(m[2], (HIMEM_START, (256 << 20) - HIMEM_START, E820_RAM));
         assert_eq!(m.len(), 3);
     }

@@ -74,7 +74,11 @@ mod tests {
 
     #[test]
     fn leaf1_gets_apic_id_count_and_hypervisor_bit() {
-        let mut e = kvm_cpuid_entry2 { function: 1, ebx: 0xff00_0800, ..Default::default() };
+        let mut e = kvm_cpuid_entry2 {
+            function: 1,
+            ebx: 0xff00_0800,
+            ..Default::default()
+        };
         patch_entry(&mut e, 3, 4);
         assert_eq!(e.ebx >> 24, 3);
         assert_eq!((e.ebx >> 16) & 0xff, 4);
@@ -85,7 +89,11 @@ mod tests {
 
     #[test]
     fn topology_leaf_reports_x2apic_id() {
-        let mut e = kvm_cpuid_entry2 { function: 0xb, index: 1, ..Default::default() };
+        let mut e = kvm_cpuid_entry2 {
+            function: 0xb,
+            index: 1,
+            ..Default::default()
+        };
         patch_entry(&mut e, 2, 3);
         assert_eq!(e.edx, 2);
         assert_eq!(e.ebx, 3);

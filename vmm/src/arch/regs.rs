@@ -71,7 +71,11 @@ pub fn segment_from_gdt(entry: u64, index: u8) -> kvm_segment {
     let present = ((entry >> 47) & 1) as u8;
     kvm_segment {
         base: ((entry >> 32) & 0xff00_0000) | ((entry >> 16) & 0x00ff_ffff),
-        limit: if g == 1 { (raw_limit << 12) | 0xfff } else { raw_limit },
+        limit: if g == 1 {
+            (raw_limit << 12) | 0xfff
+        } else {
+            raw_limit
+        },
         selector: u16::from(index) * 8,
         type_: ((entry >> 40) & 0xf) as u8,
         present,
@@ -93,7 +97,12 @@ pub fn boot_gdt(mode: EntryMode) -> [u64; 4] {
         EntryMode::Linux64 => gdt_entry(0xa09b, 0, 0xfffff),
         EntryMode::Pvh => gdt_entry(0xc09b, 0, 0xfffff),
     };
-    [0, code, gdt_entry(0xc093, 0, 0xfffff), gdt_entry(0x808b, 0, 0xfffff)]
+    [
+        0,
+        code,
+        gdt_entry(0xc093, 0, 0xfffff),
+        gdt_entry(0x808b, 0, 0xfffff),
+    ]
 }
 
 /// Writes the identity-mapping page tables for the first 4 GiB (2 MiB pages).
@@ -189,17 +198,17 @@ pub fn setup_fpu(vcpu: &VcpuFd) -> Result<(), RegsError> {
 /// write-back as the default type (without it Linux maps all RAM uncached).
 pub fn boot_msrs() -> Vec<(u32, u64)> {
     vec![
-        (0x174, 0),                    // IA32_SYSENTER_CS
-        (0x175, 0),                    // IA32_SYSENTER_ESP
-        (0x176, 0),                    // IA32_SYSENTER_EIP
-        (0xc000_0081, 0),              // STAR
-        (0xc000_0082, 0),              // LSTAR
-        (0xc000_0083, 0),              // CSTAR
-        (0xc000_0084, 0),              // SYSCALL_MASK
-        (0xc000_0102, 0),              // KERNEL_GS_BASE
-        (0x10, 0),                     // IA32_TSC
-        (0x1a0, 1),                    // IA32_MISC_ENABLE: fast strings
-        (0x2ff, (1 << 11) | 0x6),      // MTRRdefType: enabled, write-back
+        (0x174, 0),               // IA32_SYSENTER_CS
+        (0x175, 0),               // IA32_SYSENTER_ESP
+        (0x176, 0),               // IA32_SYSENTER_EIP
+        (0xc000_0081, 0),         // STAR
+        (0xc000_0082, 0),         // LSTAR
+        (0xc000_0083, 0),         // CSTAR
+        (0xc000_0084, 0),         // SYSCALL_MASK
+        (0xc000_0102, 0),         // KERNEL_GS_BASE
+        (0x10, 0),                // IA32_TSC
+        (0x1a0, 1),               // IA32_MISC_ENABLE: fast strings
+        (0x2ff, (1 << 11) | 0x6), // MTRRdefType: enabled, write-back
     ]
 }
 
@@ -207,7 +216,11 @@ pub fn boot_msrs() -> Vec<(u32, u64)> {
 pub fn setup_msrs(vcpu: &VcpuFd) -> Result<(), RegsError> {
     let entries: Vec<kvm_msr_entry> = boot_msrs()
         .into_iter()
-        .map(|(index, data)| kvm_msr_entry { index, data, ..Default::default() })
+        .map(|(index, data)| kvm_msr_entry {
+            index,
+            data,
+            ..Default::default()
+        })
         .collect();
     let msrs = Msrs::from_entries(&entries).map_err(|_| RegsError::MsrList)?;
     let n = vcpu.set_msrs(&msrs).map_err(kvm("msrs"))?;
@@ -237,9 +250,17 @@ fn set_lapic_reg(regs: &mut [std::os::raw::c_char; 1024], off: usize, v: u32) {
 pub fn setup_lapic(vcpu: &VcpuFd) -> Result<(), RegsError> {
     let mut lapic = vcpu.get_lapic().map_err(kvm("lapic"))?;
     let lvt0 = lapic_reg(&lapic.regs, APIC_LVT0);
-    set_lapic_reg(&mut lapic.regs, APIC_LVT0, (lvt0 & !0x700) | (APIC_MODE_EXTINT << 8));
+    set_lapic_reg(
+        &mut lapic.regs,
+        APIC_LVT0,
+        (lvt0 & !0x700) | (APIC_MODE_EXTINT << 8),
+    );
     let lvt1 = lapic_reg(&lapic.regs, APIC_LVT1);
-    set_lapic_reg(&mut lapic.regs, APIC_LVT1, (lvt1 & !0x700) | (APIC_MODE_NMI << 8));
+    set_lapic_reg(
+        &mut lapic.regs,
+        APIC_LVT1,
+        (lvt1 & !0x700) | (APIC_MODE_NMI << 8),
+    );
     vcpu.set_lapic(&lapic).map_err(kvm("lapic"))
 }
 
@@ -275,7 +296,9 @@ mod tests {
         let pdpt3: u64 = mem.read_obj(GuestAddress(PDPTE_START + 24)).unwrap();
         assert_eq!(pdpt3, (PDE_START + 0x3000) | 3);
         // Last 2 MiB page below 4 GiB.
-        let last: u64 = mem.read_obj(GuestAddress(PDE_START + 0x3000 + 511 * 8)).unwrap();
+        let last: u64 = mem
+            .read_obj(GuestAddress(PDE_START + 0x3000 + 511 * 8))
+            .unwrap();
         assert_eq!(last, (0xffe0_0000) | 0x83);
         assert!(mem.last_addr().0 > PDE_START + 0x4000);
     }

@@ -86,12 +86,21 @@ mod tests {
         let r = ram_ranges(4 << 30);
         assert_eq!(r.len(), 2);
         assert_eq!(r[0], (GuestAddress(0), MMIO32_START));
-        assert_eq!(r[1], (GuestAddress(RAM_64BIT_START), (4 << 30) - MMIO32_START));
+        assert_eq!(
+            r[1],
+            (GuestAddress(RAM_64BIT_START), (4 << 30) - MMIO32_START)
+        );
     }
 
     #[test]
     fn rejects_bad_sizes() {
-        assert!(matches!(create_guest_memory(0), Err(MemoryError::BadSize(0))));
-        assert!(matches!(create_guest_memory(4097), Err(MemoryError::BadSize(_))));
+        assert!(matches!(
+            create_guest_memory(0),
+            Err(MemoryError::BadSize(0))
+        ));
+        assert!(matches!(
+            create_guest_memory(4097),
+            Err(MemoryError::BadSize(_))
+        ));
     }
 }

@@ -70,8 +70,15 @@ impl ExitStats {
         let mut v: Vec<_> = self.0.iter().collect();
         v.sort_by(|a, b| b.1.cmp(a.1));
         let total: u64 = self.0.values().sum();
-        let top: Vec<String> = v.iter().take(8).map(|((k, a), n)| format!("{k} {a:#x}: {n}")).collect();
-        log::debug!("vCPU {id}: {total} exits to the VMM; most: {}", top.join(", "));
+        let top: Vec<String> = v
+            .iter()
+            .take(8)
+            .map(|((k, a), n)| format!("{k} {a:#x}: {n}"))
+            .collect();
+        log::debug!(
+            "vCPU {id}: {total} exits to the VMM; most: {}",
+            top.join(", ")
+        );
     }
 }
 
@@ -109,9 +116,13 @@ fn handle_exit(id: u64, exit: VcpuExit<'_>, ctx: &VcpuContext) -> Option<ExitRea
             })
         }
         VcpuExit::FailEntry(reason, cpu) => {
-            return Some(ExitReason::Crash(format!("vCPU {id}: entry failed, reason {reason:#x} on cpu {cpu}")))
+            return Some(ExitReason::Crash(format!(
+                "vCPU {id}: entry failed, reason {reason:#x} on cpu {cpu}"
+            )))
         }
-        VcpuExit::InternalError => return Some(ExitReason::Crash(format!("vCPU {id}: KVM internal error"))),
+        VcpuExit::InternalError => {
+            return Some(ExitReason::Crash(format!("vCPU {id}: KVM internal error")))
+        }
         VcpuExit::IoapicEoi(_) | VcpuExit::Intr => {}
         other => log::warn!("vCPU {id}: unhandled exit {other:?}"),
     }
@@ -135,7 +146,8 @@ pub fn run_vcpu(id: u64, mut vcpu: VcpuFd, ctx: VcpuContext) {
             }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
             Err(e) => {
-                ctx.exit.request(ExitReason::Crash(format!("vCPU {id}: KVM_RUN failed: {e}")));
+                ctx.exit
+                    .request(ExitReason::Crash(format!("vCPU {id}: KVM_RUN failed: {e}")));
                 break;
             }
         }

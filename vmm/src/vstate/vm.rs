@@ -46,9 +46,13 @@ pub fn create_vm() -> Result<(Kvm, VmFd), VmError> {
         }
     }
     let vm = kvm_fd.create_vm().map_err(kvm("create_vm"))?;
-    vm.set_tss_address(KVM_TSS_ADDRESS as usize).map_err(kvm("set_tss_address"))?;
+    vm.set_tss_address(KVM_TSS_ADDRESS as usize)
+        .map_err(kvm("set_tss_address"))?;
     vm.create_irq_chip().map_err(kvm("create_irq_chip"))?;
-    let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
     vm.create_pit2(pit).map_err(kvm("create_pit2"))?;
     Ok((kvm_fd, vm))
 }

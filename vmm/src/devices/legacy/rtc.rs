@@ -71,7 +71,10 @@ impl BusDevice for Rtc {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);
         let v = if offset == 1 {
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
             Self::register(self.index, now)
         } else {
             self.index

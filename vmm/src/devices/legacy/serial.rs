@@ -40,7 +40,9 @@ pub struct Serial {
 impl Serial {
     /// A UART that interrupts through `irq` and writes the guest's output to `out`.
     pub fn new(irq: EventFd, out: Box<dyn Write + Send>) -> Self {
-        Self { uart: Uart::new(EventFdTrigger(irq), out) }
+        Self {
+            uart: Uart::new(EventFdTrigger(irq), out),
+        }
     }
 
     /// Feeds host input to the guest; returns how many bytes fitted in the receive FIFO.

@@ -87,7 +87,10 @@ impl Chain {
         head: u16,
         max_bytes: u64,
     ) -> Result<Chain, ChainError> {
-        let mut chain = Chain { head, ..Default::default() };
+        let mut chain = Chain {
+            head,
+            ..Default::default()
+        };
         let mut index = head;
         let mut total: u64 = 0;
         for _ in 0..size {
@@ -101,7 +104,9 @@ impl Chain {
             let mut raw = [0u8; 16];
             mem.read_slice(&mut raw, GuestAddress(at))
                 .map_err(|_| ChainError::TableOutOfMemory(at))?;
-            let addr = u64::from_le_bytes([raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6], raw[7]]);
+            let addr = u64::from_le_bytes([
+                raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6], raw[7],
+            ]);
             let len = u32::from_le_bytes([raw[8], raw[9], raw[10], raw[11]]);
             let flags = u16::from_le_bytes([raw[12], raw[13]]);
             let next = u16::from_le_bytes([raw[14], raw[15]]);
@@ -118,7 +123,10 @@ impl Chain {
             if total > max_bytes {
                 return Err(ChainError::TooLong(total));
             }
-            let buf = Buffer { addr: GuestAddress(addr), len };
+            let buf = Buffer {
+                addr: GuestAddress(addr),
+                len,
+            };
             if flags & VRING_DESC_F_WRITE != 0 {
                 chain.writable.push(buf);
             } else if chain.writable.is_empty() {
@@ -203,7 +211,8 @@ mod tests {
         raw[8..12].copy_from_slice(&len.to_le_bytes());
         raw[12..14].copy_from_slice(&flags.to_le_bytes());
         raw[14..16].copy_from_slice(&next.to_le_bytes());
-        mem.write_slice(&raw, GuestAddress(table + u64::from(i) * 16)).unwrap();
+        mem.write_slice(&raw, GuestAddress(table + u64::from(i) * 16))
+            .unwrap();
     }
 
     const T: GuestAddress = GuestAddress(0x1000);
@@ -213,7 +222,15 @@ mod tests {
         let m = mem();
         put(&m, T.0, 0, 0x8000, 4, VRING_DESC_F_NEXT, 3);
         put(&m, T.0, 3, 0x9000, 4, VRING_DESC_F_NEXT, 5);
-        put(&m, T.0, 5, 0xa000, 8, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, 6);
+        put(
+            &m,
+            T.0,
+            5,
+            0xa000,
+            8,
+            VRING_DESC_F_WRITE | VRING_DESC_F_NEXT,
+            6,
+        );
         put(&m, T.0, 6, 0xb000, 8, VRING_DESC_F_WRITE, 0);
         m.write_slice(b"abcd", GuestAddress(0x8000)).unwrap();
         m.write_slice(b"efgh", GuestAddress(0x9000)).unwrap();
@@ -246,28 +263,63 @@ mod tests {
         assert_eq!(Chain::parse(&m, T, 8, 0, 1 << 20), Err(ChainError::Loop(8)));
         // Next out of range, and head out of range.
         put(&m, T.0, 0, 0x8000, 4, VRING_DESC_F_NEXT, 8);
-        assert!(matches!(Chain::parse(&m, T, 8, 0, 1 << 20), Err(ChainError::IndexOutOfRange { index: 8, .. })));
-        assert!(matches!(Chain::parse(&m, T, 8, 9, 1 << 20), Err(ChainError::IndexOutOfRange { index: 9, .. })));
+        assert!(matches!(
+            Chain::parse(&m, T, 8, 0, 1 << 20),
+            Err(ChainError::IndexOutOfRange { index: 8, .. })
+        ));
+        assert!(matches!(
+            Chain::parse(&m, T, 8, 9, 1 << 20),
+            Err(ChainError::IndexOutOfRange { index: 9, .. })
+        ));
         // Buffer outside memory, partly outside, and wrapping.
         put(&m, T.0, 0, 0x20_0000, 4, 0, 0);
-        assert!(matches!(Chain::parse(&m, T, 8, 0, 1 << 20), Err(ChainError::OutOfMemory { .. })));
+        assert!(matches!(
+            Chain::parse(&m, T, 8, 0, 1 << 20),
+            Err(ChainError::OutOfMemory { .. })
+        ));
         put(&m, T.0, 0, 0xf_fff0, 32, 0, 0);
-        assert!(matches!(Chain::parse(&m, T, 8, 0, 1 << 20), Err(ChainError::OutOfMemory { .. })));
+        assert!(matches!(
+            Chain::parse(&m, T, 8, 0, 1 << 20),
+            Err(ChainError::OutOfMemory { .. })
+        ));
         put(&m, T.0, 0, u64::MAX - 2, 16, 0, 0);
-        assert!(matches!(Chain::parse(&m, T, 8, 0, 1 << 20), Err(ChainError::OutOfMemory { .. })));
+        assert!(matches!(
+            Chain::parse(&m, T, 8, 0, 1 << 20),
+            Err(ChainError::OutOfMemory { .. })
+        ));
         // Absurd length.
         put(&m, T.0, 0, 0x8000, u32::MAX, 0, 0);
-        assert!(matches!(Chain::parse(&m, T, 8, 0, 1 << 20), Err(ChainError::OutOfMemory { .. })));
+        assert!(matches!(
+            Chain::parse(&m, T, 8, 0, 1 << 20),
+            Err(ChainError::OutOfMemory { .. })
+        ));
         put(&m, T.0, 0, 0x8000, 0x1000, VRING_DESC_F_NEXT, 1);
         put(&m, T.0, 1, 0x9000, 0x1000, 0, 0);
-        assert_eq!(Chain::parse(&m, T, 8, 0, 0x1800), Err(ChainError::TooLong(0x2000)));
+        assert_eq!(
+            Chain::parse(&m, T, 8, 0, 0x1800),
+            Err(ChainError::TooLong(0x2000))
+        );
         // Wrong direction: readable after writable.
-        put(&m, T.0, 0, 0x8000, 4, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, 1);
+        put(
+            &m,
+            T.0,
+            0,
+            0x8000,
+            4,
+            VRING_DESC_F_WRITE | VRING_DESC_F_NEXT,
+            1,
+        );
         put(&m, T.0, 1, 0x9000, 4, 0, 0);
-        assert_eq!(Chain::parse(&m, T, 8, 0, 1 << 20), Err(ChainError::ReadableAfterWritable));
+        assert_eq!(
+            Chain::parse(&m, T, 8, 0, 1 << 20),
+            Err(ChainError::ReadableAfterWritable)
+        );
         // Indirect.
         put(&m, T.0, 0, 0x8000, 16, VRING_DESC_F_INDIRECT, 0);
-        assert_eq!(Chain::parse(&m, T, 8, 0, 1 << 20), Err(ChainError::Indirect));
+        assert_eq!(
+            Chain::parse(&m, T, 8, 0, 1 << 20),
+            Err(ChainError::Indirect)
+        );
         // Descriptor table itself outside memory.
         assert!(matches!(
             Chain::parse(&m, GuestAddress(0xf_fff8), 8, 0, 1 << 20),

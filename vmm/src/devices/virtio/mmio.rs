@@ -75,7 +75,11 @@ pub struct MmioTransport {
 
 impl MmioTransport {
     /// Wraps `device`; `irq` is the eventfd registered as its irqfd.
-    pub fn new(device: Box<dyn VirtioDevice>, mem: Arc<GuestMemoryMmap>, irq: EventFd) -> Result<Self, TransportError> {
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        mem: Arc<GuestMemoryMmap>,
+        irq: EventFd,
+    ) -> Result<Self, TransportError> {
         let mut queues = Vec::new();
         let mut queue_evts = Vec::new();
         for max in device.queue_max_sizes() {
@@ -109,7 +113,11 @@ impl MmioTransport {
 
     /// The Status register as the driver sees it.
     pub fn status(&self) -> u32 {
-        let failed = if self.interrupt.is_failed() { status::DEVICE_NEEDS_RESET } else { 0 };
+        let failed = if self.interrupt.is_failed() {
+            status::DEVICE_NEEDS_RESET
+        } else {
+            0
+        };
         self.status | failed
     }
 
@@ -145,14 +153,20 @@ impl MmioTransport {
         for (i, q) in self.queues.iter_mut().enumerate() {
             q.set_event_idx(event_idx);
             if !q.is_valid(self.mem.as_ref()) {
-                log::error!("virtio device {}: queue {i} is not ready or not in guest memory", self.device.device_type());
+                log::error!(
+                    "virtio device {}: queue {i} is not ready or not in guest memory",
+                    self.device.device_type()
+                );
                 self.interrupt.fail();
                 return;
             }
             match Queue::try_from(q.state()) {
                 Ok(copy) => queues.push(copy),
                 Err(e) => {
-                    log::error!("virtio device {}: queue {i}: {e}", self.device.device_type());
+                    log::error!(
+                        "virtio device {}: queue {i}: {e}",
+                        self.device.device_type()
+                    );
                     self.interrupt.fail();
                     return;
                 }
@@ -174,7 +188,10 @@ impl MmioTransport {
             acked_features: self.driver_features,
         };
         if let Err(e) = self.device.activate(ctx) {
-            log::error!("virtio device {}: activation failed: {e}", self.device.device_type());
+            log::error!(
+                "virtio device {}: activation failed: {e}",
+                self.device.device_type()
+            );
             self.interrupt.fail();
         }
     }
@@ -188,9 +205,13 @@ impl MmioTransport {
         let newly = new & !self.status;
         if newly & status::FEATURES_OK != 0 {
             let offered = self.offered_features();
-            let ok = self.driver_features & !offered == 0 && self.driver_features & features::VERSION_1 != 0;
+            let ok = self.driver_features & !offered == 0
+                && self.driver_features & features::VERSION_1 != 0;
             if !ok {
-                log::warn!("driver accepted features {:#x}, offered {offered:#x}: refusing FEATURES_OK", self.driver_features);
+                log::warn!(
+                    "driver accepted features {:#x}, offered {offered:#x}: refusing FEATURES_OK",
+                    self.driver_features
+                );
                 new &= !status::FEATURES_OK;
             }
         }
@@ -232,8 +253,14 @@ impl MmioTransport {
             reg::DRIVER_FEATURES => {
                 if self.status & status::FEATURES_OK == 0 {
                     match self.driver_features_select {
-                        0 => self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v),
-                        1 => self.driver_features = (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32),
+                        0 => {
+                            self.driver_features =
+                                (self.driver_features & !0xffff_ffff) | u64::from(v)
+                        }
+                        1 => {
+                            self.driver_features =
+                                (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32)
+                        }
                         _ => {}
                     }
                 }
@@ -296,7 +323,10 @@ impl BusDevice for MmioTransport {
             return;
         }
         if data.len() != 4 || offset % 4 != 0 {
-            log::debug!("virtio-mmio: ignoring {}-byte write at {offset:#x}", data.len());
+            log::debug!(
+                "virtio-mmio: ignoring {}-byte write at {offset:#x}",
+                data.len()
+            );
             return;
         }
         let v = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
@@ -333,7 +363,11 @@ mod tests {
     }
 
     fn wait(evt: &EventFd) -> bool {
-        let mut p = libc::pollfd { fd: evt.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut p = libc::pollfd {
+            fd: evt.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: one valid pollfd.
         let n = unsafe { libc::poll(&mut p, 1, 5000) };
         let _ = evt.read();
@@ -346,7 +380,11 @@ mod tests {
         w(t, reg::DRIVER_FEATURES, accept as u32);
         w(t, reg::DRIVER_FEATURES_SEL, 1);
         w(t, reg::DRIVER_FEATURES, (accept >> 32) as u32);
-        w(t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
+        w(
+            t,
+            reg::STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+        );
         r(t, reg::STATUS)
     }
 
@@ -365,7 +403,10 @@ mod tests {
     fn block_transport(mem: Arc<GuestMemoryMmap>) -> (MmioTransport, EventFd) {
         let irq = EventFd::new(EFD_NONBLOCK).unwrap();
         let dev = Block::new(Arc::new(MemDisk::new(64 * 1024, false)), "t".into());
-        (MmioTransport::new(Box::new(dev), mem, irq.try_clone().unwrap()).unwrap(), irq)
+        (
+            MmioTransport::new(Box::new(dev), mem, irq.try_clone().unwrap()).unwrap(),
+            irq,
+        )
     }
 
     #[test]
@@ -395,7 +436,11 @@ mod tests {
     #[test]
     fn features_ok_refused_for_bad_feature_sets() {
         let (mut t, _) = block_transport(Arc::new(mem()));
-        assert_eq!(negotiate(&mut t, 0) & status::FEATURES_OK, 0, "VERSION_1 is mandatory");
+        assert_eq!(
+            negotiate(&mut t, 0) & status::FEATURES_OK,
+            0,
+            "VERSION_1 is mandatory"
+        );
         w(&mut t, reg::STATUS, 0);
         let st = negotiate(&mut t, features::VERSION_1 | (1 << 40));
         assert_eq!(st & status::FEATURES_OK, 0, "a feature never offered");
@@ -409,9 +454,22 @@ mod tests {
         let m = Arc::new(mem());
         let (mut t, irq) = block_transport(m.clone());
         let mock = MockSplitQueue::create(m.as_ref(), GuestAddress(0x1000), 16);
-        assert_ne!(negotiate(&mut t, features::VERSION_1 | features::RING_EVENT_IDX) & status::FEATURES_OK, 0);
-        setup_queue(&mut t, mock.desc_table_addr().0, mock.avail_addr().0, mock.used_addr().0, 16);
-        w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK);
+        assert_ne!(
+            negotiate(&mut t, features::VERSION_1 | features::RING_EVENT_IDX) & status::FEATURES_OK,
+            0
+        );
+        setup_queue(
+            &mut t,
+            mock.desc_table_addr().0,
+            mock.avail_addr().0,
+            mock.used_addr().0,
+            16,
+        );
+        w(
+            &mut t,
+            reg::STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK,
+        );
         assert_eq!(t.status() & status::DEVICE_NEEDS_RESET, 0);
 
         // A good read request.
@@ -419,8 +477,15 @@ mod tests {
         hdr[..4].copy_from_slice(&req::IN.to_le_bytes());
         hdr[8..].copy_from_slice(&5u64.to_le_bytes());
         m.write_slice(&hdr, GuestAddress(0x10_0000)).unwrap();
-        mock.add_desc_chains(&[d(0x10_0000, 16, N, 1), d(0x20_0000, 512, W | N, 2), d(0x30_0000, 1, W, 0)], 0)
-            .unwrap();
+        mock.add_desc_chains(
+            &[
+                d(0x10_0000, 16, N, 1),
+                d(0x20_0000, 512, W | N, 2),
+                d(0x30_0000, 1, W, 0),
+            ],
+            0,
+        )
+        .unwrap();
         w(&mut t, reg::QUEUE_NOTIFY, 0);
         assert!(wait(&irq), "used-buffer interrupt");
         assert_eq!(r(&mut t, reg::INTERRUPT_STATUS) & INT_VRING, INT_VRING);
@@ -436,7 +501,8 @@ mod tests {
         assert_eq!(r(&mut t, reg::QUEUE_READY), 1);
 
         // A looping chain: the device fails and says so.
-        mock.add_desc_chains(&[d(0x10_0000, 16, N, 4), d(0x20_0000, 512, W | N, 3)], 3).unwrap();
+        mock.add_desc_chains(&[d(0x10_0000, 16, N, 4), d(0x20_0000, 512, W | N, 3)], 3)
+            .unwrap();
         w(&mut t, reg::QUEUE_NOTIFY, 0);
         assert!(wait(&irq), "config-change interrupt");
         assert_ne!(r(&mut t, reg::STATUS) & status::DEVICE_NEEDS_RESET, 0);
@@ -454,7 +520,11 @@ mod tests {
         let (mut t, irq) = block_transport(Arc::new(mem()));
         negotiate(&mut t, features::VERSION_1);
         setup_queue(&mut t, 0xffff_0000_0000, 0x2000, 0x3000, 16);
-        w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK);
+        w(
+            &mut t,
+            reg::STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK,
+        );
         assert!(wait(&irq));
         assert_ne!(t.status() & status::DEVICE_NEEDS_RESET, 0);
     }

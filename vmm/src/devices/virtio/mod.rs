@@ -74,7 +74,11 @@ pub struct Interrupt {
 impl Interrupt {
     /// An interrupt raised by writing `evt` (registered with KVM as an irqfd).
     pub fn new(evt: EventFd) -> Self {
-        Self { status: AtomicU32::new(0), failed: AtomicBool::new(false), evt }
+        Self {
+            status: AtomicU32::new(0),
+            failed: AtomicBool::new(false),
+            evt,
+        }
     }
 
     fn raise(&self, bit: u32) {
@@ -173,7 +177,9 @@ pub trait VirtioDevice: Send {
 /// Reads `data.len()` bytes of `config` at `offset`, zero-filling beyond its end.
 pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     data.fill(0);
-    let Ok(start) = usize::try_from(offset) else { return };
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
     if start >= config.len() {
         return;
     }

@@ -36,10 +36,20 @@ impl VirtioDevice for Rng {
     }
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
         if ctx.queues.len() != 1 {
-            return Err(ActivateError::QueueCount { need: 1, got: ctx.queues.len() });
+            return Err(ActivateError::QueueCount {
+                need: 1,
+                got: ctx.queues.len(),
+            });
         }
         self.reset();
-        self.worker = Some(Worker::spawn("rng".into(), RngHandler::default(), ctx.queues, ctx.queue_evts, ctx.mem, ctx.interrupt)?);
+        self.worker = Some(Worker::spawn(
+            "rng".into(),
+            RngHandler::default(),
+            ctx.queues,
+            ctx.queue_evts,
+            ctx.mem,
+            ctx.interrupt,
+        )?);
         Ok(())
     }
     fn reset(&mut self) {
@@ -78,7 +88,12 @@ impl ChainHandler for RngHandler {
         1 << 30
     }
 
-    fn handle(&mut self, _queue: usize, chain: &Chain, mem: &GuestMemoryMmap) -> Result<u32, DeviceError> {
+    fn handle(
+        &mut self,
+        _queue: usize,
+        chain: &Chain,
+        mem: &GuestMemoryMmap,
+    ) -> Result<u32, DeviceError> {
         if !chain.readable.is_empty() {
             return Err(DeviceError::Request("virtio-rng buffer is device-readable"));
         }
@@ -106,7 +121,8 @@ mod tests {
     fn fills_writable_buffers() {
         let m = mem();
         let mock = MockSplitQueue::new(&m, 16);
-        mock.add_desc_chains(&[d(0x10_0000, 64, W | N, 1), d(0x20_0000, 64, W, 0)], 0).unwrap();
+        mock.add_desc_chains(&[d(0x10_0000, 64, W | N, 1), d(0x20_0000, 64, W, 0)], 0)
+            .unwrap();
         let mut q: Queue = mock.create_queue().unwrap();
         let mut h = RngHandler::default();
         assert!(process_queue(&mut h, 0, &mut q, &m).unwrap());
@@ -120,11 +136,15 @@ mod tests {
     fn caps_huge_requests_and_rejects_readable_buffers() {
         let m = mem();
         let mock = MockSplitQueue::new(&m, 16);
-        mock.add_desc_chains(&[d(0x10_0000, 1 << 20, W, 0)], 0).unwrap();
+        mock.add_desc_chains(&[d(0x10_0000, 1 << 20, W, 0)], 0)
+            .unwrap();
         let mut q: Queue = mock.create_queue().unwrap();
         let mut h = RngHandler::default();
         process_queue(&mut h, 0, &mut q, &m).unwrap();
-        assert_eq!(used(&m, mock.used_addr(), 0).2 as usize, MAX_BYTES_PER_REQUEST);
+        assert_eq!(
+            used(&m, mock.used_addr(), 0).2 as usize,
+            MAX_BYTES_PER_REQUEST
+        );
 
         let mock = MockSplitQueue::new(&m, 16);
         mock.add_desc_chains(&[d(0x10_0000, 64, 0, 0)], 0).unwrap();

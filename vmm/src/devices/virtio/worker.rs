@@ -33,11 +33,20 @@ pub trait ChainHandler: Send + 'static {
     fn max_chain_bytes(&self) -> u64;
     /// Serves one request from queue `queue`; returns the number of bytes written into the
     /// chain's writable buffers (the used length).
-    fn handle(&mut self, queue: usize, chain: &Chain, mem: &GuestMemoryMmap) -> Result<u32, DeviceError>;
+    fn handle(
+        &mut self,
+        queue: usize,
+        chain: &Chain,
+        mem: &GuestMemoryMmap,
+    ) -> Result<u32, DeviceError>;
 }
 
 /// Pops the next available chain of `q`, validated.
-pub fn next_chain(q: &mut Queue, mem: &GuestMemoryMmap, max_bytes: u64) -> Result<Option<Chain>, DeviceError> {
+pub fn next_chain(
+    q: &mut Queue,
+    mem: &GuestMemoryMmap,
+    max_bytes: u64,
+) -> Result<Option<Chain>, DeviceError> {
     let head = {
         let mut iter = q.iter(mem)?;
         match iter.next() {
@@ -45,7 +54,13 @@ pub fn next_chain(q: &mut Queue, mem: &GuestMemoryMmap, max_bytes: u64) -> Resul
             None => return Ok(None),
         }
     };
-    Ok(Some(Chain::parse(mem, GuestAddress(q.desc_table()), q.size(), head, max_bytes)?))
+    Ok(Some(Chain::parse(
+        mem,
+        GuestAddress(q.desc_table()),
+        q.size(),
+        head,
+        max_bytes,
+    )?))
 }
 
 /// Serves every available chain of queue `index`; returns whether the driver must be
@@ -90,53 +105,63 @@ impl Worker {
     ) -> std::io::Result<Worker> {
         let kill = EventFd::new(EFD_NONBLOCK)?;
         let kill_rx = kill.try_clone()?;
-        let thread = std::thread::Builder::new().name(name.clone()).spawn(move || {
-            let mut fds: Vec<libc::pollfd> = std::iter::once(kill_rx.as_raw_fd())
-                .chain(evts.iter().map(|e| e.as_raw_fd()))
-                .map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
-                .collect();
-            let mut failed = false;
-            // Chains may already be waiting (the driver can kick before DRIVER_OK).
-            let mut pending: Vec<bool> = vec![true; queues.len()];
-            loop {
-                for (i, p) in pending.iter_mut().enumerate() {
-                    if !std::mem::take(p) || failed {
-                        continue;
+        let thread = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || {
+                let mut fds: Vec<libc::pollfd> = std::iter::once(kill_rx.as_raw_fd())
+                    .chain(evts.iter().map(|e| e.as_raw_fd()))
+                    .map(|fd| libc::pollfd {
+                        fd,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    })
+                    .collect();
+                let mut failed = false;
+                // Chains may already be waiting (the driver can kick before DRIVER_OK).
+                let mut pending: Vec<bool> = vec![true; queues.len()];
+                loop {
+                    for (i, p) in pending.iter_mut().enumerate() {
+                        if !std::mem::take(p) || failed {
+                            continue;
+                        }
+                        match process_queue(&mut handler, i, &mut queues[i], &mem) {
+                            Ok(true) => irq.signal_used_queue(),
+                            Ok(false) => {}
+                            Err(e) => {
+                                log::error!("{name}: queue {i}: {e}; device needs reset");
+                                failed = true;
+                                irq.fail();
+                            }
+                        }
                     }
-                    match process_queue(&mut handler, i, &mut queues[i], &mem) {
-                        Ok(true) => irq.signal_used_queue(),
-                        Ok(false) => {}
-                        Err(e) => {
-                            log::error!("{name}: queue {i}: {e}; device needs reset");
-                            failed = true;
-                            irq.fail();
+                    for f in fds.iter_mut() {
+                        f.revents = 0;
+                    }
+                    // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
+                    let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+                    if r < 0 {
+                        if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+                        {
+                            continue;
+                        }
+                        log::error!("{name}: poll failed: {}", std::io::Error::last_os_error());
+                        return;
+                    }
+                    if fds[0].revents != 0 {
+                        return;
+                    }
+                    for (i, f) in fds[1..].iter().enumerate() {
+                        if f.revents != 0 {
+                            let _ = evts[i].read();
+                            pending[i] = true;
                         }
                     }
                 }
-                for f in fds.iter_mut() {
-                    f.revents = 0;
-                }
-                // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
-                let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-                if r < 0 {
-                    if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-                        continue;
-                    }
-                    log::error!("{name}: poll failed: {}", std::io::Error::last_os_error());
-                    return;
-                }
-                if fds[0].revents != 0 {
-                    return;
-                }
-                for (i, f) in fds[1..].iter().enumerate() {
-                    if f.revents != 0 {
-                        let _ = evts[i].read();
-                        pending[i] = true;
-                    }
-                }
-            }
-        })?;
-        Ok(Worker { kill, thread: Some(thread) })
+            })?;
+        Ok(Worker {
+            kill,
+            thread: Some(thread),
+        })
     }
 
     /// Stops the thread and waits for it (finishing the request it is serving, if any).

@@ -57,8 +57,16 @@ impl RawFile {
             let mut f = &file;
             f.seek(io::SeekFrom::End(0))?
         };
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        Ok(Self { file, size, read_only, id: name.chars().take(20).collect() })
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(Self {
+            file,
+            size,
+            read_only,
+            id: name.chars().take(20).collect(),
+        })
     }
 }
 
@@ -74,7 +82,10 @@ impl BlockBackend for RawFile {
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         if self.read_only {
-            return Err(io::Error::new(io::ErrorKind::PermissionDenied, "read-only disk"));
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "read-only disk",
+            ));
         }
         self.file.write_all_at(buf, offset)
     }
@@ -86,14 +97,25 @@ impl BlockBackend for RawFile {
     }
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
         if self.read_only {
-            return Err(io::Error::new(io::ErrorKind::PermissionDenied, "read-only disk"));
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "read-only disk",
+            ));
         }
         let (Ok(off), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "range too large"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "range too large",
+            ));
         };
         // SAFETY: fallocate on a file descriptor we own; no memory is passed.
         let r = unsafe {
-            libc::fallocate(self.file.as_raw_fd(), libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, off, len)
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                off,
+                len,
+            )
         };
         if r != 0 {
             let e = io::Error::last_os_error();

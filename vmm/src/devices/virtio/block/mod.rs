@@ -62,7 +62,11 @@ pub struct Block {
 impl Block {
     /// A disk serving `backend`; `name` labels its worker thread and logs.
     pub fn new(backend: Arc<dyn BlockBackend>, name: String) -> Self {
-        Self { backend, worker: None, name }
+        Self {
+            backend,
+            worker: None,
+            name,
+        }
     }
 }
 
@@ -76,7 +80,8 @@ impl VirtioDevice for Block {
     }
 
     fn features(&self) -> u64 {
-        let mut f = features::VERSION_1 | features::RING_EVENT_IDX | feature::SEG_MAX | feature::FLUSH;
+        let mut f =
+            features::VERSION_1 | features::RING_EVENT_IDX | feature::SEG_MAX | feature::FLUSH;
         if self.backend.read_only() {
             f |= feature::RO;
         } else {
@@ -102,10 +107,16 @@ impl VirtioDevice for Block {
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
         if ctx.queues.len() != 1 {
-            return Err(ActivateError::QueueCount { need: 1, got: ctx.queues.len() });
+            return Err(ActivateError::QueueCount {
+                need: 1,
+                got: ctx.queues.len(),
+            });
         }
         self.reset();
-        let handler = BlockHandler { backend: self.backend.clone(), buf: Vec::new() };
+        let handler = BlockHandler {
+            backend: self.backend.clone(),
+            buf: Vec::new(),
+        };
         self.worker = Some(Worker::spawn(
             format!("blk-{}", self.name),
             handler,
@@ -133,7 +144,10 @@ pub struct BlockHandler {
 impl BlockHandler {
     /// A handler for `backend` (exposed for tests that drive chains directly).
     pub fn new(backend: Arc<dyn BlockBackend>) -> Self {
-        Self { backend, buf: Vec::new() }
+        Self {
+            backend,
+            buf: Vec::new(),
+        }
     }
 
     /// Byte range of `sectors` sectors at `sector`, if inside the disk.
@@ -143,14 +157,23 @@ impl BlockHandler {
     }
 
     /// Executes the request; returns (status, bytes written into the data-in area).
-    fn execute(&mut self, kind: u32, sector: u64, chain: &Chain, mem: &GuestMemoryMmap, data_in: u64) -> (u8, u64) {
+    fn execute(
+        &mut self,
+        kind: u32,
+        sector: u64,
+        chain: &Chain,
+        mem: &GuestMemoryMmap,
+        data_in: u64,
+    ) -> (u8, u64) {
         let data_out = chain.readable_len() - 16;
         match kind {
             req::IN => {
                 if data_in % SECTOR_SIZE != 0 {
                     return (status::IOERR, 0);
                 }
-                let Some(off) = self.range(sector, data_in) else { return (status::IOERR, 0) };
+                let Some(off) = self.range(sector, data_in) else {
+                    return (status::IOERR, 0);
+                };
                 self.buf.resize(data_in as usize, 0);
                 if let Err(e) = self.backend.read_at(&mut self.buf, off) {
                     log::warn!("virtio-blk read at {off:#x}+{data_in:#x}: {e}");
@@ -163,7 +186,9 @@ impl BlockHandler {
                 if self.backend.read_only() || data_out % SECTOR_SIZE != 0 {
                     return (status::IOERR, 0);
                 }
-                let Some(off) = self.range(sector, data_out) else { return (status::IOERR, 0) };
+                let Some(off) = self.range(sector, data_out) else {
+                    return (status::IOERR, 0);
+                };
                 self.buf.resize(data_out as usize, 0);
                 chain.read_at(mem, 16, &mut self.buf);
                 match self.backend.write_at(&self.buf, off) {
@@ -194,20 +219,27 @@ impl BlockHandler {
                 if self.backend.read_only() {
                     return (status::IOERR, 0);
                 }
-                if data_out % 16 != 0 || data_out == 0 || data_out / 16 > u64::from(MAX_DISCARD_SEGMENTS) {
+                if data_out % 16 != 0
+                    || data_out == 0
+                    || data_out / 16 > u64::from(MAX_DISCARD_SEGMENTS)
+                {
                     return (status::IOERR, 0);
                 }
                 let mut seg = [0u8; 16];
                 for i in 0..data_out / 16 {
                     chain.read_at(mem, 16 + i * 16, &mut seg);
-                    let s = u64::from_le_bytes([seg[0], seg[1], seg[2], seg[3], seg[4], seg[5], seg[6], seg[7]]);
+                    let s = u64::from_le_bytes([
+                        seg[0], seg[1], seg[2], seg[3], seg[4], seg[5], seg[6], seg[7],
+                    ]);
                     let n = u64::from(u32::from_le_bytes([seg[8], seg[9], seg[10], seg[11]]));
                     let flags = u32::from_le_bytes([seg[12], seg[13], seg[14], seg[15]]);
                     // Only WRITE_ZEROES may set a flag (bit 0, unmap).
                     if flags & !u32::from(kind == req::WRITE_ZEROES) != 0 {
                         return (status::UNSUPP, 0);
                     }
-                    let Some(off) = self.range(s, n * SECTOR_SIZE) else { return (status::IOERR, 0) };
+                    let Some(off) = self.range(s, n * SECTOR_SIZE) else {
+                        return (status::IOERR, 0);
+                    };
                     let r = if kind == req::DISCARD {
                         self.backend.discard(off, n * SECTOR_SIZE)
                     } else {
@@ -230,20 +262,31 @@ impl ChainHandler for BlockHandler {
         MAX_REQUEST_BYTES + 4096
     }
 
-    fn handle(&mut self, _queue: usize, chain: &Chain, mem: &GuestMemoryMmap) -> Result<u32, DeviceError> {
+    fn handle(
+        &mut self,
+        _queue: usize,
+        chain: &Chain,
+        mem: &GuestMemoryMmap,
+    ) -> Result<u32, DeviceError> {
         // Layout: 16-byte header (readable), data (readable for OUT, writable for IN),
         // one status byte (the last writable byte).
         if chain.readable_len() < 16 {
-            return Err(DeviceError::Request("virtio-blk request without a 16-byte header"));
+            return Err(DeviceError::Request(
+                "virtio-blk request without a 16-byte header",
+            ));
         }
         let writable = chain.writable_len();
         if writable == 0 {
-            return Err(DeviceError::Request("virtio-blk request without a status byte"));
+            return Err(DeviceError::Request(
+                "virtio-blk request without a status byte",
+            ));
         }
         let mut hdr = [0u8; 16];
         chain.read_at(mem, 0, &mut hdr);
         let kind = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
-        let sector = u64::from_le_bytes([hdr[8], hdr[9], hdr[10], hdr[11], hdr[12], hdr[13], hdr[14], hdr[15]]);
+        let sector = u64::from_le_bytes([
+            hdr[8], hdr[9], hdr[10], hdr[11], hdr[12], hdr[13], hdr[14], hdr[15],
+        ]);
         let data_in = writable - 1;
         let (st, written) = self.execute(kind, sector, chain, mem, data_in);
         chain.write_at(mem, data_in, &[st]);

@@ -23,7 +23,12 @@ pub struct MemDisk {
 impl MemDisk {
     pub fn new(size: usize, ro: bool) -> Self {
         let data = (0..size).map(|i| (i / 512) as u8).collect();
-        Self { data: Mutex::new(data), ro, flushes: Mutex::new(0), discards: Mutex::new(vec![]) }
+        Self {
+            data: Mutex::new(data),
+            ro,
+            flushes: Mutex::new(0),
+            discards: Mutex::new(vec![]),
+        }
     }
 }
 
@@ -101,7 +106,11 @@ struct Rig {
 impl Rig {
     fn new(ro: bool) -> Self {
         let disk = Arc::new(MemDisk::new(64 * 1024, ro));
-        Self { mem: mem(), handler: BlockHandler::new(disk.clone()), disk }
+        Self {
+            mem: mem(),
+            handler: BlockHandler::new(disk.clone()),
+            disk,
+        }
     }
 
     /// Queues `descs` as chains and processes the queue.
@@ -118,7 +127,11 @@ impl Rig {
 fn read_sectors() {
     let mut rig = Rig::new(false);
     header(&rig.mem, req::IN, 3);
-    let (r, mock) = rig.run(&[d(HDR, 16, N, 1), d(DATA, 1024, W | N, 2), d(STATUS, 1, W, 0)]);
+    let (r, mock) = rig.run(&[
+        d(HDR, 16, N, 1),
+        d(DATA, 1024, W | N, 2),
+        d(STATUS, 1, W, 0),
+    ]);
     assert!(r.unwrap(), "driver must be interrupted");
     assert_eq!(status(&rig.mem), status::OK);
     let mut buf = vec![0u8; 1024];
@@ -131,13 +144,25 @@ fn read_sectors() {
 fn write_then_read_back_and_flush() {
     let mut rig = Rig::new(false);
     header(&rig.mem, req::OUT, 10);
-    rig.mem.write_slice(&[0xabu8; 512], GuestAddress(DATA)).unwrap();
+    rig.mem
+        .write_slice(&[0xabu8; 512], GuestAddress(DATA))
+        .unwrap();
     let (r, mock) = rig.run(&[d(HDR, 16, N, 1), d(DATA, 512, N, 2), d(STATUS, 1, W, 0)]);
     r.unwrap();
     assert_eq!(status(&rig.mem), status::OK);
-    assert_eq!(used(&rig.mem, mock, 0).2, 1, "only the status byte was written");
-    assert!(rig.disk.data.lock().unwrap()[10 * 512..11 * 512].iter().all(|&b| b == 0xab));
-    assert_eq!(rig.disk.data.lock().unwrap()[11 * 512], 11, "next sector untouched");
+    assert_eq!(
+        used(&rig.mem, mock, 0).2,
+        1,
+        "only the status byte was written"
+    );
+    assert!(rig.disk.data.lock().unwrap()[10 * 512..11 * 512]
+        .iter()
+        .all(|&b| b == 0xab));
+    assert_eq!(
+        rig.disk.data.lock().unwrap()[11 * 512],
+        11,
+        "next sector untouched"
+    );
 
     header(&rig.mem, req::FLUSH, 0);
     let (r, _) = rig.run(&[d(HDR, 16, N, 1), d(STATUS, 1, W, 0)]);
@@ -182,26 +207,36 @@ fn get_id_discard_and_write_zeroes() {
         s
     };
     header(&rig.mem, req::DISCARD, 0);
-    rig.mem.write_slice(&seg(8, 8, 0), GuestAddress(DATA)).unwrap();
+    rig.mem
+        .write_slice(&seg(8, 8, 0), GuestAddress(DATA))
+        .unwrap();
     let (r, _) = rig.run(&[d(HDR, 16, N, 1), d(DATA, 16, N, 2), d(STATUS, 1, W, 0)]);
     r.unwrap();
     assert_eq!(status(&rig.mem), status::OK);
     assert_eq!(*rig.disk.discards.lock().unwrap(), vec![(4096, 4096)]);
 
     header(&rig.mem, req::WRITE_ZEROES, 0);
-    rig.mem.write_slice(&seg(2, 1, 1), GuestAddress(DATA)).unwrap();
+    rig.mem
+        .write_slice(&seg(2, 1, 1), GuestAddress(DATA))
+        .unwrap();
     let (r, _) = rig.run(&[d(HDR, 16, N, 1), d(DATA, 16, N, 2), d(STATUS, 1, W, 0)]);
     r.unwrap();
     assert_eq!(status(&rig.mem), status::OK);
-    assert!(rig.disk.data.lock().unwrap()[1024..1536].iter().all(|&b| b == 0));
+    assert!(rig.disk.data.lock().unwrap()[1024..1536]
+        .iter()
+        .all(|&b| b == 0));
 
     // Discard with a flag it may not carry, and past the end of the disk.
     header(&rig.mem, req::DISCARD, 0);
-    rig.mem.write_slice(&seg(0, 1, 1), GuestAddress(DATA)).unwrap();
+    rig.mem
+        .write_slice(&seg(0, 1, 1), GuestAddress(DATA))
+        .unwrap();
     let (r, _) = rig.run(&[d(HDR, 16, N, 1), d(DATA, 16, N, 2), d(STATUS, 1, W, 0)]);
     r.unwrap();
     assert_eq!(status(&rig.mem), status::UNSUPP);
-    rig.mem.write_slice(&seg(u64::MAX / 2, 8, 0), GuestAddress(DATA)).unwrap();
+    rig.mem
+        .write_slice(&seg(u64::MAX / 2, 8, 0), GuestAddress(DATA))
+        .unwrap();
     let (r, _) = rig.run(&[d(HDR, 16, N, 1), d(DATA, 16, N, 2), d(STATUS, 1, W, 0)]);
     r.unwrap();
     assert_eq!(status(&rig.mem), status::IOERR);
@@ -214,7 +249,9 @@ fn read_only_disk_refuses_writes() {
     assert_ne!(dev.features() & feature::RO, 0);
     assert_eq!(dev.features() & feature::DISCARD, 0);
     header(&rig.mem, req::OUT, 0);
-    rig.mem.write_slice(&[0x55u8; 512], GuestAddress(DATA)).unwrap();
+    rig.mem
+        .write_slice(&[0x55u8; 512], GuestAddress(DATA))
+        .unwrap();
     let (r, _) = rig.run(&[d(HDR, 16, N, 1), d(DATA, 512, N, 2), d(STATUS, 1, W, 0)]);
     r.unwrap();
     assert_eq!(status(&rig.mem), status::IOERR);
@@ -226,7 +263,11 @@ fn out_of_range_and_odd_requests_get_error_status() {
     let mut rig = Rig::new(false);
     // Past the end (64 KiB = 128 sectors).
     header(&rig.mem, req::IN, 127);
-    let (r, _) = rig.run(&[d(HDR, 16, N, 1), d(DATA, 1024, W | N, 2), d(STATUS, 1, W, 0)]);
+    let (r, _) = rig.run(&[
+        d(HDR, 16, N, 1),
+        d(DATA, 1024, W | N, 2),
+        d(STATUS, 1, W, 0),
+    ]);
     r.unwrap();
     assert_eq!(status(&rig.mem), status::IOERR);
     // Sector number whose byte offset overflows.
@@ -251,14 +292,44 @@ fn malformed_chains_fail_the_device() {
     let cases: Vec<(&str, Vec<RawDescriptor>)> = vec![
         ("loop", vec![d(HDR, 16, N, 1), d(DATA, 512, W | N, 0)]),
         ("next out of range", vec![d(HDR, 16, N, 99)]),
-        ("buffer outside memory", vec![d(HDR, 16, N, 1), d(0x4000_0000, 512, W | N, 2), d(STATUS, 1, W, 0)]),
-        ("buffer straddling the end of memory", vec![d(HDR, 16, N, 1), d((16 << 20) - 256, 512, W | N, 2), d(STATUS, 1, W, 0)]),
-        ("absurd length", vec![d(HDR, 16, N, 1), d(DATA, u32::MAX, W | N, 2), d(STATUS, 1, W, 0)]),
+        (
+            "buffer outside memory",
+            vec![
+                d(HDR, 16, N, 1),
+                d(0x4000_0000, 512, W | N, 2),
+                d(STATUS, 1, W, 0),
+            ],
+        ),
+        (
+            "buffer straddling the end of memory",
+            vec![
+                d(HDR, 16, N, 1),
+                d((16 << 20) - 256, 512, W | N, 2),
+                d(STATUS, 1, W, 0),
+            ],
+        ),
+        (
+            "absurd length",
+            vec![
+                d(HDR, 16, N, 1),
+                d(DATA, u32::MAX, W | N, 2),
+                d(STATUS, 1, W, 0),
+            ],
+        ),
         (
             "too long for the device",
-            vec![d(HDR, 16, N, 1), d(DATA, 8 << 20, W | N, 2), d(DATA, 8 << 20, W | N, 3), d(DATA, 8 << 20, W | N, 4), d(STATUS, 1, W, 0)],
+            vec![
+                d(HDR, 16, N, 1),
+                d(DATA, 8 << 20, W | N, 2),
+                d(DATA, 8 << 20, W | N, 3),
+                d(DATA, 8 << 20, W | N, 4),
+                d(STATUS, 1, W, 0),
+            ],
         ),
-        ("readable after writable", vec![d(HDR, 16, N, 1), d(STATUS, 1, W | N, 2), d(DATA, 512, 0, 0)]),
+        (
+            "readable after writable",
+            vec![d(HDR, 16, N, 1), d(STATUS, 1, W | N, 2), d(DATA, 512, 0, 0)],
+        ),
         ("no header", vec![d(HDR, 8, N, 1), d(STATUS, 1, W, 0)]),
         ("no status byte", vec![d(HDR, 16, 0, 0)]),
         ("indirect", vec![d(HDR, 32, 4, 0)]),
@@ -268,7 +339,11 @@ fn malformed_chains_fail_the_device() {
         header(&rig.mem, req::IN, 0);
         let (r, _) = rig.run(&descs);
         assert!(r.is_err(), "{what}: accepted");
-        assert_eq!(rig.disk.data.lock().unwrap()[0], 0, "{what}: disk untouched");
+        assert_eq!(
+            rig.disk.data.lock().unwrap()[0],
+            0,
+            "{what}: disk untouched"
+        );
     }
 }
 
@@ -278,7 +353,9 @@ fn bad_avail_index_fails_the_device() {
     let mock = MockSplitQueue::new(&rig.mem, 16);
     let mut q: Queue = mock.create_queue().unwrap();
     // The driver claims 1000 new chains in a queue of 16.
-    rig.mem.write_obj(1000u16, GuestAddress(mock.avail_addr().0 + 2)).unwrap();
+    rig.mem
+        .write_obj(1000u16, GuestAddress(mock.avail_addr().0 + 2))
+        .unwrap();
     assert!(process_queue(&mut rig.handler, 0, &mut q, &rig.mem).is_err());
 }
 

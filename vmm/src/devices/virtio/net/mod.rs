@@ -42,7 +42,11 @@ pub struct Net {
 impl Net {
     /// A card sending and receiving through `io`, with address `mac`.
     pub fn new(io: Arc<dyn PacketIo>, mac: [u8; 6]) -> Self {
-        Self { io, mac, worker: None }
+        Self {
+            io,
+            mac,
+            worker: None,
+        }
     }
 }
 
@@ -63,7 +67,10 @@ impl VirtioDevice for Net {
     }
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
         if ctx.queues.len() != 2 {
-            return Err(ActivateError::QueueCount { need: 2, got: ctx.queues.len() });
+            return Err(ActivateError::QueueCount {
+                need: 2,
+                got: ctx.queues.len(),
+            });
         }
         self.reset();
         self.worker = Some(NetWorker::spawn(self.io.clone(), ctx)?);
@@ -88,7 +95,12 @@ pub struct NetQueues {
 impl NetQueues {
     /// State for a card using `io`.
     pub fn new(io: Arc<dyn PacketIo>) -> Self {
-        Self { io, pending: None, rx_buf: vec![0; MAX_FRAME], tx_buf: vec![0; MAX_FRAME] }
+        Self {
+            io,
+            pending: None,
+            rx_buf: vec![0; MAX_FRAME],
+            tx_buf: vec![0; MAX_FRAME],
+        }
     }
 
     /// Whether a received frame is waiting for a guest buffer.
@@ -97,17 +109,25 @@ impl NetQueues {
     }
 
     /// Sends every frame the guest queued; returns whether to interrupt it.
-    pub fn process_tx(&mut self, q: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, DeviceError> {
+    pub fn process_tx(
+        &mut self,
+        q: &mut Queue,
+        mem: &GuestMemoryMmap,
+    ) -> Result<bool, DeviceError> {
         let mut used = false;
         loop {
             q.disable_notification(mem)?;
             while let Some(chain) = next_chain(q, mem, MAX_FRAME as u64)? {
                 if !chain.writable.is_empty() {
-                    return Err(DeviceError::Request("virtio-net transmit buffer is device-writable"));
+                    return Err(DeviceError::Request(
+                        "virtio-net transmit buffer is device-writable",
+                    ));
                 }
                 let n = chain.read_at(mem, 0, &mut self.tx_buf);
                 if n < VNET_HDR_LEN {
-                    return Err(DeviceError::Request("virtio-net frame shorter than its header"));
+                    return Err(DeviceError::Request(
+                        "virtio-net frame shorter than its header",
+                    ));
                 }
                 if let Err(e) = self.io.send(&self.tx_buf[..n]) {
                     // Like a cable: a frame the host side cannot take is dropped.
@@ -125,7 +145,11 @@ impl NetQueues {
 
     /// Moves received frames into guest buffers until either runs out; returns whether to
     /// interrupt the guest.
-    pub fn process_rx(&mut self, q: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, DeviceError> {
+    pub fn process_rx(
+        &mut self,
+        q: &mut Queue,
+        mem: &GuestMemoryMmap,
+    ) -> Result<bool, DeviceError> {
         let mut used = false;
         loop {
             let len = match self.pending.take() {
@@ -149,7 +173,9 @@ impl NetQueues {
                 break;
             };
             if !chain.readable.is_empty() {
-                return Err(DeviceError::Request("virtio-net receive buffer is device-readable"));
+                return Err(DeviceError::Request(
+                    "virtio-net receive buffer is device-readable",
+                ));
             }
             // num_buffers = 1 (we do not offer mergeable buffers).
             self.rx_buf[10..12].copy_from_slice(&1u16.to_le_bytes());
@@ -173,14 +199,34 @@ impl NetWorker {
     fn spawn(io: Arc<dyn PacketIo>, ctx: ActivateContext) -> io::Result<NetWorker> {
         let kill = EventFd::new(EFD_NONBLOCK)?;
         let kill_rx = kill.try_clone()?;
-        let ActivateContext { mem, mut queues, queue_evts, interrupt, .. } = ctx;
-        let thread = std::thread::Builder::new().name("net".into()).spawn(move || {
-            let mut nq = NetQueues::new(io.clone());
-            let mut rxq = queues.remove(0);
-            let mut txq = queues.remove(0);
-            run_net(&mut nq, &mut rxq, &mut txq, &queue_evts, &kill_rx, io.raw_fd(), &mem, &interrupt);
-        })?;
-        Ok(NetWorker { kill, thread: Some(thread) })
+        let ActivateContext {
+            mem,
+            mut queues,
+            queue_evts,
+            interrupt,
+            ..
+        } = ctx;
+        let thread = std::thread::Builder::new()
+            .name("net".into())
+            .spawn(move || {
+                let mut nq = NetQueues::new(io.clone());
+                let mut rxq = queues.remove(0);
+                let mut txq = queues.remove(0);
+                run_net(
+                    &mut nq,
+                    &mut rxq,
+                    &mut txq,
+                    &queue_evts,
+                    &kill_rx,
+                    io.raw_fd(),
+                    &mem,
+                    &interrupt,
+                );
+            })?;
+        Ok(NetWorker {
+            kill,
+            thread: Some(thread),
+        })
     }
 
     fn stop(&mut self) {
@@ -231,12 +277,32 @@ fn run_net(
             }
         }
         // Poll the tap only while there is somewhere to put what it gives.
-        let tap_events = if failed || nq.has_pending() { 0 } else { libc::POLLIN };
+        let tap_events = if failed || nq.has_pending() {
+            0
+        } else {
+            libc::POLLIN
+        };
         let mut fds = [
-            libc::pollfd { fd: kill.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: evts[RX].as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: evts[TX].as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: tap_fd, events: tap_events, revents: 0 },
+            libc::pollfd {
+                fd: kill.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: evts[RX].as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: evts[TX].as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: tap_fd,
+                events: tap_events,
+                revents: 0,
+            },
         ];
         // SAFETY: `fds` is a valid pollfd array for the duration of the call.
         let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
@@ -284,8 +350,10 @@ mod tests {
         let mut nq = NetQueues::new(dev_side);
         let mock = MockSplitQueue::new(&m, 16);
         m.write_slice(&[0u8; 12], GuestAddress(0x10_0000)).unwrap();
-        m.write_slice(b"ethernet-frame", GuestAddress(0x20_0000)).unwrap();
-        mock.add_desc_chains(&[d(0x10_0000, 12, N, 1), d(0x20_0000, 14, 0, 0)], 0).unwrap();
+        m.write_slice(b"ethernet-frame", GuestAddress(0x20_0000))
+            .unwrap();
+        mock.add_desc_chains(&[d(0x10_0000, 12, N, 1), d(0x20_0000, 14, 0, 0)], 0)
+            .unwrap();
         let mut q: Queue = mock.create_queue().unwrap();
         assert!(nq.process_tx(&mut q, &m).unwrap());
         let mut b = [0u8; 64];
@@ -307,7 +375,8 @@ mod tests {
         // No buffers yet: the frame is kept.
         assert!(!nq.process_rx(&mut q, &m).unwrap());
         assert!(nq.has_pending());
-        mock.add_desc_chains(&[d(0x30_0000, 1526, W, 0)], 0).unwrap();
+        mock.add_desc_chains(&[d(0x30_0000, 1526, W, 0)], 0)
+            .unwrap();
         assert!(nq.process_rx(&mut q, &m).unwrap());
         assert!(!nq.has_pending());
         assert_eq!(used(&m, mock.used_addr(), 0), (1, 0, 23));
@@ -329,13 +398,15 @@ mod tests {
         assert!(nq.process_tx(&mut q, &m).is_err());
         // Transmit chain that loops.
         let mock = MockSplitQueue::new(&m, 16);
-        mock.add_desc_chains(&[d(0x10_0000, 64, N, 1), d(0x10_0000, 64, N, 0)], 0).unwrap();
+        mock.add_desc_chains(&[d(0x10_0000, 64, N, 1), d(0x10_0000, 64, N, 0)], 0)
+            .unwrap();
         let mut q: Queue = mock.create_queue().unwrap();
         assert!(nq.process_tx(&mut q, &m).is_err());
         // Receive buffer outside guest memory.
         host.send(&[0u8; 20]).unwrap();
         let mock = MockSplitQueue::new(&m, 16);
-        mock.add_desc_chains(&[d(0x7000_0000, 1526, W, 0)], 0).unwrap();
+        mock.add_desc_chains(&[d(0x7000_0000, 1526, W, 0)], 0)
+            .unwrap();
         let mut q: Queue = mock.create_queue().unwrap();
         assert!(nq.process_rx(&mut q, &m).is_err());
     }

@@ -32,9 +32,15 @@ struct IfReq {
 impl IfReq {
     fn new(name: &str) -> io::Result<Self> {
         if name.is_empty() || name.len() >= 16 || name.contains('\0') {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad interface name {name:?}")));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("bad interface name {name:?}"),
+            ));
         }
-        let mut r = IfReq { name: [0; 16], data: [0; 24] };
+        let mut r = IfReq {
+            name: [0; 16],
+            data: [0; 24],
+        };
         r.name[..name.len()].copy_from_slice(name.as_bytes());
         Ok(r)
     }
@@ -81,16 +87,36 @@ impl Tap {
             .write(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open("/dev/net/tun")
-            .map_err(|e| io::Error::new(e.kind(), format!("/dev/net/tun: {e} (is the tun module loaded?)")))?;
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("/dev/net/tun: {e} (is the tun module loaded?)"),
+                )
+            })?;
         let mut req = IfReq::new(name)?;
         let flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as u16;
         req.data[..2].copy_from_slice(&flags.to_ne_bytes());
-        ioctl(file.as_raw_fd(), libc::TUNSETIFF as _, (&mut req as *mut IfReq).cast())?;
+        ioctl(
+            file.as_raw_fd(),
+            libc::TUNSETIFF as _,
+            (&mut req as *mut IfReq).cast(),
+        )?;
         let mut hdr_len = VNET_HDR_LEN as libc::c_int;
-        ioctl(file.as_raw_fd(), libc::TUNSETVNETHDRSZ as _, (&mut hdr_len as *mut libc::c_int).cast())?;
+        ioctl(
+            file.as_raw_fd(),
+            libc::TUNSETVNETHDRSZ as _,
+            (&mut hdr_len as *mut libc::c_int).cast(),
+        )?;
         // No checksum or segmentation offloads: we offer none to the guest either.
-        ioctl(file.as_raw_fd(), libc::TUNSETOFFLOAD as _, std::ptr::null_mut())?;
-        let tap = Tap { file, name: req.name() };
+        ioctl(
+            file.as_raw_fd(),
+            libc::TUNSETOFFLOAD as _,
+            std::ptr::null_mut(),
+        )?;
+        let tap = Tap {
+            file,
+            name: req.name(),
+        };
         tap.set_up()?;
         Ok(tap)
     }
@@ -103,21 +129,37 @@ impl Tap {
     fn set_up(&self) -> io::Result<()> {
         let sock = inet_socket()?;
         let mut req = IfReq::new(&self.name)?;
-        ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, (&mut req as *mut IfReq).cast())?;
+        ioctl(
+            sock.as_raw_fd(),
+            libc::SIOCGIFFLAGS,
+            (&mut req as *mut IfReq).cast(),
+        )?;
         let flags = i16::from_ne_bytes([req.data[0], req.data[1]]) | libc::IFF_UP as i16;
         req.data[..2].copy_from_slice(&flags.to_ne_bytes());
-        ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, (&mut req as *mut IfReq).cast())
+        ioctl(
+            sock.as_raw_fd(),
+            libc::SIOCSIFFLAGS,
+            (&mut req as *mut IfReq).cast(),
+        )
     }
 
     /// Attaches the tap to the existing bridge `bridge` (creating bridges is init's job).
     pub fn attach_to_bridge(&self, bridge: &str) -> io::Result<()> {
         let sock = inet_socket()?;
         let mut req = IfReq::new(&self.name)?;
-        ioctl(sock.as_raw_fd(), libc::SIOCGIFINDEX, (&mut req as *mut IfReq).cast())?;
+        ioctl(
+            sock.as_raw_fd(),
+            libc::SIOCGIFINDEX,
+            (&mut req as *mut IfReq).cast(),
+        )?;
         let index = i32::from_ne_bytes([req.data[0], req.data[1], req.data[2], req.data[3]]);
         let mut br = IfReq::new(bridge)?;
         br.data[..4].copy_from_slice(&index.to_ne_bytes());
-        ioctl(sock.as_raw_fd(), SIOCBRADDIF, (&mut br as *mut IfReq).cast())
+        ioctl(
+            sock.as_raw_fd(),
+            SIOCBRADDIF,
+            (&mut br as *mut IfReq).cast(),
+        )
     }
 }
 
