@@ -15,14 +15,23 @@ use crate::vstate::memory::GuestMemoryMmap;
 pub const SECTOR_SIZE: u64 = 512;
 /// Queue size offered.
 pub const QUEUE_SIZE: u16 = 256;
-/// Largest request we accept (data bytes); bigger chains fail the device.
+/// Largest request we accept (data bytes); bigger chains fail the device. The driver is
+/// told to stay below it: at most [`SEG_MAX`] segments of at most [`SIZE_MAX`] bytes.
 pub const MAX_REQUEST_BYTES: u64 = 16 << 20;
+/// Largest data segment (VIRTIO_BLK_F_SIZE_MAX). Without it Linux sets no per-request
+/// limit of its own, and a raised `max_sectors_kb` could send legitimate requests beyond
+/// [`MAX_REQUEST_BYTES`].
+pub const SIZE_MAX: u32 = 64 * 1024;
+/// Most data segments per request (VIRTIO_BLK_F_SEG_MAX): the chain also carries the
+/// header and the status byte.
+pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 /// Discard / write-zeroes segments per request.
 pub const MAX_DISCARD_SEGMENTS: u32 = 16;
 
 /// Feature bits.
 pub mod feature {
     #![allow(missing_docs)]
+    pub const SIZE_MAX: u64 = 1 << 1;
     pub const SEG_MAX: u64 = 1 << 2;
     pub const RO: u64 = 1 << 5;
     pub const FLUSH: u64 = 1 << 9;
@@ -80,8 +89,11 @@ impl VirtioDevice for Block {
     }
 
     fn features(&self) -> u64 {
-        let mut f =
-            features::VERSION_1 | features::RING_EVENT_IDX | feature::SEG_MAX | feature::FLUSH;
+        let mut f = features::VERSION_1
+            | features::RING_EVENT_IDX
+            | feature::SIZE_MAX
+            | feature::SEG_MAX
+            | feature::FLUSH;
         if self.backend.read_only() {
             f |= feature::RO;
         } else {
@@ -94,8 +106,8 @@ impl VirtioDevice for Block {
         let mut c = vec![0u8; 60];
         let sectors = self.backend.size() / SECTOR_SIZE;
         c[0..8].copy_from_slice(&sectors.to_le_bytes());
-        // seg_max: the chain also carries the header and the status byte.
-        c[12..16].copy_from_slice(&(u32::from(QUEUE_SIZE) - 2).to_le_bytes());
+        c[8..12].copy_from_slice(&SIZE_MAX.to_le_bytes());
+        c[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
         let max_sectors = (u32::MAX / SECTOR_SIZE as u32).to_le_bytes();
         c[36..40].copy_from_slice(&max_sectors); // max_discard_sectors
         c[40..44].copy_from_slice(&MAX_DISCARD_SEGMENTS.to_le_bytes());
