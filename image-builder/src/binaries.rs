@@ -23,7 +23,10 @@ pub struct FirmwareProgram {
 }
 
 /// Every program in the initramfs.
-pub const PROGRAMS: &[FirmwareProgram] = &[FirmwareProgram { package: "collective-init", bin: "init", install_path: "init" }];
+pub const PROGRAMS: &[FirmwareProgram] = &[
+    FirmwareProgram { package: "collective-init", bin: "init", install_path: "init" },
+    FirmwareProgram { package: "vmm", bin: "vmm", install_path: "bin/vmm" },
+];
 
 /// The workspace this builder was compiled from, when it still exists: the default source
 /// of the firmware's programs.

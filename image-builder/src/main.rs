@@ -28,9 +28,12 @@ enum Command {
         /// Download cache (default: $COLLECTIVE_CACHE or ~/.cache/collective).
         #[arg(long)]
         cache_dir: Option<PathBuf>,
-        /// A prebuilt static `init` instead of building it from this workspace.
-        #[arg(long)]
+        /// Prebuilt static `init` and `vmm` instead of building them from this workspace
+        /// (both or neither).
+        #[arg(long, requires = "vmm")]
         init: Option<PathBuf>,
+        #[arg(long, requires = "init")]
+        vmm: Option<PathBuf>,
         /// Repository URL built into the kernel command line (collective.repo=).
         #[arg(long)]
         repo: Option<String>,
@@ -50,10 +53,10 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Build { out, kernel_package, kernel_version, cache_dir, init, repo, cmdline } => {
-            let programs = match init {
-                Some(path) => ProgramSource::Prebuilt(vec![path]),
-                None => ProgramSource::Workspace(binaries::default_workspace().ok_or_else(|| {
+        Command::Build { out, kernel_package, kernel_version, cache_dir, init, vmm, repo, cmdline } => {
+            let programs = match (init, vmm) {
+                (Some(init), Some(vmm)) => ProgramSource::Prebuilt(vec![init, vmm]),
+                _ => ProgramSource::Workspace(binaries::default_workspace().ok_or_else(|| {
                     anyhow::anyhow!("not run from a checkout of the project: pass --init with a static init binary")
                 })?),
             };
