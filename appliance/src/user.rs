@@ -60,6 +60,14 @@ pub fn verify_password(verifier: &str, password: &str) -> Result<()> {
     }
 }
 
+/// The argon2id parameters a verifier was made with, so a new verifier of the same
+/// password (for example the offline verifier handed out at login) costs the same.
+pub fn kdf_params_of(verifier: &str) -> Result<KdfParams> {
+    let hash = PasswordHash::new(verifier).map_err(|e| Error::invalid("password verifier", e.to_string()))?;
+    let params = Params::try_from(&hash).map_err(|e| Error::invalid("password verifier", e.to_string()))?;
+    Ok(KdfParams { m_kib: params.m_cost(), t: params.t_cost(), p: params.p_cost() })
+}
+
 /// A user as the repository stores it (never served to anyone).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -143,6 +151,7 @@ mod tests {
         let rec = UserRecord::new("alice", "correct horse", KdfParams::INSECURE_FOR_TESTS).unwrap();
         assert!(rec.verifier.starts_with("$argon2id$"));
         verify_password(&rec.verifier, "correct horse").unwrap();
+        assert_eq!(kdf_params_of(&rec.verifier).unwrap(), KdfParams::INSECURE_FOR_TESTS);
         assert!(matches!(verify_password(&rec.verifier, "wrong"), Err(Error::WrongPassword)));
         assert!(verify_password("garbage", "x").is_err());
         // Same password, different salt: different verifiers.
