@@ -115,6 +115,11 @@ pub fn update(img: &Path, changes: &[Change]) -> Result<()> {
         match c {
             Change::Add { host, guest } => {
                 check_guest_path(guest)?;
+                // Parents first, like `mkdir -p` ("already exists" is filtered below).
+                let parts: Vec<&str> = guest.trim_matches('/').split('/').collect();
+                for i in 1..parts.len() {
+                    cmds.push(format!("mkdir /{}", parts[..i].join("/")));
+                }
                 emit_add(host, guest, &mut cmds)?;
             }
             Change::Remove { guest } => {
@@ -129,12 +134,14 @@ pub fn update(img: &Path, changes: &[Change]) -> Result<()> {
     let _ = fs::remove_file(&script);
     let stderr = stderr?;
     // debugfs exits 0 even when a command fails; its complaints go to stderr. A `rm` of a
-    // file that is not there (before adding it) is expected; anything else is an error.
+    // file that is not there (before adding it) and a `mkdir` of a directory that exists
+    // are expected; anything else is an error.
     let problems: Vec<&str> = stderr
         .lines()
         .filter(|l| !l.starts_with("debugfs ") && !l.trim().is_empty())
         .filter(|l| !(l.starts_with("rm: ") && l.contains("File not found")))
         .filter(|l| !l.starts_with("Allocated inode"))
+        .filter(|l| !l.contains("directory already exists"))
         .collect();
     if !problems.is_empty() {
         return Err(Error::Tool(format!("debugfs could not apply every change to {}: {}", img.display(), problems.join("; "))));
