@@ -80,18 +80,30 @@ fn check_guest_path(p: &str) -> Result<()> {
     Ok(())
 }
 
-fn emit_add(host: &Path, guest: &str, cmds: &mut Vec<String>) -> Result<()> {
+/// True if `path` exists in the image (`debugfs -R stat`, read-only).
+fn exists_in_image(img: &Path, path: &str) -> Result<bool> {
+    let out = Command::new("debugfs").arg("-R").arg(format!("stat {path}")).arg(img).output().map_err(|e| Error::Tool(format!("cannot run debugfs: {e}; install e2fsprogs")))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    Ok(!stderr.contains("File not found"))
+}
+
+/// Emits the debugfs commands that copy `host` to `guest`. `may_exist` is false when a
+/// parent directory is being created by these same commands (so nothing below it exists).
+fn emit_add(host: &Path, guest: &str, cmds: &mut Vec<String>, may_exist: bool, img: &Path) -> Result<()> {
     let host_str = host.to_str().filter(|s| !s.chars().any(|c| c.is_whitespace() || c == '"')).ok_or_else(|| Error::Usage(format!("host path {} must be UTF-8 without spaces or quotes", host.display())))?;
     let meta = fs::symlink_metadata(host).map_err(|e| Error::Input { what: "file to add", path: host.into(), why: e.to_string() })?;
     if meta.is_dir() {
-        cmds.push(format!("mkdir {guest}"));
+        let exists = may_exist && exists_in_image(img, guest)?;
+        if !exists {
+            cmds.push(format!("mkdir {guest}"));
+        }
         let mut entries: Vec<_> = fs::read_dir(host).map_err(|e| Error::Input { what: "directory to add", path: host.into(), why: e.to_string() })?.flatten().map(|e| e.path()).collect();
         entries.sort();
         for e in entries {
             let Some(name) = e.file_name().and_then(|n| n.to_str()) else { continue };
             let child = format!("{}/{name}", guest.trim_end_matches('/'));
             check_guest_path(&child)?;
-            emit_add(&e, &child, cmds)?;
+            emit_add(&e, &child, cmds, exists, img)?;
         }
     } else if meta.file_type().is_symlink() {
         let target = fs::read_link(host).map_err(|e| Error::Input { what: "symlink to add", path: host.into(), why: e.to_string() })?;
@@ -115,12 +127,18 @@ pub fn update(img: &Path, changes: &[Change]) -> Result<()> {
         match c {
             Change::Add { host, guest } => {
                 check_guest_path(guest)?;
-                // Parents first, like `mkdir -p` ("already exists" is filtered below).
+                // Parents first, like `mkdir -p`. Never `mkdir` a directory that exists:
+                // debugfs 1.47.0 then leaks an allocated, unlinked inode (e2fsck finds it).
                 let parts: Vec<&str> = guest.trim_matches('/').split('/').collect();
+                let mut parent_is_new = false;
                 for i in 1..parts.len() {
-                    cmds.push(format!("mkdir /{}", parts[..i].join("/")));
+                    let dir = format!("/{}", parts[..i].join("/"));
+                    if parent_is_new || !exists_in_image(img, &dir)? {
+                        cmds.push(format!("mkdir {dir}"));
+                        parent_is_new = true;
+                    }
                 }
-                emit_add(host, guest, &mut cmds)?;
+                emit_add(host, guest, &mut cmds, !parent_is_new, img)?;
             }
             Change::Remove { guest } => {
                 check_guest_path(guest)?;
@@ -134,14 +152,12 @@ pub fn update(img: &Path, changes: &[Change]) -> Result<()> {
     let _ = fs::remove_file(&script);
     let stderr = stderr?;
     // debugfs exits 0 even when a command fails; its complaints go to stderr. A `rm` of a
-    // file that is not there (before adding it) and a `mkdir` of a directory that exists
-    // are expected; anything else is an error.
+    // file that is not there (before adding it) is expected; anything else is an error.
     let problems: Vec<&str> = stderr
         .lines()
         .filter(|l| !l.starts_with("debugfs ") && !l.trim().is_empty())
         .filter(|l| !(l.starts_with("rm: ") && l.contains("File not found")))
         .filter(|l| !l.starts_with("Allocated inode"))
-        .filter(|l| !l.contains("directory already exists"))
         .collect();
     if !problems.is_empty() {
         return Err(Error::Tool(format!("debugfs could not apply every change to {}: {}", img.display(), problems.join("; "))));

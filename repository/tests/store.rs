@@ -199,6 +199,12 @@ fn ext4_images_are_reproducible_and_updates_layout_stable() {
     std::fs::create_dir_all(pkg.join("bin")).unwrap();
     std::fs::write(pkg.join("bin/tool"), bytes(77, 100_000, false)).unwrap();
     repository::image::update(&b, &[repository::image::Change::Add { host: pkg.clone(), guest: "/opt/pkg".into() }]).unwrap();
+    // Adding into directories that exist (replacing files) keeps the filesystem consistent
+    // (update() runs e2fsck -fn and fails otherwise).
+    std::fs::write(pkg.join("bin/tool"), bytes(78, 100_000, false)).unwrap();
+    let c = tmp.path().join("c.img");
+    std::fs::copy(&b, &c).unwrap();
+    repository::image::update(&c, &[repository::image::Change::Add { host: pkg.clone(), guest: "/opt/pkg".into() }, repository::image::Change::Add { host: pkg.join("bin/tool"), guest: "/etc/file3".into() }]).unwrap();
     let (va, vb) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
     let changed_blocks = va.chunks(4096).zip(vb.chunks(4096)).filter(|(x, y)| x != y).count();
     // 100 KB of data is 25 blocks, plus a few metadata blocks.
