@@ -208,7 +208,54 @@ fn ext4_images_are_reproducible_and_updates_layout_stable() {
     let (va, vb) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
     let changed_blocks = va.chunks(4096).zip(vb.chunks(4096)).filter(|(x, y)| x != y).count();
     // 100 KB of data is 25 blocks, plus a few metadata blocks.
-    assert!(changed_blocks >= 25 && changed_blocks < 60, "{changed_blocks} blocks changed");
+    assert!((25..60).contains(&changed_blocks), "{changed_blocks} blocks changed");
     let err = repository::image::update(&b, &[repository::image::Change::Add { host: tmp.path().join("nope"), guest: "/x".into() }]).unwrap_err();
     assert!(err.to_string().contains("check the path"), "{err}");
+}
+
+#[test]
+fn concurrent_publishes_get_distinct_versions() {
+    let f = Fixture::new();
+    let versions: Vec<u64> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..3u64)
+            .map(|i| {
+                let f = &f;
+                s.spawn(move || {
+                    let (k, img) = (f.path(&format!("k{i}")), f.path(&format!("s{i}.img")));
+                    std::fs::write(&k, &f.kernel).unwrap();
+                    std::fs::write(&img, system_image(100 + i)).unwrap();
+                    repository::publish::publish(&f.repo, &request("desk", &k, &img), &f.key).unwrap().version
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut sorted = versions.clone();
+    sorted.sort();
+    assert_eq!(sorted, vec![2, 3, 4], "{versions:?}");
+    for v in 1..=4 {
+        let bytes = std::fs::read(f.repo.manifest_file("desk", v)).unwrap();
+        let m = SignedManifest::verify_bytes(&bytes, &f.trusted()).unwrap();
+        assert_eq!(m.version, v);
+        assert!(m.all_chunks().iter().all(|id| f.repo.has_chunk(id)));
+    }
+}
+
+#[test]
+fn boot_trace_orders_the_boot_profile() {
+    let f = Fixture::new();
+    let (k, img, trace) = (f.path("k"), f.path("s.img"), f.path("trace"));
+    std::fs::write(&k, &f.kernel).unwrap();
+    std::fs::write(&img, &f.system).unwrap();
+    // System chunk 6 first, then the kernel, then chunk 0 twice (kept once), a zero chunk.
+    std::fs::write(&trace, "# boot\nsystem 400000\nkernel 0\nsystem 10\nsystem 20\nsystem 900000\n").unwrap();
+    let mut req = request("traced", &k, &img);
+    req.boot_trace = Some(trace.clone());
+    repository::publish::publish(&f.repo, &req, &f.key).unwrap();
+    let m = SignedManifest::verify_bytes(&std::fs::read(f.repo.manifest_file("traced", 1)).unwrap(), &f.trusted()).unwrap();
+    let sys = &m.disk("system").unwrap().image;
+    assert_eq!(m.boot_profile.clone().unwrap(), vec![sys.chunks[6].unwrap(), m.kernel.chunks[0].unwrap(), sys.chunks[0].unwrap()]);
+    std::fs::write(&trace, "system 99999999\n").unwrap();
+    let err = repository::publish::publish(&f.repo, &req, &f.key).unwrap_err().to_string();
+    assert!(err.contains("line 1") && err.contains("beyond the end"), "{err}");
 }
