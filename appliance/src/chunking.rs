@@ -82,6 +82,16 @@ impl ChunkedBlob {
         offset / self.chunk_size as u64
     }
 
+    /// Indices of the chunks covering bytes `[offset, offset + len)`, clipped to the image
+    /// (what a block device read of that range needs).
+    pub fn chunks_covering(&self, offset: u64, len: u64) -> std::ops::Range<u64> {
+        let end = offset.saturating_add(len).min(self.size);
+        if len == 0 || offset >= end {
+            return 0..0;
+        }
+        self.chunk_index(offset)..(end - 1) / self.chunk_size as u64 + 1
+    }
+
     /// Length of chunk `index` (the last one may be short).
     pub fn chunk_len(&self, index: u64) -> usize {
         let start = index * self.chunk_size as u64;
@@ -185,6 +195,11 @@ mod tests {
         assert_eq!(blob.chunk_len(3), 100);
         blob.validate().unwrap();
         assert_eq!(blob.distinct_chunks().len(), 2);
+        assert_eq!(blob.chunks_covering(0, 4096), 0..1);
+        assert_eq!(blob.chunks_covering(4095, 2), 0..2);
+        assert_eq!(blob.chunks_covering(3 * 4096, 1 << 20), 3..4);
+        assert_eq!(blob.chunks_covering(1 << 20, 10), 0..0);
+        assert_eq!(blob.chunks_covering(5, 0), 0..0);
     }
 
     #[test]

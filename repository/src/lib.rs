@@ -10,6 +10,7 @@ pub mod publish;
 pub mod server;
 pub mod store;
 pub mod users;
+pub mod verify;
 
 pub use error::{Error, Result};
 pub use store::Repo;

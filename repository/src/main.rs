@@ -89,6 +89,15 @@ enum Cmd {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Check the repository as a terminal would: signatures, missing and corrupt chunks.
+    Verify {
+        /// Trusted public key files (from keygen); without any, signatures are not checked.
+        #[arg(long = "trusted")]
+        trusted: Vec<PathBuf>,
+        /// Also decode and hash every stored chunk (reads the whole repository).
+        #[arg(long)]
+        chunks: bool,
+    },
     /// Serve the repository over HTTP or HTTPS.
     Serve {
         dir: PathBuf,
@@ -284,6 +293,22 @@ fn run(cli: Cli) -> Result<()> {
             let repo = Repo::open(&cli.repo)?;
             let stats = repository::gc::gc(&repo, &GcOptions { grace: Duration::from_secs(grace), keep_versions, dry_run })?;
             println!("{}{stats}", if dry_run { "dry run: " } else { "" });
+        }
+        Cmd::Verify { trusted, chunks } => {
+            let repo = Repo::open(&cli.repo)?;
+            let mut keys = Vec::new();
+            for t in &trusted {
+                let text = std::fs::read_to_string(t).map_err(|e| Error::Input { what: "trusted key file", path: t.clone(), why: e.to_string() })?;
+                keys.push(appliance::PublicKey::from_file_text(&text)?);
+            }
+            let report = repository::verify::verify(&repo, &keys, chunks)?;
+            for p in &report.problems {
+                println!("PROBLEM: {p}");
+            }
+            println!("checked {} manifests{} and {} chunks: {} problem(s)", report.manifests, if keys.is_empty() { " (signatures not checked: pass --trusted KEY.pub)" } else { "" }, report.chunks, report.problems.len());
+            if !report.problems.is_empty() {
+                return Err(Error::Usage("the repository has problems (listed above)".into()));
+            }
         }
         Cmd::Serve { dir, listen, tls_cert, tls_key, access_log, threads, insecure_fast_kdf } => {
             let repo = Repo::open(&dir)?;

@@ -176,6 +176,21 @@ fn cli_end_to_end_and_errors_that_say_what_to_do() {
     assert!(!ok && err.contains("no user alice"), "{err}");
     let (ok, out, _) = cli(&["-r", &repo, "gc"], None);
     assert!(ok && out.contains("removed 0 unreferenced"), "{out}");
+
+    // verify: clean, then a tampered manifest and a rotten chunk are reported with advice.
+    let (ok, out, err) = cli(&["-r", &repo, "verify", "--trusted", &d("pub.pub"), "--chunks"], None);
+    assert!(ok && out.contains("0 problem(s)"), "{out}{err}");
+    let mpath = tmp.path().join("repo/public/manifests/desk/1.json");
+    let text = std::fs::read_to_string(&mpath).unwrap();
+    std::fs::write(&mpath, text.replace("\"vcpus\":1", "\"vcpus\":64")).unwrap();
+    let (_, chunk) = r.list_chunks().unwrap().into_iter().next().unwrap();
+    let mut c = std::fs::read(&chunk).unwrap();
+    c[9] ^= 1;
+    std::fs::write(&chunk, c).unwrap();
+    let (ok, out, _) = cli(&["-r", &repo, "verify", "--trusted", &d("pub.pub"), "--chunks"], None);
+    assert!(!ok, "{out}");
+    assert!(out.contains("does not match the content") && out.contains("publish the appliance again"), "{out}");
+    assert!(out.contains(&chunk.display().to_string()) && out.contains("delete it"), "{out}");
 }
 
 #[test]
