@@ -191,6 +191,9 @@ fn bring_up() -> Vec<String> {
         console::announce(&settings.consoles, &format!("{}{ready}", status.hardware_lines()));
     }
     info!("terminal ready in {:.2} s", boot_seconds.unwrap_or(0.0));
+    if let Some(command) = settings.autorun.clone() {
+        start_autorun(command, settings.consoles.clone());
+    }
     settings.consoles
 }
 
@@ -221,6 +224,33 @@ fn on_uevent(event: &hotplug::Uevent, board: &Arc<StatusBoard>, settings: &Setti
             }
         }
         _ => {}
+    }
+}
+
+/// Runs `collective.autorun=` once, its output on the console, and reports how it ended.
+fn start_autorun(command: String, consoles: Vec<String>) {
+    let spawned = std::thread::Builder::new().name("autorun".into()).spawn(move || {
+        let words: Vec<&str> = command.split_whitespace().collect();
+        let Some((program, args)) = words.split_first() else { return };
+        let console = || fs::OpenOptions::new().write(true).open("/dev/console").map(std::process::Stdio::from);
+        let (Ok(out), Ok(err)) = (console(), console()) else {
+            warn!("autorun: cannot open /dev/console");
+            return;
+        };
+        info!("autorun: starting {command}");
+        let child = std::process::Command::new(program).args(args).stdin(std::process::Stdio::null()).stdout(out).stderr(err).spawn();
+        let text = match child {
+            Ok(child) => match collective_init::children::wait(child.id() as i32, None) {
+                Some(code) => format!("autorun: {program} exited with code {code}\r\n"),
+                None => format!("autorun: lost track of {program}\r\n"),
+            },
+            Err(e) => format!("autorun: cannot start {program}: {e}\r\n"),
+        };
+        info!("{}", text.trim());
+        console::announce(&consoles, &text);
+    });
+    if let Err(e) = spawned {
+        warn!("autorun: {e}");
     }
 }
 

@@ -60,6 +60,8 @@ pub fn reap_children() {
     loop {
         match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::StillAlive) | Err(_) => return,
+            Ok(WaitStatus::Exited(pid, code)) => crate::children::record(pid.as_raw(), code),
+            Ok(WaitStatus::Signaled(pid, signal, _)) => crate::children::record(pid.as_raw(), 128 + signal as i32),
             Ok(status) => log::debug!("reaped {status:?}"),
         }
     }

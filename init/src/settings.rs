@@ -22,6 +22,9 @@ pub struct Settings {
     pub consoles: Vec<String>,
     /// `collective.modules=a,b`: extra modules to load at boot even without their hardware.
     pub extra_modules: Vec<String>,
+    /// `collective.autorun=CMD`: a program to run once bring-up has finished, its output
+    /// on the console (system tests, kiosk demos).
+    pub autorun: Option<String>,
     /// `collective.`-keys we did not recognise or could not parse, with the reason.
     pub problems: Vec<String>,
 }
@@ -34,6 +37,7 @@ impl Default for Settings {
             log_level: log::LevelFilter::Info,
             consoles: Vec::new(),
             extra_modules: Vec::new(),
+            autorun: None,
             problems: Vec::new(),
         }
     }
@@ -45,6 +49,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("collective.cache=DEV", "cache disk: /dev/NAME, LABEL=label or SERIAL=serial"),
     ("collective.log=LEVEL", "log level: error, warn, info (default), debug, trace"),
     ("collective.modules=A,B", "extra kernel modules to load at boot"),
+    ("collective.autorun=\"CMD ARGS\"", "run a program after bring-up (tests, demos)"),
 ];
 
 impl Settings {
@@ -75,6 +80,7 @@ impl Settings {
                     Ok(level) => s.log_level = level,
                     Err(_) => s.problems.push(format!("collective.log={v}: use error, warn, info, debug or trace")),
                 },
+                ("collective.autorun", Some(v)) if !v.is_empty() => s.autorun = Some(v.to_string()),
                 ("collective.modules", Some(v)) => {
                     s.extra_modules.extend(v.split(',').filter(|m| !m.is_empty()).map(|m| m.replace('-', "_")))
                 }
@@ -166,6 +172,12 @@ mod tests {
         let s = Settings::parse("collective.cache=\"LABEL=my cache\" console=/dev/ttyS1");
         assert_eq!(s.cache.as_deref(), Some("LABEL=my cache"));
         assert_eq!(s.consoles, vec!["ttyS1"]);
+    }
+
+    #[test]
+    fn autorun_keeps_its_quoted_arguments() {
+        let s = Settings::parse("collective.autorun=\"/bin/vmm run --kernel /a/vmlinuz\" quiet");
+        assert_eq!(s.autorun.as_deref(), Some("/bin/vmm run --kernel /a/vmlinuz"));
     }
 
     #[test]
