@@ -627,6 +627,13 @@ impl Cache {
         self.read_state().pins.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
+    /// The base chunk-list digest ([`crate::list_digest`]) the persistent
+    /// overlay `name` applies to, if it exists: tells a caller which chunk
+    /// list to open it with after a crash during write-back.
+    pub fn overlay_base_digest(&self, name: &str) -> Option<[u8; 32]> {
+        self.read_state().overlays.get(name).map(|o| o.base_digest)
+    }
+
     /// Every chunk present, least recently used first.
     pub fn chunk_ids(&self) -> Vec<ChunkId> {
         let st = self.read_state();
@@ -634,11 +641,6 @@ impl Cache {
             st.index.iter().map(|(id, e)| (e.last_use.load(Ordering::Relaxed), *id)).collect();
         v.sort();
         v.into_iter().map(|(_, id)| id).collect()
-    }
-
-    pub(crate) fn push_record(&self, st: &mut State, r: Record, frees: &[(u32, u32)]) {
-        st.push(r);
-        st.pending_free.extend_from_slice(frees);
     }
 
     /// Makes every change made before this call durable: flush data, then
@@ -797,9 +799,6 @@ impl Cache {
         Ok((ids.len(), bad, bad_ov))
     }
 
-    pub(crate) fn ram_cache(&self) -> &RamCache {
-        &self.ram
-    }
 }
 
 /// Ids of all-zero chunks of the usual chunk sizes, computed once per process.
@@ -939,6 +938,11 @@ impl State {
             pins: self.pins.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             overlays: self.overlays.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         }
+    }
+
+    /// Frees these blocks once the pending records are durable.
+    pub(crate) fn defer_free(&mut self, frees: &[(u32, u32)]) {
+        self.pending_free.extend_from_slice(frees);
     }
 
     pub(crate) fn apply_overlay(&mut self, r: Record) {

@@ -18,10 +18,14 @@ pub mod error;
 pub mod fault;
 pub mod format;
 pub mod id;
+pub mod overlay;
 pub mod ramcache;
 pub mod storage;
+pub mod view;
 
 pub use cache::{Cache, CreateOptions, OpenOptions, Stats};
 pub use error::{Error, Result};
 pub use id::ChunkId;
 pub use storage::{FileStorage, MemStorage, Storage};
+pub use overlay::{Overlay, OverlayKind, WriteBack};
+pub use view::{list_digest, ChunkSource, DirSource, DiskView, MemSource, NoSource, SourceError};
