@@ -280,7 +280,7 @@ impl Cache {
                 }
             }
             pos += total;
-            seq += 1;
+            seq = seq.wrapping_add(1);
             commits += 1;
         }
         // Rebuild free space from what is referenced. Overlay blocks (user
@@ -680,7 +680,7 @@ impl Cache {
                     self.storage.write_at(self.geo.journal_off + cs.journal_pos, commit)?;
                     self.storage.flush()?;
                     cs.journal_pos += commit.len() as u64;
-                    cs.next_seq += 1;
+                    cs.next_seq = cs.next_seq.wrapping_add(1);
                 }
                 Work::Checkpoint(blob) => self.write_checkpoint(&mut cs, blob)?,
             }
@@ -719,7 +719,7 @@ impl Cache {
         self.storage.write_at(self.geo.ckpt_off[slot as usize], blob)?;
         self.storage.flush()?;
         let sb = Superblock {
-            seq: cs.sb.seq + 1,
+            seq: cs.sb.seq.wrapping_add(1),
             ckpt_slot: slot,
             ckpt_len_used: blob.len() as u64,
             ckpt_crc: crc32(&[blob]),

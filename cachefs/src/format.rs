@@ -221,6 +221,11 @@ impl Superblock {
             arena_blocks,
         };
         geometry.validate()?;
+        // Sequence numbers only count up by one per commit; anything near the
+        // top of the range is damage, and would overflow later.
+        if seq > 1 << 62 || journal_seq > 1 << 62 {
+            return Ok(SbSlot::Damaged("implausible sequence number".into()));
+        }
         if ckpt_slot > 1 || ckpt_len_used > ckpt_len {
             return Ok(SbSlot::Damaged("bad checkpoint pointer".into()));
         }
