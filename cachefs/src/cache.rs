@@ -81,6 +81,21 @@ struct CommitState {
     next_seq: u64,
 }
 
+/// What recovery found when the cache was opened.
+#[derive(Clone, Debug, Default)]
+pub struct RecoveryReport {
+    pub superblock_seq: u64,
+    /// The newest superblock's checkpoint was damaged; an older one was used.
+    pub used_older_superblock: bool,
+    /// Superblock slots that hold neither a valid superblock nor zeros.
+    pub damaged_superblocks: Vec<String>,
+    pub journal_commits_replayed: u64,
+    /// Chunk records dropped because their location was invalid or overlapping.
+    pub dropped_chunks: u64,
+    /// Overlay blocks dropped because their location was invalid.
+    pub dropped_overlay_blocks: u64,
+}
+
 /// Usage figures for `inspect`.
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
@@ -109,6 +124,7 @@ pub struct Cache {
     tick: AtomicU64,
     ram: RamCache,
     opts: OpenOptions,
+    report: RecoveryReport,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -172,7 +188,7 @@ impl Cache {
     pub fn open_with(storage: Box<dyn Storage>, opts: OpenOptions) -> Result<Cache> {
         let mut candidates = Vec::new();
         let mut unsupported = None;
-        let mut damaged = None;
+        let mut damaged: Vec<String> = Vec::new();
         for slot in 0..2u64 {
             let mut b = vec![0u8; BLOCK as usize];
             if storage.read_at(slot * BLOCK, &mut b).is_err() {
@@ -180,10 +196,10 @@ impl Cache {
             }
             match Superblock::decode(&b) {
                 SbSlot::Valid(sb) if sb.geometry.device_size <= storage.len() => candidates.push(sb),
-                SbSlot::Valid(_) => damaged = Some("device smaller than recorded size".to_string()),
+                SbSlot::Valid(_) => damaged.push(format!("slot {slot}: device smaller than recorded size")),
                 SbSlot::Foreign => {}
                 SbSlot::Unsupported(v) => unsupported = Some(v),
-                SbSlot::Damaged(m) => damaged = Some(m),
+                SbSlot::Damaged(m) => damaged.push(format!("slot {slot}: {m}")),
             }
         }
         candidates.sort_by_key(|sb| std::cmp::Reverse(sb.seq));
@@ -191,8 +207,8 @@ impl Cache {
             if let Some(v) = unsupported {
                 return Err(Error::UnsupportedVersion(v, format::FORMAT_VERSION));
             }
-            if let Some(m) = damaged {
-                return Err(Error::Corrupt(format!("no valid superblock: {m}")));
+            if !damaged.is_empty() {
+                return Err(Error::Corrupt(format!("no valid superblock: {}", damaged.join("; "))));
             }
             return Err(Error::NotCacheFs);
         }
@@ -205,7 +221,12 @@ impl Cache {
                             "newest superblock's checkpoint is damaged; fell back to an older one (recent changes may be lost)"
                         );
                     }
-                    return Self::recover(storage, sb.clone(), ckpt, opts);
+                    let report = RecoveryReport {
+                        used_older_superblock: i > 0,
+                        damaged_superblocks: damaged.clone(),
+                        ..Default::default()
+                    };
+                    return Self::recover(storage, sb.clone(), ckpt, opts, report);
                 }
                 Err(e) => {
                     log::warn!("superblock seq {}: {e}", sb.seq);
@@ -221,6 +242,7 @@ impl Cache {
         sb: Superblock,
         ckpt: Checkpoint,
         opts: OpenOptions,
+        mut report: RecoveryReport,
     ) -> Result<Cache> {
         let geo = sb.geometry;
         let mut st = State {
@@ -296,6 +318,7 @@ impl Cache {
                     bad.push(*db);
                 }
             }
+            report.dropped_overlay_blocks += bad.len() as u64;
             for db in bad {
                 log::error!("overlay {name}: block {db} has an invalid location; dropped");
                 o.blocks.remove(&db);
@@ -312,6 +335,9 @@ impl Cache {
                 dropped.push(id);
             }
         }
+        report.dropped_chunks = dropped.len() as u64;
+        report.journal_commits_replayed = commits;
+        report.superblock_seq = sb.seq;
         for id in dropped {
             log::warn!("chunk {id}: location invalid or overlapping; dropped");
             st.index.remove(&id);
@@ -334,6 +360,7 @@ impl Cache {
             tick,
             ram: RamCache::new(opts.ram_cache_bytes),
             opts,
+            report,
         })
     }
 
@@ -349,6 +376,11 @@ impl Cache {
     pub(crate) fn geometry(&self) -> &Geometry {
         &self.geo
     }
+    /// What recovery found at open.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.report
+    }
+
     pub fn uuid(&self) -> [u8; 16] {
         self.uuid
     }

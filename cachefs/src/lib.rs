@@ -23,7 +23,7 @@ pub mod ramcache;
 pub mod storage;
 pub mod view;
 
-pub use cache::{Cache, CreateOptions, OpenOptions, Stats};
+pub use cache::{Cache, CreateOptions, OpenOptions, RecoveryReport, Stats};
 pub use error::{Error, Result};
 pub use id::ChunkId;
 pub use storage::{FileStorage, MemStorage, Storage};
