@@ -22,7 +22,7 @@ use crate::format::{
     MAX_CHUNK,
 };
 use crate::id::ChunkId;
-use crate::ramcache::RamCache;
+use crate::frames;
 use crate::storage::Storage;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -38,15 +38,13 @@ pub struct CreateOptions {
 /// Options for [`Cache::open`].
 #[derive(Clone, Debug)]
 pub struct OpenOptions {
-    /// Bytes of decompressed chunks kept in RAM for repeated small reads.
-    pub ram_cache_bytes: usize,
     /// Commit automatically once this many metadata bytes are pending.
     pub auto_commit_bytes: usize,
 }
 
 impl Default for OpenOptions {
     fn default() -> Self {
-        OpenOptions { ram_cache_bytes: 64 << 20, auto_commit_bytes: 256 << 10 }
+        OpenOptions { auto_commit_bytes: 256 << 10 }
     }
 }
 
@@ -57,6 +55,20 @@ pub(crate) struct Entry {
     /// process: later reads of an uncompressed chunk may then read just the
     /// bytes they need (first-read-per-boot verification).
     verified: AtomicBool,
+    /// Frame table of a compressed chunk, kept once verified (one pread per
+    /// small read afterwards).
+    frames: std::sync::OnceLock<Vec<u32>>,
+}
+
+impl Entry {
+    fn new(loc: Loc, last_use: u64) -> Entry {
+        Entry {
+            loc,
+            last_use: AtomicU64::new(last_use),
+            verified: AtomicBool::new(false),
+            frames: std::sync::OnceLock::new(),
+        }
+    }
 }
 
 pub(crate) struct State {
@@ -122,7 +134,6 @@ pub struct Cache {
     state: RwLock<State>,
     commit: Mutex<CommitState>,
     tick: AtomicU64,
-    ram: RamCache,
     opts: OpenOptions,
     report: RecoveryReport,
 }
@@ -358,7 +369,6 @@ impl Cache {
             state: RwLock::new(st),
             commit: Mutex::new(CommitState { sb, journal_pos: pos, next_seq: seq }),
             tick,
-            ram: RamCache::new(opts.ram_cache_bytes),
             opts,
             report,
         })
@@ -403,14 +413,11 @@ impl Cache {
         if self.touch(id) {
             return Ok(());
         }
-        let raw_blocks = (data.len() as u64).div_ceil(BLOCK);
-        let compressed = lz4_flex::block::compress(data);
-        let (stored, is_compressed): (&[u8], bool) =
-            if (compressed.len() as u64).div_ceil(BLOCK) < raw_blocks {
-                (&compressed, true)
-            } else {
-                (data, false)
-            };
+        let compressed = frames::compress(data);
+        let (stored, is_compressed): (&[u8], bool) = match &compressed {
+            Some(c) => (c, true),
+            None => (data, false),
+        };
         let loc0 = Loc {
             block: 0,
             stored_len: stored.len() as u32,
@@ -431,10 +438,7 @@ impl Cache {
                 st.alloc.release(block, loc.nblocks());
                 return Ok(());
             }
-            st.index.insert(
-                *id,
-                Entry { loc, last_use: AtomicU64::new(self.now()), verified: AtomicBool::new(false) },
-            );
+            st.index.insert(*id, Entry::new(loc, self.now()));
             st.push(Record::Put(*id, loc));
             st.pending_bytes >= self.opts.auto_commit_bytes
         };
@@ -492,7 +496,6 @@ impl Cache {
             if let Some(e) = st.index.remove(&id) {
                 st.alloc.release(e.loc.block, e.loc.nblocks());
                 st.push(Record::Del(id));
-                self.ram.remove(&id);
                 log::debug!("evicted {id}");
             }
             freed += nb as u64;
@@ -543,9 +546,12 @@ impl Cache {
             (loc, buf)
         };
         match decode_chunk(id, &loc, stored) {
-            Ok(data) => {
+            Ok((data, table)) => {
                 if let Some(e) = self.read_state().index.get(id) {
                     if e.loc == loc {
+                        if let Some(t) = table {
+                            let _ = e.frames.set(t);
+                        }
                         e.verified.store(true, Ordering::Relaxed);
                     }
                 }
@@ -586,16 +592,24 @@ impl Cache {
             if off + buf.len() > e.loc.raw_len as usize {
                 return Err(Error::Invalid("read beyond chunk end".into()));
             }
-            if e.verified.load(Ordering::Relaxed) && !e.loc.compressed {
-                // Under the read lock: eviction cannot reuse these blocks meanwhile.
-                self.storage.read_at(self.geo.block_off(e.loc.block) + off as u64, buf)?;
-                return Ok(true);
-            }
-        }
-        if let Some(d) = self.ram.get(id) {
-            if off + buf.len() <= d.len() {
-                buf.copy_from_slice(&d[off..off + buf.len()]);
-                return Ok(true);
+            // Verified in this process: read only what is needed. Under the
+            // read lock, so eviction cannot reuse these blocks meanwhile.
+            if e.verified.load(Ordering::Relaxed) {
+                let rec = self.geo.block_off(e.loc.block);
+                if !e.loc.compressed {
+                    self.storage.read_at(rec + off as u64, buf)?;
+                    return Ok(true);
+                }
+                if let Some(ends) = e.frames.get() {
+                    let r = frames::read_range(ends, e.loc.raw_len as usize, off, buf, |o, b| {
+                        self.storage.read_at(rec + o as u64, b)
+                    });
+                    match r {
+                        Ok(()) => return Ok(true),
+                        // Rotted since verification: fall through to the full check.
+                        Err(why) => log::warn!("chunk {id}: {why}; re-verifying"),
+                    }
+                }
             }
         }
         match self.read(id)? {
@@ -605,7 +619,6 @@ impl Cache {
                     return Err(Error::Invalid("read beyond chunk end".into()));
                 }
                 buf.copy_from_slice(&d[off..off + buf.len()]);
-                self.ram.put(*id, d);
                 Ok(true)
             }
         }
@@ -618,7 +631,6 @@ impl Cache {
             st.alloc.release(e.loc.block, e.loc.nblocks());
             st.push(Record::Del(*id));
         }
-        self.ram.remove(id);
         Ok(())
     }
 
@@ -854,28 +866,29 @@ fn read_checkpoint(storage: &dyn Storage, sb: &Superblock) -> Result<Checkpoint>
     Checkpoint::decode(&b)
 }
 
-/// Checks and decodes a stored chunk record; the error says why it is unusable.
-pub(crate) fn decode_chunk(id: &ChunkId, loc: &Loc, stored: Vec<u8>) -> std::result::Result<Vec<u8>, String> {
+/// Checks and decodes a stored chunk record; the error says why it is
+/// unusable. Returns the plaintext and, if compressed, its frame table.
+pub(crate) fn decode_chunk(
+    id: &ChunkId,
+    loc: &Loc,
+    stored: Vec<u8>,
+) -> std::result::Result<(Vec<u8>, Option<Vec<u32>>), String> {
     if stored.len() != loc.stored_len as usize {
         return Err("short record".into());
     }
     if crc32(&[&stored]) != loc.crc {
         return Err("checksum mismatch (torn or rotted record)".into());
     }
-    let data = if loc.compressed {
-        let mut out = vec![0u8; loc.raw_len as usize];
-        match lz4_flex::block::decompress_into(&stored, &mut out) {
-            Ok(n) if n == out.len() => out,
-            Ok(_) => return Err("decompressed length mismatch".into()),
-            Err(e) => return Err(format!("lz4: {e}")),
-        }
+    let (data, table) = if loc.compressed {
+        let (d, t) = frames::decompress_all(&stored, loc.raw_len as usize)?;
+        (d, Some(t))
     } else {
-        stored
+        (stored, None)
     };
     if ChunkId::of(&data) != *id {
         return Err("content does not hash to id".into());
     }
-    Ok(data)
+    Ok((data, table))
 }
 
 impl State {
@@ -889,14 +902,7 @@ impl State {
     fn apply(&mut self, r: Record, tick: &AtomicU64) {
         match r {
             Record::Put(id, loc) => {
-                self.index.insert(
-                    id,
-                    Entry {
-                        loc,
-                        last_use: AtomicU64::new(tick.fetch_add(1, Ordering::Relaxed)),
-                        verified: AtomicBool::new(false),
-                    },
-                );
+                self.index.insert(id, Entry::new(loc, tick.fetch_add(1, Ordering::Relaxed)));
             }
             Record::Del(id) => {
                 self.index.remove(&id);

@@ -17,9 +17,9 @@ pub mod codec;
 pub mod error;
 pub mod fault;
 pub mod format;
+pub mod frames;
 pub mod id;
 pub mod overlay;
-pub mod ramcache;
 pub mod storage;
 pub mod view;
 
