@@ -7,8 +7,8 @@
 //! cachefs verified plaintext with its id (hashing is the receiver's cost).
 
 use cachefs::fault::Rng;
-use cachefs::{Cache, ChunkId, CreateOptions, DiskView, FileStorage, NoSource};
-use std::fs::OpenOptions;
+use cachefs::{Cache, ChunkId, CreateOptions, DiskView, FileStorage, NoSource, OpenOptions};
+use std::fs::OpenOptions as FileOpenOptions;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -63,7 +63,7 @@ fn main() {
     let raw_path = dir.join("raw.img");
     let t = Instant::now();
     {
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&raw_path).unwrap();
+        let mut f = FileOpenOptions::new().write(true).create(true).truncate(true).open(&raw_path).unwrap();
         for c in img.chunks(CS) {
             f.write_all(c).unwrap();
         }
@@ -74,44 +74,43 @@ fn main() {
     // --- Fill: cachefs (device preallocated before timing, as in the field) ---
     let dev_path = dir.join("cache.img");
     let dev_size = (mb as u64 * 2 + 64) << 20;
-    let st = FileStorage::create_file(&dev_path, dev_size).unwrap();
-    let cache = Arc::new(Cache::create(Box::new(st), CreateOptions::default()).unwrap());
-    let t = Instant::now();
-    for (i, c) in img.chunks(CS).enumerate() {
-        cache.insert(&ids[i], c).unwrap();
-    }
-    cache.sync().unwrap();
-    let fill1 = t.elapsed();
-    drop(cache);
-
-    // Same, with two filler threads (the receiver verifies and inserts in parallel).
-    let st = FileStorage::create_file(&dev_path, dev_size).unwrap();
-    let cache = Arc::new(Cache::create(Box::new(st), CreateOptions::default()).unwrap());
     let img = Arc::new(img);
     let ids = Arc::new(ids);
-    let t = Instant::now();
-    let hs: Vec<_> = (0..2)
-        .map(|k| {
-            let (cache, img, ids) = (cache.clone(), img.clone(), ids.clone());
-            std::thread::spawn(move || {
-                for (i, c) in img.chunks(CS).enumerate().skip(k).step_by(2) {
-                    cache.insert(&ids[i], c).unwrap();
-                }
+    let fill = |compress: bool, threads: usize| -> (Duration, Arc<Cache>) {
+        let st = FileStorage::create_file(&dev_path, dev_size).unwrap();
+        let opts = OpenOptions { compress, ..Default::default() };
+        let cache = Arc::new(Cache::create_with(Box::new(st), CreateOptions::default(), opts).unwrap());
+        let t = Instant::now();
+        let hs: Vec<_> = (0..threads)
+            .map(|k| {
+                let (cache, img, ids) = (cache.clone(), img.clone(), ids.clone());
+                std::thread::spawn(move || {
+                    for (i, c) in img.chunks(CS).enumerate().skip(k).step_by(threads) {
+                        cache.insert(&ids[i], c).unwrap();
+                    }
+                })
             })
-        })
-        .collect();
-    for h in hs {
-        h.join().unwrap();
-    }
-    cache.sync().unwrap();
-    let fill2 = t.elapsed();
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+        cache.sync().unwrap();
+        (t.elapsed(), cache)
+    };
+    let (fill_plain, plain_cache) = fill(false, 1);
+    let sp = plain_cache.stats();
+    drop(plain_cache);
+    let (fill1, _) = fill(true, 1);
+    let (fill2, cache) = fill(true, 2);
     let s = cache.stats();
 
     println!();
-    println!("fill ({} MiB of plaintext; stored {:.1} MiB in {} chunks, {} compressed):", mb, s.stored_bytes as f64 / 1048576.0, s.chunks, s.compressed_chunks);
-    println!("  plain file write + fdatasync : {:8.1} MiB/s", mbps(img.len(), raw_fill));
-    println!("  cachefs insert + sync, 1 thr : {:8.1} MiB/s   ratio {:.2}", mbps(img.len(), fill1), raw_fill.as_secs_f64() / fill1.as_secs_f64());
-    println!("  cachefs insert + sync, 2 thr : {:8.1} MiB/s   ratio {:.2}", mbps(img.len(), fill2), raw_fill.as_secs_f64() / fill2.as_secs_f64());
+    println!("fill ({mb} MiB of plaintext, {} chunks; lz4 stores {:.1} MiB, {} chunks compressed):", s.chunks, s.stored_bytes as f64 / 1048576.0, s.compressed_chunks);
+    let r = |d: Duration| raw_fill.as_secs_f64() / d.as_secs_f64();
+    println!("  plain file write + fdatasync        : {:8.1} MiB/s", mbps(img.len(), raw_fill));
+    println!("  cachefs insert + sync, lz4, 1 thread : {:8.1} MiB/s   ratio {:.2}", mbps(img.len(), fill1), r(fill1));
+    println!("  cachefs insert + sync, lz4, 2 threads: {:8.1} MiB/s   ratio {:.2}", mbps(img.len(), fill2), r(fill2));
+    println!("  cachefs insert + sync, no compression: {:8.1} MiB/s   ratio {:.2}  (stores {:.1} MiB)", mbps(img.len(), fill_plain), r(fill_plain), sp.stored_bytes as f64 / 1048576.0);
 
     // --- Random 4 KiB reads ---
     let view = DiskView::new(cache.clone(), ids.to_vec(), CS as u32, img.len() as u64, Arc::new(NoSource)).unwrap();

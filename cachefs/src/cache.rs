@@ -38,13 +38,16 @@ pub struct CreateOptions {
 /// Options for [`Cache::open`].
 #[derive(Clone, Debug)]
 pub struct OpenOptions {
+    /// Try lz4 on inserted chunks (kept only where it saves a block). Off
+    /// trades disk space for fill CPU on slow machines with large disks.
+    pub compress: bool,
     /// Commit automatically once this many metadata bytes are pending.
     pub auto_commit_bytes: usize,
 }
 
 impl Default for OpenOptions {
     fn default() -> Self {
-        OpenOptions { auto_commit_bytes: 256 << 10 }
+        OpenOptions { compress: true, auto_commit_bytes: 256 << 10 }
     }
 }
 
@@ -413,7 +416,7 @@ impl Cache {
         if self.touch(id) {
             return Ok(());
         }
-        let compressed = frames::compress(data);
+        let mut compressed = if self.opts.compress { frames::compress(data) } else { None };
         let (stored, is_compressed): (&[u8], bool) = match &compressed {
             Some(c) => (c, true),
             None => (data, false),
@@ -425,9 +428,13 @@ impl Cache {
             compressed: is_compressed,
             crc: crc32(&[stored]),
         };
+        if let Some(c) = &mut compressed {
+            c.resize(loc0.nblocks() as usize * BLOCK as usize, 0);
+        }
+        let record: &[u8] = compressed.as_deref().unwrap_or(data);
         let block = self.alloc_blocks(loc0.nblocks(), true)?;
         let loc = Loc { block, ..loc0 };
-        if let Err(e) = self.write_blocks(block, stored) {
+        if let Err(e) = self.write_blocks(block, record) {
             self.write_state().alloc.release(block, loc.nblocks());
             return Err(e);
         }

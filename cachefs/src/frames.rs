@@ -46,6 +46,8 @@ pub fn compress(data: &[u8]) -> Option<Vec<u8>> {
     }
     let blocks = |l: usize| l.div_ceil(4096);
     if blocks(out.len()) < blocks(data.len()) {
+        // Room to pad to whole blocks without reallocating.
+        out.reserve_exact(blocks(out.len()) * 4096 - out.len());
         Some(out)
     } else {
         None
@@ -123,20 +125,36 @@ pub fn read_range(
     let s0 = if f0 == 0 { 0 } else { ends[f0 - 1] as usize };
     let s1 = ends[f1] as usize;
     let base = table_len(raw_len);
-    let mut stored = vec![0u8; s1 - s0];
-    read(base + s0, &mut stored).map_err(|e| e.to_string())?;
-    let mut frame = [0u8; FRAME];
-    for k in f0..=f1 {
-        let fs = if k == 0 { 0 } else { ends[k - 1] as usize } - s0;
-        let fe = ends[k] as usize - s0;
-        let pl = frame_plain_len(raw_len, k);
-        decompress_frame(&stored[fs..fe], &mut frame[..pl])?;
-        let p = k * FRAME;
-        let a = off.max(p);
-        let b = (off + buf.len()).min(p + pl);
-        buf[a - off..b - off].copy_from_slice(&frame[a - p..b - p]);
+    thread_local! {
+        // Per-thread scratch: a small read must not pay for zeroing buffers.
+        static SCRATCH: std::cell::RefCell<(Vec<u8>, Vec<u8>)> =
+            std::cell::RefCell::new((vec![0u8; 2 * FRAME], vec![0u8; FRAME]));
     }
-    Ok(())
+    SCRATCH.with(|cell| {
+        let mut guard = cell.borrow_mut();
+        let (stored_buf, frame) = &mut *guard;
+        if stored_buf.len() < s1 - s0 {
+            stored_buf.resize(s1 - s0, 0);
+        }
+        let stored = &mut stored_buf[..s1 - s0];
+        read(base + s0, stored).map_err(|e| e.to_string())?;
+        for k in f0..=f1 {
+            let fs = if k == 0 { 0 } else { ends[k - 1] as usize } - s0;
+            let fe = ends[k] as usize - s0;
+            let pl = frame_plain_len(raw_len, k);
+            let p = k * FRAME;
+            let a = off.max(p);
+            let b = (off + buf.len()).min(p + pl);
+            if a == p && b == p + pl {
+                // The read covers the whole frame: decompress straight into it.
+                decompress_frame(&stored[fs..fe], &mut buf[a - off..b - off])?;
+            } else {
+                decompress_frame(&stored[fs..fe], &mut frame[..pl])?;
+                buf[a - off..b - off].copy_from_slice(&frame[a - p..b - p]);
+            }
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]
