@@ -111,6 +111,10 @@ pub struct RecoveryReport {
     pub dropped_overlay_blocks: u64,
 }
 
+/// What [`Cache::verify_all`] found: (chunks checked, damaged chunk ids,
+/// damaged overlay blocks as (overlay, disk block)).
+pub type VerifyReport = (usize, Vec<ChunkId>, Vec<(String, u64)>);
+
 /// Usage figures for `inspect`.
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
@@ -827,7 +831,7 @@ impl Cache {
     /// overlay blocks as (overlay, disk block)). Damaged chunks are dropped
     /// from the in-memory index as a side effect of reading them; call
     /// [`Cache::sync`] to make that repair durable.
-    pub fn verify_all(&self) -> Result<(usize, Vec<ChunkId>, Vec<(String, u64)>)> {
+    pub fn verify_all(&self) -> Result<VerifyReport> {
         let ids: Vec<ChunkId> = self.read_state().index.keys().copied().collect();
         let mut bad = Vec::new();
         for id in &ids {

@@ -12,6 +12,7 @@ use std::path::Path;
 use std::sync::RwLock;
 
 /// A fixed-size byte device. Writes are volatile until `flush` returns.
+#[allow(clippy::len_without_is_empty)] // a device is never empty
 pub trait Storage: Send + Sync {
     /// Size in bytes; never changes.
     fn len(&self) -> u64;
