@@ -23,7 +23,7 @@ pub mod overlay;
 pub mod storage;
 pub mod view;
 
-pub use cache::{Cache, CreateOptions, OpenOptions, RecoveryReport, Stats};
+pub use cache::{Cache, CreateOptions, OpenOptions, RecoveryReport, Stats, VerifyReport};
 pub use error::{Error, Result};
 pub use id::ChunkId;
 pub use storage::{FileStorage, MemStorage, Storage};

@@ -372,3 +372,15 @@ fn readers_never_see_wrong_bytes_while_eviction_reuses_blocks() {
     filler.join().unwrap();
     assert!(cache.stats().used_bytes <= cache.stats().arena_bytes);
 }
+
+#[test]
+fn a_wrong_id_is_never_served() {
+    let (_, c) = mem_cache(4 << 20);
+    let wrong = ChunkId::of(b"something else");
+    assert!(matches!(c.insert(&wrong, &[0u8; 4096]), Err(Error::HashMismatch(_))));
+    assert!(!c.contains(&wrong));
+    // Non-zero data under a wrong id is caught on its first read.
+    c.insert(&wrong, &[1u8; 4096]).unwrap();
+    assert_eq!(c.read(&wrong).unwrap(), None);
+    assert!(!c.contains(&wrong));
+}
