@@ -299,7 +299,9 @@ impl DiskView {
             Ok(()) => {}
             // Full of pinned chunks: serve from memory without caching.
             Err(Error::Full { .. }) => log::warn!("cache full; serving chunk {id} uncached"),
-            Err(e) => return Err(e),
+            // The data is verified: a cache that cannot store it must not
+            // fail the guest's read.
+            Err(e) => log::error!("could not cache chunk {id}: {e}; serving it uncached"),
         }
         Ok(Arc::new(d))
     }

@@ -48,6 +48,12 @@ fn setup(source: &Arc<MemSource>, base: &[u8]) -> (Vec<u8>, Vec<ChunkId>) {
     let view = Arc::new(DiskView::new(cache.clone(), ids.clone(), CHUNK, DISK, source.clone()).unwrap());
     let ov = Overlay::user(view, NAME).unwrap();
     ov.close().unwrap();
+    // Fill 3/4 of the journal, so that checkpoints come early in the workloads.
+    for i in 0..11u8 {
+        let id = cache.insert_data(&[i + 1; 100]).unwrap();
+        cache.remove(&id).unwrap();
+        cache.sync().unwrap();
+    }
     drop(cache);
     (mem.snapshot(), ids)
 }
@@ -74,6 +80,7 @@ fn crash_anywhere_in_overlay_workload() {
         .collect();
     let iters = iterations(1000);
     let mut cuts = 0;
+    let mut after_checkpoint = 0;
     for seed in 0..iters {
         let mut rng = Rng(seed * 104729 + 7);
         let mode = if seed % 2 == 0 { CutMode::DropUnflushed } else { CutMode::Reorder };
@@ -140,6 +147,9 @@ fn crash_anywhere_in_overlay_workload() {
             Cache::open(Box::new(MemStorage::from_vec(dev.durable_image())))
                 .unwrap_or_else(|e| panic!("{ctx}: reopen: {e}")),
         );
+        if cache.stats().superblock_seq > 1 {
+            after_checkpoint += 1;
+        }
         let digest = cache.overlay_base_digest(NAME).unwrap_or_else(|| panic!("{ctx}: overlay lost"));
         let list = lists
             .iter()
@@ -169,4 +179,6 @@ fn crash_anywhere_in_overlay_workload() {
         assert_eq!(b, vec![0xAB; 1024], "{ctx}");
     }
     assert!(cuts as u64 > iters / 2, "too few runs hit their cut: {cuts}");
+    assert!(after_checkpoint as u64 > iters / 10, "checkpoints rarely reached: {after_checkpoint}");
+    eprintln!("{iters} cut points, {cuts} hit, {after_checkpoint} recovered from a later checkpoint");
 }
