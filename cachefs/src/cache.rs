@@ -807,15 +807,16 @@ impl Cache {
     }
 
     pub fn stats(&self) -> Stats {
+        // Lock order everywhere: overlay, then commit, then state.
+        let sb_seq = lock(&self.commit).sb.seq;
         let st = self.read_state();
-        let cs = lock(&self.commit);
         let mut s = Stats {
             device_size: self.geo.device_size,
             arena_bytes: self.geo.arena_blocks * BLOCK,
             used_bytes: (st.alloc.nblocks() as u64 - st.alloc.free_blocks()) * BLOCK,
             chunks: st.index.len() as u64,
             uuid: self.uuid.iter().map(|b| format!("{b:02x}")).collect(),
-            superblock_seq: cs.sb.seq,
+            superblock_seq: sb_seq,
             ..Default::default()
         };
         for (id, e) in &st.index {
