@@ -50,12 +50,21 @@ fn mbps(bytes: usize, d: Duration) -> f64 {
 }
 
 fn main() {
-    let mb: usize = std::env::var("CACHEFS_BENCH_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
-    let reads: usize = std::env::var("CACHEFS_BENCH_READS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
+    let mb: usize = std::env::var("CACHEFS_BENCH_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
+    let reads: usize = std::env::var("CACHEFS_BENCH_READS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cachefs-bench");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    println!("cachefs bench: {mb} MiB image, 64 KiB chunks, in {}", dir.display());
+    println!(
+        "cachefs bench: {mb} MiB image, 64 KiB chunks, in {}",
+        dir.display()
+    );
     let img = make_image(mb);
     let ids: Vec<ChunkId> = img.chunks(CS).map(ChunkId::of).collect();
 
@@ -63,7 +72,12 @@ fn main() {
     let raw_path = dir.join("raw.img");
     let t = Instant::now();
     {
-        let mut f = FileOpenOptions::new().write(true).create(true).truncate(true).open(&raw_path).unwrap();
+        let mut f = FileOpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&raw_path)
+            .unwrap();
         for c in img.chunks(CS) {
             f.write_all(c).unwrap();
         }
@@ -78,8 +92,12 @@ fn main() {
     let ids = Arc::new(ids);
     let fill = |compress: bool, threads: usize| -> (Duration, Arc<Cache>) {
         let st = FileStorage::create_file(&dev_path, dev_size).unwrap();
-        let opts = OpenOptions { compress, ..Default::default() };
-        let cache = Arc::new(Cache::create_with(Box::new(st), CreateOptions::default(), opts).unwrap());
+        let opts = OpenOptions {
+            compress,
+            ..Default::default()
+        };
+        let cache =
+            Arc::new(Cache::create_with(Box::new(st), CreateOptions::default(), opts).unwrap());
         let t = Instant::now();
         let hs: Vec<_> = (0..threads)
             .map(|k| {
@@ -105,15 +123,43 @@ fn main() {
     let s = cache.stats();
 
     println!();
-    println!("fill ({mb} MiB of plaintext, {} chunks; lz4 stores {:.1} MiB, {} chunks compressed):", s.chunks, s.stored_bytes as f64 / 1048576.0, s.compressed_chunks);
+    println!(
+        "fill ({mb} MiB of plaintext, {} chunks; lz4 stores {:.1} MiB, {} chunks compressed):",
+        s.chunks,
+        s.stored_bytes as f64 / 1048576.0,
+        s.compressed_chunks
+    );
     let r = |d: Duration| raw_fill.as_secs_f64() / d.as_secs_f64();
-    println!("  plain file write + fdatasync        : {:8.1} MiB/s", mbps(img.len(), raw_fill));
-    println!("  cachefs insert + sync, lz4, 1 thread : {:8.1} MiB/s   ratio {:.2}", mbps(img.len(), fill1), r(fill1));
-    println!("  cachefs insert + sync, lz4, 2 threads: {:8.1} MiB/s   ratio {:.2}", mbps(img.len(), fill2), r(fill2));
-    println!("  cachefs insert + sync, no compression: {:8.1} MiB/s   ratio {:.2}  (stores {:.1} MiB)", mbps(img.len(), fill_plain), r(fill_plain), sp.stored_bytes as f64 / 1048576.0);
+    println!(
+        "  plain file write + fdatasync        : {:8.1} MiB/s",
+        mbps(img.len(), raw_fill)
+    );
+    println!(
+        "  cachefs insert + sync, lz4, 1 thread : {:8.1} MiB/s   ratio {:.2}",
+        mbps(img.len(), fill1),
+        r(fill1)
+    );
+    println!(
+        "  cachefs insert + sync, lz4, 2 threads: {:8.1} MiB/s   ratio {:.2}",
+        mbps(img.len(), fill2),
+        r(fill2)
+    );
+    println!(
+        "  cachefs insert + sync, no compression: {:8.1} MiB/s   ratio {:.2}  (stores {:.1} MiB)",
+        mbps(img.len(), fill_plain),
+        r(fill_plain),
+        sp.stored_bytes as f64 / 1048576.0
+    );
 
     // --- Random 4 KiB reads ---
-    let view = DiskView::new(cache.clone(), ids.to_vec(), CS as u32, img.len() as u64, Arc::new(NoSource)).unwrap();
+    let view = DiskView::new(
+        cache.clone(),
+        ids.to_vec(),
+        CS as u32,
+        img.len() as u64,
+        Arc::new(NoSource),
+    )
+    .unwrap();
     let raw = std::fs::File::open(&raw_path).unwrap();
     let nblocks = img.len() as u64 / 4096;
     let offsets: Vec<u64> = {
@@ -161,10 +207,25 @@ fn main() {
     let iops = |d: Duration| reads as f64 / d.as_secs_f64();
     println!();
     println!("random 4 KiB reads ({reads} per run, best of 3, warm page cache):");
-    println!("  pread of raw image           : {:10.0} reads/s", iops(best_raw));
-    println!("  DiskView::read_at (cached)   : {:10.0} reads/s   ratio {:.2}", iops(best_view), best_raw.as_secs_f64() / best_view.as_secs_f64());
-    println!("  view latency p50 {:.1} us, p99 {:.1} us, max {:.1} us", p(0.5), p(0.99), p(1.0));
-    println!("  first pass over every chunk (read + verify): {:.1} MiB/s", mbps(img.len(), verify_pass));
+    println!(
+        "  pread of raw image           : {:10.0} reads/s",
+        iops(best_raw)
+    );
+    println!(
+        "  DiskView::read_at (cached)   : {:10.0} reads/s   ratio {:.2}",
+        iops(best_view),
+        best_raw.as_secs_f64() / best_view.as_secs_f64()
+    );
+    println!(
+        "  view latency p50 {:.1} us, p99 {:.1} us, max {:.1} us",
+        p(0.5),
+        p(0.99),
+        p(1.0)
+    );
+    println!(
+        "  first pass over every chunk (read + verify): {:.1} MiB/s",
+        mbps(img.len(), verify_pass)
+    );
     drop(view);
     drop(cache);
     let _ = std::fs::remove_dir_all(&dir);

@@ -21,8 +21,8 @@ use crate::format::{
     self, Checkpoint, Geometry, Loc, OverlayMeta, Record, SbSlot, Superblock, BLOCK, JOURNAL_HDR,
     MAX_CHUNK,
 };
-use crate::id::ChunkId;
 use crate::frames;
+use crate::id::ChunkId;
 use crate::storage::Storage;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -47,7 +47,10 @@ pub struct OpenOptions {
 
 impl Default for OpenOptions {
     fn default() -> Self {
-        OpenOptions { compress: true, auto_commit_bytes: 256 << 10 }
+        OpenOptions {
+            compress: true,
+            auto_commit_bytes: 256 << 10,
+        }
     }
 }
 
@@ -193,7 +196,11 @@ impl Cache {
         };
         storage.write_at(sb_off(sb.seq), &sb.encode())?;
         storage.flush()?;
-        log::info!("formatted cachefs: {} bytes, {} arena blocks", size, geo.arena_blocks);
+        log::info!(
+            "formatted cachefs: {} bytes, {} arena blocks",
+            size,
+            geo.arena_blocks
+        );
         Self::open_with(storage, opts)
     }
 
@@ -213,8 +220,12 @@ impl Cache {
                 continue;
             }
             match Superblock::decode(&b) {
-                SbSlot::Valid(sb) if sb.geometry.device_size <= storage.len() => candidates.push(sb),
-                SbSlot::Valid(_) => damaged.push(format!("slot {slot}: device smaller than recorded size")),
+                SbSlot::Valid(sb) if sb.geometry.device_size <= storage.len() => {
+                    candidates.push(sb)
+                }
+                SbSlot::Valid(_) => {
+                    damaged.push(format!("slot {slot}: device smaller than recorded size"))
+                }
                 SbSlot::Foreign => {}
                 SbSlot::Unsupported(v) => unsupported = Some(v),
                 SbSlot::Damaged(m) => damaged.push(format!("slot {slot}: {m}")),
@@ -226,7 +237,10 @@ impl Cache {
                 return Err(Error::UnsupportedVersion(v, format::FORMAT_VERSION));
             }
             if !damaged.is_empty() {
-                return Err(Error::Corrupt(format!("no valid superblock: {}", damaged.join("; "))));
+                return Err(Error::Corrupt(format!(
+                    "no valid superblock: {}",
+                    damaged.join("; ")
+                )));
             }
             return Err(Error::NotCacheFs);
         }
@@ -295,7 +309,9 @@ impl Cache {
             if storage.read_at(geo.journal_off + pos, &mut hdr).is_err() {
                 break;
             }
-            let Some((s, plen, crc)) = format::decode_commit_header(&hdr) else { break };
+            let Some((s, plen, crc)) = format::decode_commit_header(&hdr) else {
+                break;
+            };
             let total = (JOURNAL_HDR as u64 + plen as u64).div_ceil(BLOCK) * BLOCK;
             if s != seq || pos + total > geo.journal_len {
                 break;
@@ -329,8 +345,9 @@ impl Cache {
         let mut dropped = Vec::new();
         for (name, o) in st.overlays.iter_mut() {
             let mut bad = Vec::new();
+            let disk_blocks = o.disk_size.div_ceil(BLOCK);
             for (db, (ab, _)) in o.blocks.iter() {
-                if st.alloc.range_free(*ab, 1) {
+                if *db < disk_blocks && st.alloc.range_free(*ab, 1) {
                     st.alloc.mark_used(*ab, 1);
                 } else {
                     bad.push(*db);
@@ -342,11 +359,16 @@ impl Cache {
                 o.blocks.remove(&db);
             }
         }
-        let mut by_age: Vec<(u64, ChunkId)> =
-            st.index.iter().map(|(id, e)| (e.last_use.load(Ordering::Relaxed), *id)).collect();
+        let mut by_age: Vec<(u64, ChunkId)> = st
+            .index
+            .iter()
+            .map(|(id, e)| (e.last_use.load(Ordering::Relaxed), *id))
+            .collect();
         by_age.sort();
         for (_, id) in by_age {
-            let Some(loc) = st.index.get(&id).map(|e| e.loc) else { continue };
+            let Some(loc) = st.index.get(&id).map(|e| e.loc) else {
+                continue;
+            };
             if st.alloc.range_free(loc.block, loc.nblocks()) {
                 st.alloc.mark_used(loc.block, loc.nblocks());
             } else {
@@ -374,7 +396,11 @@ impl Cache {
             geo,
             uuid: sb.uuid,
             state: RwLock::new(st),
-            commit: Mutex::new(CommitState { sb, journal_pos: pos, next_seq: seq }),
+            commit: Mutex::new(CommitState {
+                sb,
+                journal_pos: pos,
+                next_seq: seq,
+            }),
             tick,
             opts,
             report,
@@ -411,7 +437,10 @@ impl Cache {
     /// chunks are stored as nothing. Durable after the next [`Cache::sync`].
     pub fn insert(&self, id: &ChunkId, data: &[u8]) -> Result<()> {
         if data.is_empty() || data.len() > MAX_CHUNK as usize {
-            return Err(Error::Invalid(format!("chunk length {} out of range", data.len())));
+            return Err(Error::Invalid(format!(
+                "chunk length {} out of range",
+                data.len()
+            )));
         }
         if data.iter().all(|&b| b == 0) {
             // Zero chunks are served without reading anything back, so this
@@ -428,7 +457,11 @@ impl Cache {
         if self.touch(id) {
             return Ok(());
         }
-        let mut compressed = if self.opts.compress { frames::compress(data) } else { None };
+        let mut compressed = if self.opts.compress {
+            frames::compress(data)
+        } else {
+            None
+        };
         let (stored, is_compressed): (&[u8], bool) = match &compressed {
             Some(c) => (c, true),
             None => (data, false),
@@ -498,7 +531,9 @@ impl Cache {
             return Ok(b);
         }
         if !evict {
-            return Err(Error::Full { needed: n as u64 * BLOCK });
+            return Err(Error::Full {
+                needed: n as u64 * BLOCK,
+            });
         }
         // Evict a batch: at least 1/64 of the arena, so that a full cache
         // does not sort the index on every insert.
@@ -526,7 +561,9 @@ impl Cache {
         }
         match st.alloc.alloc(n) {
             Some(b) => Ok(b),
-            None => Err(Error::Full { needed: n as u64 * BLOCK }),
+            None => Err(Error::Full {
+                needed: n as u64 * BLOCK,
+            }),
         }
     }
 
@@ -556,11 +593,14 @@ impl Cache {
             if let Some(n) = st.zero_ids.get(id) {
                 return Ok(Some(vec![0; *n as usize]));
             }
-            let Some(e) = st.index.get(id) else { return Ok(None) };
+            let Some(e) = st.index.get(id) else {
+                return Ok(None);
+            };
             e.last_use.store(self.now(), Ordering::Relaxed);
             let loc = e.loc;
             let mut buf = vec![0u8; loc.nblocks() as usize * BLOCK as usize];
-            self.storage.read_at(self.geo.block_off(loc.block), &mut buf)?;
+            self.storage
+                .read_at(self.geo.block_off(loc.block), &mut buf)?;
             buf.truncate(loc.stored_len as usize);
             (loc, buf)
         };
@@ -606,7 +646,9 @@ impl Cache {
                 buf.fill(0);
                 return Ok(true);
             }
-            let Some(e) = st.index.get(id) else { return Ok(false) };
+            let Some(e) = st.index.get(id) else {
+                return Ok(false);
+            };
             e.last_use.store(self.now(), Ordering::Relaxed);
             if off + buf.len() > e.loc.raw_len as usize {
                 return Err(Error::Invalid("read beyond chunk end".into()));
@@ -661,11 +703,15 @@ impl Cache {
         }
         let mut st = self.write_state();
         let bytes = 6 + name.len() + 32 * ids.len();
-        let old = st.pins.get(name).map(|v| 6 + name.len() + 32 * v.len()).unwrap_or(0);
+        let old = st
+            .pins
+            .get(name)
+            .map(|v| 6 + name.len() + 32 * v.len())
+            .unwrap_or(0);
         // Reserve room in the checkpoint for the worst-case index (49 B per
         // arena block) and give pins what is left.
-        let budget = (self.geo.ckpt_len as usize)
-            .saturating_sub(self.geo.arena_blocks as usize * 49 + 4096);
+        let budget =
+            (self.geo.ckpt_len as usize).saturating_sub(self.geo.arena_blocks as usize * 49 + 4096);
         if st.pin_bytes - old + bytes > budget {
             return Err(Error::MetadataFull(format!(
                 "pin set {name} ({} chunks) does not fit the metadata area ({budget} bytes for pins)",
@@ -687,7 +733,11 @@ impl Cache {
     }
 
     pub fn pins(&self) -> Vec<(String, Vec<ChunkId>)> {
-        self.read_state().pins.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        self.read_state()
+            .pins
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// The base chunk-list digest ([`crate::list_digest`]) the persistent
@@ -700,8 +750,11 @@ impl Cache {
     /// Every chunk present, least recently used first.
     pub fn chunk_ids(&self) -> Vec<ChunkId> {
         let st = self.read_state();
-        let mut v: Vec<(u64, ChunkId)> =
-            st.index.iter().map(|(id, e)| (e.last_use.load(Ordering::Relaxed), *id)).collect();
+        let mut v: Vec<(u64, ChunkId)> = st
+            .index
+            .iter()
+            .map(|(id, e)| (e.last_use.load(Ordering::Relaxed), *id))
+            .collect();
         v.sort();
         v.into_iter().map(|(_, id)| id).collect()
     }
@@ -740,7 +793,8 @@ impl Cache {
             match &work {
                 Work::Nothing => {}
                 Work::Journal(commit) => {
-                    self.storage.write_at(self.geo.journal_off + cs.journal_pos, commit)?;
+                    self.storage
+                        .write_at(self.geo.journal_off + cs.journal_pos, commit)?;
                     self.storage.flush()?;
                     cs.journal_pos += commit.len() as u64;
                     cs.next_seq = cs.next_seq.wrapping_add(1);
@@ -779,7 +833,8 @@ impl Cache {
             )));
         }
         let slot = 1 - cs.sb.ckpt_slot;
-        self.storage.write_at(self.geo.ckpt_off[slot as usize], blob)?;
+        self.storage
+            .write_at(self.geo.ckpt_off[slot as usize], blob)?;
         self.storage.flush()?;
         let sb = Superblock {
             seq: cs.sb.seq.wrapping_add(1),
@@ -826,7 +881,10 @@ impl Cache {
             s.pinned_chunks_present += st.pin_count.contains_key(id) as u64;
         }
         for (name, ids) in &st.pins {
-            let present = ids.iter().filter(|i| st.index.contains_key(i) || st.zero_ids.contains_key(i)).count();
+            let present = ids
+                .iter()
+                .filter(|i| st.index.contains_key(i) || st.zero_ids.contains_key(i))
+                .count();
             s.pins.push((name.clone(), ids.len(), present));
         }
         for (name, o) in &st.overlays {
@@ -849,8 +907,12 @@ impl Cache {
             }
         }
         let mut bad_ov = Vec::new();
-        let ovs: Vec<(String, OverlayMeta)> =
-            self.read_state().overlays.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let ovs: Vec<(String, OverlayMeta)> = self
+            .read_state()
+            .overlays
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let mut buf = vec![0u8; BLOCK as usize];
         for (name, o) in ovs {
             for (db, (ab, crc)) in o.blocks {
@@ -862,14 +924,15 @@ impl Cache {
         }
         Ok((ids.len(), bad, bad_ov))
     }
-
 }
 
 /// Ids of all-zero chunks of the usual chunk sizes, computed once per process.
 fn common_zero_ids() -> &'static HashMap<ChunkId, u32> {
     static IDS: std::sync::OnceLock<HashMap<ChunkId, u32>> = std::sync::OnceLock::new();
     IDS.get_or_init(|| {
-        (12..=20).map(|s| (ChunkId::zero(1 << s), 1u32 << s)).collect()
+        (12..=20)
+            .map(|s| (ChunkId::zero(1 << s), 1u32 << s))
+            .collect()
     })
 }
 
@@ -922,7 +985,8 @@ impl State {
     fn apply(&mut self, r: Record, tick: &AtomicU64) {
         match r {
             Record::Put(id, loc) => {
-                self.index.insert(id, Entry::new(loc, tick.fetch_add(1, Ordering::Relaxed)));
+                self.index
+                    .insert(id, Entry::new(loc, tick.fetch_add(1, Ordering::Relaxed)));
             }
             Record::Del(id) => {
                 self.index.remove(&id);
@@ -937,10 +1001,20 @@ impl State {
                 self.pins.insert(name, ids);
             }
             Record::Unpin(name) => self.remove_pin(&name),
-            Record::OvCreate { name, chunk_size, disk_size, base_digest } => {
+            Record::OvCreate {
+                name,
+                chunk_size,
+                disk_size,
+                base_digest,
+            } => {
                 self.overlays.insert(
                     name,
-                    OverlayMeta { chunk_size, disk_size, base_digest, blocks: BTreeMap::new() },
+                    OverlayMeta {
+                        chunk_size,
+                        disk_size,
+                        base_digest,
+                        blocks: BTreeMap::new(),
+                    },
                 );
             }
             Record::OvMap(name, blocks) => {
@@ -993,8 +1067,16 @@ impl State {
         Checkpoint {
             seq,
             chunks: chunks.into_iter().map(|(_, id, l)| (id, l)).collect(),
-            pins: self.pins.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            overlays: self.overlays.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            pins: self
+                .pins
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            overlays: self
+                .overlays
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         }
     }
 

@@ -153,9 +153,14 @@ impl Storage for FaultStorage {
         if g.cut {
             return Err(power_cut());
         }
-        let end = off.checked_add(buf.len() as u64).filter(|&e| e <= g.current.len() as u64);
+        let end = off
+            .checked_add(buf.len() as u64)
+            .filter(|&e| e <= g.current.len() as u64);
         let Some(end) = end else {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "read beyond end"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "read beyond end",
+            ));
         };
         buf.copy_from_slice(&g.current[off as usize..end as usize]);
         Ok(())
@@ -166,9 +171,14 @@ impl Storage for FaultStorage {
         if g.cut {
             return Err(power_cut());
         }
-        let end = off.checked_add(buf.len() as u64).filter(|&e| e <= g.current.len() as u64);
+        let end = off
+            .checked_add(buf.len() as u64)
+            .filter(|&e| e <= g.current.len() as u64);
         let Some(end) = end else {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "write beyond end"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "write beyond end",
+            ));
         };
         if Self::step(&mut g) {
             Self::cut(&mut g, Some((off, buf)));

@@ -106,7 +106,10 @@ impl Geometry {
                 if j <= self.ckpt_off[0]
                     && c0 <= self.ckpt_off[1]
                     && c1 <= self.arena_off
-                    && a <= self.device_size => Ok(()),
+                    && a <= self.device_size =>
+            {
+                Ok(())
+            }
             _ => bad("regions overlap or exceed the device"),
         }
     }
@@ -277,7 +280,13 @@ impl Loc {
         if flags == 0 && stored_len != raw_len {
             return Err(Error::Corrupt("uncompressed length mismatch".into()));
         }
-        Ok(Loc { block, stored_len, raw_len, compressed: flags == 1, crc })
+        Ok(Loc {
+            block,
+            stored_len,
+            raw_len,
+            compressed: flags == 1,
+            crc,
+        })
     }
 }
 
@@ -311,7 +320,12 @@ pub enum Record {
     Del(ChunkId),
     Pin(String, Vec<ChunkId>),
     Unpin(String),
-    OvCreate { name: String, chunk_size: u32, disk_size: u64, base_digest: [u8; 32] },
+    OvCreate {
+        name: String,
+        chunk_size: u32,
+        disk_size: u64,
+        base_digest: [u8; 32],
+    },
     OvMap(String, Vec<OvBlock>),
     OvUnmap(String, Vec<u64>),
     OvRebase(String, [u8; 32]),
@@ -342,7 +356,12 @@ impl Record {
                 w.u8(4);
                 w.str(name);
             }
-            Record::OvCreate { name, chunk_size, disk_size, base_digest } => {
+            Record::OvCreate {
+                name,
+                chunk_size,
+                disk_size,
+                base_digest,
+            } => {
                 w.u8(5);
                 w.str(name);
                 w.u32(*chunk_size);
@@ -399,14 +418,23 @@ impl Record {
                 let disk_size = r.u64()?;
                 let mut d = [0u8; 32];
                 d.copy_from_slice(r.take(32)?);
-                Record::OvCreate { name, chunk_size, disk_size, base_digest: d }
+                Record::OvCreate {
+                    name,
+                    chunk_size,
+                    disk_size,
+                    base_digest: d,
+                }
             }
             6 => {
                 let name = r.str()?;
                 let n = r.count(16)?;
                 let mut v = Vec::with_capacity(n);
                 for _ in 0..n {
-                    v.push(OvBlock { disk_block: r.u64()?, arena_block: r.u32()?, crc: r.u32()? });
+                    v.push(OvBlock {
+                        disk_block: r.u64()?,
+                        arena_block: r.u32()?,
+                        crc: r.u32()?,
+                    });
                 }
                 Record::OvMap(name, v)
             }
@@ -569,12 +597,25 @@ impl Checkpoint {
                 let crc = r.u32()?;
                 blocks.insert(db, (ab, crc));
             }
-            overlays.push((name, OverlayMeta { chunk_size, disk_size, base_digest: d, blocks }));
+            overlays.push((
+                name,
+                OverlayMeta {
+                    chunk_size,
+                    disk_size,
+                    base_digest: d,
+                    blocks,
+                },
+            ));
         }
         if r.remaining() != 0 {
             return Err(Error::Corrupt("trailing bytes in checkpoint".into()));
         }
-        Ok(Checkpoint { seq, chunks, pins, overlays })
+        Ok(Checkpoint {
+            seq,
+            chunks,
+            pins,
+            overlays,
+        })
     }
 }
 
@@ -611,12 +652,33 @@ mod tests {
     fn records_round_trip() {
         let id = ChunkId::of(b"x");
         let recs = vec![
-            Record::Put(id, Loc { block: 3, stored_len: 100, raw_len: 4096, compressed: true, crc: 1 }),
+            Record::Put(
+                id,
+                Loc {
+                    block: 3,
+                    stored_len: 100,
+                    raw_len: 4096,
+                    compressed: true,
+                    crc: 1,
+                },
+            ),
             Record::Del(id),
             Record::Pin("a".into(), vec![id, id]),
             Record::Unpin("a".into()),
-            Record::OvCreate { name: "o".into(), chunk_size: 4096, disk_size: 1 << 20, base_digest: [1; 32] },
-            Record::OvMap("o".into(), vec![OvBlock { disk_block: 5, arena_block: 6, crc: 7 }]),
+            Record::OvCreate {
+                name: "o".into(),
+                chunk_size: 4096,
+                disk_size: 1 << 20,
+                base_digest: [1; 32],
+            },
+            Record::OvMap(
+                "o".into(),
+                vec![OvBlock {
+                    disk_block: 5,
+                    arena_block: 6,
+                    crc: 7,
+                }],
+            ),
             Record::OvUnmap("o".into(), vec![5]),
             Record::OvRebase("o".into(), [2; 32]),
             Record::OvDelete("o".into()),

@@ -35,7 +35,11 @@ pub fn compress(data: &[u8]) -> Option<Vec<u8>> {
     let mut scratch = vec![0u8; lz4_flex::block::get_maximum_output_size(FRAME)];
     for (k, plain) in data.chunks(FRAME).enumerate() {
         let c = lz4_flex::block::compress_into(plain, &mut scratch).ok()?;
-        let stored: &[u8] = if c < plain.len() { &scratch[..c] } else { plain };
+        let stored: &[u8] = if c < plain.len() {
+            &scratch[..c]
+        } else {
+            plain
+        };
         saved += plain.len() - stored.len();
         out[2 * k..2 * k + 2].copy_from_slice(&(stored.len() as u16).to_le_bytes());
         out.extend_from_slice(stored);
@@ -99,7 +103,10 @@ pub fn decompress_all(stored: &[u8], raw_len: usize) -> Result<(Vec<u8>, Vec<u32
     for (k, &end) in ends.iter().enumerate() {
         let p = k * FRAME;
         let pl = frame_plain_len(raw_len, k);
-        decompress_frame(&stored[base + start..base + end as usize], &mut out[p..p + pl])?;
+        decompress_frame(
+            &stored[base + start..base + end as usize],
+            &mut out[p..p + pl],
+        )?;
         start = end as usize;
     }
     Ok((out, ends))
@@ -168,7 +175,13 @@ mod tests {
         assert!(rec.len() < data.len() / 4);
         let (plain, ends) = decompress_all(&rec, data.len()).unwrap();
         assert_eq!(plain, data);
-        for (off, len) in [(0, 1), (4095, 2), (100, 9000), (65536, 1000), (0, data.len())] {
+        for (off, len) in [
+            (0, 1),
+            (4095, 2),
+            (100, 9000),
+            (65536, 1000),
+            (0, data.len()),
+        ] {
             let mut buf = vec![0u8; len];
             read_range(&ends, data.len(), off, &mut buf, |o, b| {
                 b.copy_from_slice(&rec[o..o + b.len()]);

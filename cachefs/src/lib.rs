@@ -26,6 +26,6 @@ pub mod view;
 pub use cache::{Cache, CreateOptions, OpenOptions, RecoveryReport, Stats, VerifyReport};
 pub use error::{Error, Result};
 pub use id::ChunkId;
-pub use storage::{FileStorage, MemStorage, Storage};
 pub use overlay::{Overlay, OverlayKind, WriteBack};
+pub use storage::{FileStorage, MemStorage, Storage};
 pub use view::{list_digest, ChunkSource, DirSource, DiskView, MemSource, NoSource, SourceError};

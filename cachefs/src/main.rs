@@ -6,7 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "cachefs", version, about = "Format, inspect and check a Collective terminal cache")]
+#[command(
+    name = "cachefs",
+    version,
+    about = "Format, inspect and check a Collective terminal cache"
+)]
 struct Cli {
     /// Log more (repeat for debug output).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -55,7 +59,8 @@ fn parse_size(s: &str) -> Result<u64, String> {
         _ => (s, 1),
     };
     let n: u64 = num.parse().map_err(|_| format!("not a size: {s:?}"))?;
-    n.checked_mul(mult).ok_or_else(|| format!("size too large: {s:?}"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size too large: {s:?}"))
 }
 
 struct StderrLog;
@@ -66,7 +71,11 @@ impl log::Log for StderrLog {
     }
     fn log(&self, r: &log::Record) {
         if self.enabled(r.metadata()) {
-            eprintln!("cachefs: {}: {}", r.level().as_str().to_lowercase(), r.args());
+            eprintln!(
+                "cachefs: {}: {}",
+                r.level().as_str().to_lowercase(),
+                r.args()
+            );
         }
     }
     fn flush(&self) {}
@@ -80,7 +89,11 @@ fn human(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", units[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
 }
 
 fn main() -> ExitCode {
@@ -123,7 +136,12 @@ fn format(dev: &Path, size: Option<u64>, force: bool) -> Result<ExitCode, Error>
         }
         None => FileStorage::open(dev)?,
     };
-    let cache = Cache::create(Box::new(storage), CreateOptions { force: force || size.is_some() })?;
+    let cache = Cache::create(
+        Box::new(storage),
+        CreateOptions {
+            force: force || size.is_some(),
+        },
+    )?;
     let s = cache.stats();
     println!(
         "formatted {}: {} device, {} for chunks, uuid {}",
@@ -142,9 +160,20 @@ fn inspect(dev: &Path) -> Result<ExitCode, Error> {
     println!("device:      {} ({})", dev.display(), human(s.device_size));
     println!("uuid:        {}", s.uuid);
     println!("format:      version {}", cachefs::format::FORMAT_VERSION);
-    println!("superblock:  seq {} ({} journal commits since the checkpoint)", s.superblock_seq, r.journal_commits_replayed);
-    let pct = if s.arena_bytes > 0 { 100.0 * s.used_bytes as f64 / s.arena_bytes as f64 } else { 0.0 };
-    println!("usage:       {} of {} ({pct:.1}%)", human(s.used_bytes), human(s.arena_bytes));
+    println!(
+        "superblock:  seq {} ({} journal commits since the checkpoint)",
+        s.superblock_seq, r.journal_commits_replayed
+    );
+    let pct = if s.arena_bytes > 0 {
+        100.0 * s.used_bytes as f64 / s.arena_bytes as f64
+    } else {
+        0.0
+    };
+    println!(
+        "usage:       {} of {} ({pct:.1}%)",
+        human(s.used_bytes),
+        human(s.arena_bytes)
+    );
     println!(
         "chunks:      {} ({} compressed), {} stored for {} of data",
         s.chunks,
@@ -165,7 +194,11 @@ fn inspect(dev: &Path) -> Result<ExitCode, Error> {
 }
 
 fn fsck(dev: &Path, repair: bool) -> Result<ExitCode, Error> {
-    let storage = if repair { FileStorage::open(dev)? } else { FileStorage::open_read_only(dev)? };
+    let storage = if repair {
+        FileStorage::open(dev)?
+    } else {
+        FileStorage::open_read_only(dev)?
+    };
     let cache = Cache::open(Box::new(storage))?;
     let r = cache.recovery_report().clone();
     let mut problems = 0u64;
@@ -182,7 +215,10 @@ fn fsck(dev: &Path, repair: bool) -> Result<ExitCode, Error> {
         problems += r.dropped_chunks;
     }
     if r.dropped_overlay_blocks > 0 {
-        println!("{} overlay blocks with invalid locations (user data lost)", r.dropped_overlay_blocks);
+        println!(
+            "{} overlay blocks with invalid locations (user data lost)",
+            r.dropped_overlay_blocks
+        );
         problems += r.dropped_overlay_blocks;
     }
     let (checked, bad, bad_ov) = cache.verify_all()?;
@@ -190,7 +226,10 @@ fn fsck(dev: &Path, repair: bool) -> Result<ExitCode, Error> {
         println!("chunk {id}: damaged record (checksum or hash mismatch)");
     }
     for (name, db) in &bad_ov {
-        println!("overlay {name}: block at disk offset {} damaged (user data lost)", db * 4096);
+        println!(
+            "overlay {name}: block at disk offset {} damaged (user data lost)",
+            db * 4096
+        );
     }
     problems += bad.len() as u64 + bad_ov.len() as u64;
     println!(

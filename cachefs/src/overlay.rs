@@ -72,7 +72,11 @@ impl Overlay {
     /// A throw-away overlay for a system disk.
     pub fn system(view: Arc<DiskView>) -> Result<Overlay> {
         check_view(&view)?;
-        Ok(Overlay { view, kind: OverlayKind::System, state: RwLock::new(new_state()) })
+        Ok(Overlay {
+            view,
+            kind: OverlayKind::System,
+            state: RwLock::new(new_state()),
+        })
     }
 
     /// Opens the persistent overlay `name` over `view`, creating it (durably)
@@ -89,13 +93,24 @@ impl Overlay {
         let existing = cache.read_state().overlays.get(name).cloned();
         match existing {
             Some(m) => {
-                if m.chunk_size != view.chunk_size() || m.disk_size != view.size() || m.base_digest != digest {
+                if m.chunk_size != view.chunk_size()
+                    || m.disk_size != view.size()
+                    || m.base_digest != digest
+                {
                     return Err(Error::Invalid(format!(
                         "overlay {name} was made for a different base image; open it with the chunk list it was last written back against"
                     )));
                 }
                 for (db, (ab, crc)) in m.blocks {
-                    st.map.insert(db, Block { arena: ab, crc, dirty: false, gen: 0 });
+                    st.map.insert(
+                        db,
+                        Block {
+                            arena: ab,
+                            crc,
+                            dirty: false,
+                            gen: 0,
+                        },
+                    );
                 }
             }
             None => {
@@ -108,7 +123,11 @@ impl Overlay {
                 cache.sync()?;
             }
         }
-        Ok(Overlay { view, kind: OverlayKind::User(name.to_string()), state: RwLock::new(st) })
+        Ok(Overlay {
+            view,
+            kind: OverlayKind::User(name.to_string()),
+            state: RwLock::new(st),
+        })
     }
 
     pub fn view(&self) -> &Arc<DiskView> {
@@ -142,7 +161,9 @@ impl Overlay {
     /// Writes `data` at `off`; both multiples of 512. Durable after `flush`.
     pub fn write_at(&self, off: u64, data: &[u8]) -> Result<()> {
         if off % SECTOR != 0 || data.len() as u64 % SECTOR != 0 {
-            return Err(Error::Invalid("overlay writes must be 512-byte aligned".into()));
+            return Err(Error::Invalid(
+                "overlay writes must be 512-byte aligned".into(),
+            ));
         }
         let end = off
             .checked_add(data.len() as u64)
@@ -167,7 +188,8 @@ impl Overlay {
                 }
             }
             buf[within..within + n].copy_from_slice(src);
-            let in_place = matches!(cur, Some(b) if b.dirty) || (self.kind == OverlayKind::System && cur.is_some());
+            let in_place = matches!(cur, Some(b) if b.dirty)
+                || (self.kind == OverlayKind::System && cur.is_some());
             let arena = match cur {
                 Some(b) if in_place => b.arena,
                 _ => self.cache().alloc_blocks(1, true)?,
@@ -185,7 +207,15 @@ impl Overlay {
             }
             st.gen += 1;
             let gen = st.gen;
-            st.map.insert(db, Block { arena, crc: crc32(&[&buf]), dirty: true, gen });
+            st.map.insert(
+                db,
+                Block {
+                    arena,
+                    crc: crc32(&[&buf]),
+                    dirty: true,
+                    gen,
+                },
+            );
             pos += n as u64;
         }
         Ok(())
@@ -208,14 +238,23 @@ impl Overlay {
                     let within = (pos % BLOCK) as usize;
                     let n = ((BLOCK - pos % BLOCK).min(end - pos)) as usize;
                     self.read_block(b, db, &mut blk)?;
-                    buf[(pos - off) as usize..(pos - off) as usize + n].copy_from_slice(&blk[within..within + n]);
+                    buf[(pos - off) as usize..(pos - off) as usize + n]
+                        .copy_from_slice(&blk[within..within + n]);
                     pos += n as u64;
                 }
                 None => {
                     // The run of base blocks up to the next overlay block.
-                    let next = st.map.range(db..).next().map(|(k, _)| k * BLOCK).unwrap_or(u64::MAX);
+                    let next = st
+                        .map
+                        .range(db..)
+                        .next()
+                        .map(|(k, _)| k * BLOCK)
+                        .unwrap_or(u64::MAX);
                     let run_end = next.min(end);
-                    self.view.read_at(pos, &mut buf[(pos - off) as usize..(run_end - off) as usize])?;
+                    self.view.read_at(
+                        pos,
+                        &mut buf[(pos - off) as usize..(run_end - off) as usize],
+                    )?;
                     pos = run_end;
                 }
             }
@@ -235,7 +274,11 @@ impl Overlay {
             .map
             .iter()
             .filter(|(_, b)| b.dirty)
-            .map(|(db, b)| OvBlock { disk_block: *db, arena_block: b.arena, crc: b.crc })
+            .map(|(db, b)| OvBlock {
+                disk_block: *db,
+                arena_block: b.arena,
+                crc: b.crc,
+            })
             .collect();
         let replaced = std::mem::take(&mut st.replaced);
         if !dirty.is_empty() || !replaced.is_empty() {
@@ -257,8 +300,12 @@ impl Overlay {
     /// Indices of the chunks this overlay has changed (for write-back).
     pub fn changed_chunks(&self) -> Vec<usize> {
         let cs = self.view.chunk_size() as u64;
-        let set: BTreeSet<usize> =
-            self.read_lock().map.keys().map(|db| (db * BLOCK / cs) as usize).collect();
+        let set: BTreeSet<usize> = self
+            .read_lock()
+            .map
+            .keys()
+            .map(|db| (db * BLOCK / cs) as usize)
+            .collect();
         set.into_iter().collect()
     }
 
@@ -275,8 +322,17 @@ impl Overlay {
             chunks[idx] = id;
             changed.push((idx, id, data));
         }
-        let snapshot = self.read_lock().map.iter().map(|(db, b)| (*db, b.gen)).collect();
-        Ok(WriteBack { chunks, changed, snapshot })
+        let snapshot = self
+            .read_lock()
+            .map
+            .iter()
+            .map(|(db, b)| (*db, b.gen))
+            .collect();
+        Ok(WriteBack {
+            chunks,
+            changed,
+            snapshot,
+        })
     }
 
     /// After the changed chunks are safely in the repository: stores them in
@@ -317,7 +373,10 @@ impl Overlay {
                 let frees: Vec<(u32, u32)> = drop_blocks.iter().map(|(_, a)| (*a, 1)).collect();
                 {
                     let mut cs = cache.write_state();
-                    cs.apply_overlay(Record::OvUnmap(name.clone(), drop_blocks.iter().map(|(d, _)| *d).collect()));
+                    cs.apply_overlay(Record::OvUnmap(
+                        name.clone(),
+                        drop_blocks.iter().map(|(d, _)| *d).collect(),
+                    ));
                     cs.apply_overlay(Record::OvRebase(name.clone(), list_digest(&wb.chunks)));
                     cs.defer_free(&frees);
                 }
@@ -361,7 +420,9 @@ impl Overlay {
     pub fn delete_user(cache: &Cache, name: &str) -> Result<()> {
         {
             let mut cs = cache.write_state();
-            let Some(m) = cs.overlays.get(name).cloned() else { return Ok(()) };
+            let Some(m) = cs.overlays.get(name).cloned() else {
+                return Ok(());
+            };
             let frees: Vec<(u32, u32)> = m.blocks.values().map(|(a, _)| (*a, 1)).collect();
             cs.apply_overlay(Record::OvDelete(name.to_string()));
             cs.defer_free(&frees);
@@ -379,12 +440,19 @@ impl Drop for Overlay {
 }
 
 fn new_state() -> State {
-    State { map: BTreeMap::new(), replaced: Vec::new(), gen: 0, closed: false }
+    State {
+        map: BTreeMap::new(),
+        replaced: Vec::new(),
+        gen: 0,
+        closed: false,
+    }
 }
 
 fn check_view(view: &DiskView) -> Result<()> {
     if view.size() % BLOCK != 0 {
-        return Err(Error::Invalid("overlays need a disk size that is a multiple of 4096".into()));
+        return Err(Error::Invalid(
+            "overlays need a disk size that is a multiple of 4096".into(),
+        ));
     }
     Ok(())
 }

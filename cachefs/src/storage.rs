@@ -55,7 +55,11 @@ impl FileStorage {
         file.sync_all()?;
         if let Some(dir) = path.parent() {
             // The new directory entry must be durable too (ALICE's lesson).
-            let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
             if let Ok(d) = File::open(dir) {
                 let _ = d.sync_all();
             }
@@ -106,10 +110,14 @@ pub struct MemStorage {
 
 impl MemStorage {
     pub fn new(size: usize) -> MemStorage {
-        MemStorage { data: RwLock::new(vec![0; size]) }
+        MemStorage {
+            data: RwLock::new(vec![0; size]),
+        }
     }
     pub fn from_vec(v: Vec<u8>) -> MemStorage {
-        MemStorage { data: RwLock::new(v) }
+        MemStorage {
+            data: RwLock::new(v),
+        }
     }
     /// A copy of the whole device.
     pub fn snapshot(&self) -> Vec<u8> {

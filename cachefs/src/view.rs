@@ -51,7 +51,10 @@ pub struct MemSource {
 impl MemSource {
     pub fn add(&self, data: Vec<u8>) -> ChunkId {
         let id = ChunkId::of(&data);
-        self.chunks.write().unwrap_or_else(|e| e.into_inner()).insert(id, data);
+        self.chunks
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, data);
         id
     }
 }
@@ -128,7 +131,9 @@ impl DiskView {
         source: Arc<dyn ChunkSource>,
     ) -> Result<DiskView> {
         if chunk_size == 0 || chunk_size as u64 % BLOCK != 0 || chunk_size > MAX_CHUNK {
-            return Err(Error::Invalid(format!("chunk size {chunk_size}: want a multiple of 4096 up to 16 MiB")));
+            return Err(Error::Invalid(format!(
+                "chunk size {chunk_size}: want a multiple of 4096 up to 16 MiB"
+            )));
         }
         if (chunks.len() as u64) != size.div_ceil(chunk_size as u64) {
             return Err(Error::Invalid(format!(
@@ -165,11 +170,16 @@ impl DiskView {
         &self.cache
     }
     pub fn chunk_list(&self) -> Arc<Vec<ChunkId>> {
-        self.chunks.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.chunks
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
     pub(crate) fn set_chunk_list(&self, list: Vec<ChunkId>) -> Result<()> {
         if list.len() != self.chunk_list().len() {
-            return Err(Error::Invalid("new chunk list has a different length".into()));
+            return Err(Error::Invalid(
+                "new chunk list has a different length".into(),
+            ));
         }
         *self.chunks.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(list);
         Ok(())
@@ -193,7 +203,13 @@ impl DiskView {
         let end = off
             .checked_add(buf.len() as u64)
             .filter(|&e| e <= self.size)
-            .ok_or_else(|| Error::Invalid(format!("read [{off}, +{}) beyond disk end {}", buf.len(), self.size)))?;
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "read [{off}, +{}) beyond disk end {}",
+                    buf.len(),
+                    self.size
+                ))
+            })?;
         let list = self.chunk_list();
         let cs = self.chunk_size as u64;
         let mut pos = off;
@@ -208,7 +224,13 @@ impl DiskView {
         Ok(())
     }
 
-    fn read_chunk_range(&self, list: &[ChunkId], idx: usize, within: usize, dst: &mut [u8]) -> Result<()> {
+    fn read_chunk_range(
+        &self,
+        list: &[ChunkId],
+        idx: usize,
+        within: usize,
+        dst: &mut [u8],
+    ) -> Result<()> {
         let id = list[idx];
         let len = self.chunk_len(idx);
         if id == self.zero_full || id == self.zero_last {
@@ -280,7 +302,10 @@ impl DiskView {
         };
         *slot.result.lock().unwrap_or_else(|e| e.into_inner()) = Some(shared);
         slot.done.notify_all();
-        self.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+        self.inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
         res
     }
 
@@ -289,7 +314,10 @@ impl DiskView {
         if let Some(d) = self.cache.read(id)? {
             return Ok(Arc::new(d));
         }
-        let d = self.source.fetch(id, len).map_err(|e| Error::Source(*id, e.to_string()))?;
+        let d = self
+            .source
+            .fetch(id, len)
+            .map_err(|e| Error::Source(*id, e.to_string()))?;
         if d.len() != len || ChunkId::of(&d) != *id {
             log::warn!("source returned wrong data for chunk {id}");
             return Err(Error::HashMismatch(*id));

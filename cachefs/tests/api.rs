@@ -2,8 +2,8 @@
 
 use cachefs::fault::Rng;
 use cachefs::{
-    Cache, ChunkId, CreateOptions, DirSource, DiskView, Error, FileStorage, MemSource, MemStorage, NoSource,
-    Overlay, Storage,
+    Cache, ChunkId, CreateOptions, DirSource, DiskView, Error, FileStorage, MemSource, MemStorage,
+    NoSource, Overlay, Storage,
 };
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,7 +36,10 @@ fn create_open_refuse_foreign_and_unknown_version() {
     let st = FileStorage::open(&path).unwrap();
     assert!(matches!(Cache::open(Box::new(st)), Err(Error::NotCacheFs)));
     let st = FileStorage::open(&path).unwrap();
-    assert!(matches!(Cache::create(Box::new(st), CreateOptions::default()), Err(Error::DeviceNotEmpty)));
+    assert!(matches!(
+        Cache::create(Box::new(st), CreateOptions::default()),
+        Err(Error::DeviceNotEmpty)
+    ));
     let st = FileStorage::open(&path).unwrap();
     let c = Cache::create(Box::new(st), CreateOptions { force: true }).unwrap();
     let id = c.insert_data(b"hello, cache").unwrap();
@@ -44,7 +47,10 @@ fn create_open_refuse_foreign_and_unknown_version() {
     drop(c);
     // An existing cache is "something" too.
     let st = FileStorage::open(&path).unwrap();
-    assert!(matches!(Cache::create(Box::new(st), CreateOptions::default()), Err(Error::DeviceNotEmpty)));
+    assert!(matches!(
+        Cache::create(Box::new(st), CreateOptions::default()),
+        Err(Error::DeviceNotEmpty)
+    ));
     let c = Cache::open(Box::new(FileStorage::open(&path).unwrap())).unwrap();
     assert_eq!(c.read(&id).unwrap().unwrap(), b"hello, cache");
     drop(c);
@@ -55,9 +61,15 @@ fn create_open_refuse_foreign_and_unknown_version() {
         st.read_at(slot * 4096 + 8, &mut b).unwrap();
         st.write_at(slot * 4096 + 8, &9u32.to_le_bytes()).unwrap();
     }
-    assert!(matches!(Cache::open(Box::new(st)), Err(Error::UnsupportedVersion(9, 1))));
+    assert!(matches!(
+        Cache::open(Box::new(st)),
+        Err(Error::UnsupportedVersion(9, 1))
+    ));
     let small = MemStorage::new(100 * 1024);
-    assert!(matches!(Cache::create(Box::new(small), CreateOptions::default()), Err(Error::TooSmall(..))));
+    assert!(matches!(
+        Cache::create(Box::new(small), CreateOptions::default()),
+        Err(Error::TooSmall(..))
+    ));
 }
 
 #[test]
@@ -65,13 +77,23 @@ fn chunks_compress_zero_and_survive_reopen() {
     let (m, c) = mem_cache(4 << 20);
     let mut rng = Rng(1);
     let rnd = random(&mut rng, 65536);
-    let text: Vec<u8> = (0..65536u32).map(|i| b"the quick brown fox "[(i % 20) as usize]).collect();
+    let text: Vec<u8> = (0..65536u32)
+        .map(|i| b"the quick brown fox "[(i % 20) as usize])
+        .collect();
     let zero = vec![0u8; 65536];
-    let (a, b, z) = (c.insert_data(&rnd).unwrap(), c.insert_data(&text).unwrap(), c.insert_data(&zero).unwrap());
+    let (a, b, z) = (
+        c.insert_data(&rnd).unwrap(),
+        c.insert_data(&text).unwrap(),
+        c.insert_data(&zero).unwrap(),
+    );
     let s = c.stats();
     assert_eq!(s.chunks, 2, "zero chunk stored as nothing");
     assert_eq!(s.compressed_chunks, 1);
-    assert!(s.stored_bytes < 65536 + 65536 / 4, "text chunk compressed: {}", s.stored_bytes);
+    assert!(
+        s.stored_bytes < 65536 + 65536 / 4,
+        "text chunk compressed: {}",
+        s.stored_bytes
+    );
     assert!(c.contains(&a) && c.contains(&b) && c.contains(&z));
     let mut part = [0u8; 100];
     assert!(c.read_range(&b, 1000, &mut part).unwrap());
@@ -105,7 +127,11 @@ fn rotted_record_is_detected_and_never_returned() {
     m.write_at(pos as u64 + 100, &[img[pos + 100] ^ 1]).unwrap();
     let c = Cache::open(Box::new(m)).unwrap();
     assert!(c.contains(&id));
-    assert_eq!(c.read(&id).unwrap(), None, "damaged chunk must read as missing");
+    assert_eq!(
+        c.read(&id).unwrap(),
+        None,
+        "damaged chunk must read as missing"
+    );
     assert!(!c.contains(&id), "damaged chunk is dropped");
 }
 
@@ -125,8 +151,14 @@ fn lru_eviction_spares_pins_and_recent_chunks() {
     for d in &chunks[arena..arena + arena / 2] {
         c.insert_data(d).unwrap();
     }
-    assert!(ids[..3].iter().all(|i| c.contains(i)), "pinned chunks evicted");
-    assert!(c.contains(&ids[5]), "recently read chunk evicted before older ones");
+    assert!(
+        ids[..3].iter().all(|i| c.contains(i)),
+        "pinned chunks evicted"
+    );
+    assert!(
+        c.contains(&ids[5]),
+        "recently read chunk evicted before older ones"
+    );
     assert!(!c.contains(&ids[3]), "oldest unpinned chunk should be gone");
     // Pins survive a restart.
     c.sync().unwrap();
@@ -162,7 +194,16 @@ fn view_reads_any_range_and_fetches_verified_chunks() {
         .collect();
     let st = FileStorage::create_file(&dir.join("dev"), 8 << 20).unwrap();
     let cache = Arc::new(Cache::create(Box::new(st), CreateOptions::default()).unwrap());
-    let view = DiskView::new(cache.clone(), ids.clone(), cs as u32, size as u64, Arc::new(DirSource { dir: chunks_dir.clone() })).unwrap();
+    let view = DiskView::new(
+        cache.clone(),
+        ids.clone(),
+        cs as u32,
+        size as u64,
+        Arc::new(DirSource {
+            dir: chunks_dir.clone(),
+        }),
+    )
+    .unwrap();
     for _ in 0..300 {
         let off = rng.below(size as u64) as usize;
         let len = 1 + rng.below((size - off).min(40000) as u64) as usize;
@@ -179,12 +220,26 @@ fn view_reads_any_range_and_fetches_verified_chunks() {
     assert!(matches!(err, Err(Error::HashMismatch(_))), "{err:?}");
     assert!(!cache.contains(&ids[3]));
     // Offline: a miss is an error, hits still work.
-    let off = DiskView::new(cache.clone(), ids.clone(), cs as u32, size as u64, Arc::new(NoSource)).unwrap();
+    let off = DiskView::new(
+        cache.clone(),
+        ids.clone(),
+        cs as u32,
+        size as u64,
+        Arc::new(NoSource),
+    )
+    .unwrap();
     assert!(off.read_at(3 * cs as u64, &mut [0u8; 10]).is_err());
     let mut b = vec![0u8; 10];
     off.read_at(0, &mut b).unwrap();
     assert_eq!(b, disk[..10]);
-    assert!(DiskView::new(cache, ids[..2].to_vec(), cs as u32, size as u64, Arc::new(NoSource)).is_err());
+    assert!(DiskView::new(
+        cache,
+        ids[..2].to_vec(),
+        cs as u32,
+        size as u64,
+        Arc::new(NoSource)
+    )
+    .is_err());
 }
 
 /// A source that is slow, like a network.
@@ -209,7 +264,16 @@ fn concurrent_readers_while_a_filler_fills() {
     let ids: Vec<ChunkId> = disk.chunks(cs).map(|c| src.0.add(c.to_vec())).collect();
     let (_, cache) = mem_cache(16 << 20);
     let cache = Arc::new(cache);
-    let view = Arc::new(DiskView::new(cache.clone(), ids, cs as u32, disk.len() as u64, src.clone()).unwrap());
+    let view = Arc::new(
+        DiskView::new(
+            cache.clone(),
+            ids,
+            cs as u32,
+            disk.len() as u64,
+            src.clone(),
+        )
+        .unwrap(),
+    );
     let disk = Arc::new(disk);
     let mut handles = Vec::new();
     {
@@ -258,10 +322,14 @@ fn system_overlay_is_discarded_user_overlay_persists_and_writes_back() {
     let used0 = cache.stats().used_bytes;
 
     // System disk: writes visible, gone after close, space returned.
-    let view = Arc::new(DiskView::new(cache.clone(), ids.clone(), cs as u32, size, src.clone()).unwrap());
+    let view =
+        Arc::new(DiskView::new(cache.clone(), ids.clone(), cs as u32, size, src.clone()).unwrap());
     let sys = Overlay::system(view.clone()).unwrap();
     sys.write_at(1024, &[9u8; 2048]).unwrap();
-    assert!(sys.write_at(1000, &[9u8; 512]).is_err(), "unaligned write accepted");
+    assert!(
+        sys.write_at(1000, &[9u8; 512]).is_err(),
+        "unaligned write accepted"
+    );
     let mut b = vec![0u8; 4096];
     sys.read_at(0, &mut b).unwrap();
     assert_eq!(&b[1024..3072], &[9u8; 2048][..]);
@@ -284,11 +352,15 @@ fn system_overlay_is_discarded_user_overlay_persists_and_writes_back() {
     drop(view);
     drop(cache);
     let cache = Arc::new(Cache::open(Box::new(m.clone())).unwrap());
-    let view = Arc::new(DiskView::new(cache.clone(), ids.clone(), cs as u32, size, src.clone()).unwrap());
+    let view =
+        Arc::new(DiskView::new(cache.clone(), ids.clone(), cs as u32, size, src.clone()).unwrap());
     let ov = Overlay::user(view.clone(), "alice/home").unwrap();
     let mut all = vec![0u8; size as usize];
     ov.read_at(0, &mut all).unwrap();
-    assert_eq!(all, disk, "flushed writes survive a restart, the unflushed one is gone");
+    assert_eq!(
+        all, disk,
+        "flushed writes survive a restart, the unflushed one is gone"
+    );
     assert_eq!(ov.changed_chunks(), vec![2, 5]);
     ov.write_at(0, &disk[..512]).unwrap();
 
@@ -312,7 +384,10 @@ fn system_overlay_is_discarded_user_overlay_persists_and_writes_back() {
     // After restart the overlay only opens against the new base.
     let cache = Arc::new(Cache::open(Box::new(m)).unwrap());
     let old = Arc::new(DiskView::new(cache.clone(), ids, cs as u32, size, src.clone()).unwrap());
-    assert!(matches!(Overlay::user(old, "alice/home"), Err(Error::Invalid(_))));
+    assert!(matches!(
+        Overlay::user(old, "alice/home"),
+        Err(Error::Invalid(_))
+    ));
     let view = Arc::new(DiskView::new(cache.clone(), new_list, cs as u32, size, src).unwrap());
     let ov = Overlay::user(view, "alice/home").unwrap();
     ov.read_at(0, &mut all).unwrap();
@@ -336,7 +411,8 @@ fn readers_never_see_wrong_bytes_while_eviction_reuses_blocks() {
     let ids: Vec<ChunkId> = disk.chunks(cs).map(|c| src.add(c.to_vec())).collect();
     let (_, cache) = mem_cache(600 * 1024); // ~ 400 KiB arena
     let cache = Arc::new(cache);
-    let view = Arc::new(DiskView::new(cache.clone(), ids, cs as u32, disk.len() as u64, src).unwrap());
+    let view =
+        Arc::new(DiskView::new(cache.clone(), ids, cs as u32, disk.len() as u64, src).unwrap());
     let disk = Arc::new(disk);
     let hs: Vec<_> = (0..3u64)
         .map(|t| {
@@ -377,7 +453,10 @@ fn readers_never_see_wrong_bytes_while_eviction_reuses_blocks() {
 fn a_wrong_id_is_never_served() {
     let (_, c) = mem_cache(4 << 20);
     let wrong = ChunkId::of(b"something else");
-    assert!(matches!(c.insert(&wrong, &[0u8; 4096]), Err(Error::HashMismatch(_))));
+    assert!(matches!(
+        c.insert(&wrong, &[0u8; 4096]),
+        Err(Error::HashMismatch(_))
+    ));
     assert!(!c.contains(&wrong));
     // Non-zero data under a wrong id is caught on its first read.
     c.insert(&wrong, &[1u8; 4096]).unwrap();

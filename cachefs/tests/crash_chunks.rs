@@ -53,7 +53,13 @@ struct PinModel {
     since: HashMap<String, Vec<Option<Vec<ChunkId>>>>,
 }
 
-fn run_workload(cache: &Cache, rng: &mut Rng, pool: &[(ChunkId, Vec<u8>)], pins: &mut PinModel, ops: usize) {
+fn run_workload(
+    cache: &Cache,
+    rng: &mut Rng,
+    pool: &[(ChunkId, Vec<u8>)],
+    pins: &mut PinModel,
+    ops: usize,
+) {
     let names = ["app-a@1", "app-a@2", "app-b@7"];
     for _ in 0..ops {
         let r = rng.below(100);
@@ -80,8 +86,9 @@ fn run_workload(cache: &Cache, rng: &mut Rng, pool: &[(ChunkId, Vec<u8>)], pins:
             65..=74 => {
                 let name = names[rng.below(3) as usize];
                 let n = rng.below(8) as usize;
-                let ids: Vec<ChunkId> =
-                    (0..n).map(|_| pool[rng.below(pool.len() as u64) as usize].0).collect();
+                let ids: Vec<ChunkId> = (0..n)
+                    .map(|_| pool[rng.below(pool.len() as u64) as usize].0)
+                    .collect();
                 let r = cache.pin(name, &ids);
                 if r.is_ok() {
                     pins.since.entry(name.into()).or_default().push(Some(ids));
@@ -118,7 +125,11 @@ fn check(cache: &Cache, pool: &[(ChunkId, Vec<u8>)], pins: &PinModel, ctx: &str)
     let known: HashMap<ChunkId, &Vec<u8>> = pool.iter().map(|(i, d)| (*i, d)).collect();
     for id in cache.chunk_ids() {
         if let Some(got) = cache.read(&id).unwrap() {
-            assert_eq!(ChunkId::of(&got), id, "{ctx}: chunk does not hash to its id");
+            assert_eq!(
+                ChunkId::of(&got),
+                id,
+                "{ctx}: chunk does not hash to its id"
+            );
             assert_eq!(Some(&&got), known.get(&id), "{ctx}: unknown chunk content");
         }
     }
@@ -129,12 +140,18 @@ fn check(cache: &Cache, pool: &[(ChunkId, Vec<u8>)], pins: &PinModel, ctx: &str)
         let allowed: Vec<Option<Vec<ChunkId>>> = std::iter::once(committed)
             .chain(pins.since.get(name).cloned().unwrap_or_default())
             .collect();
-        assert!(allowed.contains(&got), "{ctx}: pin {name} = {got:?}, allowed {allowed:?}");
+        assert!(
+            allowed.contains(&got),
+            "{ctx}: pin {name} = {got:?}, allowed {allowed:?}"
+        );
     }
 }
 
 fn iterations(default: u64) -> u64 {
-    std::env::var("CACHEFS_CRASH_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var("CACHEFS_CRASH_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 #[test]
@@ -146,7 +163,11 @@ fn crash_anywhere_in_chunk_and_pin_workload() {
     let mut recovered_after_checkpoint = 0;
     for seed in 0..iters {
         let mut rng = Rng(seed * 7919 + 1);
-        let mode = if seed % 2 == 0 { CutMode::DropUnflushed } else { CutMode::Reorder };
+        let mode = if seed % 2 == 0 {
+            CutMode::DropUnflushed
+        } else {
+            CutMode::Reorder
+        };
         let cut = rng.below(110);
         let dev = FaultStorage::new(base.clone(), Some(cut), mode, seed);
         let dev = std::sync::Arc::new(dev);
@@ -166,7 +187,10 @@ fn crash_anywhere_in_chunk_and_pin_workload() {
             recovered_after_checkpoint += 1;
         }
         // The recovered cache must keep working: more changes, sync, reopen.
-        let mut pins2 = PinModel { committed: HashMap::new(), since: HashMap::new() };
+        let mut pins2 = PinModel {
+            committed: HashMap::new(),
+            since: HashMap::new(),
+        };
         for (k, v) in cache.pins() {
             pins2.committed.insert(k, Some(v));
         }
@@ -179,10 +203,15 @@ fn crash_anywhere_in_chunk_and_pin_workload() {
         }
         check(&cache, &pool, &pins2, &format!("{ctx} (after more work)"));
     }
-    assert!(cuts_hit as u64 > iters / 2, "too few runs hit their cut point: {cuts_hit}");
+    assert!(
+        cuts_hit as u64 > iters / 2,
+        "too few runs hit their cut point: {cuts_hit}"
+    );
     // The journal fills up in these workloads: checkpoints and superblock
     // switches are among the cut points, not just journal appends.
-    assert!(recovered_after_checkpoint as u64 > iters / 10, "checkpoints rarely reached: {recovered_after_checkpoint}");
+    assert!(
+        recovered_after_checkpoint as u64 > iters / 10,
+        "checkpoints rarely reached: {recovered_after_checkpoint}"
+    );
     eprintln!("{iters} cut points, {cuts_hit} hit, {recovered_after_checkpoint} recovered from a later checkpoint");
 }
-

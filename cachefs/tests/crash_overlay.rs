@@ -7,7 +7,9 @@
 //! contents. Chunks read back hash to their ids.
 
 use cachefs::fault::{CutMode, FaultStorage, Rng};
-use cachefs::{list_digest, Cache, ChunkId, CreateOptions, DiskView, Error, MemSource, MemStorage, Overlay};
+use cachefs::{
+    list_digest, Cache, ChunkId, CreateOptions, DiskView, Error, MemSource, MemStorage, Overlay,
+};
 use std::sync::Arc;
 
 const DEVICE: usize = 320 * 1024;
@@ -42,10 +44,14 @@ impl Model {
 }
 
 fn setup(source: &Arc<MemSource>, base: &[u8]) -> (Vec<u8>, Vec<ChunkId>) {
-    let ids: Vec<ChunkId> = base.chunks(CHUNK as usize).map(|c| source.add(c.to_vec())).collect();
+    let ids: Vec<ChunkId> = base
+        .chunks(CHUNK as usize)
+        .map(|c| source.add(c.to_vec()))
+        .collect();
     let mem = Arc::new(MemStorage::new(DEVICE));
     let cache = Arc::new(Cache::create(Box::new(mem.clone()), CreateOptions::default()).unwrap());
-    let view = Arc::new(DiskView::new(cache.clone(), ids.clone(), CHUNK, DISK, source.clone()).unwrap());
+    let view =
+        Arc::new(DiskView::new(cache.clone(), ids.clone(), CHUNK, DISK, source.clone()).unwrap());
     let ov = Overlay::user(view, NAME).unwrap();
     ov.close().unwrap();
     // Fill 3/4 of the journal, so that checkpoints come early in the workloads.
@@ -59,7 +65,10 @@ fn setup(source: &Arc<MemSource>, base: &[u8]) -> (Vec<u8>, Vec<ChunkId>) {
 }
 
 fn iterations(default: u64) -> u64 {
-    std::env::var("CACHEFS_CRASH_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var("CACHEFS_CRASH_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 #[test]
@@ -83,22 +92,33 @@ fn crash_anywhere_in_overlay_workload() {
     let mut after_checkpoint = 0;
     for seed in 0..iters {
         let mut rng = Rng(seed * 104729 + 7);
-        let mode = if seed % 2 == 0 { CutMode::DropUnflushed } else { CutMode::Reorder };
+        let mode = if seed % 2 == 0 {
+            CutMode::DropUnflushed
+        } else {
+            CutMode::Reorder
+        };
         let cut = rng.below(90);
         let dev = Arc::new(FaultStorage::new(image.clone(), Some(cut), mode, seed));
         let ctx = format!("seed {seed} cut {cut} {mode:?}");
-        let mut model = Model { flushed: base.clone(), current: base.clone(), since: vec![Vec::new(); DISK as usize / SECTOR] };
+        let mut model = Model {
+            flushed: base.clone(),
+            current: base.clone(),
+            since: vec![Vec::new(); DISK as usize / SECTOR],
+        };
         let mut lists = vec![ids0.clone()];
         {
             let cache = Arc::new(Cache::open(Box::new(dev.clone())).expect("open"));
-            let view = Arc::new(DiskView::new(cache.clone(), ids0.clone(), CHUNK, DISK, source.clone()).unwrap());
+            let view = Arc::new(
+                DiskView::new(cache.clone(), ids0.clone(), CHUNK, DISK, source.clone()).unwrap(),
+            );
             let ov = Overlay::user(view.clone(), NAME).unwrap();
             for _ in 0..60 {
                 let r = rng.below(100);
                 let res: Result<(), Error> = match r {
                     0..=54 => {
                         let sectors = 1 + rng.below(12) as usize;
-                        let off = rng.below((DISK as usize / SECTOR - sectors) as u64 + 1) as usize * SECTOR;
+                        let off = rng.below((DISK as usize / SECTOR - sectors) as u64 + 1) as usize
+                            * SECTOR;
                         let mut data = vec![0u8; sectors * SECTOR];
                         rng.fill(&mut data);
                         model.write(off, &data); // before: a cut mid-write may land any of it
@@ -109,7 +129,11 @@ fn crash_anywhere_in_overlay_workload() {
                         let len = 1 + rng.below(99) as usize;
                         let mut buf = vec![0u8; len];
                         ov.read_at(off, &mut buf).map(|()| {
-                            assert_eq!(buf, model.current[off as usize..off as usize + len], "{ctx}: live read");
+                            assert_eq!(
+                                buf,
+                                model.current[off as usize..off as usize + len],
+                                "{ctx}: live read"
+                            );
                         })
                     }
                     70..=81 => ov.flush().map(|()| model.flushed()),
@@ -150,21 +174,28 @@ fn crash_anywhere_in_overlay_workload() {
         if cache.stats().superblock_seq > 1 {
             after_checkpoint += 1;
         }
-        let digest = cache.overlay_base_digest(NAME).unwrap_or_else(|| panic!("{ctx}: overlay lost"));
+        let digest = cache
+            .overlay_base_digest(NAME)
+            .unwrap_or_else(|| panic!("{ctx}: overlay lost"));
         let list = lists
             .iter()
             .find(|l| list_digest(l) == digest)
             .unwrap_or_else(|| panic!("{ctx}: overlay names an unknown base"))
             .clone();
-        let view = Arc::new(DiskView::new(cache.clone(), list, CHUNK, DISK, source.clone()).unwrap());
+        let view =
+            Arc::new(DiskView::new(cache.clone(), list, CHUNK, DISK, source.clone()).unwrap());
         let ov = Overlay::user(view, NAME).unwrap_or_else(|e| panic!("{ctx}: open overlay: {e}"));
         let mut disk = vec![0u8; DISK as usize];
-        ov.read_at(0, &mut disk).unwrap_or_else(|e| panic!("{ctx}: read after crash: {e}"));
+        ov.read_at(0, &mut disk)
+            .unwrap_or_else(|e| panic!("{ctx}: read after crash: {e}"));
         for s in 0..DISK as usize / SECTOR {
             let got = &disk[s * SECTOR..(s + 1) * SECTOR];
             let ok = got == &model.flushed[s * SECTOR..(s + 1) * SECTOR]
                 || model.since[s].iter().any(|c| c.as_slice() == got);
-            assert!(ok, "{ctx}: sector {s} holds bytes never acknowledged nor written since");
+            assert!(
+                ok,
+                "{ctx}: sector {s} holds bytes never acknowledged nor written since"
+            );
         }
         for id in cache.chunk_ids() {
             if let Some(d) = cache.read(&id).unwrap() {
@@ -178,7 +209,15 @@ fn crash_anywhere_in_overlay_workload() {
         ov.read_at(512, &mut b).unwrap();
         assert_eq!(b, vec![0xAB; 1024], "{ctx}");
     }
-    assert!(cuts as u64 > iters / 2, "too few runs hit their cut: {cuts}");
-    assert!(after_checkpoint as u64 > iters / 10, "checkpoints rarely reached: {after_checkpoint}");
-    eprintln!("{iters} cut points, {cuts} hit, {after_checkpoint} recovered from a later checkpoint");
+    assert!(
+        cuts as u64 > iters / 2,
+        "too few runs hit their cut: {cuts}"
+    );
+    assert!(
+        after_checkpoint as u64 > iters / 10,
+        "checkpoints rarely reached: {after_checkpoint}"
+    );
+    eprintln!(
+        "{iters} cut points, {cuts} hit, {after_checkpoint} recovered from a later checkpoint"
+    );
 }

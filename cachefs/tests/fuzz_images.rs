@@ -32,7 +32,9 @@ fn valid_image() -> Valid {
         if i % 2 == 0 {
             rng.fill(&mut d);
         } else {
-            d.iter_mut().enumerate().for_each(|(j, b)| *b = (j / 100 + i) as u8);
+            d.iter_mut()
+                .enumerate()
+                .for_each(|(j, b)| *b = (j / 100 + i) as u8);
         }
         ids.push(src.add(d.clone()));
         cache.insert(&ChunkId::of(&d), &d).unwrap();
@@ -40,7 +42,9 @@ fn valid_image() -> Valid {
     cache.pin("app@1", &ids[..4]).unwrap();
     cache.checkpoint().unwrap();
     cache.pin("app@2", &ids[2..]).unwrap();
-    let view = Arc::new(DiskView::new(cache.clone(), ids.clone(), CS, CS as u64 * 8, src.clone()).unwrap());
+    let view = Arc::new(
+        DiskView::new(cache.clone(), ids.clone(), CS, CS as u64 * 8, src.clone()).unwrap(),
+    );
     let ov = Overlay::user(view, "u").unwrap();
     ov.write_at(4096, &[7u8; 1024]).unwrap();
     ov.flush().unwrap();
@@ -48,7 +52,11 @@ fn valid_image() -> Valid {
     cache.sync().unwrap();
     drop(ov);
     drop(cache);
-    Valid { image: m.snapshot(), ids, src }
+    Valid {
+        image: m.snapshot(),
+        ids,
+        src,
+    }
 }
 
 fn live_sb(img: &[u8]) -> Option<Superblock> {
@@ -144,7 +152,8 @@ fn corrupt(rng: &mut Rng, img: &mut Vec<u8>) -> String {
             let Some((seq, plen, _)) = format::decode_commit_header(&img[off..off + 4096]) else {
                 return "no journal commit".into();
             };
-            let mut payload = img[off + format::JOURNAL_HDR..off + format::JOURNAL_HDR + plen as usize].to_vec();
+            let mut payload =
+                img[off + format::JOURNAL_HDR..off + format::JOURNAL_HDR + plen as usize].to_vec();
             mutate(rng, &mut payload);
             let commit = format::encode_commit(&sb.uuid, seq, &payload);
             if commit.len() as u64 <= g.journal_len {
@@ -185,14 +194,40 @@ fn corrupt(rng: &mut Rng, img: &mut Vec<u8>) -> String {
                 };
                 recs.push(match rng.below(3) {
                     0 => Record::Put(ChunkId(id), loc),
-                    1 => Record::OvMap("u".into(), vec![format::OvBlock { disk_block: rng.next_u64(), arena_block: rng.next_u64() as u32, crc: 0 }]),
+                    1 => Record::OvMap(
+                        "u".into(),
+                        vec![format::OvBlock {
+                            disk_block: [rng.next_u64(), rng.below(16), u64::MAX]
+                                [rng.below(3) as usize],
+                            arena_block: [rng.next_u64() as u32, rng.below(64) as u32]
+                                [rng.below(2) as usize],
+                            crc: 0,
+                        }],
+                    ),
                     _ => Record::OvRebase("u".into(), id),
                 });
             }
+            // Appended after the last valid commit, so nothing replays over it.
+            let mut pos = 0usize;
+            let mut seq = sb.journal_seq;
+            while pos + 4096 <= g.journal_len as usize {
+                let Some((s, plen, _)) = format::decode_commit_header(
+                    &img[g.journal_off as usize + pos..g.journal_off as usize + pos + 4096],
+                ) else {
+                    break;
+                };
+                if s != seq {
+                    break;
+                }
+                pos += (format::JOURNAL_HDR + plen as usize).div_ceil(4096) * 4096;
+                seq += 1;
+            }
             let payload = format::encode_records(&recs);
-            let commit = format::encode_commit(&sb.uuid, sb.journal_seq, &payload);
-            let off = g.journal_off as usize;
-            img[off..off + commit.len()].copy_from_slice(&commit);
+            let commit = format::encode_commit(&sb.uuid, seq, &payload);
+            let off = g.journal_off as usize + pos;
+            if pos + commit.len() <= g.journal_len as usize {
+                img[off..off + commit.len()].copy_from_slice(&commit);
+            }
             "hostile records with valid crc".into()
         }
     }
@@ -208,12 +243,18 @@ fn crc(parts: &[&[u8]]) -> u32 {
 
 /// Opens and exercises a (possibly corrupt) image; must never panic.
 fn exercise(img: Vec<u8>, v: &Valid) -> usize {
-    let Ok(cache) = Cache::open(Box::new(MemStorage::from_vec(img))) else { return 0 };
+    let Ok(cache) = Cache::open(Box::new(MemStorage::from_vec(img))) else {
+        return 0;
+    };
     let cache = Arc::new(cache);
     let mut ok = 0;
     for id in cache.chunk_ids().into_iter().chain(v.ids.iter().copied()) {
         if let Ok(Some(d)) = cache.read(&id) {
-            assert_eq!(ChunkId::of(&d), id, "returned a chunk that does not hash to its id");
+            assert_eq!(
+                ChunkId::of(&d),
+                id,
+                "returned a chunk that does not hash to its id"
+            );
             ok += 1;
         }
         let mut b = [0u8; 100];
@@ -221,7 +262,13 @@ fn exercise(img: Vec<u8>, v: &Valid) -> usize {
     }
     let _ = cache.stats();
     let _ = cache.verify_all();
-    if let Ok(view) = DiskView::new(cache.clone(), v.ids.clone(), CS, CS as u64 * 8, v.src.clone()) {
+    if let Ok(view) = DiskView::new(
+        cache.clone(),
+        v.ids.clone(),
+        CS,
+        CS as u64 * 8,
+        v.src.clone(),
+    ) {
         if let Ok(ov) = Overlay::user(Arc::new(view), "u") {
             let mut b = vec![0u8; CS as usize * 8];
             let _ = ov.read_at(0, &mut b);
@@ -239,8 +286,15 @@ fn exercise(img: Vec<u8>, v: &Valid) -> usize {
 #[test]
 fn corrupted_images_give_errors_never_panics() {
     let v = valid_image();
-    assert_eq!(exercise(v.image.clone(), &v), 7 + 7, "the valid image works");
-    let cases: u64 = std::env::var("CACHEFS_FUZZ_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(2500);
+    assert_eq!(
+        exercise(v.image.clone(), &v),
+        7 + 7,
+        "the valid image works"
+    );
+    let cases: u64 = std::env::var("CACHEFS_FUZZ_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2500);
     let mut opened = 0;
     for case in 0..cases {
         let mut rng = Rng(case * 31 + 5);
@@ -284,6 +338,9 @@ fn decoders_reject_garbage_without_panicking() {
         let _ = Superblock::decode(&b);
         let _ = format::decode_records(&b);
         let _ = format::decode_commit_header(&b);
-        let _ = b.len().checked_sub(0).map(|_| MemStorage::from_vec(b.clone()).len());
+        let _ = b
+            .len()
+            .checked_sub(0)
+            .map(|_| MemStorage::from_vec(b.clone()).len());
     }
 }
