@@ -45,6 +45,40 @@ fn make_image(mb: usize) -> Vec<u8> {
     img
 }
 
+/// An image closer to a real appliance disk: the files under /usr/lib and
+/// /usr/share, each starting on a 4 KiB boundary as in a file system, with
+/// every tenth chunk zero (free space). Falls back to the synthetic mix.
+fn make_usr_image(mb: usize) -> Vec<u8> {
+    let size = mb << 20;
+    let mut img = Vec::with_capacity(size);
+    let mut stack = vec![PathBuf::from("/usr/lib"), PathBuf::from("/usr/share")];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let mut entries: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        entries.sort();
+        for p in entries.into_iter().rev() {
+            let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
+            if m.is_dir() {
+                stack.push(p);
+            } else if m.is_file() && img.len() < size {
+                if let Ok(b) = std::fs::read(&p) {
+                    img.extend_from_slice(&b);
+                    img.resize(img.len().div_ceil(4096) * 4096, 0);
+                    if (img.len() / CS) % 10 == 9 {
+                        img.resize(img.len().div_ceil(CS) * CS + CS, 0);
+                    }
+                }
+            }
+        }
+    }
+    if img.len() < size {
+        eprintln!("not enough files under /usr; using the synthetic mix");
+        return make_image(mb);
+    }
+    img.truncate(size);
+    img
+}
+
 fn mbps(bytes: usize, d: Duration) -> f64 {
     bytes as f64 / (1 << 20) as f64 / d.as_secs_f64()
 }
@@ -65,7 +99,12 @@ fn main() {
         "cachefs bench: {mb} MiB image, 64 KiB chunks, in {}",
         dir.display()
     );
-    let img = make_image(mb);
+    let data = std::env::var("CACHEFS_BENCH_DATA").unwrap_or_else(|_| "mix".into());
+    let img = match data.as_str() {
+        "usr" => make_usr_image(mb),
+        _ => make_image(mb),
+    };
+    println!("data: {data} (CACHEFS_BENCH_DATA=mix|usr)");
     let ids: Vec<ChunkId> = img.chunks(CS).map(ChunkId::of).collect();
 
     // --- Fill: plain file ---

@@ -87,11 +87,7 @@ pub fn decompress_frame(src: &[u8], out: &mut [u8]) -> Result<(), String> {
         out.copy_from_slice(src);
         return Ok(());
     }
-    match lz4_flex::block::decompress_into(src, out) {
-        Ok(n) if n == out.len() => Ok(()),
-        Ok(_) => Err("frame decompressed to the wrong length".into()),
-        Err(e) => Err(format!("lz4: {e}")),
-    }
+    crate::lz4dec::decompress_into(src, out).map_err(|e| format!("lz4: {e}"))
 }
 
 /// Decompresses a whole record; also returns the frame table.

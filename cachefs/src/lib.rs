@@ -19,6 +19,7 @@ pub mod fault;
 pub mod format;
 pub mod frames;
 pub mod id;
+pub mod lz4dec;
 pub mod overlay;
 pub mod storage;
 pub mod view;
