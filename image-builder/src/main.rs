@@ -1,1 +1,77 @@
-fn main() {}
+//! `collective-image`: the firmware builder's command line.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use image_builder::{binaries, image, BuildOptions, ProgramSource};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "collective-image", version, about = "Builds the Collective terminal firmware")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build vmlinuz, initrd.img and boot.ipxe into a folder.
+    Build {
+        /// Output folder; created if missing.
+        #[arg(long)]
+        out: PathBuf,
+        /// Kernel package to take vmlinuz and modules from.
+        #[arg(long, default_value = "linux-image-amd64")]
+        kernel_package: String,
+        /// Pin the kernel package's Debian version (default: apt's candidate).
+        #[arg(long)]
+        kernel_version: Option<String>,
+        /// Download cache (default: $COLLECTIVE_CACHE or ~/.cache/collective).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        /// Prebuilt static `init` and `vmm` instead of building them from this workspace
+        /// (both or neither).
+        #[arg(long, requires = "vmm")]
+        init: Option<PathBuf>,
+        #[arg(long, requires = "init")]
+        vmm: Option<PathBuf>,
+        /// Repository URL built into the kernel command line (collective.repo=).
+        #[arg(long)]
+        repo: Option<String>,
+        /// Extra kernel command-line argument; repeat for several.
+        #[arg(long = "cmdline")]
+        cmdline: Vec<String>,
+    },
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("collective-image: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Build { out, kernel_package, kernel_version, cache_dir, init, vmm, repo, cmdline } => {
+            let programs = match (init, vmm) {
+                (Some(init), Some(vmm)) => ProgramSource::Prebuilt(vec![init, vmm]),
+                _ => ProgramSource::Workspace(binaries::default_workspace().ok_or_else(|| {
+                    anyhow::anyhow!("not run from a checkout of the project: pass --init with a static init binary")
+                })?),
+            };
+            let opts = BuildOptions {
+                out,
+                cache_dir: cache_dir.unwrap_or_else(image::default_cache_dir),
+                kernel_package,
+                kernel_version,
+                programs,
+                repo_url: repo,
+                extra_cmdline: cmdline,
+            };
+            let report = image_builder::build(&opts)?;
+            println!("{}", report.summary());
+            Ok(())
+        }
+    }
+}

@@ -1,1 +1,12 @@
-//! System-test harness.
+//! The system-test harness: builds the firmware once, boots it in
+//! `qemu-system-x86_64 -accel tcg -cpu max` and drives its serial console with
+//! expect-style waits.
+//!
+//! Every wait has a timeout, and a failure prints the whole serial transcript, because
+//! "timed out waiting for login:" says nothing without what the machine printed instead.
+
+pub mod firmware;
+pub mod qemu;
+
+pub use firmware::Firmware;
+pub use qemu::{Machine, MachineConfig, Nic};

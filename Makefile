@@ -1,0 +1,46 @@
+# The Collective terminal. `make demo` boots the firmware in QEMU; `make test` runs
+# every test. Both install what they need first (Debian packages, cargo tools).
+
+FIRMWARE_DIR ?= out/firmware
+CARGO ?= cargo
+
+.PHONY: all deps build firmware demo test test-unit test-system bench bench-boot clean
+
+all: build
+
+deps:
+	./scripts/deps.sh
+
+build:
+	$(CARGO) build --workspace --locked
+
+# The firmware: vmlinuz, initrd.img and boot.ipxe in $(FIRMWARE_DIR).
+firmware: deps
+	$(CARGO) run --release --locked -p image-builder -- build --out $(FIRMWARE_DIR)
+
+# Boots the firmware in QEMU on this terminal (serial console; Ctrl-A X quits QEMU).
+# DEMO_SCRIPT=1 drives it without a person: waits for the login screen, checks KVM,
+# powers off, and exits 0 only if all of that happened.
+demo: firmware
+	$(CARGO) run --release --locked -p system-tests --bin collective-demo -- --firmware $(FIRMWARE_DIR) $(if $(DEMO_SCRIPT),--script)
+
+# Every test: unit tests of each crate and the system tests that boot the firmware.
+test: deps
+	$(CARGO) build --workspace --locked --all-targets
+	$(CARGO) nextest run --workspace --locked --no-fail-fast
+
+test-unit: deps
+	$(CARGO) nextest run --workspace --locked --exclude system-tests
+
+test-system: deps
+	$(CARGO) nextest run --locked -p system-tests
+
+bench-boot: deps
+	$(CARGO) bench --locked -p system-tests --bench boot
+
+bench: deps
+	$(CARGO) bench --locked --workspace
+
+clean:
+	$(CARGO) clean
+	rm -rf out

@@ -1,0 +1,150 @@
+//! Choosing the kernel modules the terminal carries.
+//!
+//! The initramfs holds the drivers an office PC is likely to need and everything they
+//! depend on, resolved from Debian's `modules.dep`, never from a hand-kept list. `init`
+//! later loads only those whose hardware is present (by modalias), so carrying a driver
+//! costs initramfs bytes, not boot time.
+
+use anyhow::{bail, Context, Result};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::Path;
+
+/// The modules the terminal wants, by group, so the build report can say why each is there.
+pub const WANTED: &[(&str, &[&str])] = &[
+    ("network cards", &["e1000", "e1000e", "igb", "r8169", "virtio_net"]),
+    ("storage", &["ahci", "nvme", "virtio_blk", "usb_storage", "uas", "sd_mod"]),
+    ("usb and keyboards", &["xhci_pci", "ehci_pci", "ohci_pci", "uhci_hcd", "usbhid", "hid_generic"]),
+    ("virtualization", &["kvm", "kvm_intel", "kvm_amd", "tun", "bridge"]),
+    ("platform", &["button", "evdev", "virtio_pci", "virtio_rng"]),
+];
+
+/// Every wanted module name, flattened.
+pub fn wanted_names() -> Vec<&'static str> {
+    WANTED.iter().flat_map(|(_, names)| names.iter().copied()).collect()
+}
+
+/// Module names are spelled with `-` or `_` interchangeably; the kernel uses `_`.
+pub fn normalize(name: &str) -> String {
+    name.replace('-', "_")
+}
+
+/// `modules.dep`: each module's path (relative to the modules folder) and its
+/// dependencies' paths.
+#[derive(Debug, Default)]
+pub struct DepIndex {
+    /// normalized module name -> (relative path, dependency names)
+    entries: BTreeMap<String, (String, Vec<String>)>,
+}
+
+impl DepIndex {
+    pub fn parse(text: &str) -> Result<DepIndex> {
+        let mut entries = BTreeMap::new();
+        for (n, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let (path, deps) = line
+                .split_once(':')
+                .with_context(|| format!("modules.dep line {}: no ':' in {line:?}", n + 1))?;
+            let deps = deps.split_whitespace().map(module_name_of_path).collect();
+            entries.insert(module_name_of_path(path), (path.to_string(), deps));
+        }
+        Ok(DepIndex { entries })
+    }
+
+    pub fn load(modules_dir: &Path) -> Result<DepIndex> {
+        let path = modules_dir.join("modules.dep");
+        let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        Self::parse(&text)
+    }
+
+    pub fn path_of(&self, name: &str) -> Option<&str> {
+        self.entries.get(&normalize(name)).map(|(p, _)| p.as_str())
+    }
+
+    /// The wanted modules plus everything they depend on, as relative paths, sorted.
+    /// A wanted module the kernel builds in (listed in `builtin`) needs no file.
+    pub fn closure(&self, wanted: &[&str], builtin: &BTreeSet<String>) -> Result<BTreeSet<String>> {
+        let mut seen = BTreeSet::new();
+        let mut stack: Vec<String> = Vec::new();
+        for name in wanted {
+            let name = normalize(name);
+            if self.entries.contains_key(&name) {
+                stack.push(name);
+            } else if !builtin.contains(&name) {
+                bail!("module {name} is neither in modules.dep nor built into this kernel");
+            }
+        }
+        while let Some(name) = stack.pop() {
+            if !seen.insert(name.clone()) {
+                continue;
+            }
+            if let Some((_, deps)) = self.entries.get(&name) {
+                stack.extend(deps.iter().cloned());
+            }
+        }
+        Ok(seen
+            .iter()
+            .filter_map(|n| self.entries.get(n).map(|(p, _)| p.clone()))
+            .collect())
+    }
+}
+
+/// `kernel/drivers/net/e1000/e1000.ko` -> `e1000`; compressed suffixes are stripped too.
+pub fn module_name_of_path(path: &str) -> String {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    let stem = [".ko.xz", ".ko.zst", ".ko.gz", ".ko"]
+        .iter()
+        .find_map(|suffix| file.strip_suffix(suffix))
+        .unwrap_or(file);
+    normalize(stem)
+}
+
+/// Names listed in `modules.builtin` (drivers compiled into the kernel).
+pub fn builtin_names(modules_dir: &Path) -> Result<BTreeSet<String>> {
+    let path = modules_dir.join("modules.builtin");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(text.lines().filter(|l| !l.is_empty()).map(module_name_of_path).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEP: &str = "\
+kernel/arch/x86/kvm/kvm.ko: kernel/virt/lib/irqbypass.ko
+kernel/arch/x86/kvm/kvm-amd.ko: kernel/arch/x86/kvm/kvm.ko kernel/drivers/crypto/ccp/ccp.ko kernel/virt/lib/irqbypass.ko
+kernel/drivers/crypto/ccp/ccp.ko:
+kernel/virt/lib/irqbypass.ko:
+kernel/drivers/net/e1000/e1000.ko:
+";
+
+    #[test]
+    fn closure_follows_dependencies_and_dash_spellings() {
+        let index = DepIndex::parse(DEP).unwrap();
+        let got = index.closure(&["kvm-amd"], &BTreeSet::new()).unwrap();
+        let names: BTreeSet<String> = got.iter().map(|p| module_name_of_path(p)).collect();
+        let want: BTreeSet<String> = ["kvm_amd", "kvm", "ccp", "irqbypass"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(names, want);
+    }
+
+    #[test]
+    fn unknown_module_is_an_error_but_builtin_is_not() {
+        let index = DepIndex::parse(DEP).unwrap();
+        assert!(index.closure(&["no_such_driver"], &BTreeSet::new()).is_err());
+        let builtin = ["af_packet".to_string()].into_iter().collect();
+        assert!(index.closure(&["af_packet"], &builtin).unwrap().is_empty());
+    }
+
+    #[test]
+    fn malformed_dep_line_is_reported() {
+        assert!(DepIndex::parse("kernel/foo.ko kernel/bar.ko\n").is_err());
+    }
+
+    #[test]
+    fn module_names_strip_compression_suffixes() {
+        assert_eq!(module_name_of_path("kernel/a/usb-storage.ko.xz"), "usb_storage");
+        assert_eq!(module_name_of_path("e1000e.ko"), "e1000e");
+    }
+}

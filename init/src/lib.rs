@@ -1,0 +1,17 @@
+//! The Collective terminal's PID 1, as a library: each module is one duty of init, so
+//! it can be tested on its own (unit tests, and network-namespace tests of DHCP).
+
+pub mod console;
+pub mod dhcp;
+pub mod hotplug;
+pub mod kmod;
+pub mod kvm;
+pub mod logger;
+pub mod login;
+pub mod mounts;
+pub mod net;
+pub mod network;
+pub mod power;
+pub mod rawsock;
+pub mod settings;
+pub mod status;

@@ -1,0 +1,176 @@
+//! The terminal's settings, read from the kernel command line.
+//!
+//! Everything a site configures travels on the command line (set in `boot.ipxe` or the
+//! boot loader), so one image serves every terminal. Keys we own start with
+//! `collective.`; `console=` is the kernel's own and tells us where people sit.
+//! Unknown `collective.*` keys are reported, not ignored silently: a typo must not look
+//! like a setting that took effect.
+
+use std::fmt;
+
+/// Settings with their defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// `collective.repo=URL`: the repository the terminal logs users in against.
+    pub repo: Option<String>,
+    /// `collective.cache=DEV`: the cache disk, by path (`/dev/vda`), `LABEL=` or `SERIAL=`.
+    pub cache: Option<String>,
+    /// `collective.log=LEVEL`: error, warn, info, debug or trace. Default info.
+    pub log_level: log::LevelFilter,
+    /// Consoles that get a login prompt, from `console=` (without the options after `,`).
+    /// Default: `tty1` and `ttyS0`.
+    pub consoles: Vec<String>,
+    /// `collective.modules=a,b`: extra modules to load at boot even without their hardware.
+    pub extra_modules: Vec<String>,
+    /// `collective.`-keys we did not recognise or could not parse, with the reason.
+    pub problems: Vec<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            repo: None,
+            cache: None,
+            log_level: log::LevelFilter::Info,
+            consoles: Vec::new(),
+            extra_modules: Vec::new(),
+            problems: Vec::new(),
+        }
+    }
+}
+
+/// Every `collective.*` key, with what it does; shown by `help` and in docs/init.md.
+pub const KEYS: &[(&str, &str)] = &[
+    ("collective.repo=URL", "repository to log in against (http:// or https://)"),
+    ("collective.cache=DEV", "cache disk: /dev/NAME, LABEL=label or SERIAL=serial"),
+    ("collective.log=LEVEL", "log level: error, warn, info (default), debug, trace"),
+    ("collective.modules=A,B", "extra kernel modules to load at boot"),
+];
+
+impl Settings {
+    /// Parses `/proc/cmdline` text.
+    pub fn parse(cmdline: &str) -> Settings {
+        let mut s = Settings::default();
+        for word in split_cmdline(cmdline) {
+            let (key, value) = match word.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (word.as_str(), None),
+            };
+            match (key, value) {
+                ("console", Some(v)) => {
+                    let name = v.split(',').next().unwrap_or("").trim_start_matches("/dev/");
+                    if !name.is_empty() && !s.consoles.iter().any(|c| c == name) {
+                        s.consoles.push(name.to_string());
+                    }
+                }
+                ("collective.repo", Some(v)) if !v.is_empty() => {
+                    if v.starts_with("http://") || v.starts_with("https://") {
+                        s.repo = Some(v.trim_end_matches('/').to_string());
+                    } else {
+                        s.problems.push(format!("collective.repo={v}: not an http:// or https:// URL; ignored"));
+                    }
+                }
+                ("collective.cache", Some(v)) if !v.is_empty() => s.cache = Some(v.to_string()),
+                ("collective.log", Some(v)) => match v.parse() {
+                    Ok(level) => s.log_level = level,
+                    Err(_) => s.problems.push(format!("collective.log={v}: use error, warn, info, debug or trace")),
+                },
+                ("collective.modules", Some(v)) => {
+                    s.extra_modules.extend(v.split(',').filter(|m| !m.is_empty()).map(|m| m.replace('-', "_")))
+                }
+                (k, _) if k.starts_with("collective.") => {
+                    s.problems.push(format!("{word}: unknown or empty setting; known: {}", known_keys()))
+                }
+                _ => {}
+            }
+        }
+        if s.consoles.is_empty() {
+            s.consoles = vec!["tty1".into(), "ttyS0".into()];
+        }
+        s
+    }
+}
+
+fn known_keys() -> String {
+    KEYS.iter().map(|(k, _)| k.split('=').next().unwrap_or(k)).collect::<Vec<_>>().join(", ")
+}
+
+/// Splits like the kernel does: on spaces, except inside double quotes.
+fn split_cmdline(cmdline: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut current = String::new();
+    let mut quoted = false;
+    for c in cmdline.trim().chars() {
+        match c {
+            '"' => quoted = !quoted,
+            c if c.is_whitespace() && !quoted => {
+                if !current.is_empty() {
+                    words.push(std::mem::take(&mut current));
+                }
+            }
+            c => current.push(c),
+        }
+    }
+    if !current.is_empty() {
+        words.push(current);
+    }
+    words
+}
+
+impl fmt::Display for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "repo={} cache={} log={} consoles={}",
+            self.repo.as_deref().unwrap_or("-"),
+            self.cache.as_deref().unwrap_or("-"),
+            self.log_level,
+            self.consoles.join(",")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_our_keys_and_the_kernels_consoles() {
+        let s = Settings::parse(
+            "BOOT_IMAGE=vmlinuz console=tty1 console=ttyS0,115200n8 loglevel=3 collective.repo=http://10.0.2.2:8080/ collective.cache=LABEL=cache collective.log=debug\n",
+        );
+        assert_eq!(s.repo.as_deref(), Some("http://10.0.2.2:8080"));
+        assert_eq!(s.cache.as_deref(), Some("LABEL=cache"));
+        assert_eq!(s.log_level, log::LevelFilter::Debug);
+        assert_eq!(s.consoles, vec!["tty1", "ttyS0"]);
+        assert!(s.problems.is_empty(), "{:?}", s.problems);
+    }
+
+    #[test]
+    fn defaults_when_the_command_line_says_nothing() {
+        let s = Settings::parse("root=/dev/sda");
+        assert_eq!(s.repo, None);
+        assert_eq!(s.consoles, vec!["tty1", "ttyS0"]);
+        assert_eq!(s.log_level, log::LevelFilter::Info);
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_reported_not_ignored() {
+        let s = Settings::parse("collective.rep=http://x collective.log=loud collective.repo=ftp://x");
+        assert_eq!(s.problems.len(), 3, "{:?}", s.problems);
+        assert_eq!(s.repo, None);
+    }
+
+    #[test]
+    fn quotes_keep_spaces_together() {
+        let s = Settings::parse("collective.cache=\"LABEL=my cache\" console=/dev/ttyS1");
+        assert_eq!(s.cache.as_deref(), Some("LABEL=my cache"));
+        assert_eq!(s.consoles, vec!["ttyS1"]);
+    }
+
+    #[test]
+    fn extra_modules_are_normalised() {
+        let s = Settings::parse("collective.modules=virtio-net,,e1000");
+        assert_eq!(s.extra_modules, vec!["virtio_net", "e1000"]);
+    }
+}

@@ -1,0 +1,118 @@
+//! The firmware boots in QEMU to its login screen, has KVM, and powers off, reboots and
+//! answers the power button cleanly.
+
+use std::time::Duration;
+use system_tests::firmware::firmware;
+use system_tests::{Machine, MachineConfig, Nic};
+
+const BOOT: Duration = Duration::from_secs(240);
+const SHORT: Duration = Duration::from_secs(60);
+
+/// Waits for the login screen and for bring-up to finish (the banner's or the later
+/// announcement's "ready in" line), and for the prompt that follows it.
+fn boot_to_ready(config: &MachineConfig) -> Machine {
+    let mut m = Machine::boot(firmware(), config).expect("start QEMU");
+    m.expect("Collective terminal", BOOT).unwrap();
+    m.expect("login:", BOOT).unwrap();
+    wait_ready(&mut m);
+    m
+}
+
+fn wait_ready(m: &mut Machine) {
+    m.expect("ready in", BOOT).unwrap();
+    m.expect("login:", SHORT).unwrap();
+    // DHCP finishes in the background and announces the address with a fresh prompt;
+    // wait for it so later prompts answer our own commands.
+    m.expect("address: 10.0.2.15/24 via 10.0.2.2", BOOT).unwrap();
+    m.expect("login:", SHORT).unwrap();
+}
+
+#[test]
+fn boots_to_login_with_identity_and_status() {
+    let mut m = Machine::boot(firmware(), &MachineConfig { nic: Nic::E1000e, ..Default::default() }).unwrap();
+    m.expect("Collective terminal", BOOT).unwrap();
+    let banner = m.expect("login:", BOOT).unwrap();
+    assert!(banner.contains("firmware: Linux 6."), "banner names the kernel: {banner}");
+    assert!(banner.contains("repository  none configured"), "{banner}");
+    assert!(banner.contains("cache       none configured"), "{banner}");
+    // The e1000e driver came from the initramfs and found the card, and our DHCP client
+    // got an address from QEMU's user network; the consoles are told.
+    wait_ready(&mut m);
+    m.send_line("status").unwrap();
+    let status = m.expect("login:", SHORT).unwrap();
+    assert!(status.contains("Collective terminal terminal-525400123456"), "identity missing from status: {status}");
+    assert!(status.contains("eth0 52:54:00:12:34:56, link up, address: 10.0.2.15/24 via 10.0.2.2"), "NIC missing from status: {status}");
+}
+
+#[test]
+fn kvm_is_ready_inside_the_firmware() {
+    let mut m = boot_to_ready(&MachineConfig::default());
+    m.send_line("status").unwrap();
+    let status = m.expect("login:", SHORT).unwrap();
+    assert!(status.contains("kvm         ready: /dev/kvm (kvm_amd, API 12)"), "KVM not ready: {status}");
+}
+
+#[test]
+fn poweroff_at_the_prompt_exits_qemu_cleanly() {
+    let mut m = boot_to_ready(&MachineConfig::default());
+    m.send_line("poweroff").unwrap();
+    m.expect("The terminal is powering off.", SHORT).unwrap();
+    let status = m.wait_exit(SHORT).unwrap();
+    assert!(status.success(), "QEMU exited with {status}");
+    assert!(!m.transcript().contains("Kernel panic"), "{}", m.transcript());
+}
+
+#[test]
+fn ctrl_alt_del_reboots_cleanly() {
+    let mut m = boot_to_ready(&MachineConfig { allow_reboot: true, ..Default::default() });
+    m.monitor("sendkey ctrl-alt-delete").unwrap();
+    m.expect("The terminal is rebooting.", SHORT).unwrap();
+    // The machine comes back up: a second login screen.
+    m.expect("Collective terminal", BOOT).unwrap();
+    m.expect("login:", BOOT).unwrap();
+    wait_ready(&mut m);
+    m.send_line("poweroff").unwrap();
+    assert!(m.wait_exit(SHORT).unwrap().success());
+}
+
+#[test]
+fn acpi_power_button_powers_off() {
+    let mut m = boot_to_ready(&MachineConfig::default());
+    m.monitor("system_powerdown").unwrap();
+    m.expect("The terminal is powering off.", SHORT).unwrap();
+    assert!(m.wait_exit(SHORT).unwrap().success());
+}
+
+#[test]
+fn login_without_repository_fails_clearly_and_prompts_again() {
+    let mut m = boot_to_ready(&MachineConfig::default());
+    m.send_line("alice").unwrap();
+    m.expect("Password:", SHORT).unwrap();
+    m.send_line("secret").unwrap();
+    let reply = m.expect("login:", SHORT).unwrap();
+    assert!(reply.contains("Login failed: this terminal has no repository configured"), "{reply}");
+    assert!(!reply.contains("secret"), "the password must not echo: {reply}");
+    m.send_line("help").unwrap();
+    let help = m.expect("login:", SHORT).unwrap();
+    assert!(help.contains("collective.repo=URL"), "{help}");
+}
+
+#[test]
+fn settings_typos_are_shown_on_the_login_screen() {
+    let config = MachineConfig { extra_cmdline: vec!["collective.rep=http://x".into(), "collective.repo=http://10.0.2.2:8080".into()], ..Default::default() };
+    let mut m = Machine::boot(firmware(), &config).unwrap();
+    let banner = m.expect("login:", BOOT).unwrap();
+    assert!(banner.contains("repository  http://10.0.2.2:8080"), "{banner}");
+    assert!(banner.contains("problem     collective.rep=http://x: unknown"), "{banner}");
+}
+
+#[test]
+fn network_boot_over_tftp_with_ipxe_reaches_login() {
+    let mut m = Machine::boot(firmware(), &MachineConfig { pxe: true, nic: Nic::VirtioNet, ..Default::default() }).unwrap();
+    m.expect("Collective terminal: loading firmware", BOOT).unwrap();
+    m.expect("login:", BOOT).unwrap();
+    wait_ready(&mut m);
+    m.send_line("status").unwrap();
+    let status = m.expect("login:", SHORT).unwrap();
+    assert!(status.contains("eth0 52:54:00:12:34:56"), "{status}");
+}

@@ -1,0 +1,125 @@
+//! The host side of the serial console on standard input/output.
+//!
+//! On a terminal, stdin is switched to raw mode (restored on drop) so every key reaches the
+//! guest; Ctrl-A then `x` stops the VM, Ctrl-A Ctrl-A sends a literal Ctrl-A.
+
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+
+use crate::bus::lock;
+use crate::devices::legacy::serial::Serial;
+use crate::exit::{ExitReason, ExitSignal};
+
+/// Escape key: Ctrl-A.
+pub const ESCAPE: u8 = 0x01;
+
+/// Restores the terminal's previous mode when dropped.
+pub struct RawMode {
+    saved: Option<libc::termios>,
+}
+
+impl RawMode {
+    /// Puts stdin in raw mode if it is a terminal.
+    pub fn enter() -> Self {
+        let fd = std::io::stdin().as_raw_fd();
+        // SAFETY: isatty/tcgetattr/tcsetattr on our own stdin with a properly sized termios.
+        unsafe {
+            if libc::isatty(fd) != 1 {
+                return Self { saved: None };
+            }
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(fd, &mut t) != 0 {
+                return Self { saved: None };
+            }
+            let saved = t;
+            libc::cfmakeraw(&mut t);
+            // Keep output post-processing so "\n" from the guest still returns the carriage.
+            t.c_oflag |= libc::OPOST;
+            libc::tcsetattr(fd, libc::TCSANOW, &t);
+            Self { saved: Some(saved) }
+        }
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        if let Some(t) = self.saved {
+            // SAFETY: restoring the termios we read from the same fd.
+            unsafe { libc::tcsetattr(std::io::stdin().as_raw_fd(), libc::TCSANOW, &t) };
+        }
+    }
+}
+
+/// Decodes the escape sequence: returns the bytes to forward and whether to stop.
+pub fn filter_input(bytes: &[u8], escaped: &mut bool) -> (Vec<u8>, bool) {
+    let mut out = Vec::with_capacity(bytes.len());
+    for &b in bytes {
+        if *escaped {
+            *escaped = false;
+            match b {
+                b'x' | b'X' => return (out, true),
+                ESCAPE => out.push(ESCAPE),
+                _ => {}
+            }
+        } else if b == ESCAPE {
+            *escaped = true;
+        } else {
+            out.push(b);
+        }
+    }
+    (out, false)
+}
+
+/// Starts a thread forwarding stdin to `serial`. It lives until stdin closes or the escape
+/// is typed; a blocked read is left behind when the VM ends (the process is about to exit).
+pub fn spawn_stdin_forwarder(serial: Arc<Mutex<Serial>>, exit: Arc<ExitSignal>) {
+    let _ = std::thread::Builder::new()
+        .name("console-in".into())
+        .spawn(move || {
+            let mut stdin = std::io::stdin();
+            let mut buf = [0u8; 64];
+            let mut escaped = false;
+            loop {
+                let n = match stdin.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                let (bytes, stop) = filter_input(&buf[..n], &mut escaped);
+                let mut rest = &bytes[..];
+                while !rest.is_empty() {
+                    let sent = lock(&serial).enqueue_input(rest);
+                    rest = &rest[sent..];
+                    if !rest.is_empty() {
+                        // The guest has not drained its receive FIFO yet.
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                    if exit.reason().is_some() {
+                        return;
+                    }
+                }
+                if stop {
+                    exit.request(ExitReason::Stopped);
+                    return;
+                }
+            }
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_sequences() {
+        let mut e = false;
+        assert_eq!(filter_input(b"ab", &mut e), (b"ab".to_vec(), false));
+        assert_eq!(
+            filter_input(b"a\x01\x01b", &mut e),
+            (b"a\x01b".to_vec(), false)
+        );
+        assert_eq!(filter_input(b"a\x01", &mut e), (b"a".to_vec(), false));
+        assert!(e);
+        assert_eq!(filter_input(b"xyz", &mut e), (Vec::new(), true));
+    }
+}

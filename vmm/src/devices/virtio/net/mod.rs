@@ -1,0 +1,413 @@
+//! virtio-net over a tap device (or any [`PacketIo`]): one receive and one transmit
+//! queue, no offloads, a fixed MAC address.
+//!
+//! Frames keep their 12-byte virtio-net header end to end (the tap is opened with
+//! `IFF_VNET_HDR`), so the device copies bytes without parsing them. Receive is driven by
+//! both the tap (a frame arrived) and the receive queue (the guest added buffers): a frame
+//! that finds no buffer waits, and the tap is not polled until buffers come.
+
+pub mod tap;
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use virtio_queue::{Queue, QueueT};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+pub use tap::{PacketIo, Tap, VNET_HDR_LEN};
+
+use super::worker::{next_chain, DeviceError};
+use super::{features, ids, ActivateContext, ActivateError, Interrupt, VirtioDevice};
+use crate::vstate::memory::GuestMemoryMmap;
+
+/// Feature: the device has a MAC address in its config space.
+pub const F_MAC: u64 = 1 << 5;
+/// Queue size offered.
+pub const QUEUE_SIZE: u16 = 256;
+/// Largest frame plus header we move (64 KiB frames, as a tap may deliver with GSO off).
+pub const MAX_FRAME: usize = 65_562;
+
+const RX: usize = 0;
+const TX: usize = 1;
+
+/// The network card.
+pub struct Net {
+    io: Arc<dyn PacketIo>,
+    mac: [u8; 6],
+    worker: Option<NetWorker>,
+}
+
+impl Net {
+    /// A card sending and receiving through `io`, with address `mac`.
+    pub fn new(io: Arc<dyn PacketIo>, mac: [u8; 6]) -> Self {
+        Self {
+            io,
+            mac,
+            worker: None,
+        }
+    }
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u32 {
+        ids::NET
+    }
+    fn queue_max_sizes(&self) -> Vec<u16> {
+        vec![QUEUE_SIZE, QUEUE_SIZE]
+    }
+    fn features(&self) -> u64 {
+        features::VERSION_1 | features::RING_EVENT_IDX | F_MAC
+    }
+    fn config_space(&self) -> Vec<u8> {
+        let mut c = self.mac.to_vec();
+        c.extend_from_slice(&[0, 0, 0, 0]); // status (not offered), max_virtqueue_pairs
+        c
+    }
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        if ctx.queues.len() != 2 {
+            return Err(ActivateError::QueueCount {
+                need: 2,
+                got: ctx.queues.len(),
+            });
+        }
+        self.reset();
+        self.worker = Some(NetWorker::spawn(self.io.clone(), ctx)?);
+        Ok(())
+    }
+    fn reset(&mut self) {
+        if let Some(mut w) = self.worker.take() {
+            w.stop();
+        }
+    }
+}
+
+/// The queues' processing, separate from the thread so tests can drive it.
+pub struct NetQueues {
+    io: Arc<dyn PacketIo>,
+    /// A received frame waiting for a guest buffer.
+    pending: Option<usize>,
+    rx_buf: Vec<u8>,
+    tx_buf: Vec<u8>,
+}
+
+impl NetQueues {
+    /// State for a card using `io`.
+    pub fn new(io: Arc<dyn PacketIo>) -> Self {
+        Self {
+            io,
+            pending: None,
+            rx_buf: vec![0; MAX_FRAME],
+            tx_buf: vec![0; MAX_FRAME],
+        }
+    }
+
+    /// Whether a received frame is waiting for a guest buffer.
+    pub fn has_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Sends every frame the guest queued; returns whether to interrupt it.
+    pub fn process_tx(
+        &mut self,
+        q: &mut Queue,
+        mem: &GuestMemoryMmap,
+    ) -> Result<bool, DeviceError> {
+        let mut used = false;
+        loop {
+            q.disable_notification(mem)?;
+            while let Some(chain) = next_chain(q, mem, MAX_FRAME as u64)? {
+                if !chain.writable.is_empty() {
+                    return Err(DeviceError::Request(
+                        "virtio-net transmit buffer is device-writable",
+                    ));
+                }
+                let n = chain.read_at(mem, 0, &mut self.tx_buf);
+                if n < VNET_HDR_LEN {
+                    return Err(DeviceError::Request(
+                        "virtio-net frame shorter than its header",
+                    ));
+                }
+                if let Err(e) = self.io.send(&self.tx_buf[..n]) {
+                    // Like a cable: a frame the host side cannot take is dropped.
+                    log::debug!("virtio-net: dropped a transmitted frame: {e}");
+                }
+                q.add_used(mem, chain.head, 0)?;
+                used = true;
+            }
+            if !q.enable_notification(mem)? {
+                break;
+            }
+        }
+        Ok(used && q.needs_notification(mem)?)
+    }
+
+    /// Moves received frames into guest buffers until either runs out; returns whether to
+    /// interrupt the guest.
+    pub fn process_rx(
+        &mut self,
+        q: &mut Queue,
+        mem: &GuestMemoryMmap,
+    ) -> Result<bool, DeviceError> {
+        let mut used = false;
+        loop {
+            let len = match self.pending.take() {
+                Some(n) => n,
+                None => match self.io.recv(&mut self.rx_buf) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        log::warn!("virtio-net: receive failed: {e}");
+                        break;
+                    }
+                },
+            };
+            if len < VNET_HDR_LEN {
+                continue;
+            }
+            let Some(chain) = next_chain(q, mem, MAX_FRAME as u64 * 2)? else {
+                // No buffer: keep the frame until the guest adds some.
+                self.pending = Some(len);
+                break;
+            };
+            if !chain.readable.is_empty() {
+                return Err(DeviceError::Request(
+                    "virtio-net receive buffer is device-readable",
+                ));
+            }
+            // num_buffers = 1 (we do not offer mergeable buffers).
+            self.rx_buf[10..12].copy_from_slice(&1u16.to_le_bytes());
+            let written = chain.write_at(mem, 0, &self.rx_buf[..len]);
+            if written < len {
+                log::debug!("virtio-net: {len}-byte frame truncated to a {written}-byte buffer");
+            }
+            q.add_used(mem, chain.head, written as u32)?;
+            used = true;
+        }
+        Ok(used && q.needs_notification(mem)?)
+    }
+}
+
+struct NetWorker {
+    kill: EventFd,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl NetWorker {
+    fn spawn(io: Arc<dyn PacketIo>, ctx: ActivateContext) -> io::Result<NetWorker> {
+        let kill = EventFd::new(EFD_NONBLOCK)?;
+        let kill_rx = kill.try_clone()?;
+        let ActivateContext {
+            mem,
+            mut queues,
+            queue_evts,
+            interrupt,
+            ..
+        } = ctx;
+        let thread = std::thread::Builder::new()
+            .name("net".into())
+            .spawn(move || {
+                let mut nq = NetQueues::new(io.clone());
+                let mut rxq = queues.remove(0);
+                let mut txq = queues.remove(0);
+                run_net(
+                    &mut nq,
+                    &mut rxq,
+                    &mut txq,
+                    &queue_evts,
+                    &kill_rx,
+                    io.raw_fd(),
+                    &mem,
+                    &interrupt,
+                );
+            })?;
+        Ok(NetWorker {
+            kill,
+            thread: Some(thread),
+        })
+    }
+
+    fn stop(&mut self) {
+        let _ = self.kill.write(1);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for NetWorker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_net(
+    nq: &mut NetQueues,
+    rxq: &mut Queue,
+    txq: &mut Queue,
+    evts: &[EventFd],
+    kill: &EventFd,
+    tap_fd: i32,
+    mem: &GuestMemoryMmap,
+    irq: &Interrupt,
+) {
+    let mut failed = false;
+    let fail = |e: DeviceError, failed: &mut bool| {
+        log::error!("virtio-net: {e}; device needs reset");
+        *failed = true;
+        irq.fail();
+    };
+    let (mut do_rx, mut do_tx) = (true, true);
+    loop {
+        if !failed && do_tx {
+            match nq.process_tx(txq, mem) {
+                Ok(true) => irq.signal_used_queue(),
+                Ok(false) => {}
+                Err(e) => fail(e, &mut failed),
+            }
+        }
+        if !failed && do_rx {
+            match nq.process_rx(rxq, mem) {
+                Ok(true) => irq.signal_used_queue(),
+                Ok(false) => {}
+                Err(e) => fail(e, &mut failed),
+            }
+        }
+        // Poll the tap only while there is somewhere to put what it gives.
+        let tap_events = if failed || nq.has_pending() {
+            0
+        } else {
+            libc::POLLIN
+        };
+        let mut fds = [
+            libc::pollfd {
+                fd: kill.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: evts[RX].as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: evts[TX].as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: tap_fd,
+                events: tap_events,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a valid pollfd array for the duration of the call.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if r < 0 {
+            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            log::error!("virtio-net: poll failed: {}", io::Error::last_os_error());
+            return;
+        }
+        if fds[0].revents != 0 {
+            return;
+        }
+        if fds[1].revents != 0 {
+            let _ = evts[RX].read();
+        }
+        if fds[2].revents != 0 {
+            let _ = evts[TX].read();
+        }
+        do_rx = fds[1].revents != 0 || fds[3].revents != 0;
+        do_tx = fds[2].revents != 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixDatagram;
+
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+    use crate::devices::virtio::block::tests::{d, mem, used, N, W};
+
+    fn pair() -> (Arc<UnixDatagram>, UnixDatagram) {
+        let (a, b) = UnixDatagram::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        (Arc::new(a), b)
+    }
+
+    #[test]
+    fn transmit_reaches_the_host() {
+        let m = mem();
+        let (dev_side, host) = pair();
+        let mut nq = NetQueues::new(dev_side);
+        let mock = MockSplitQueue::new(&m, 16);
+        m.write_slice(&[0u8; 12], GuestAddress(0x10_0000)).unwrap();
+        m.write_slice(b"ethernet-frame", GuestAddress(0x20_0000))
+            .unwrap();
+        mock.add_desc_chains(&[d(0x10_0000, 12, N, 1), d(0x20_0000, 14, 0, 0)], 0)
+            .unwrap();
+        let mut q: Queue = mock.create_queue().unwrap();
+        assert!(nq.process_tx(&mut q, &m).unwrap());
+        let mut b = [0u8; 64];
+        let n = host.recv(&mut b).unwrap();
+        assert_eq!(&b[12..n], b"ethernet-frame");
+        assert_eq!(used(&m, mock.used_addr(), 0), (1, 0, 0));
+    }
+
+    #[test]
+    fn receive_waits_for_buffers() {
+        let m = mem();
+        let (dev_side, host) = pair();
+        let mut nq = NetQueues::new(dev_side);
+        let mock = MockSplitQueue::new(&m, 16);
+        let mut q: Queue = mock.create_queue().unwrap();
+        let mut frame = vec![0u8; 12];
+        frame.extend_from_slice(b"hello-guest");
+        host.send(&frame).unwrap();
+        // No buffers yet: the frame is kept.
+        assert!(!nq.process_rx(&mut q, &m).unwrap());
+        assert!(nq.has_pending());
+        mock.add_desc_chains(&[d(0x30_0000, 1526, W, 0)], 0)
+            .unwrap();
+        assert!(nq.process_rx(&mut q, &m).unwrap());
+        assert!(!nq.has_pending());
+        assert_eq!(used(&m, mock.used_addr(), 0), (1, 0, 23));
+        let mut b = [0u8; 23];
+        m.read_slice(&mut b, GuestAddress(0x30_0000)).unwrap();
+        assert_eq!(&b[12..], b"hello-guest");
+        assert_eq!(u16::from_le_bytes([b[10], b[11]]), 1, "num_buffers");
+    }
+
+    #[test]
+    fn malformed_chains_fail() {
+        let m = mem();
+        let (dev_side, host) = pair();
+        let mut nq = NetQueues::new(dev_side);
+        // Transmit chain that is device-writable.
+        let mock = MockSplitQueue::new(&m, 16);
+        mock.add_desc_chains(&[d(0x10_0000, 64, W, 0)], 0).unwrap();
+        let mut q: Queue = mock.create_queue().unwrap();
+        assert!(nq.process_tx(&mut q, &m).is_err());
+        // Transmit chain that loops.
+        let mock = MockSplitQueue::new(&m, 16);
+        mock.add_desc_chains(&[d(0x10_0000, 64, N, 1), d(0x10_0000, 64, N, 0)], 0)
+            .unwrap();
+        let mut q: Queue = mock.create_queue().unwrap();
+        assert!(nq.process_tx(&mut q, &m).is_err());
+        // Receive buffer outside guest memory.
+        host.send(&[0u8; 20]).unwrap();
+        let mock = MockSplitQueue::new(&m, 16);
+        mock.add_desc_chains(&[d(0x7000_0000, 1526, W, 0)], 0)
+            .unwrap();
+        let mut q: Queue = mock.create_queue().unwrap();
+        assert!(nq.process_rx(&mut q, &m).is_err());
+    }
+}

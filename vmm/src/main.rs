@@ -1,0 +1,250 @@
+//! `vmm`: run one VM from the command line, for publishers testing an appliance without a
+//! repository. Exit code: 0 guest powered off, 2 guest reset, 3 guest crashed, 4 stopped
+//! (Ctrl-A x) or halted, 1 VMM error.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use vmm::config::parse_mac;
+use vmm::{ConsoleConfig, DiskConfig, DiskSource, KernelConfig, MachineConfig, NetConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "vmm",
+    version,
+    about = "The Collective terminal's KVM virtual machine monitor"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot one VM and run it until it powers off, resets or crashes.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Kernel: bzImage, or ELF vmlinux (booted through PVH when it has the note).
+    #[arg(long)]
+    kernel: PathBuf,
+    /// Initramfs.
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel command line (default: serial console and quiet legacy probing).
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// A virtio-blk disk: PATH or PATH,ro. Repeat for more; the first is /dev/vda.
+    #[arg(long = "disk", value_name = "PATH[,ro]")]
+    disks: Vec<String>,
+    /// A virtio-net card on a new tap: [bridge=BR][,tap=NAME][,mac=52:54:00:12:34:56].
+    /// Repeat for more cards.
+    #[arg(long = "net", value_name = "OPTS")]
+    nets: Vec<String>,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 256)]
+    memory: u64,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u8,
+    /// Do not add a virtio-rng device.
+    #[arg(long)]
+    no_rng: bool,
+    /// Also describe virtio-mmio devices as virtio_mmio.device= on the command line.
+    #[arg(long)]
+    cmdline_mmio_devices: bool,
+    /// Stop the VM after this many seconds (exit code 4), for tests and benchmarks.
+    #[arg(long, value_name = "SECS")]
+    stop_after: Option<f64>,
+    /// When the guest reboots, boot it again instead of exiting with code 2.
+    #[arg(long)]
+    restart_on_reboot: bool,
+    /// Do not forward stdin to the guest's serial console.
+    #[arg(long)]
+    no_input: bool,
+}
+
+fn parse_disk(s: &str) -> Result<DiskConfig, String> {
+    let mut parts = s.split(',');
+    let path = parts
+        .next()
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| format!("empty disk path in {s:?}"))?;
+    let mut read_only = false;
+    for opt in parts {
+        match opt {
+            "ro" => read_only = true,
+            "rw" => read_only = false,
+            other => {
+                return Err(format!(
+                    "unknown disk option {other:?} in {s:?} (expected ro or rw)"
+                ))
+            }
+        }
+    }
+    Ok(DiskConfig {
+        source: DiskSource::Path(PathBuf::from(path)),
+        read_only,
+    })
+}
+
+fn parse_net(s: &str) -> Result<NetConfig, String> {
+    let mut n = NetConfig::default();
+    for opt in s.split(',').filter(|o| !o.is_empty()) {
+        match opt.split_once('=') {
+            Some(("bridge", v)) => n.bridge = Some(v.to_string()),
+            Some(("tap", v)) => n.tap = Some(v.to_string()),
+            Some(("mac", v)) => {
+                n.mac = Some(parse_mac(v).ok_or_else(|| format!("bad MAC address {v:?}"))?)
+            }
+            _ => {
+                return Err(format!(
+                    "unknown net option {opt:?} (expected bridge=, tap= or mac=)"
+                ))
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// A minimal stderr logger; the level comes from RUST_LOG (error, warn, info, debug, trace).
+struct StderrLogger;
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::max_level()
+    }
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            let _ = writeln!(std::io::stderr(), "vmm: {}: {}\r", r.level(), r.args());
+        }
+    }
+    fn flush(&self) {}
+}
+
+fn init_logger() {
+    let level = match std::env::var("RUST_LOG")
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "error" => log::LevelFilter::Error,
+        "info" => log::LevelFilter::Info,
+        "debug" => log::LevelFilter::Debug,
+        "trace" => log::LevelFilter::Trace,
+        "off" => log::LevelFilter::Off,
+        _ => log::LevelFilter::Warn,
+    };
+    if log::set_logger(&StderrLogger).is_ok() {
+        log::set_max_level(level);
+    }
+}
+
+fn main() {
+    init_logger();
+    let Command::Run(args) = Cli::parse().command;
+    let disks = match args
+        .disks
+        .iter()
+        .map(|d| parse_disk(d))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("vmm: {e}");
+            std::process::exit(1);
+        }
+    };
+    let nets = match args
+        .nets
+        .iter()
+        .map(|n| parse_net(n))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("vmm: {e}");
+            std::process::exit(1);
+        }
+    };
+    let kernel = KernelConfig {
+        kernel: args.kernel,
+        initrd: args.initrd,
+        cmdline: args.cmdline.unwrap_or_default(),
+        cmdline_mmio_devices: args.cmdline_mmio_devices,
+    };
+    let deadline = args
+        .stop_after
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(|s| std::time::Instant::now() + std::time::Duration::from_secs_f64(s));
+    let result = loop {
+        let machine = MachineConfig {
+            memory_mib: args.memory,
+            vcpus: args.vcpus,
+            disks: disks.clone(),
+            nets: nets.clone(),
+            rng: !args.no_rng,
+            console: ConsoleConfig::Stdio {
+                input: !args.no_input,
+            },
+        };
+        let r = vmm::Machine::new(machine).and_then(|mut m| {
+            m.load_kernel(&kernel)?;
+            if let Some(at) = deadline {
+                let exit = m.exit_signal();
+                std::thread::spawn(move || {
+                    std::thread::sleep(at.saturating_duration_since(std::time::Instant::now()));
+                    exit.request(vmm::ExitReason::Stopped);
+                });
+            }
+            m.run()
+        });
+        match r {
+            Ok(vmm::ExitReason::Reset) if args.restart_on_reboot => {
+                log::info!("guest rebooted: starting it again")
+            }
+            other => break other,
+        }
+    };
+    match result {
+        Ok(reason) => {
+            log::info!("guest exited: {reason:?}");
+            if let vmm::ExitReason::Crash(why) = &reason {
+                eprintln!("vmm: guest crashed: {why}");
+            }
+            std::process::exit(reason.exit_code());
+        }
+        Err(e) => {
+            eprintln!("vmm: {e}");
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                eprintln!("vmm:   caused by: {s}");
+                src = s.source();
+            }
+            std::process::exit(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_options() {
+        let d = parse_disk("/a.img,ro").unwrap();
+        assert!(d.read_only);
+        assert!(!parse_disk("/a.img").unwrap().read_only);
+        assert!(parse_disk(",ro").is_err());
+        assert!(parse_disk("/a,bogus").is_err());
+        let n = parse_net("bridge=br0,mac=52:54:00:00:00:01").unwrap();
+        assert_eq!(n.bridge.as_deref(), Some("br0"));
+        assert_eq!(n.mac, Some([0x52, 0x54, 0, 0, 0, 1]));
+        assert_eq!(parse_net("").unwrap(), NetConfig::default());
+        assert!(parse_net("bridge").is_err());
+        assert!(parse_net("mac=1:2").is_err());
+    }
+}
