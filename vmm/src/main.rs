@@ -38,6 +38,8 @@ struct RunArgs {
     #[arg(long)]
     cmdline: Option<String>,
     /// A virtio-blk disk: PATH or PATH,ro. Repeat for more; the first is /dev/vda.
+    /// A disk from the terminal's cache: cachefs=CACHE:LIST.json[,ro] (LIST is the
+    /// image's chunk list, as in a manifest; writes go to a throw-away overlay).
     #[arg(long = "disk", value_name = "PATH[,ro]")]
     disks: Vec<String>,
     /// A virtio-net card on a new tap: [bridge=BR][,tap=NAME][,mac=52:54:00:12:34:56].
@@ -67,7 +69,19 @@ struct RunArgs {
     no_input: bool,
 }
 
+/// The caches `cachefs=` disks use, each opened once.
+static CACHES: std::sync::OnceLock<vmm::devices::virtio::block::cachefs_disk::CacheRegistry> = std::sync::OnceLock::new();
+
 fn parse_disk(s: &str) -> Result<DiskConfig, String> {
+    if let Some(spec) = s.strip_prefix("cachefs=") {
+        let (spec, read_only) = match spec.strip_suffix(",ro") {
+            Some(spec) => (spec, true),
+            None => (spec.strip_suffix(",rw").unwrap_or(spec), false),
+        };
+        let registry = CACHES.get_or_init(Default::default);
+        let disk = vmm::devices::virtio::block::cachefs_disk::open_from_cli(registry, spec, read_only)?;
+        return Ok(DiskConfig { source: DiskSource::Backend(std::sync::Arc::new(disk)), read_only });
+    }
     let mut parts = s.split(',');
     let path = parts
         .next()

@@ -1,6 +1,7 @@
 //! virtio-blk: read, write, flush, discard, write-zeroes, get-id; read-only disks.
 
 pub mod backend;
+pub mod cachefs_disk;
 
 use std::sync::Arc;
 
