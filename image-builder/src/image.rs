@@ -34,6 +34,8 @@ pub struct BuildOptions {
     pub repo_url: Option<String>,
     /// More kernel command-line arguments.
     pub extra_cmdline: Vec<String>,
+    /// More files for the initramfs: (file on the build machine, path in the initramfs).
+    pub extra_files: Vec<(PathBuf, String)>,
 }
 
 impl BuildOptions {
@@ -49,6 +51,7 @@ impl BuildOptions {
             programs: ProgramSource::Workspace(workspace),
             repo_url: None,
             extra_cmdline: Vec::new(),
+            extra_files: Vec::new(),
         })
     }
 }
@@ -168,7 +171,11 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     );
     let cmdline = default_cmdline(opts.repo_url.as_deref(), &opts.extra_cmdline);
 
-    let (tree, module_names) = firmware_tree(&kernel, binaries::PROGRAMS, &program_paths, &cmdline)?;
+    let (mut tree, module_names) = firmware_tree(&kernel, binaries::PROGRAMS, &program_paths, &cmdline)?;
+    for (src, dest) in &opts.extra_files {
+        let data = fs::read(src).with_context(|| format!("reading {} (for /{dest})", src.display()))?;
+        tree.file(dest, 0o755, data);
+    }
     let cpio = tree.to_cpio()?;
     let initrd_bytes = initramfs::compress(&cpio)?;
 
@@ -243,24 +250,8 @@ pub fn firmware_tree(
         tree.file(program.install_path, 0o755, data);
     }
 
-    let modules_dir = kernel.modules_dir();
-    let index = DepIndex::load(&modules_dir)?;
-    let builtin = modules::builtin_names(&modules_dir)?;
-    let chosen = index.closure(&modules::wanted_names(), &builtin)?;
-    let staged = stage_modules(kernel, &chosen)?;
+    let chosen = add_modules(&mut tree, kernel, &modules::wanted_names())?;
     let release = &kernel.release;
-    for rel in &chosen {
-        let data = fs::read(modules_dir.join(rel)).with_context(|| format!("reading module {rel}"))?;
-        tree.file(&format!("lib/modules/{release}/{rel}"), 0o644, data);
-    }
-    // Indexes regenerated for just the modules we carry, so init never looks for a file
-    // that is not there.
-    for name in ["modules.dep", "modules.alias", "modules.softdep", "modules.builtin"] {
-        let path = staged.path().join("lib/modules").join(release).join(name);
-        if let Ok(data) = fs::read(&path) {
-            tree.file(&format!("lib/modules/{release}/{name}"), 0o644, data);
-        }
-    }
     tree.file(
         "etc/collective/firmware",
         0o644,
@@ -270,6 +261,29 @@ pub fn firmware_tree(
     let mut names: Vec<String> = chosen.iter().map(|p| modules::module_name_of_path(p)).collect();
     names.sort();
     Ok((tree, names))
+}
+
+/// Adds `wanted` modules of `kernel`, everything they depend on, and indexes
+/// (`modules.dep`, `modules.alias`, ...) regenerated for exactly those, so init never
+/// looks for a file that is not there. Returns the modules' relative paths.
+pub fn add_modules(tree: &mut Tree, kernel: &UnpackedKernel, wanted: &[&str]) -> Result<std::collections::BTreeSet<String>> {
+    let modules_dir = kernel.modules_dir();
+    let index = DepIndex::load(&modules_dir)?;
+    let builtin = modules::builtin_names(&modules_dir)?;
+    let chosen = index.closure(wanted, &builtin)?;
+    let staged = stage_modules(kernel, &chosen)?;
+    let release = &kernel.release;
+    for rel in &chosen {
+        let data = fs::read(modules_dir.join(rel)).with_context(|| format!("reading module {rel}"))?;
+        tree.file(&format!("lib/modules/{release}/{rel}"), 0o644, data);
+    }
+    for name in ["modules.dep", "modules.alias", "modules.softdep", "modules.builtin"] {
+        let path = staged.path().join("lib/modules").join(release).join(name);
+        if let Ok(data) = fs::read(&path) {
+            tree.file(&format!("lib/modules/{release}/{name}"), 0o644, data);
+        }
+    }
+    Ok(chosen)
 }
 
 /// A scratch copy of the chosen modules on which `depmod` writes the indexes.

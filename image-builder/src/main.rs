@@ -40,6 +40,10 @@ enum Command {
         /// Extra kernel command-line argument; repeat for several.
         #[arg(long = "cmdline")]
         cmdline: Vec<String>,
+        /// Add a file to the initramfs: SRC:PATH (for example a site's CA certificate);
+        /// repeat for several.
+        #[arg(long = "add", value_name = "SRC:PATH")]
+        add: Vec<String>,
     },
 }
 
@@ -53,7 +57,14 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Build { out, kernel_package, kernel_version, cache_dir, init, vmm, repo, cmdline } => {
+        Command::Build { out, kernel_package, kernel_version, cache_dir, init, vmm, repo, cmdline, add } => {
+            let extra_files = add
+                .iter()
+                .map(|a| match a.split_once(':') {
+                    Some((src, dest)) if !src.is_empty() && !dest.is_empty() => Ok((PathBuf::from(src), dest.trim_start_matches('/').to_string())),
+                    _ => Err(anyhow::anyhow!("--add {a:?}: expected SRC:PATH")),
+                })
+                .collect::<Result<Vec<_>>>()?;
             let programs = match (init, vmm) {
                 (Some(init), Some(vmm)) => ProgramSource::Prebuilt(vec![init, vmm]),
                 _ => ProgramSource::Workspace(binaries::default_workspace().ok_or_else(|| {
@@ -68,6 +79,7 @@ fn run(cli: Cli) -> Result<()> {
                 programs,
                 repo_url: repo,
                 extra_cmdline: cmdline,
+                extra_files,
             };
             let report = image_builder::build(&opts)?;
             println!("{}", report.summary());

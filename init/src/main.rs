@@ -228,10 +228,21 @@ fn on_uevent(event: &hotplug::Uevent, board: &Arc<StatusBoard>, settings: &Setti
 }
 
 /// Runs `collective.autorun=` once, its output on the console, and reports how it ended.
-fn start_autorun(command: String, consoles: Vec<String>) {
+fn start_autorun(argv_file: String, consoles: Vec<String>) {
     let spawned = std::thread::Builder::new().name("autorun".into()).spawn(move || {
-        let words: Vec<&str> = command.split_whitespace().collect();
-        let Some((program, args)) = words.split_first() else { return };
+        let text = match fs::read_to_string(&argv_file) {
+            Ok(text) => text,
+            Err(e) => {
+                warn!("autorun: cannot read {argv_file}: {e}");
+                return;
+            }
+        };
+        let words: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+        let command = words.join(" ");
+        let Some((program, args)) = words.split_first() else {
+            warn!("autorun: {argv_file} names no program");
+            return;
+        };
         let console = || fs::OpenOptions::new().write(true).open("/dev/console").map(std::process::Stdio::from);
         let (Ok(out), Ok(err)) = (console(), console()) else {
             warn!("autorun: cannot open /dev/console");

@@ -22,8 +22,9 @@ pub struct Settings {
     pub consoles: Vec<String>,
     /// `collective.modules=a,b`: extra modules to load at boot even without their hardware.
     pub extra_modules: Vec<String>,
-    /// `collective.autorun=CMD`: a program to run once bring-up has finished, its output
-    /// on the console (system tests, kiosk demos).
+    /// `collective.autorun=FILE`: a program to run once bring-up has finished, its output
+    /// on the console (system tests, kiosk demos). FILE holds the program and its
+    /// arguments, one per line, so arguments may contain spaces.
     pub autorun: Option<String>,
     /// `collective.`-keys we did not recognise or could not parse, with the reason.
     pub problems: Vec<String>,
@@ -49,7 +50,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("collective.cache=DEV", "cache disk: /dev/NAME, LABEL=label or SERIAL=serial"),
     ("collective.log=LEVEL", "log level: error, warn, info (default), debug, trace"),
     ("collective.modules=A,B", "extra kernel modules to load at boot"),
-    ("collective.autorun=\"CMD ARGS\"", "run a program after bring-up (tests, demos)"),
+    ("collective.autorun=FILE", "after bring-up run the program in FILE (argv, one per line)"),
 ];
 
 impl Settings {
@@ -175,9 +176,9 @@ mod tests {
     }
 
     #[test]
-    fn autorun_keeps_its_quoted_arguments() {
-        let s = Settings::parse("collective.autorun=\"/bin/vmm run --kernel /a/vmlinuz\" quiet");
-        assert_eq!(s.autorun.as_deref(), Some("/bin/vmm run --kernel /a/vmlinuz"));
+    fn autorun_names_its_argv_file() {
+        let s = Settings::parse("collective.autorun=/appliance/run quiet");
+        assert_eq!(s.autorun.as_deref(), Some("/appliance/run"));
     }
 
     #[test]

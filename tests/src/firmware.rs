@@ -48,6 +48,12 @@ fn build_or_reuse() -> Result<Firmware> {
     if let Some(dir) = std::env::var_os("COLLECTIVE_FIRMWARE_DIR") {
         return Firmware::from_dir(Path::new(&dir));
     }
+    build_variant("firmware", &[], &[])
+}
+
+/// A firmware with more kernel arguments and more initramfs files (a test appliance,
+/// say), built into `target/system-tests/<name>` unless its inputs are unchanged.
+pub fn build_variant(name: &str, extra_cmdline: &[String], extra_files: &[(PathBuf, String)]) -> Result<Firmware> {
     let ws = workspace();
     let root = ws.join("target/system-tests");
     fs::create_dir_all(&root)?;
@@ -57,14 +63,18 @@ fn build_or_reuse() -> Result<Firmware> {
         anyhow::bail!("cannot lock {}", root.join("build.lock").display());
     }
     let programs = binaries::build_static(&ws, binaries::PROGRAMS, &[])?;
-    let out = root.join("firmware");
-    let stamp = input_stamp(&programs)?;
+    let out = root.join(name);
+    let mut inputs = programs.clone();
+    inputs.extend(extra_files.iter().map(|(src, _)| src.clone()));
+    let stamp = format!("{}{extra_cmdline:?}{extra_files:?}", input_stamp(&inputs)?);
     let stamp_file = out.join("STAMP");
     if fs::read_to_string(&stamp_file).ok().as_deref() == Some(stamp.as_str()) {
         return Firmware::from_dir(&out);
     }
     let mut opts = BuildOptions::for_workspace(out.clone())?;
     opts.programs = ProgramSource::Prebuilt(programs);
+    opts.extra_cmdline = extra_cmdline.to_vec();
+    opts.extra_files = extra_files.to_vec();
     let report = image_builder::build(&opts)?;
     eprintln!("{}", report.summary());
     fs::write(&stamp_file, &stamp)?;

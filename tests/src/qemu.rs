@@ -41,11 +41,13 @@ pub struct MachineConfig {
     /// More kernel command-line arguments (direct boots only).
     pub extra_cmdline: Vec<String>,
     pub memory_mib: u32,
+    /// Raw disk images attached as virtio-blk (`/dev/vda`, `/dev/vdb`, ... in the firmware).
+    pub disks: Vec<PathBuf>,
 }
 
 impl Default for MachineConfig {
     fn default() -> Self {
-        MachineConfig { nic: Nic::VirtioNet, pxe: false, allow_reboot: false, extra_cmdline: Vec::new(), memory_mib: 2048 }
+        MachineConfig { nic: Nic::VirtioNet, pxe: false, allow_reboot: false, extra_cmdline: Vec::new(), memory_mib: 2048, disks: Vec::new() }
     }
 }
 
@@ -95,6 +97,9 @@ impl Machine {
             .args(["-m", &config.memory_mib.to_string()])
             .arg("-monitor")
             .arg(format!("unix:{},server=on,wait=off", monitor_path.display()));
+        for disk in &config.disks {
+            cmd.arg("-drive").arg(format!("file={},if=virtio,format=raw", disk.display()));
+        }
         if !config.allow_reboot {
             cmd.arg("-no-reboot");
         }

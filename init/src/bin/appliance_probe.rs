@@ -55,12 +55,8 @@ fn probe() -> Result<String, String> {
 
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").map_err(|e| format!("osrelease: {e}"))?;
     let loader = Loader::new(ModuleIndex::load(&Path::new("/lib/modules").join(release.trim())));
-    for module in ["crc32c_generic", "virtio_mmio", "virtio_blk"] {
-        if let Err(e) = loader.load(module) {
-            if module != "crc32c_generic" {
-                return Err(e);
-            }
-        }
+    for module in ["virtio_mmio", "virtio_blk"] {
+        loader.load(module)?;
     }
     wait_for("/dev/vda")?;
     wait_for("/dev/vdb")?;
