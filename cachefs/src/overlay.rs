@@ -192,7 +192,7 @@ impl Overlay {
                 || (self.kind == OverlayKind::System && cur.is_some());
             let arena = match cur {
                 Some(b) if in_place => b.arena,
-                _ => self.cache().alloc_blocks(1, true)?,
+                _ => self.cache().alloc_blocks(1, false)?,
             };
             if let Err(e) = self.cache().write_blocks(arena, &buf) {
                 if !in_place {

@@ -463,3 +463,23 @@ fn a_wrong_id_is_never_served() {
     assert_eq!(c.read(&wrong).unwrap(), None);
     assert!(!c.contains(&wrong));
 }
+
+#[test]
+fn large_device_accepts_large_pins() {
+    // 100 GiB, sparse: past the size where the checkpoint slot stops growing.
+    let dir = tmp("large");
+    let path = dir.join("big.img");
+    let st = FileStorage::create_file(&path, 100 << 30).unwrap();
+    let c = Cache::create(Box::new(st), CreateOptions::default()).unwrap();
+    // A 10 GiB appliance at 64 KiB chunks: 163 840 ids.
+    let ids: Vec<ChunkId> = (0..163_840u32).map(|i| ChunkId::of(&i.to_le_bytes())).collect();
+    c.pin("big-appliance@1", &ids).unwrap();
+    let id = c.insert_data(&[7u8; 5000]).unwrap();
+    c.sync().unwrap();
+    drop(c);
+    let c = Cache::open(Box::new(FileStorage::open(&path).unwrap())).unwrap();
+    assert_eq!(c.pins()[0].1.len(), ids.len());
+    assert!(c.read(&id).unwrap().is_some());
+    drop(c);
+    let _ = std::fs::remove_dir_all(&dir);
+}
