@@ -149,6 +149,9 @@ pub struct Cache {
     tick: AtomicU64,
     opts: OpenOptions,
     report: RecoveryReport,
+    /// Names of user overlays open now: two handles on one overlay would
+    /// keep two different block maps and corrupt each other.
+    open_overlays: Mutex<HashSet<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -407,6 +410,7 @@ impl Cache {
             tick,
             opts,
             report,
+            open_overlays: Mutex::new(HashSet::new()),
         })
     }
 
@@ -422,6 +426,19 @@ impl Cache {
     pub(crate) fn geometry(&self) -> &Geometry {
         &self.geo
     }
+    /// Claims the user overlay `name` for one open handle.
+    pub(crate) fn claim_overlay(&self, name: &str) -> Result<()> {
+        if lock(&self.open_overlays).insert(name.to_string()) {
+            Ok(())
+        } else {
+            Err(Error::Invalid(format!("overlay {name} is already open")))
+        }
+    }
+
+    pub(crate) fn release_overlay(&self, name: &str) {
+        lock(&self.open_overlays).remove(name);
+    }
+
     /// What recovery found at open.
     pub fn recovery_report(&self) -> &RecoveryReport {
         &self.report

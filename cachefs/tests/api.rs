@@ -342,6 +342,7 @@ fn system_overlay_is_discarded_user_overlay_persists_and_writes_back() {
 
     // User disk.
     let ov = Overlay::user(view.clone(), "alice/home").unwrap();
+    assert!(Overlay::user(view.clone(), "alice/home").is_err(), "second handle on one overlay");
     ov.write_at(cs as u64 * 2 + 512, &[1u8; 512]).unwrap();
     ov.write_at(cs as u64 * 5, &[2u8; 8192]).unwrap();
     ov.flush().unwrap();
