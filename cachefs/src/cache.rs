@@ -99,6 +99,9 @@ struct CommitState {
     next_seq: u64,
 }
 
+/// Bytes a chunk takes in a checkpoint (id + location).
+const CKPT_ENTRY: usize = 32 + 17;
+
 /// What recovery found when the cache was opened.
 #[derive(Clone, Debug, Default)]
 pub struct RecoveryReport {
@@ -146,6 +149,9 @@ pub struct Cache {
     tick: AtomicU64,
     opts: OpenOptions,
     report: RecoveryReport,
+    /// Names of user overlays open now: two handles on one overlay would
+    /// keep two different block maps and corrupt each other.
+    open_overlays: Mutex<HashSet<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -404,6 +410,7 @@ impl Cache {
             tick,
             opts,
             report,
+            open_overlays: Mutex::new(HashSet::new()),
         })
     }
 
@@ -419,6 +426,19 @@ impl Cache {
     pub(crate) fn geometry(&self) -> &Geometry {
         &self.geo
     }
+    /// Claims the user overlay `name` for one open handle.
+    pub(crate) fn claim_overlay(&self, name: &str) -> Result<()> {
+        if lock(&self.open_overlays).insert(name.to_string()) {
+            Ok(())
+        } else {
+            Err(Error::Invalid(format!("overlay {name} is already open")))
+        }
+    }
+
+    pub(crate) fn release_overlay(&self, name: &str) {
+        lock(&self.open_overlays).remove(name);
+    }
+
     /// What recovery found at open.
     pub fn recovery_report(&self) -> &RecoveryReport {
         &self.report
@@ -523,17 +543,34 @@ impl Cache {
         Ok(())
     }
 
+    /// Room in a checkpoint slot for the index and overlay maps: 3/4 of it
+    /// (pins get the rest). Binds only on caches larger than 64 GiB, where
+    /// the slot stops growing, or with very small chunks.
+    fn index_budget(&self) -> usize {
+        (self.geo.ckpt_len as usize).saturating_sub(4096) / 4 * 3
+    }
+
+    /// Bytes for pins: what the index and overlays may not use.
+    fn pin_budget(&self) -> usize {
+        (self.geo.ckpt_len as usize).saturating_sub(4096) / 4
+    }
+
+    /// True if one more chunk entry would not fit the checkpoint.
+    fn index_full(&self, st: &State) -> bool {
+        let ov: usize = st.overlays.values().map(|o| 64 + o.blocks.len() * 16).sum();
+        (st.index.len() + 1) * CKPT_ENTRY + ov > self.index_budget()
+    }
+
     /// Allocates `n` contiguous arena blocks, evicting least-recently-used
-    /// unpinned chunks if needed.
-    pub(crate) fn alloc_blocks(&self, n: u32, evict: bool) -> Result<u32> {
+    /// unpinned chunks if the arena (or, with `new_entry`, the index's room
+    /// in the checkpoint) is full.
+    pub(crate) fn alloc_blocks(&self, n: u32, new_entry: bool) -> Result<u32> {
         let mut st = self.write_state();
-        if let Some(b) = st.alloc.alloc(n) {
-            return Ok(b);
-        }
-        if !evict {
-            return Err(Error::Full {
-                needed: n as u64 * BLOCK,
-            });
+        let fits = |c: &Cache, st: &State| !(new_entry && c.index_full(st));
+        if fits(self, &st) {
+            if let Some(b) = st.alloc.alloc(n) {
+                return Ok(b);
+            }
         }
         // Evict a batch: at least 1/64 of the arena, so that a full cache
         // does not sort the index on every insert.
@@ -553,18 +590,20 @@ impl Cache {
                 log::debug!("evicted {id}");
             }
             freed += nb as u64;
-            if freed >= batch {
+            if freed >= batch && fits(self, &st) {
                 if let Some(b) = st.alloc.alloc(n) {
                     return Ok(b);
                 }
             }
         }
-        match st.alloc.alloc(n) {
-            Some(b) => Ok(b),
-            None => Err(Error::Full {
-                needed: n as u64 * BLOCK,
-            }),
+        if fits(self, &st) {
+            if let Some(b) = st.alloc.alloc(n) {
+                return Ok(b);
+            }
         }
+        Err(Error::Full {
+            needed: n as u64 * BLOCK,
+        })
     }
 
     /// Marks a chunk used now (LRU); true if present.
@@ -708,10 +747,7 @@ impl Cache {
             .get(name)
             .map(|v| 6 + name.len() + 32 * v.len())
             .unwrap_or(0);
-        // Reserve room in the checkpoint for the worst-case index (49 B per
-        // arena block) and give pins what is left.
-        let budget =
-            (self.geo.ckpt_len as usize).saturating_sub(self.geo.arena_blocks as usize * 49 + 4096);
+        let budget = self.pin_budget();
         if st.pin_bytes - old + bytes > budget {
             return Err(Error::MetadataFull(format!(
                 "pin set {name} ({} chunks) does not fit the metadata area ({budget} bytes for pins)",

@@ -88,6 +88,16 @@ impl Overlay {
             return Err(Error::Invalid("overlay name must be 1..=255 bytes".into()));
         }
         let cache = view.cache().clone();
+        cache.claim_overlay(name)?;
+        let r = Self::open_user(view, name);
+        if r.is_err() {
+            cache.release_overlay(name);
+        }
+        r
+    }
+
+    fn open_user(view: Arc<DiskView>, name: &str) -> Result<Overlay> {
+        let cache = view.cache().clone();
         let digest = list_digest(&view.chunk_list());
         let mut st = new_state();
         let existing = cache.read_state().overlays.get(name).cloned();
@@ -192,7 +202,7 @@ impl Overlay {
                 || (self.kind == OverlayKind::System && cur.is_some());
             let arena = match cur {
                 Some(b) if in_place => b.arena,
-                _ => self.cache().alloc_blocks(1, true)?,
+                _ => self.cache().alloc_blocks(1, false)?,
             };
             if let Err(e) = self.cache().write_blocks(arena, &buf) {
                 if !in_place {
@@ -433,8 +443,9 @@ impl Overlay {
 
 impl Drop for Overlay {
     fn drop(&mut self) {
-        if self.kind == OverlayKind::System {
-            self.discard();
+        match &self.kind {
+            OverlayKind::System => self.discard(),
+            OverlayKind::User(name) => self.cache().release_overlay(name),
         }
     }
 }
