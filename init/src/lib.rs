@@ -1,6 +1,7 @@
 //! The Collective terminal's PID 1, as a library: each module is one duty of init, so
 //! it can be tested on its own (unit tests, and network-namespace tests of DHCP).
 
+pub mod cachedisk;
 pub mod children;
 pub mod console;
 pub mod dhcp;

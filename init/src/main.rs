@@ -104,7 +104,10 @@ fn bring_up() -> Vec<String> {
     let board = Arc::new(StatusBoard::new(TerminalStatus {
         firmware: firmware_identity(),
         repo: settings.repo.clone(),
-        cache: cache_status(settings.cache.as_deref()),
+        cache: match &settings.cache {
+            None => "none configured: running from memory".into(),
+            Some(spec) => format!("looking for {spec}"),
+        },
         problems: problems.clone(),
         ..TerminalStatus::default()
     }));
@@ -148,6 +151,8 @@ fn bring_up() -> Vec<String> {
             problems.push(format!("collective.modules: {module} is not in this firmware"));
         }
     }
+    let cache = collective_init::cachedisk::bring_up(settings.cache.as_deref(), settings.cache_force, std::time::Duration::from_secs(5));
+    problems.extend(cache.problem.clone());
     let kvm_status = match kvm_thread.map(|t| t.join()) {
         Ok(Ok(status)) => status,
         _ => kvm::KvmStatus::ModuleFailed { module: "kvm".into(), reason: "the KVM bring-up crashed".into() },
@@ -177,6 +182,7 @@ fn bring_up() -> Vec<String> {
         s.nics = nics;
         s.kvm = kvm_status;
         s.problems = problems;
+        s.cache = cache.line;
         s.boot_seconds = boot_seconds;
         s.complete = true;
     });
@@ -320,13 +326,6 @@ fn firmware_identity() -> String {
     format!("Linux {release}, Debian {}", get("kernel_version"))
 }
 
-fn cache_status(setting: Option<&str>) -> String {
-    match setting {
-        None => "none configured: running from memory".into(),
-        Some(dev) if dev.starts_with('/') && !Path::new(dev).exists() => format!("{dev} not found: running from memory"),
-        Some(dev) => format!("{dev} (this firmware does not open caches yet): running from memory"),
-    }
-}
 
 /// Static name resolution works from `/etc/hosts` even in a static binary.
 fn write_etc_files() {

@@ -15,6 +15,8 @@ pub struct Settings {
     pub repo: Option<String>,
     /// `collective.cache=DEV`: the cache disk, by path (`/dev/vda`), `LABEL=` or `SERIAL=`.
     pub cache: Option<String>,
+    /// `collective.cache_force=1`: format the cache disk even if it holds other data.
+    pub cache_force: bool,
     /// `collective.log=LEVEL`: error, warn, info, debug or trace. Default info.
     pub log_level: log::LevelFilter,
     /// Consoles that get a login prompt, from `console=` (without the options after `,`).
@@ -35,6 +37,7 @@ impl Default for Settings {
         Settings {
             repo: None,
             cache: None,
+            cache_force: false,
             log_level: log::LevelFilter::Info,
             consoles: Vec::new(),
             extra_modules: Vec::new(),
@@ -47,7 +50,8 @@ impl Default for Settings {
 /// Every `collective.*` key, with what it does; shown by `help` and in docs/init.md.
 pub const KEYS: &[(&str, &str)] = &[
     ("collective.repo=URL", "repository to log in against (http:// or https://)"),
-    ("collective.cache=DEV", "cache disk: /dev/NAME, LABEL=label or SERIAL=serial"),
+    ("collective.cache=DEV", "cache disk: /dev/NAME, LABEL=label, SERIAL=serial or auto"),
+    ("collective.cache_force=1", "format the cache disk even if it holds other data"),
     ("collective.log=LEVEL", "log level: error, warn, info (default), debug, trace"),
     ("collective.modules=A,B", "extra kernel modules to load at boot"),
     ("collective.autorun=FILE", "after bring-up run the program in FILE (argv, one per line)"),
@@ -77,6 +81,7 @@ impl Settings {
                     }
                 }
                 ("collective.cache", Some(v)) if !v.is_empty() => s.cache = Some(v.to_string()),
+                ("collective.cache_force", Some(v)) => s.cache_force = matches!(v, "1" | "yes" | "true"),
                 ("collective.log", Some(v)) => match v.parse() {
                     Ok(level) => s.log_level = level,
                     Err(_) => s.problems.push(format!("collective.log={v}: use error, warn, info, debug or trace")),

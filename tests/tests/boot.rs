@@ -116,3 +116,49 @@ fn network_boot_over_tftp_with_ipxe_reaches_login() {
     let status = m.expect("login:", SHORT).unwrap();
     assert!(status.contains("eth0 52:54:00:12:34:56"), "{status}");
 }
+
+#[test]
+fn cache_disk_is_formatted_on_first_use_and_reopened_after() {
+    let dir = system_tests::firmware::workspace().join("target/system-tests/cache-disk-test");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let disk = dir.join("cache.img");
+    std::fs::write(&disk, vec![0u8; 64 << 20]).unwrap();
+    let config = MachineConfig { disks: vec![disk.clone()], extra_cmdline: vec!["collective.cache=/dev/vda".into()], ..Default::default() };
+
+    let mut m = boot_to_ready(&config);
+    m.send_line("status").unwrap();
+    let status = m.expect("login:", SHORT).unwrap();
+    assert!(status.contains("cache       /dev/vda:") && status.contains("formatted it now"), "{status}");
+    m.send_line("poweroff").unwrap();
+    assert!(m.wait_exit(SHORT).unwrap().success());
+
+    // Second boot: the same disk is a cache now, opened, not formatted again.
+    let mut m = boot_to_ready(&config);
+    m.send_line("status").unwrap();
+    let status = m.expect("login:", SHORT).unwrap();
+    assert!(status.contains("cache       /dev/vda:") && status.contains("0 chunks"), "{status}");
+    assert!(!status.contains("formatted it now"), "{status}");
+    m.send_line("poweroff").unwrap();
+    assert!(m.wait_exit(SHORT).unwrap().success());
+}
+
+#[test]
+fn a_disk_holding_other_data_is_refused_not_formatted() {
+    let dir = system_tests::firmware::workspace().join("target/system-tests/foreign-disk-test");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let disk = dir.join("foreign.img");
+    let mut data = vec![0u8; 64 << 20];
+    data[..20].copy_from_slice(b"precious office data");
+    std::fs::write(&disk, &data).unwrap();
+    let config = MachineConfig { disks: vec![disk.clone()], extra_cmdline: vec!["collective.cache=/dev/vda".into()], ..Default::default() };
+    let mut m = boot_to_ready(&config);
+    m.send_line("status").unwrap();
+    let status = m.expect("login:", SHORT).unwrap();
+    assert!(status.contains("not usable: running from memory"), "{status}");
+    assert!(status.contains("holds data that is not a cache"), "{status}");
+    m.send_line("poweroff").unwrap();
+    assert!(m.wait_exit(SHORT).unwrap().success());
+    assert_eq!(&std::fs::read(&disk).unwrap()[..20], b"precious office data");
+}
