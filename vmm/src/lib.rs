@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod acpi;
+pub mod appliance_vm;
 pub mod arch;
 pub mod bus;
 pub mod config;
