@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Why a manifest cannot become a VM here.
+#[allow(missing_docs)] // the messages say it
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ApplianceVmError {
     #[error("appliance {name}: {disks} disks in the manifest but {backends} given")]
