@@ -36,6 +36,8 @@ pub struct BuildOptions {
     pub extra_cmdline: Vec<String>,
     /// More files for the initramfs: (file on the build machine, path in the initramfs).
     pub extra_files: Vec<(PathBuf, String)>,
+    /// zstd level of the initramfs (default [`initramfs::ZSTD_LEVEL`]).
+    pub zstd_level: i32,
 }
 
 impl BuildOptions {
@@ -52,6 +54,7 @@ impl BuildOptions {
             repo_url: None,
             extra_cmdline: Vec::new(),
             extra_files: Vec::new(),
+            zstd_level: initramfs::ZSTD_LEVEL,
         })
     }
 }
@@ -97,11 +100,10 @@ impl BuildReport {
         let _ = writeln!(s, "  vmlinuz    {:>10}  {}", human_bytes(self.vmlinuz_bytes), self.vmlinuz.display());
         let _ = writeln!(
             s,
-            "  initrd.img {:>10}  {} (cpio {}, zstd -{})",
+            "  initrd.img {:>10}  {} (cpio {}, zstd)",
             human_bytes(self.initrd_bytes),
             self.initrd.display(),
             human_bytes(self.cpio_bytes),
-            initramfs::ZSTD_LEVEL
         );
         let _ = writeln!(s, "  boot.ipxe             {}", self.ipxe.display());
         for (name, size) in &self.programs {
@@ -177,7 +179,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         tree.file(dest, 0o755, data);
     }
     let cpio = tree.to_cpio()?;
-    let initrd_bytes = initramfs::compress(&cpio)?;
+    let initrd_bytes = initramfs::compress_level(&cpio, opts.zstd_level)?;
 
     fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
     let vmlinuz = opts.out.join("vmlinuz");

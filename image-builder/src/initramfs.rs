@@ -119,7 +119,12 @@ pub const ZSTD_LEVEL: i32 = 19;
 
 /// Compresses a cpio archive for the kernel's initramfs unpacker.
 pub fn compress(cpio: &[u8]) -> Result<Vec<u8>> {
-    let mut encoder = zstd::stream::Encoder::new(Vec::new(), ZSTD_LEVEL)?;
+    compress_level(cpio, ZSTD_LEVEL)
+}
+
+/// Like [`compress`] at another level (test images trade size for build time).
+pub fn compress_level(cpio: &[u8], level: i32) -> Result<Vec<u8>> {
+    let mut encoder = zstd::stream::Encoder::new(Vec::new(), level)?;
     // A checksum lets the kernel reject a corrupted download instead of running it.
     encoder.include_checksum(true)?;
     encoder.write_all(cpio)?;

@@ -80,6 +80,7 @@ fn run(cli: Cli) -> Result<()> {
                 repo_url: repo,
                 extra_cmdline: cmdline,
                 extra_files,
+                zstd_level: image_builder::initramfs::ZSTD_LEVEL,
             };
             let report = image_builder::build(&opts)?;
             println!("{}", report.summary());

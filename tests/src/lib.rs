@@ -5,6 +5,7 @@
 //! Every wait has a timeout, and a failure prints the whole serial transcript, because
 //! "timed out waiting for login:" says nothing without what the machine printed instead.
 
+pub mod appliance;
 pub mod firmware;
 pub mod qemu;
 

@@ -22,6 +22,12 @@ fn main() {
     if let Some(c) = console.as_mut() {
         let _ = writeln!(c, "\r\n{line}\r");
     }
+    // `probe.hold_ms=N` keeps the guest alive a moment after the marker, so a benchmark
+    // can measure the VMM's memory while the guest is still running.
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    if let Some(ms) = cmdline.split_whitespace().find_map(|w| w.strip_prefix("probe.hold_ms=")).and_then(|v| v.parse().ok()) {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
     // SAFETY: plain syscalls.
     unsafe {
         libc::sync();
