@@ -53,6 +53,9 @@ pub fn build_static(workspace: &Path, programs: &[FirmwareProgram], extra_bins: 
         cmd.env_remove(var);
     }
     cmd.env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS", "-C target-feature=+crt-static");
+    // Every byte of the initramfs is unpacked at every boot; panic messages keep their
+    // file and line without the symbol table.
+    cmd.env("CARGO_PROFILE_RELEASE_STRIP", "symbols");
     info!("building static firmware programs: {}", all.iter().map(|(_, b)| *b).collect::<Vec<_>>().join(", "));
     let status = cmd.status().context("running cargo to build the firmware's programs")?;
     if !status.success() {

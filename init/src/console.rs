@@ -21,7 +21,7 @@ use std::time::Duration;
 /// real hardware bring-up takes a fraction of this; where drivers are slow (emulated
 /// machines), the person can start typing while KVM and the network finish, and the
 /// screen is told when they do.
-pub const PROMPT_DEADLINE: Duration = Duration::from_millis(500);
+pub const PROMPT_DEADLINE: Duration = Duration::from_millis(250);
 
 /// Serializes writes to the consoles, so an announcement never lands inside a banner.
 static OUTPUT: std::sync::Mutex<()> = std::sync::Mutex::new(());
