@@ -1,1 +1,31 @@
-//! The terminal's on-disk cache: a crash-safe, content-addressed chunk store with disk-image views and copy-on-write overlays.
+//! The terminal's on-disk cache: a crash-safe, content-addressed chunk store
+//! with disk-image views and copy-on-write overlays.
+//!
+//! * [`Cache`]: chunks keyed by sha256 ([`ChunkId`]) on a [`Storage`] (a raw
+//!   partition or a fixed-size file), LRU eviction, named pins, crash
+//!   recovery (journal + A/B checkpoints).
+//! * [`DiskView`]: a disk image as a chunk list; missing chunks come from a
+//!   [`ChunkSource`] and are verified before use.
+//! * [`Overlay`]: copy-on-write writes over a view, thrown away (system
+//!   disks) or persistent with write-back (user disks).
+//!
+//! See `docs/cachefs.md` for the on-disk format and the crash-consistency argument.
+
+pub mod alloc;
+pub mod cache;
+pub mod codec;
+pub mod error;
+pub mod fault;
+pub mod format;
+pub mod frames;
+pub mod id;
+pub mod overlay;
+pub mod storage;
+pub mod view;
+
+pub use cache::{Cache, CreateOptions, OpenOptions, RecoveryReport, Stats, VerifyReport};
+pub use error::{Error, Result};
+pub use id::ChunkId;
+pub use overlay::{Overlay, OverlayKind, WriteBack};
+pub use storage::{FileStorage, MemStorage, Storage};
+pub use view::{list_digest, ChunkSource, DirSource, DiskView, MemSource, NoSource, SourceError};

@@ -1,0 +1,256 @@
+//! `cachefs`: format, inspect and check a terminal cache device or file.
+
+use cachefs::{Cache, CreateOptions, Error, FileStorage};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "cachefs",
+    version,
+    about = "Format, inspect and check a Collective terminal cache"
+)]
+struct Cli {
+    /// Log more (repeat for debug output).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Format DEV as an empty cache. With --size, DEV is a regular file
+    /// created (or truncated) at that size.
+    Format {
+        dev: PathBuf,
+        /// Size of the file to create: bytes, or with a K/M/G/T suffix (powers of 1024).
+        #[arg(long, value_parser = parse_size)]
+        size: Option<u64>,
+        /// Format even if DEV already holds a cache or other data.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print usage, pins, overlays and chunk counts.
+    Inspect { dev: PathBuf },
+    /// Verify every record; exits 1 if damage was found (and not repaired).
+    Fsck {
+        dev: PathBuf,
+        /// Drop damaged chunks and rewrite the metadata.
+        #[arg(long)]
+        repair: bool,
+    },
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(format!("unknown size suffix in {s:?}")),
+            };
+            (&s[..i], m)
+        }
+        _ => (s, 1),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("not a size: {s:?}"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size too large: {s:?}"))
+}
+
+struct StderrLog;
+static LOGGER: StderrLog = StderrLog;
+impl log::Log for StderrLog {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::max_level()
+    }
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            eprintln!(
+                "cachefs: {}: {}",
+                r.level().as_str().to_lowercase(),
+                r.args()
+            );
+        }
+    }
+    fn flush(&self) {}
+}
+
+fn human(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => log::LevelFilter::Warn,
+        1 => log::LevelFilter::Info,
+        _ => log::LevelFilter::Debug,
+    };
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(level);
+    }
+    let res = match cli.cmd {
+        Cmd::Format { dev, size, force } => format(&dev, size, force),
+        Cmd::Inspect { dev } => inspect(&dev),
+        Cmd::Fsck { dev, repair } => fsck(&dev, repair),
+    };
+    match res {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("cachefs: error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn format(dev: &Path, size: Option<u64>, force: bool) -> Result<ExitCode, Error> {
+    let storage = match size {
+        Some(s) => {
+            if dev.exists() && !force {
+                let meta = std::fs::metadata(dev)?;
+                if !meta.is_file() || meta.len() > 0 {
+                    return Err(Error::Invalid(format!(
+                        "{} exists; use --force to overwrite it",
+                        dev.display()
+                    )));
+                }
+            }
+            FileStorage::create_file(dev, s)?
+        }
+        None => FileStorage::open(dev)?,
+    };
+    let cache = Cache::create(
+        Box::new(storage),
+        CreateOptions {
+            force: force || size.is_some(),
+        },
+    )?;
+    let s = cache.stats();
+    println!(
+        "formatted {}: {} device, {} for chunks, uuid {}",
+        dev.display(),
+        human(s.device_size),
+        human(s.arena_bytes),
+        s.uuid
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn inspect(dev: &Path) -> Result<ExitCode, Error> {
+    let cache = Cache::open(Box::new(FileStorage::open_read_only(dev)?))?;
+    let s = cache.stats();
+    let r = cache.recovery_report();
+    println!("device:      {} ({})", dev.display(), human(s.device_size));
+    println!("uuid:        {}", s.uuid);
+    println!("format:      version {}", cachefs::format::FORMAT_VERSION);
+    println!(
+        "superblock:  seq {} ({} journal commits since the checkpoint)",
+        s.superblock_seq, r.journal_commits_replayed
+    );
+    let pct = if s.arena_bytes > 0 {
+        100.0 * s.used_bytes as f64 / s.arena_bytes as f64
+    } else {
+        0.0
+    };
+    println!(
+        "usage:       {} of {} ({pct:.1}%)",
+        human(s.used_bytes),
+        human(s.arena_bytes)
+    );
+    println!(
+        "chunks:      {} ({} compressed), {} stored for {} of data",
+        s.chunks,
+        s.compressed_chunks,
+        human(s.stored_bytes),
+        human(s.plain_bytes)
+    );
+    println!("pinned:      {} chunks present", s.pinned_chunks_present);
+    println!("pins:        {}", s.pins.len());
+    for (name, n, present) in &s.pins {
+        println!("  {name}: {n} chunks, {present} present");
+    }
+    println!("overlays:    {}", s.overlays.len());
+    for (name, blocks) in &s.overlays {
+        println!("  {name}: {} changed", human(*blocks as u64 * 4096));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn fsck(dev: &Path, repair: bool) -> Result<ExitCode, Error> {
+    let storage = if repair {
+        FileStorage::open(dev)?
+    } else {
+        FileStorage::open_read_only(dev)?
+    };
+    let cache = Cache::open(Box::new(storage))?;
+    let r = cache.recovery_report().clone();
+    let mut problems = 0u64;
+    for d in &r.damaged_superblocks {
+        println!("superblock damaged ({d}); the other copy is in use");
+        problems += 1;
+    }
+    if r.used_older_superblock {
+        println!("newest checkpoint damaged; recovered from the older one");
+        problems += 1;
+    }
+    if r.dropped_chunks > 0 {
+        println!("{} chunk records with invalid locations", r.dropped_chunks);
+        problems += r.dropped_chunks;
+    }
+    if r.dropped_overlay_blocks > 0 {
+        println!(
+            "{} overlay blocks with invalid locations (user data lost)",
+            r.dropped_overlay_blocks
+        );
+        problems += r.dropped_overlay_blocks;
+    }
+    let (checked, bad, bad_ov) = cache.verify_all()?;
+    for id in &bad {
+        println!("chunk {id}: damaged record (checksum or hash mismatch)");
+    }
+    for (name, db) in &bad_ov {
+        println!(
+            "overlay {name}: block at disk offset {} damaged (user data lost)",
+            db * 4096
+        );
+    }
+    problems += bad.len() as u64 + bad_ov.len() as u64;
+    println!(
+        "{checked} chunk records checked, {} damaged; {} overlay blocks damaged",
+        bad.len(),
+        bad_ov.len()
+    );
+    if problems == 0 {
+        println!("clean");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if repair {
+        // Damaged chunks were dropped from the index while being read;
+        // a checkpoint makes that durable and rewrites both superblock copies.
+        cache.checkpoint()?;
+        cache.checkpoint()?;
+        println!("repaired: damaged chunks dropped (they will be refetched), metadata rewritten");
+        if bad_ov.is_empty() && r.dropped_overlay_blocks == 0 {
+            return Ok(ExitCode::SUCCESS);
+        }
+        println!("overlay damage cannot be repaired");
+    }
+    Ok(ExitCode::from(1))
+}
