@@ -1,0 +1,317 @@
+//! `collective-repo`: the administrator's CLI for an appliance repository.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use appliance::{KdfParams, NetworkAttachment, SecretKey};
+use clap::{Parser, Subcommand};
+use repository::error::{Error, Result};
+use repository::gc::GcOptions;
+use repository::image::Change;
+use repository::publish::{parse_size, DiskSpec, PublishRequest};
+use repository::server::ServeConfig;
+use repository::{fsutil, users, Repo};
+
+#[derive(Parser)]
+#[command(name = "collective-repo", version, about = "Keep appliances and users in a Collective repository, and serve it.")]
+struct Cli {
+    /// The repository directory for commands that do not take it as an argument.
+    #[arg(short = 'r', long = "repo", env = "COLLECTIVE_REPO", default_value = ".", global = true)]
+    repo: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create an empty repository in DIR.
+    Init { dir: PathBuf },
+    /// Make a publisher key pair: PREFIX.key (secret, keep it safe) and PREFIX.pub (build it
+    /// into the terminal image as a trusted key).
+    Keygen {
+        #[arg(long, default_value = "publisher")]
+        out: PathBuf,
+    },
+    /// Publish a new version of an appliance.
+    Publish {
+        dir: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        kernel: PathBuf,
+        #[arg(long)]
+        initrd: Option<PathBuf>,
+        #[arg(long, default_value = "")]
+        cmdline: String,
+        /// ROLE=IMAGE or ROLE=SIZE, ROLE being system or user (repeatable, guest order).
+        #[arg(long = "disk", required = true)]
+        disks: Vec<String>,
+        /// Guest memory in MiB.
+        #[arg(long)]
+        memory: u64,
+        #[arg(long)]
+        vcpus: u32,
+        /// An appliance network to join: NAME or NAME=MAC (repeatable, guest NIC order).
+        #[arg(long = "network")]
+        networks: Vec<String>,
+        /// Chunk size (power of two, 4K to 4M).
+        #[arg(long, default_value = "64K")]
+        chunk_size: String,
+        /// Boot trace: lines `BLOB OFFSET` in first-read order.
+        #[arg(long)]
+        boot_trace: Option<PathBuf>,
+        /// The publisher's secret key file (from keygen).
+        #[arg(long, env = "COLLECTIVE_KEY", default_value = "publisher.key")]
+        key: PathBuf,
+    },
+    /// Make or change ext4 disk images.
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Manage appliance sets.
+    #[command(subcommand)]
+    Set(SetCmd),
+    /// List appliances (with versions) and users (with sets).
+    List,
+    /// Remove chunks that no manifest refers to. Safe while publishes and uploads run.
+    Gc {
+        /// Unreferenced chunks younger than this many seconds are kept.
+        #[arg(long, default_value_t = 3600)]
+        grace: u64,
+        /// Also delete all but the newest N versions of each appliance first.
+        #[arg(long)]
+        keep_versions: Option<usize>,
+        /// Only report what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Serve the repository over HTTP or HTTPS.
+    Serve {
+        dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Access log file (default DIR/logs/access.log).
+        #[arg(long)]
+        access_log: Option<PathBuf>,
+        #[arg(long, default_value_t = 8)]
+        threads: usize,
+        #[arg(long, hide = true)]
+        insecure_fast_kdf: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCmd {
+    /// Make an ext4 image from a directory, reproducibly.
+    Create {
+        src: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        size: String,
+        #[arg(long, default_value = "system")]
+        label: String,
+    },
+    /// Change an image in place, keeping unchanged files where they are (copy the previous
+    /// version's image first, then update the copy).
+    Update {
+        image: PathBuf,
+        /// HOST=GUEST: copy a host file or tree to an absolute path in the image.
+        #[arg(long = "add")]
+        add: Vec<String>,
+        /// GUEST: remove a file from the image.
+        #[arg(long = "remove")]
+        remove: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Add a user; the password is asked for, or read from standard input if it is not a terminal.
+    Add {
+        name: String,
+        #[arg(long, hide = true)]
+        insecure_fast_kdf: bool,
+    },
+    /// Change a user's password.
+    Passwd {
+        name: String,
+        #[arg(long, hide = true)]
+        insecure_fast_kdf: bool,
+    },
+    /// Remove a user (their user disks are kept).
+    Remove { name: String },
+}
+
+#[derive(Subcommand)]
+enum SetCmd {
+    /// Set a user's appliance set (replaces the old one), in start order.
+    Assign { user: String, appliances: Vec<String> },
+}
+
+fn kdf(insecure: bool) -> KdfParams {
+    if insecure {
+        log::warn!("using test-only argon2 parameters: the verifier is weak");
+        KdfParams::INSECURE_FOR_TESTS
+    } else {
+        KdfParams::DEFAULT
+    }
+}
+
+fn read_password(confirm: bool) -> Result<String> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        let p = rpassword::prompt_password("Password: ").map_err(|e| Error::Usage(format!("cannot read the password: {e}")))?;
+        if confirm {
+            let again = rpassword::prompt_password("Again: ").map_err(|e| Error::Usage(format!("cannot read the password: {e}")))?;
+            if again != p {
+                return Err(Error::Usage("the passwords differ; nothing changed, try again".into()));
+            }
+        }
+        Ok(p)
+    } else {
+        let mut line = String::new();
+        stdin.lock().read_line(&mut line).map_err(|e| Error::Usage(format!("cannot read the password from standard input: {e}")))?;
+        let p = line.trim_end_matches(['\n', '\r']).to_owned();
+        if p.is_empty() {
+            return Err(Error::Usage("no password on standard input: pipe it in, e.g. `echo secret | collective-repo user add NAME`".into()));
+        }
+        Ok(p)
+    }
+}
+
+fn keygen(out: &Path) -> Result<()> {
+    let key = SecretKey::generate();
+    let secret = out.with_extension("key");
+    let public = out.with_extension("pub");
+    for p in [&secret, &public] {
+        if p.exists() {
+            return Err(Error::Usage(format!("{} exists already; move it away or pick another --out (a new key is not trusted by existing terminals)", p.display())));
+        }
+    }
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&secret).map_err(|e| fsutil::io_context("creating", &secret, e))?;
+        f.write_all(key.to_file_text().as_bytes()).and_then(|()| f.sync_all()).map_err(|e| fsutil::io_context("writing", &secret, e))?;
+    }
+    let text = format!("# Collective publisher key: build this line into terminal images as a trusted key.\n{}\n", key.public());
+    std::fs::write(&public, text).map_err(|e| fsutil::io_context("writing", &public, e))?;
+    println!("secret key: {} (keep it off the server, back it up)", secret.display());
+    println!("public key: {} = {}", public.display(), key.public());
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Init { dir } => {
+            Repo::init(&dir)?;
+            println!("created an empty repository in {}", dir.display());
+        }
+        Cmd::Keygen { out } => keygen(&out)?,
+        Cmd::Publish { dir, name, kernel, initrd, cmdline, disks, memory, vcpus, networks, chunk_size, boot_trace, key } => {
+            let repo = Repo::open(&dir)?;
+            let key_text = std::fs::read_to_string(&key).map_err(|e| Error::Input { what: "secret key (make one with `collective-repo keygen`, pass it with --key)", path: key.clone(), why: e.to_string() })?;
+            let key = SecretKey::from_file_text(&key_text)?;
+            let disks = disks.iter().map(|d| d.parse::<DiskSpec>()).collect::<Result<Vec<_>>>()?;
+            let networks = networks
+                .iter()
+                .map(|n| match n.split_once('=') {
+                    Some((net, mac)) => NetworkAttachment { network: net.into(), mac: Some(mac.to_lowercase()) },
+                    None => NetworkAttachment { network: n.clone(), mac: None },
+                })
+                .collect();
+            let chunk_size = parse_size(&chunk_size).and_then(|s| u32::try_from(s).ok()).ok_or_else(|| Error::Usage(format!("--chunk-size {chunk_size:?} is not a size like 64K")))?;
+            let req = PublishRequest { name: name.clone(), kernel, initrd, cmdline, disks, memory_mib: memory, vcpus, networks, chunk_size, boot_trace };
+            let stats = repository::publish::publish(&repo, &req, &key)?;
+            println!("published {name} version {}", stats.version);
+            println!(
+                "new: {} bytes in {} chunks ({} bytes stored); already stored: {} bytes in {} chunks; zero: {} bytes; {:.2} s",
+                stats.new_bytes, stats.new_chunks, stats.new_stored_bytes, stats.existing_bytes, stats.existing_chunks, stats.zero_bytes, stats.elapsed.as_secs_f64()
+            );
+        }
+        Cmd::Image(ImageCmd::Create { src, out, size, label }) => {
+            let size = parse_size(&size).ok_or_else(|| Error::Usage(format!("--size {size:?} is not a size like 256M")))?;
+            repository::image::create(&src, &out, size, &label)?;
+            println!("wrote {}", out.display());
+        }
+        Cmd::Image(ImageCmd::Update { image, add, remove }) => {
+            let mut changes = Vec::new();
+            for r in remove {
+                changes.push(Change::Remove { guest: r });
+            }
+            for a in add {
+                let (host, guest) = a.split_once('=').ok_or_else(|| Error::Usage(format!("--add {a:?}: write HOST=GUEST, e.g. ./pkg=/opt/pkg")))?;
+                changes.push(Change::Add { host: host.into(), guest: guest.into() });
+            }
+            repository::image::update(&image, &changes)?;
+            println!("updated {}", image.display());
+        }
+        Cmd::User(UserCmd::Add { name, insecure_fast_kdf }) => {
+            let repo = Repo::open(&cli.repo)?;
+            let password = read_password(true)?;
+            users::add(&repo, &name, &password, kdf(insecure_fast_kdf))?;
+            println!("added user {name}; give them appliances with `collective-repo set assign {name} APPLIANCE...`");
+        }
+        Cmd::User(UserCmd::Passwd { name, insecure_fast_kdf }) => {
+            let repo = Repo::open(&cli.repo)?;
+            let password = read_password(true)?;
+            users::passwd(&repo, &name, &password, kdf(insecure_fast_kdf))?;
+            println!("changed the password of {name}");
+        }
+        Cmd::User(UserCmd::Remove { name }) => {
+            let repo = Repo::open(&cli.repo)?;
+            users::remove(&repo, &name)?;
+            println!("removed user {name} (their user disks are kept)");
+        }
+        Cmd::Set(SetCmd::Assign { user, appliances }) => {
+            let repo = Repo::open(&cli.repo)?;
+            users::assign(&repo, &user, &appliances)?;
+            println!("{user}'s appliance set: [{}]", appliances.join(", "));
+        }
+        Cmd::List => {
+            let repo = Repo::open(&cli.repo)?;
+            print!("{}", users::list(&repo)?);
+        }
+        Cmd::Gc { grace, keep_versions, dry_run } => {
+            let repo = Repo::open(&cli.repo)?;
+            let stats = repository::gc::gc(&repo, &GcOptions { grace: Duration::from_secs(grace), keep_versions, dry_run })?;
+            println!("{}{stats}", if dry_run { "dry run: " } else { "" });
+        }
+        Cmd::Serve { dir, listen, tls_cert, tls_key, access_log, threads, insecure_fast_kdf } => {
+            let repo = Repo::open(&dir)?;
+            let mut config = ServeConfig::new(&repo, &listen);
+            config.tls = tls_cert.zip(tls_key);
+            if access_log.is_some() {
+                config.access_log = access_log;
+            }
+            config.threads = threads;
+            config.dummy_kdf = kdf(insecure_fast_kdf);
+            let scheme = if config.tls.is_some() { "https" } else { "http" };
+            let server = repository::server::start(repo, &config)?;
+            // Tests and scripts read this line to learn the port.
+            println!("listening on {scheme}://{}", server.addr());
+            let _ = std::io::stdout().flush();
+            server.wait();
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).format_timestamp_millis().init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

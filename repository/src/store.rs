@@ -1,0 +1,368 @@
+//! The repository on disk: where everything lives and the primitive operations on it.
+//!
+//! ```text
+//! DIR/repository.json                       {"format":1,"kind":"collective-repository"}
+//! DIR/public/                               the static root: serve it with any HTTP server
+//!   chunks/<2 hex>/<64 hex>                 stored chunks (immutable)
+//!   manifests/<appliance>/<version>.json    signed manifests (immutable)
+//! DIR/private/                              never served as files
+//!   users/<name>.json                       user records (argon2id verifiers, appliance set)
+//!   userdisks/<user>/<appliance>/<disk>.json  current user-disk manifests
+//!   tmp/                                    temporary files, moved into place when complete
+//! DIR/logs/access.log                       the server's access log (default)
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use appliance::chunk::encode_chunk;
+use appliance::names::validate_name;
+use appliance::wire::{chunk_path, manifest_path};
+use appliance::{ChunkId, UserDiskManifest, UserRecord};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::fsutil::{self, io_context};
+
+/// Version of the repository's on-disk layout.
+pub const REPOSITORY_FORMAT: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct RepoInfo {
+    format: u32,
+    kind: String,
+}
+
+/// What storing one chunk did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stored {
+    /// It was new; this many bytes were written (encoded size).
+    New(u64),
+    /// It was already there (its mtime was refreshed for `gc`).
+    Existing,
+}
+
+/// An opened repository.
+#[derive(Clone, Debug)]
+pub struct Repo {
+    root: PathBuf,
+}
+
+impl Repo {
+    /// Creates the layout in `dir` (which may exist but must not be a repository yet).
+    pub fn init(dir: &Path) -> Result<Repo> {
+        let info = dir.join("repository.json");
+        if info.exists() {
+            return Err(Error::Usage(format!("{} is already a repository; nothing to do", dir.display())));
+        }
+        let repo = Repo { root: dir.to_path_buf() };
+        for d in [repo.public().join("chunks"), repo.public().join("manifests"), repo.private().join("users"), repo.private().join("userdisks"), repo.tmp_dir(), dir.join("logs")] {
+            fsutil::create_dir_all(&d)?;
+        }
+        let text = serde_json::to_vec_pretty(&RepoInfo { format: REPOSITORY_FORMAT, kind: "collective-repository".into() }).map_err(|e| Error::Usage(e.to_string()))?;
+        fsutil::write_new(&repo.tmp_dir(), &info, &text)?;
+        Ok(repo)
+    }
+
+    /// Opens an existing repository, refusing unknown layouts.
+    pub fn open(dir: &Path) -> Result<Repo> {
+        let info = dir.join("repository.json");
+        let text = match fs::read(&info) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Error::NotARepository(dir.to_path_buf())),
+            Err(e) => return Err(io_context("reading", &info, e)),
+        };
+        let parsed: RepoInfo = serde_json::from_slice(&text).map_err(|e| Error::Usage(format!("{} is damaged: {e}", info.display())))?;
+        if parsed.format != REPOSITORY_FORMAT || parsed.kind != "collective-repository" {
+            return Err(Error::Usage(format!(
+                "{} has layout format {} (this program knows {REPOSITORY_FORMAT}); use a matching collective-repo",
+                dir.display(),
+                parsed.format
+            )));
+        }
+        Ok(Repo { root: dir.to_path_buf() })
+    }
+
+    /// The repository directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    /// The static root (`public/`).
+    pub fn public(&self) -> PathBuf {
+        self.root.join("public")
+    }
+    /// Private data (`private/`).
+    pub fn private(&self) -> PathBuf {
+        self.root.join("private")
+    }
+    /// Temporary files.
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.private().join("tmp")
+    }
+    /// Default access log path.
+    pub fn default_access_log(&self) -> PathBuf {
+        self.root.join("logs").join("access.log")
+    }
+
+    // ---- chunks ----
+
+    /// Where chunk `id` is stored.
+    pub fn chunk_file(&self, id: &ChunkId) -> PathBuf {
+        self.public().join(chunk_path(id))
+    }
+
+    /// True if chunk `id` is stored.
+    pub fn has_chunk(&self, id: &ChunkId) -> bool {
+        self.chunk_file(id).is_file()
+    }
+
+    /// Refreshes a stored chunk's mtime, which tells a concurrent `gc` that it is in use.
+    /// `Ok(false)` if the chunk is not (or no longer) there.
+    pub fn touch_chunk(&self, id: &ChunkId) -> Result<bool> {
+        let path = self.chunk_file(id);
+        match OpenOptions::new().append(true).open(&path) {
+            Ok(f) => {
+                f.set_modified(SystemTime::now()).map_err(|e| io_context("refreshing", &path, e))?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_context("opening", &path, e)),
+        }
+    }
+
+    /// Stores the plaintext chunk `data` under `id` (which the caller computed) unless it is
+    /// there already. Durable except for the directory entry: call [`Repo::sync_chunk_dirs`]
+    /// before publishing anything that refers to it.
+    pub fn put_chunk(&self, id: &ChunkId, data: &[u8]) -> Result<Stored> {
+        if self.touch_chunk(id)? {
+            return Ok(Stored::Existing);
+        }
+        let encoded = encode_chunk(data);
+        self.put_encoded_chunk(id, &encoded)?;
+        Ok(Stored::New(encoded.len() as u64))
+    }
+
+    /// Stores an already-encoded chunk (the caller verified it decodes to `id`).
+    pub fn put_encoded_chunk(&self, id: &ChunkId, encoded: &[u8]) -> Result<()> {
+        let dest = self.chunk_file(id);
+        if let Some(dir) = dest.parent() {
+            if !dir.is_dir() {
+                fsutil::create_dir_all(dir)?;
+            }
+        }
+        fsutil::write_replace_nodirsync(&self.tmp_dir(), &dest, encoded)
+    }
+
+    /// fsyncs the chunk directories (and `chunks/` itself) so every stored chunk's name is
+    /// durable. Cheap enough to call once per publish or commit: at most 257 directories.
+    pub fn sync_chunk_dirs(&self) -> Result<()> {
+        let chunks = self.public().join("chunks");
+        for entry in fs::read_dir(&chunks).map_err(|e| io_context("listing", &chunks, e))? {
+            let entry = entry.map_err(|e| io_context("listing", &chunks, e))?;
+            if entry.path().is_dir() {
+                fsutil::fsync_dir(&entry.path())?;
+            }
+        }
+        fsutil::fsync_dir(&chunks)
+    }
+
+    /// Every stored chunk with its path.
+    pub fn list_chunks(&self) -> Result<Vec<(ChunkId, PathBuf)>> {
+        let chunks = self.public().join("chunks");
+        let mut out = Vec::new();
+        for sub in fs::read_dir(&chunks).map_err(|e| io_context("listing", &chunks, e))? {
+            let sub = sub.map_err(|e| io_context("listing", &chunks, e))?.path();
+            if !sub.is_dir() {
+                continue;
+            }
+            for f in fs::read_dir(&sub).map_err(|e| io_context("listing", &sub, e))? {
+                let path = f.map_err(|e| io_context("listing", &sub, e))?.path();
+                if let Some(id) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<ChunkId>().ok()) {
+                    out.push((id, path));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    // ---- manifests ----
+
+    /// Where a signed manifest is stored.
+    pub fn manifest_file(&self, appliance: &str, version: u64) -> PathBuf {
+        self.public().join(manifest_path(appliance, version))
+    }
+
+    /// Published versions of every appliance, ascending.
+    pub fn appliances(&self) -> Result<BTreeMap<String, Vec<u64>>> {
+        let dir = self.public().join("manifests");
+        let mut out = BTreeMap::new();
+        for entry in fs::read_dir(&dir).map_err(|e| io_context("listing", &dir, e))? {
+            let entry = entry.map_err(|e| io_context("listing", &dir, e))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+            if validate_name("appliance name", &name).is_err() {
+                continue;
+            }
+            out.insert(name.clone(), self.versions(&name)?);
+        }
+        Ok(out)
+    }
+
+    /// Published versions of `appliance`, ascending (empty if none).
+    pub fn versions(&self, appliance: &str) -> Result<Vec<u64>> {
+        validate_name("appliance name", appliance)?;
+        let dir = self.public().join("manifests").join(appliance);
+        let mut versions = Vec::new();
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(versions),
+            Err(e) => return Err(io_context("listing", &dir, e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| io_context("listing", &dir, e))?;
+            if let Some(v) = entry.file_name().to_str().and_then(|n| n.strip_suffix(".json")).and_then(|n| n.parse::<u64>().ok()) {
+                versions.push(v);
+            }
+        }
+        versions.sort_unstable();
+        Ok(versions)
+    }
+
+    /// The latest version of `appliance`, if any.
+    pub fn latest(&self, appliance: &str) -> Result<Option<u64>> {
+        Ok(self.versions(appliance)?.last().copied())
+    }
+
+    // ---- users ----
+
+    fn user_file(&self, name: &str) -> Result<PathBuf> {
+        validate_name("user name", name)?;
+        Ok(self.private().join("users").join(format!("{name}.json")))
+    }
+
+    /// Reads a user record; `Ok(None)` if there is no such user.
+    pub fn user(&self, name: &str) -> Result<Option<UserRecord>> {
+        let path = self.user_file(name)?;
+        let text = match fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_context("reading", &path, e)),
+        };
+        let rec: UserRecord = serde_json::from_slice(&text).map_err(|e| Error::Usage(format!("{} is damaged: {e}", path.display())))?;
+        rec.validate()?;
+        Ok(Some(rec))
+    }
+
+    /// Creates a user record; fails if the user exists.
+    pub fn create_user(&self, rec: &UserRecord) -> Result<()> {
+        rec.validate()?;
+        let path = self.user_file(&rec.name)?;
+        if !fsutil::write_new(&self.tmp_dir(), &path, &to_json(rec)?)? {
+            return Err(Error::User(format!(
+                "user {} exists already: use `collective-repo user passwd {}` to change the password, or pick another name",
+                rec.name, rec.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// Replaces an existing user record.
+    pub fn update_user(&self, rec: &UserRecord) -> Result<()> {
+        rec.validate()?;
+        let path = self.user_file(&rec.name)?;
+        fsutil::write_replace(&self.tmp_dir(), &path, &to_json(rec)?)
+    }
+
+    /// Removes a user record. Their user disks are kept (deleting data is a separate,
+    /// deliberate step: remove `private/userdisks/<name>/`). `Ok(false)` if there was no
+    /// such user.
+    pub fn remove_user(&self, name: &str) -> Result<bool> {
+        let path = self.user_file(name)?;
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                fsutil::fsync_parent(&path)?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_context("removing", &path, e)),
+        }
+    }
+
+    /// All user names, sorted.
+    pub fn user_names(&self) -> Result<Vec<String>> {
+        let dir = self.private().join("users");
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(|e| io_context("listing", &dir, e))? {
+            let entry = entry.map_err(|e| io_context("listing", &dir, e))?;
+            if let Some(n) = entry.file_name().to_str().and_then(|n| n.strip_suffix(".json")) {
+                out.push(n.to_owned());
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    // ---- user disks ----
+
+    /// Where a user disk's current manifest lives.
+    pub fn user_disk_file(&self, user: &str, appliance: &str, disk: &str) -> Result<PathBuf> {
+        validate_name("user name", user)?;
+        validate_name("appliance name", appliance)?;
+        validate_name("disk name", disk)?;
+        Ok(self.private().join("userdisks").join(user).join(appliance).join(format!("{disk}.json")))
+    }
+
+    /// The current manifest of a user disk, if one was ever committed.
+    pub fn user_disk(&self, user: &str, appliance: &str, disk: &str) -> Result<Option<UserDiskManifest>> {
+        let path = self.user_disk_file(user, appliance, disk)?;
+        let text = match fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_context("reading", &path, e)),
+        };
+        let m: UserDiskManifest = serde_json::from_slice(&text).map_err(|e| Error::Usage(format!("{} is damaged: {e}", path.display())))?;
+        m.validate()?;
+        Ok(Some(m))
+    }
+
+    /// Writes a user disk's manifest (the caller did the compare-and-swap check).
+    pub fn write_user_disk(&self, m: &UserDiskManifest) -> Result<()> {
+        let path = self.user_disk_file(&m.user, &m.appliance, &m.disk)?;
+        if let Some(dir) = path.parent() {
+            fsutil::create_dir_all(dir)?;
+        }
+        fsutil::write_replace(&self.tmp_dir(), &path, &to_json(m)?)
+    }
+
+    /// Every committed user-disk manifest file.
+    pub fn user_disk_files(&self) -> Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        walk_json(&self.private().join("userdisks"), &mut out)?;
+        Ok(out)
+    }
+}
+
+fn walk_json(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_context("listing", dir, e)),
+    };
+    for entry in entries {
+        let path = entry.map_err(|e| io_context("listing", dir, e))?.path();
+        if path.is_dir() {
+            walk_json(&path, out)?;
+        } else if path.extension().is_some_and(|x| x == "json") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    let mut text = serde_json::to_vec_pretty(v).map_err(|e| Error::Usage(format!("cannot encode: {e}")))?;
+    text.push(b'\n');
+    Ok(text)
+}

@@ -1,0 +1,208 @@
+//! Publishing, dedup, garbage collection, crash/full-disk behaviour and CLI errors.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use appliance::wire::manifest_path;
+use appliance::{ChunkId, SignedManifest};
+use common::*;
+use repository::gc::{gc, GcOptions};
+
+#[test]
+fn second_version_stores_only_changed_chunks() {
+    let f = Fixture::new();
+    let mut v2 = f.system.clone();
+    v2[70_000] ^= 1; // one byte in chunk 1
+    v2[900_000] = 5; // a zero chunk becomes non-zero
+    let stats = f.publish("desk", &v2);
+    assert_eq!(stats.version, 2);
+    assert_eq!(stats.new_chunks, 2, "{stats}");
+    assert_eq!(stats.new_bytes, 2 * 65536);
+    assert!(stats.existing_chunks >= 5, "{stats}");
+    // Unchanged republish: nothing new.
+    let stats = f.publish("desk", &v2);
+    assert_eq!((stats.version, stats.new_chunks), (3, 0));
+    // Another appliance sharing content dedups against it.
+    let stats = f.publish("other", &v2);
+    assert_eq!((stats.version, stats.new_chunks), (1, 0));
+    let bytes = std::fs::read(f.repo.public().join(manifest_path("desk", 2))).unwrap();
+    let m = SignedManifest::verify_bytes(&bytes, &f.trusted()).unwrap();
+    assert_eq!(m.disk("user").unwrap().image.chunks.iter().flatten().count(), 0);
+}
+
+#[test]
+fn gc_keeps_referenced_and_young_chunks_and_removes_the_rest() {
+    let f = Fixture::new();
+    let v1_chunks: std::collections::HashSet<ChunkId> = f.repo.list_chunks().unwrap().into_iter().map(|c| c.0).collect();
+    let mut v2 = f.system.clone();
+    v2[..200_000].copy_from_slice(&bytes(99, 200_000, true));
+    f.publish("desk", &v2);
+
+    // Nothing is unreferenced yet: gc removes nothing.
+    let s = gc(&f.repo, &GcOptions { grace: Duration::ZERO, ..Default::default() }).unwrap();
+    assert_eq!(s.removed_chunks, 0);
+
+    // Drop version 1. Its own chunks are unreferenced but young: kept with the default grace.
+    let s = gc(&f.repo, &GcOptions { keep_versions: Some(1), ..Default::default() }).unwrap();
+    assert_eq!(s.removed_manifests, 1);
+    assert_eq!(s.removed_chunks, 0);
+    assert!(s.kept_recent >= 4, "{s:?}");
+
+    // Age them: now they go, and version 2 stays complete.
+    let old = SystemTime::now() - Duration::from_secs(7200);
+    for (_, path) in f.repo.list_chunks().unwrap() {
+        std::fs::OpenOptions::new().append(true).open(&path).unwrap().set_modified(old).unwrap();
+    }
+    // A writer touching an unreferenced chunk (as publish does) protects it.
+    let protected = *v1_chunks.iter().find(|id| !repository::gc::mark(&f.repo).unwrap().contains(id)).unwrap();
+    assert!(f.repo.touch_chunk(&protected).unwrap());
+    let dry = gc(&f.repo, &GcOptions { grace: Duration::from_secs(3600), dry_run: true, ..Default::default() }).unwrap();
+    let s = gc(&f.repo, &GcOptions { grace: Duration::from_secs(3600), ..Default::default() }).unwrap();
+    assert_eq!(dry.removed_chunks, s.removed_chunks);
+    assert!(s.removed_chunks >= 3, "{s:?}");
+    assert!(f.repo.has_chunk(&protected));
+    let referenced = repository::gc::mark(&f.repo).unwrap();
+    assert!(referenced.iter().all(|id| f.repo.has_chunk(id)), "gc removed a referenced chunk");
+}
+
+#[test]
+fn gc_refuses_to_run_with_an_unreadable_manifest() {
+    let f = Fixture::new();
+    std::fs::write(f.repo.manifest_file("desk", 7), b"{garbage").unwrap();
+    let before = f.repo.list_chunks().unwrap().len();
+    let err = gc(&f.repo, &GcOptions { grace: Duration::ZERO, ..Default::default() }).unwrap_err();
+    assert!(err.to_string().contains("without deleting anything"), "{err}");
+    assert_eq!(f.repo.list_chunks().unwrap().len(), before);
+}
+
+#[test]
+fn publish_on_a_full_disk_leaves_nothing_visible() {
+    // Needs root to mount a small tmpfs; skipped otherwise.
+    let f = Fixture::new();
+    let mnt = f.path("small");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"]).arg(&mnt).status().map(|s| s.success()).unwrap_or(false);
+    if !mounted {
+        eprintln!("SKIPPED: cannot mount a tmpfs (not root?)");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let repo = repository::Repo::init(&mnt.join("repo")).unwrap();
+    let big = bytes(5, 3 << 20, false); // incompressible, larger than the disk
+    let (k, s) = (f.path("k"), f.path("big.img"));
+    std::fs::write(&k, &f.kernel).unwrap();
+    std::fs::write(&s, &big).unwrap();
+    let err = repository::publish::publish(&repo, &request("desk", &k, &s), &f.key).unwrap_err().to_string();
+    assert!(err.contains("disk is full"), "{err}");
+    assert!(repo.versions("desk").unwrap().is_empty(), "no version may become visible");
+    let leftovers: Vec<_> = std::fs::read_dir(repo.tmp_dir()).unwrap().collect();
+    assert!(leftovers.is_empty(), "temporary files left behind: {leftovers:?}");
+    // Every chunk that did become visible is complete.
+    for (id, path) in repo.list_chunks().unwrap() {
+        appliance::decode_chunk(&id, &std::fs::read(path).unwrap()).unwrap();
+    }
+}
+
+fn cli(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_collective-repo"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(s) = stdin {
+        input.write_all(s.as_bytes()).unwrap();
+    }
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn cli_end_to_end_and_errors_that_say_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = |p: &str| tmp.path().join(p).to_string_lossy().into_owned();
+    let repo = d("repo");
+    assert!(cli(&["init", &repo], None).0);
+    let (ok, _, err) = cli(&["init", &repo], None);
+    assert!(!ok && err.contains("already a repository"), "{err}");
+    let (ok, out, _) = cli(&["keygen", "--out", &d("pub")], None);
+    assert!(ok && out.contains("ed25519:"), "{out}");
+    let (ok, _, err) = cli(&["keygen", "--out", &d("pub")], None);
+    assert!(!ok && err.contains("exists already"), "{err}");
+    std::fs::write(d("kernel"), bytes(1, 100_000, true)).unwrap();
+    std::fs::write(d("sys.img"), system_image(3)).unwrap();
+
+    let publish = |sys: &str| {
+        cli(&["publish", &repo, "--name", "desk", "--kernel", &d("kernel"), "--disk", &format!("system={sys}"), "--disk", "user=16M", "--memory", "256", "--vcpus", "1", "--key", &d("pub.key"), "--network", "office"], None)
+    };
+    let (ok, out, err) = publish(&d("sys.img"));
+    assert!(ok, "{err}");
+    assert!(out.contains("published desk version 1"), "{out}");
+    assert!(out.contains("already stored: 0 bytes"), "{out}");
+    let (ok, _, err) = publish(&d("missing.img"));
+    assert!(!ok && err.contains("missing.img") && err.contains("check the path"), "{err}");
+    let (ok, _, err) = cli(&["publish", &d("nowhere"), "--name", "x", "--kernel", "k", "--disk", "system=s", "--memory", "64", "--vcpus", "1"], None);
+    assert!(!ok && err.contains("collective-repo init"), "{err}");
+
+    let (ok, _, err) = cli(&["-r", &repo, "user", "add", "alice", "--insecure-fast-kdf"], Some("pw1\n"));
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli(&["-r", &repo, "user", "add", "alice", "--insecure-fast-kdf"], Some("pw2\n"));
+    assert!(!ok && err.contains("exists already") && err.contains("user passwd"), "{err}");
+    let (ok, _, err) = cli(&["-r", &repo, "user", "add", "bob", "--insecure-fast-kdf"], Some(""));
+    assert!(!ok && err.contains("no password"), "{err}");
+    let (ok, _, err) = cli(&["-r", &repo, "set", "assign", "alice", "nosuch"], None);
+    assert!(!ok && err.contains("no published version"), "{err}");
+    assert!(cli(&["-r", &repo, "set", "assign", "alice", "desk"], None).0);
+    assert!(cli(&["-r", &repo, "user", "passwd", "alice", "--insecure-fast-kdf"], Some("pw3\n")).0);
+    let r = repository::Repo::open(tmp.path().join("repo").as_path()).unwrap();
+    let rec = r.user("alice").unwrap().unwrap();
+    appliance::verify_password(&rec.verifier, "pw3").unwrap();
+    let (ok, out, _) = cli(&["-r", &repo, "list"], None);
+    assert!(ok && out.contains("desk: versions 1") && out.contains("alice: set [desk]"), "{out}");
+    assert!(cli(&["-r", &repo, "user", "remove", "alice"], None).0);
+    let (ok, _, err) = cli(&["-r", &repo, "user", "remove", "alice"], None);
+    assert!(!ok && err.contains("no user alice"), "{err}");
+    let (ok, out, _) = cli(&["-r", &repo, "gc"], None);
+    assert!(ok && out.contains("removed 0 unreferenced"), "{out}");
+}
+
+#[test]
+fn ext4_images_are_reproducible_and_updates_layout_stable() {
+    if Command::new("mkfs.ext4").arg("-V").output().is_err() {
+        eprintln!("SKIPPED: e2fsprogs not installed");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("etc")).unwrap();
+    for i in 0..20 {
+        std::fs::write(src.join(format!("etc/file{i}")), bytes(i, 50_000, true)).unwrap();
+    }
+    let (a, b) = (tmp.path().join("a.img"), tmp.path().join("b.img"));
+    repository::image::create(&src, &a, 8 << 20, "test").unwrap();
+    repository::image::create(&src, &b, 8 << 20, "test").unwrap();
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "same tree, same image");
+
+    let pkg = tmp.path().join("pkg");
+    std::fs::create_dir_all(pkg.join("bin")).unwrap();
+    std::fs::write(pkg.join("bin/tool"), bytes(77, 100_000, false)).unwrap();
+    repository::image::update(&b, &[repository::image::Change::Add { host: pkg.clone(), guest: "/opt/pkg".into() }]).unwrap();
+    let (va, vb) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    let changed_blocks = va.chunks(4096).zip(vb.chunks(4096)).filter(|(x, y)| x != y).count();
+    // 100 KB of data is 25 blocks, plus a few metadata blocks.
+    assert!(changed_blocks >= 25 && changed_blocks < 60, "{changed_blocks} blocks changed");
+    let err = repository::image::update(&b, &[repository::image::Change::Add { host: tmp.path().join("nope"), guest: "/x".into() }]).unwrap_err();
+    assert!(err.to_string().contains("check the path"), "{err}");
+}
