@@ -21,6 +21,7 @@ pub mod error;
 pub mod fetch;
 pub mod fill;
 pub mod login;
+pub mod progress;
 pub mod set;
 pub mod store;
 pub mod writeback;
