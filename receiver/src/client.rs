@@ -254,3 +254,26 @@ fn tls_config(ca: &std::path::Path) -> Result<rustls::ClientConfig> {
         .with_root_certificates(roots)
         .with_no_client_auth())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let c = RepoConfig::new("http://x/", vec![]);
+        assert_eq!(c.backoff_for(1), Duration::ZERO);
+        assert_eq!(c.backoff_for(2), Duration::from_millis(100));
+        assert_eq!(c.backoff_for(3), Duration::from_millis(200));
+        assert_eq!(c.backoff_for(9), Duration::from_secs(5));
+        assert_eq!(c.backoff_for(60), Duration::from_secs(5), "no overflow on huge attempt counts");
+    }
+
+    #[test]
+    fn urls_are_checked() {
+        assert!(matches!(RepoClient::new(RepoConfig::new("ftp://x/", vec![])), Err(Error::Config(_))));
+        let c = RepoClient::new(RepoConfig::new("http://repo:8080", vec![])).unwrap();
+        assert_eq!(c.base(), "http://repo:8080/");
+        assert_eq!(c.url("/chunks/ab/cd"), "http://repo:8080/chunks/ab/cd");
+    }
+}

@@ -48,3 +48,19 @@ pub fn open_user_disk(cache: &Arc<Cache>, user: &str, appliance: &str, disk: &st
     let v = view(cache, blob, source)?;
     Ok(Overlay::user(v, &user_overlay_name(user, appliance, disk))?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_lists_round_trip_with_zero_chunks() {
+        let a = appliance::ChunkId::of(b"x");
+        // 3 chunks of 64 KiB and a short last one of 4 KiB; chunks 1 and 3 are zero.
+        let blob = ChunkedBlob { size: 3 * 65536 + 4096, chunk_size: 65536, chunks: vec![Some(a), None, Some(a), None] };
+        let list = chunk_list(&blob);
+        assert_eq!(list[1], cachefs::ChunkId::zero(65536));
+        assert_eq!(list[3], cachefs::ChunkId::zero(4096), "the short last zero chunk has its own id");
+        assert_eq!(blob_of(&list, blob.size, blob.chunk_size), blob);
+    }
+}

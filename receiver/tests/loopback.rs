@@ -313,3 +313,57 @@ fn user_disk_write_back_and_conflict_keeps_local_data() {
     assert_eq!(buf, [2u8; 512], "B's local change is kept after the conflict");
     assert_eq!(ov_b.changed_chunks(), vec![0]);
 }
+
+#[test]
+fn https_login_with_a_built_in_ca() {
+    let have_openssl = std::process::Command::new("openssl").arg("version").output().is_ok();
+    if !have_openssl {
+        assert!(std::env::var_os("CI").is_none(), "openssl is missing in CI: it is in .ci/apt-packages");
+        eprintln!("SKIPPED: needs openssl");
+        return;
+    }
+    let f = Fixture::new();
+    let system = image(12, 1);
+    f.publish("desk", &system, &[0]);
+    f.assign("alice", &["desk"]);
+    // A CA (what the firmware has built in) and a server certificate it signed.
+    let ssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").args(args).current_dir(f.tmp.path()).output().unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    ssl(&[&["req", "-x509"][..], &ec, &["-days", "2", "-subj", "/CN=test CA", "-keyout", "ca.key", "-out", "ca.pem"]].concat());
+    ssl(&[&["req"][..], &ec, &["-subj", "/CN=localhost", "-keyout", "leaf.key", "-out", "leaf.csr"]].concat());
+    std::fs::write(f.path("ext.cnf"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
+    ssl(&["x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2", "-out", "leaf.pem", "-extfile", "ext.cnf"]);
+    // tiny_http's rustls wants a PKCS#8 key.
+    ssl(&["pkcs8", "-topk8", "-nocrypt", "-in", "leaf.key", "-out", "leaf8.pem"]);
+    let (cert, p8) = (f.path("ca.pem"), f.path("leaf8.pem"));
+    let mut cfg = repository::server::ServeConfig::new(&f.repo, "127.0.0.1:0");
+    cfg.tls = Some((f.path("leaf.pem"), p8));
+    cfg.access_log = None;
+    cfg.dummy_kdf = appliance::KdfParams::INSECURE_FOR_TESTS;
+    let server = repository::server::start(f.repo.clone(), &cfg).unwrap();
+    let url = format!("https://{}/", server.addr());
+
+    // With the CA built in: login and fill over TLS.
+    let mut rc = f.config(&url);
+    rc.ca_pem = Some(cert);
+    let cache = f.cache("cache.img");
+    if let Err(e) = receiver::RepoClient::new(rc.clone()).unwrap().login("alice", PASSWORD) {
+        panic!("login over HTTPS with the CA: {e}");
+    }
+    let session = receiver::login(cache.clone(), &rc, "alice", PASSWORD).unwrap();
+    assert_eq!(session.mode, Mode::Online);
+    receiver::fill::start(cache.clone(), receiver::Fetcher::new(session.client.clone().unwrap()), &session.set, opts(2)).wait().unwrap();
+    assert_cached_content(&cache, &session, &[("desk", &system)]);
+
+    // Without it (webpki roots only) the certificate is not trusted: a transport error,
+    // and with no record on that cache, no offline login either.
+    let rc = f.config(&url);
+    let mut client = receiver::RepoClient::new(rc.clone()).unwrap();
+    let e = client.login("alice", PASSWORD).unwrap_err();
+    assert!(e.is_unreachable() && e.to_string().to_lowercase().contains("certificate"), "{e}");
+    assert!(matches!(receiver::login(f.cache("other.img"), &rc, "alice", PASSWORD), Err(Error::NoOfflineRecord(_))));
+    server.shutdown();
+}
