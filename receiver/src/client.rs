@@ -18,7 +18,8 @@ use crate::error::{Error, Result};
 /// about 70 MB of JSON).
 pub const MAX_JSON: u64 = 96 << 20;
 /// Largest stored chunk read.
-pub const MAX_STORED_CHUNK: u64 = (appliance::chunk::MAX_CHUNK_SIZE + appliance::chunk::CHUNK_HEADER_LEN) as u64;
+pub const MAX_STORED_CHUNK: u64 =
+    (appliance::chunk::MAX_CHUNK_SIZE + appliance::chunk::CHUNK_HEADER_LEN) as u64;
 
 /// What the firmware knows about its repository: built into the image (URL from the
 /// kernel command line or DHCP, keys and CA at build time), never fetched.
@@ -87,7 +88,9 @@ impl RepoClient {
     pub fn new(config: RepoConfig) -> Result<RepoClient> {
         let mut base = config.url.trim().to_owned();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(Error::Config(format!("repository URL {base:?} must start with http:// or https://")));
+            return Err(Error::Config(format!(
+                "repository URL {base:?} must start with http:// or https://"
+            )));
         }
         if !base.ends_with('/') {
             base.push('/');
@@ -100,7 +103,12 @@ impl RepoClient {
         if let Some(ca) = &config.ca_pem {
             builder = builder.tls_config(Arc::new(tls_config(ca)?));
         }
-        Ok(RepoClient { agent: builder.build(), base, token: None, config: Arc::new(config) })
+        Ok(RepoClient {
+            agent: builder.build(),
+            base,
+            token: None,
+            config: Arc::new(config),
+        })
     }
 
     /// The configuration.
@@ -123,7 +131,10 @@ impl RepoClient {
     }
 
     fn unreachable(&self, why: impl std::fmt::Display) -> Error {
-        Error::Unreachable { url: self.base.clone(), why: why.to_string() }
+        Error::Unreachable {
+            url: self.base.clone(),
+            why: why.to_string(),
+        }
     }
 
     /// Turns a ureq failure into an [`Error`]; `what` names the request for messages.
@@ -134,9 +145,21 @@ impl RepoClient {
                 let api: Option<ApiError> = serde_json::from_str(&body).ok();
                 match (status, api) {
                     (401, Some(a)) if a.code == "bad_credentials" => Error::BadCredentials,
-                    (429, Some(a)) => Error::RateLimited { retry_after_secs: a.retry_after_secs.unwrap_or(60) },
-                    (_, Some(a)) => Error::Repository { what: what.into(), status, code: a.code, message: a.message },
-                    (_, None) => Error::Repository { what: what.into(), status, code: String::new(), message: body.chars().take(200).collect() },
+                    (429, Some(a)) => Error::RateLimited {
+                        retry_after_secs: a.retry_after_secs.unwrap_or(60),
+                    },
+                    (_, Some(a)) => Error::Repository {
+                        what: what.into(),
+                        status,
+                        code: a.code,
+                        message: a.message,
+                    },
+                    (_, None) => Error::Repository {
+                        what: what.into(),
+                        status,
+                        code: String::new(),
+                        message: body.chars().take(200).collect(),
+                    },
                 }
             }
             ureq::Error::Transport(t) => self.unreachable(t),
@@ -145,31 +168,51 @@ impl RepoClient {
 
     fn read_body(&self, what: &str, resp: ureq::Response, limit: u64) -> Result<Vec<u8>> {
         let mut body = Vec::new();
-        resp.into_reader().take(limit + 1).read_to_end(&mut body).map_err(|e| self.unreachable(format!("{what}: body cut short: {e}")))?;
+        resp.into_reader()
+            .take(limit + 1)
+            .read_to_end(&mut body)
+            .map_err(|e| self.unreachable(format!("{what}: body cut short: {e}")))?;
         if body.len() as u64 > limit {
-            return Err(Error::Protocol { what: what.into(), why: format!("larger than the {limit}-byte limit") });
+            return Err(Error::Protocol {
+                what: what.into(),
+                why: format!("larger than the {limit}-byte limit"),
+            });
         }
         Ok(body)
     }
 
     /// GET of immutable content (`chunks/...`, `manifests/...`): the raw body.
     pub fn get(&self, path: &str, limit: u64) -> Result<Vec<u8>> {
-        let resp = self.agent.get(&self.url(path)).call().map_err(|e| self.map_err(path, e))?;
+        let resp = self
+            .agent
+            .get(&self.url(path))
+            .call()
+            .map_err(|e| self.map_err(path, e))?;
         self.read_body(path, resp, limit)
     }
 
     fn authed(&self, req: ureq::Request) -> Result<ureq::Request> {
-        let token = self.token.as_deref().ok_or_else(|| Error::Config("this call needs a login first".into()))?;
+        let token = self
+            .token
+            .as_deref()
+            .ok_or_else(|| Error::Config("this call needs a login first".into()))?;
         Ok(req.set("Authorization", &format!("Bearer {token}")))
     }
 
     fn parse<T: DeserializeOwned>(&self, what: &str, body: &[u8]) -> Result<T> {
-        serde_json::from_slice(body).map_err(|e| Error::Protocol { what: what.into(), why: e.to_string() })
+        serde_json::from_slice(body).map_err(|e| Error::Protocol {
+            what: what.into(),
+            why: e.to_string(),
+        })
     }
 
     /// POSTs the credentials; on success keeps the session token for later calls.
     pub fn login(&mut self, user: &str, password: &str) -> Result<LoginResponse> {
-        let body = serde_json::to_vec(&LoginRequest { user: user.into(), password: password.into() }).map_err(|e| Error::Config(e.to_string()))?;
+        let body = serde_json::to_vec(&LoginRequest {
+            user: user.into(),
+            password: password.into(),
+        })
+        .map_err(|e| Error::Config(e.to_string()))?;
         let resp = self
             .agent
             .post(&self.url(wire::LOGIN_PATH))
@@ -179,7 +222,14 @@ impl RepoClient {
         let body = self.read_body("login reply", resp, MAX_JSON)?;
         let reply: LoginResponse = self.parse("login reply", &body)?;
         if reply.format != wire::API_FORMAT {
-            return Err(Error::Protocol { what: "login reply".into(), why: format!("API format {} (this terminal speaks {})", reply.format, wire::API_FORMAT) });
+            return Err(Error::Protocol {
+                what: "login reply".into(),
+                why: format!(
+                    "API format {} (this terminal speaks {})",
+                    reply.format,
+                    wire::API_FORMAT
+                ),
+            });
         }
         self.token = Some(reply.token.clone());
         Ok(reply)
@@ -196,7 +246,12 @@ impl RepoClient {
     }
 
     /// JSON call with the session token. `body` None sends a GET.
-    pub fn api<T: DeserializeOwned>(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<T> {
+    pub fn api<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T> {
         let req = self.authed(self.agent.request(method, &self.url(path)))?;
         let resp = match body {
             Some(b) => req.set("Content-Type", "application/json").send_bytes(&b),
@@ -211,27 +266,64 @@ impl RepoClient {
     pub fn put_chunk(&self, id: &appliance::ChunkId, encoded: &[u8]) -> Result<()> {
         let path = wire::chunk_upload_path(id);
         let req = self.authed(self.agent.put(&self.url(&path)))?;
-        req.set("Content-Type", "application/octet-stream").send_bytes(encoded).map_err(|e| self.map_err(&path, e))?;
+        req.set("Content-Type", "application/octet-stream")
+            .send_bytes(encoded)
+            .map_err(|e| self.map_err(&path, e))?;
         Ok(())
     }
 
-    /// A raw API error for a call made with [`RepoClient::api_raw`].
-    pub fn api_raw(&self, method: &str, path: &str, body: Vec<u8>) -> std::result::Result<Vec<u8>, (u16, Option<ApiError>, Error)> {
-        let req = self.authed(self.agent.request(method, &self.url(path))).map_err(|e| (0, None, e))?;
-        match req.set("Content-Type", "application/json").send_bytes(&body) {
-            Ok(resp) => self.read_body(path, resp, MAX_JSON).map_err(|e| (0, None, e)),
+    /// A JSON call that keeps the HTTP status and the API error body, for callers that
+    /// react to specific codes (409 conflict, 400 missing_chunks).
+    pub fn api_raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+    ) -> std::result::Result<Vec<u8>, Box<ApiFailure>> {
+        let fail = |status, api, error| Box::new(ApiFailure { status, api, error });
+        let req = self
+            .authed(self.agent.request(method, &self.url(path)))
+            .map_err(|e| fail(0, None, e))?;
+        match req
+            .set("Content-Type", "application/json")
+            .send_bytes(&body)
+        {
+            Ok(resp) => self
+                .read_body(path, resp, MAX_JSON)
+                .map_err(|e| fail(0, None, e)),
             Err(ureq::Error::Status(status, resp)) => {
                 let text = resp.into_string().unwrap_or_default();
                 let api: Option<ApiError> = serde_json::from_str(&text).ok();
                 let err = match &api {
-                    Some(a) => Error::Repository { what: path.into(), status, code: a.code.clone(), message: a.message.clone() },
-                    None => Error::Repository { what: path.into(), status, code: String::new(), message: text.chars().take(200).collect() },
+                    Some(a) => Error::Repository {
+                        what: path.into(),
+                        status,
+                        code: a.code.clone(),
+                        message: a.message.clone(),
+                    },
+                    None => Error::Repository {
+                        what: path.into(),
+                        status,
+                        code: String::new(),
+                        message: text.chars().take(200).collect(),
+                    },
                 };
-                Err((status, api, err))
+                Err(fail(status, api, err))
             }
-            Err(e) => Err((0, None, self.map_err(path, e))),
+            Err(e) => Err(fail(0, None, self.map_err(path, e))),
         }
     }
+}
+
+/// A failed [`RepoClient::api_raw`] call.
+#[derive(Debug)]
+pub struct ApiFailure {
+    /// HTTP status, 0 if there was no reply.
+    pub status: u16,
+    /// The error body, if it was one.
+    pub api: Option<ApiError>,
+    /// The same as an [`Error`].
+    pub error: Error,
 }
 
 /// rustls client configuration trusting exactly the certificates in `ca` (PEM).
@@ -239,13 +331,19 @@ fn tls_config(ca: &std::path::Path) -> Result<rustls::ClientConfig> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::CertificateDer;
     let mut roots = rustls::RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(ca).map_err(|e| Error::Config(format!("CA file {}: {e}", ca.display())))?;
+    let certs = CertificateDer::pem_file_iter(ca)
+        .map_err(|e| Error::Config(format!("CA file {}: {e}", ca.display())))?;
     for cert in certs {
         let cert = cert.map_err(|e| Error::Config(format!("CA file {}: {e}", ca.display())))?;
-        roots.add(cert).map_err(|e| Error::Config(format!("CA file {}: {e}", ca.display())))?;
+        roots
+            .add(cert)
+            .map_err(|e| Error::Config(format!("CA file {}: {e}", ca.display())))?;
     }
     if roots.is_empty() {
-        return Err(Error::Config(format!("CA file {} holds no certificate", ca.display())));
+        return Err(Error::Config(format!(
+            "CA file {} holds no certificate",
+            ca.display()
+        )));
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)
@@ -266,12 +364,19 @@ mod tests {
         assert_eq!(c.backoff_for(2), Duration::from_millis(100));
         assert_eq!(c.backoff_for(3), Duration::from_millis(200));
         assert_eq!(c.backoff_for(9), Duration::from_secs(5));
-        assert_eq!(c.backoff_for(60), Duration::from_secs(5), "no overflow on huge attempt counts");
+        assert_eq!(
+            c.backoff_for(60),
+            Duration::from_secs(5),
+            "no overflow on huge attempt counts"
+        );
     }
 
     #[test]
     fn urls_are_checked() {
-        assert!(matches!(RepoClient::new(RepoConfig::new("ftp://x/", vec![])), Err(Error::Config(_))));
+        assert!(matches!(
+            RepoClient::new(RepoConfig::new("ftp://x/", vec![])),
+            Err(Error::Config(_))
+        ));
         let c = RepoClient::new(RepoConfig::new("http://repo:8080", vec![])).unwrap();
         assert_eq!(c.base(), "http://repo:8080/");
         assert_eq!(c.url("/chunks/ab/cd"), "http://repo:8080/chunks/ab/cd");

@@ -20,22 +20,40 @@ pub enum Error {
     Unreachable { url: String, why: String },
     /// The repository answered with an error status.
     #[error("the repository refused {what}: HTTP {status} {code}: {message}")]
-    Repository { what: String, status: u16, code: String, message: String },
+    Repository {
+        what: String,
+        status: u16,
+        code: String,
+        message: String,
+    },
     /// The repository sent something that is not what the protocol says.
     #[error("the repository sent a bad {what}: {why}")]
     Protocol { what: String, why: String },
     /// A manifest failed its checks (digest, signature, format); the appliance is refused.
     #[error("manifest of {appliance} version {version} refused: {why}")]
-    BadManifest { appliance: String, version: u64, why: String },
+    BadManifest {
+        appliance: String,
+        version: u64,
+        why: String,
+    },
     /// Offline, and this user never logged in on this terminal (or the record is gone).
     #[error("the terminal is offline and user {0} has never logged in on it: connect it to the network to log in")]
     NoOfflineRecord(String),
     /// A user-disk commit lost the compare-and-swap: someone committed first.
     #[error("user disk {appliance}/{disk} was changed elsewhere (repository at version {current}, this terminal started from {expected}); the local changes are kept on this terminal, nothing was overwritten")]
-    Conflict { appliance: String, disk: String, expected: u64, current: u64 },
+    Conflict {
+        appliance: String,
+        disk: String,
+        expected: u64,
+        current: u64,
+    },
     /// A chunk kept arriving corrupt or could not be fetched after every retry.
     #[error("chunk {id} could not be fetched after {attempts} attempts: {why}")]
-    ChunkFailed { id: String, attempts: u32, why: String },
+    ChunkFailed {
+        id: String,
+        attempts: u32,
+        why: String,
+    },
     /// The cache failed.
     #[error("cache: {0}")]
     Cache(#[from] cachefs::Error),

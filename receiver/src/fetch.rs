@@ -54,7 +54,11 @@ pub struct Fetcher {
 impl Fetcher {
     /// A fetcher over `client` (its connection pool is shared by all threads).
     pub fn new(client: RepoClient) -> Arc<Fetcher> {
-        Arc::new(Fetcher { client, stats: FetchStats::default(), demand: AtomicUsize::new(0) })
+        Arc::new(Fetcher {
+            client,
+            stats: FetchStats::default(),
+            demand: AtomicUsize::new(0),
+        })
     }
 
     /// The client.
@@ -106,8 +110,16 @@ impl Fetcher {
             }
             let stored = match self.client.get(&path, MAX_STORED_CHUNK) {
                 Ok(b) => b,
-                Err(Error::Repository { status: 404, message, .. }) => {
-                    return Err(Error::ChunkFailed { id: id.to_hex(), attempts: attempt, why: format!("the repository does not have it (404: {message})") });
+                Err(Error::Repository {
+                    status: 404,
+                    message,
+                    ..
+                }) => {
+                    return Err(Error::ChunkFailed {
+                        id: id.to_hex(),
+                        attempts: attempt,
+                        why: format!("the repository does not have it (404: {message})"),
+                    });
                 }
                 Err(e) => {
                     log::debug!("chunk {id}: attempt {attempt}: {e}");
@@ -115,16 +127,24 @@ impl Fetcher {
                     continue;
                 }
             };
-            self.stats.wire_bytes.fetch_add(stored.len() as u64, Ordering::Relaxed);
+            self.stats
+                .wire_bytes
+                .fetch_add(stored.len() as u64, Ordering::Relaxed);
             match appliance::decode_chunk(id, &stored) {
                 Ok(plain) if len.is_none_or(|l| l == plain.len()) => {
-                    self.stats.plain_bytes.fetch_add(plain.len() as u64, Ordering::Relaxed);
+                    self.stats
+                        .plain_bytes
+                        .fetch_add(plain.len() as u64, Ordering::Relaxed);
                     self.stats.chunks.fetch_add(1, Ordering::Relaxed);
                     return Ok(plain);
                 }
                 Ok(plain) => {
                     self.stats.corrupt.fetch_add(1, Ordering::Relaxed);
-                    last = format!("it has {} bytes where {} were expected", plain.len(), len.unwrap_or(0));
+                    last = format!(
+                        "it has {} bytes where {} were expected",
+                        plain.len(),
+                        len.unwrap_or(0)
+                    );
                     log::warn!("chunk {id} arrived with the wrong length; fetching it again");
                 }
                 Err(e) => {
@@ -134,14 +154,22 @@ impl Fetcher {
                 }
             }
         }
-        Err(Error::ChunkFailed { id: id.to_hex(), attempts, why: last })
+        Err(Error::ChunkFailed {
+            id: id.to_hex(),
+            attempts,
+            why: last,
+        })
     }
 }
 
 /// Demand reads of the VMM: fetched at once, the fill pauses meanwhile. The view checks
 /// the id again and inserts the chunk into the cache.
 impl cachefs::ChunkSource for Fetcher {
-    fn fetch(&self, id: &cachefs::ChunkId, len: usize) -> std::result::Result<Vec<u8>, cachefs::SourceError> {
+    fn fetch(
+        &self,
+        id: &cachefs::ChunkId,
+        len: usize,
+    ) -> std::result::Result<Vec<u8>, cachefs::SourceError> {
         self.demand.fetch_add(1, Ordering::AcqRel);
         let _guard = DemandGuard(&self.demand);
         self.stats.demand_chunks.fetch_add(1, Ordering::Relaxed);

@@ -32,7 +32,11 @@ pub struct FillOptions {
 
 impl Default for FillOptions {
     fn default() -> Self {
-        FillOptions { connections: 4, sync_every: 32 << 20, max_demand_pause: Duration::from_secs(1) }
+        FillOptions {
+            connections: 4,
+            sync_every: 32 << 20,
+            max_demand_pause: Duration::from_secs(1),
+        }
     }
 }
 
@@ -140,14 +144,18 @@ fn appliance_blobs(a: &crate::set::Appliance) -> Vec<&ChunkedBlob> {
 }
 
 /// Builds the ordered job list and the per-appliance totals.
-fn plan(cache: &Cache, set: &ApplianceSet) -> (Vec<Job>, Vec<ApplianceProgress>, Vec<u64>, Vec<u64>) {
+fn plan(
+    cache: &Cache,
+    set: &ApplianceSet,
+) -> (Vec<Job>, Vec<ApplianceProgress>, Vec<u64>, Vec<u64>) {
     let n = set.appliances.len();
     let mut base = Vec::with_capacity(n);
     let mut done = vec![0u64; n];
     let mut boot_done = vec![0u64; n];
     // id -> (len, owners, boot owners), in first-seen order with boot chunks first.
     let mut order: Vec<ChunkId> = Vec::new();
-    let mut info: std::collections::HashMap<ChunkId, (usize, Vec<usize>, Vec<usize>)> = std::collections::HashMap::new();
+    let mut info: std::collections::HashMap<ChunkId, (usize, Vec<usize>, Vec<usize>)> =
+        std::collections::HashMap::new();
     let mut lens: std::collections::HashMap<ChunkId, usize> = std::collections::HashMap::new();
     for a in &set.appliances {
         for b in appliance_blobs(a) {
@@ -174,7 +182,12 @@ fn plan(cache: &Cache, set: &ApplianceSet) -> (Vec<Job>, Vec<ApplianceProgress>,
             });
             e.2.push(ai);
         }
-        base.push(ApplianceProgress { name: a.name().to_owned(), version: a.manifest.version, boot_total_bytes: boot_total, ..Default::default() });
+        base.push(ApplianceProgress {
+            name: a.name().to_owned(),
+            version: a.manifest.version,
+            boot_total_bytes: boot_total,
+            ..Default::default()
+        });
     }
     for (ai, a) in set.appliances.iter().enumerate() {
         let mut seen = HashSet::new();
@@ -207,13 +220,24 @@ fn plan(cache: &Cache, set: &ApplianceSet) -> (Vec<Job>, Vec<ApplianceProgress>,
             }
             continue;
         }
-        jobs.push(Job { id, len, boot: !boot_owners.is_empty(), owners, boot_owners });
+        jobs.push(Job {
+            id,
+            len,
+            boot: !boot_owners.is_empty(),
+            owners,
+            boot_owners,
+        });
     }
     (jobs, base, done, boot_done)
 }
 
 /// Starts filling `set` into `cache` with `opts.connections` worker threads.
-pub fn start(cache: Arc<Cache>, fetcher: Arc<Fetcher>, set: &ApplianceSet, opts: FillOptions) -> FillHandle {
+pub fn start(
+    cache: Arc<Cache>,
+    fetcher: Arc<Fetcher>,
+    set: &ApplianceSet,
+    opts: FillOptions,
+) -> FillHandle {
     let (jobs, base, done, boot_done) = plan(&cache, set);
     let total: u64 = {
         let mut seen = HashSet::new();
@@ -233,7 +257,13 @@ pub fn start(cache: Arc<Cache>, fetcher: Arc<Fetcher>, set: &ApplianceSet, opts:
     };
     let missing: u64 = jobs.iter().map(|j| j.len as u64).sum();
     let boot_jobs = jobs.iter().filter(|j| j.boot).count();
-    log::info!("fill: {} chunks ({} MiB) to fetch, {} of them boot chunks; {} MiB already cached", jobs.len(), missing >> 20, boot_jobs, (total - missing) >> 20);
+    log::info!(
+        "fill: {} chunks ({} MiB) to fetch, {} of them boot chunks; {} MiB already cached",
+        jobs.len(),
+        missing >> 20,
+        boot_jobs,
+        (total - missing) >> 20
+    );
     let workers = opts.connections.max(1).min(jobs.len().max(1));
     let shared = Arc::new(Shared {
         counts_at_start: fetcher.counts(),
@@ -305,7 +335,9 @@ fn work(s: &Shared) {
                     continue;
                 }
             }
-            if s.since_sync.fetch_add(job.len as u64, Ordering::Relaxed) + job.len as u64 >= s.opts.sync_every {
+            if s.since_sync.fetch_add(job.len as u64, Ordering::Relaxed) + job.len as u64
+                >= s.opts.sync_every
+            {
                 s.since_sync.store(0, Ordering::Relaxed);
                 if let Err(e) = s.cache.sync() {
                     log::error!("fill: cache sync: {e}");
@@ -330,7 +362,11 @@ impl FillHandle {
             .base
             .iter()
             .enumerate()
-            .map(|(i, b)| ApplianceProgress { done_bytes: s.done[i].load(Ordering::Relaxed), boot_done_bytes: s.boot_done[i].load(Ordering::Relaxed), ..b.clone() })
+            .map(|(i, b)| ApplianceProgress {
+                done_bytes: s.done[i].load(Ordering::Relaxed),
+                boot_done_bytes: s.boot_done[i].load(Ordering::Relaxed),
+                ..b.clone()
+            })
             .collect();
         let done = s.done_total.load(Ordering::Relaxed);
         let elapsed = s.start.elapsed();
@@ -345,7 +381,13 @@ impl FillHandle {
         };
         let rate = (done - s.cached_at_start) as f64 / elapsed.as_secs_f64().max(1e-3);
         let left = s.total - done;
-        let eta = if left == 0 { Some(Duration::ZERO) } else if rate > 0.0 { Some(Duration::from_secs_f64(left as f64 / rate)) } else { None };
+        let eta = if left == 0 {
+            Some(Duration::ZERO)
+        } else if rate > 0.0 {
+            Some(Duration::from_secs_f64(left as f64 / rate))
+        } else {
+            None
+        };
         Progress {
             appliances,
             total_bytes: s.total,
@@ -377,8 +419,17 @@ impl FillHandle {
             let _ = w.join();
         }
         let sync = self.shared.cache.sync();
-        let p = FillHandle { shared: self.shared.clone(), workers: Vec::new() }.progress();
-        let mut failures = self.shared.failures.lock().map(|mut f| std::mem::take(&mut *f)).unwrap_or_default();
+        let p = FillHandle {
+            shared: self.shared.clone(),
+            workers: Vec::new(),
+        }
+        .progress();
+        let mut failures = self
+            .shared
+            .failures
+            .lock()
+            .map(|mut f| std::mem::take(&mut *f))
+            .unwrap_or_default();
         sync?;
         if !failures.is_empty() {
             let n = failures.len();
@@ -394,7 +445,14 @@ impl FillHandle {
 }
 
 /// Fills `set` and calls `on_progress` about every `interval` until done.
-pub fn fill(cache: Arc<Cache>, fetcher: Arc<Fetcher>, set: &ApplianceSet, opts: FillOptions, interval: Duration, mut on_progress: impl FnMut(&Progress)) -> Result<Progress> {
+pub fn fill(
+    cache: Arc<Cache>,
+    fetcher: Arc<Fetcher>,
+    set: &ApplianceSet,
+    opts: FillOptions,
+    interval: Duration,
+    mut on_progress: impl FnMut(&Progress),
+) -> Result<Progress> {
     let h = start(cache, fetcher, set, opts);
     while !h.is_finished() {
         on_progress(&h.progress());

@@ -37,18 +37,30 @@ pub use writeback::{write_back, WriteBackReport};
 /// Opens the cache on `path` (a partition or a file), formatting it if it holds no cache
 /// or one of an unknown version (the cache holds nothing that cannot be fetched again,
 /// except user overlays, which an unknown version could not be read anyway).
-pub fn open_cache(path: &std::path::Path, compress: bool) -> Result<std::sync::Arc<cachefs::Cache>> {
-    let opts = cachefs::OpenOptions { compress, ..Default::default() };
-    let dev = cachefs::FileStorage::open(path).map_err(|e| Error::Config(format!("cache device {}: {e}", path.display())))?;
+pub fn open_cache(
+    path: &std::path::Path,
+    compress: bool,
+) -> Result<std::sync::Arc<cachefs::Cache>> {
+    let opts = cachefs::OpenOptions {
+        compress,
+        ..Default::default()
+    };
+    let dev = cachefs::FileStorage::open(path)
+        .map_err(|e| Error::Config(format!("cache device {}: {e}", path.display())))?;
     match cachefs::Cache::open_with(Box::new(dev), opts.clone()) {
         Ok(c) => Ok(std::sync::Arc::new(c)),
         Err(cachefs::Error::NotCacheFs) | Err(cachefs::Error::UnsupportedVersion(..)) => {
             log::warn!("{} holds no usable cache; formatting it", path.display());
-            let dev = cachefs::FileStorage::open(path).map_err(|e| Error::Config(format!("cache device {}: {e}", path.display())))?;
+            let dev = cachefs::FileStorage::open(path)
+                .map_err(|e| Error::Config(format!("cache device {}: {e}", path.display())))?;
             let c = cachefs::Cache::create(Box::new(dev), cachefs::CreateOptions { force: true })?;
             drop(c);
-            let dev = cachefs::FileStorage::open(path).map_err(|e| Error::Config(format!("cache device {}: {e}", path.display())))?;
-            Ok(std::sync::Arc::new(cachefs::Cache::open_with(Box::new(dev), opts)?))
+            let dev = cachefs::FileStorage::open(path)
+                .map_err(|e| Error::Config(format!("cache device {}: {e}", path.display())))?;
+            Ok(std::sync::Arc::new(cachefs::Cache::open_with(
+                Box::new(dev),
+                opts,
+            )?))
         }
         Err(e) => Err(e.into()),
     }

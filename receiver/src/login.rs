@@ -87,14 +87,30 @@ impl Session {
 }
 
 fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Logs `user` in: online if the repository answers, offline from the cache otherwise.
-pub fn login(cache: Arc<Cache>, config: &RepoConfig, user: &str, password: &str) -> Result<Session> {
+pub fn login(
+    cache: Arc<Cache>,
+    config: &RepoConfig,
+    user: &str,
+    password: &str,
+) -> Result<Session> {
     let mut client = RepoClient::new(config.clone())?;
     match client.login(user, password) {
-        Ok(reply) => online(cache, client, reply),
+        Ok(reply) => match online(cache.clone(), client, reply) {
+            // The repository went away between the login and the manifests: work offline
+            // rather than not at all.
+            Err(e) if e.is_unreachable() => {
+                log::warn!("login: {e}; trying offline login");
+                offline_login(cache, config, user, password, e.to_string())
+            }
+            r => r,
+        },
         Err(e) if e.is_unreachable() => {
             log::warn!("login: {e}; trying offline login");
             offline_login(cache, config, user, password, e.to_string())
@@ -139,22 +155,42 @@ fn online(cache: Arc<Cache>, client: RepoClient, reply: LoginResponse) -> Result
     let user = reply.user.clone();
     let trusted = client.config().trusted_keys.clone();
     let old = store::load(&cache, &user)?;
-    let mut set = ApplianceSet { unavailable: reply.unavailable.clone(), ..Default::default() };
+    let mut set = ApplianceSet {
+        unavailable: reply.unavailable.clone(),
+        ..Default::default()
+    };
     let mut saved_apps = Vec::new();
     let mut saved_disks = Vec::new();
     for r in &reply.appliances {
         let verified = get_retry(&client, &r.manifest_path).and_then(|bytes| {
-            let m = set::verify_manifest(&bytes, Some(&r.manifest_sha256), &r.name, r.version, &trusted)?;
-            let text = String::from_utf8(bytes).map_err(|_| Error::BadManifest { appliance: r.name.clone(), version: r.version, why: "not UTF-8".into() })?;
+            let m = set::verify_manifest(
+                &bytes,
+                Some(&r.manifest_sha256),
+                &r.name,
+                r.version,
+                &trusted,
+            )?;
+            let text = String::from_utf8(bytes).map_err(|_| Error::BadManifest {
+                appliance: r.name.clone(),
+                version: r.version,
+                why: "not UTF-8".into(),
+            })?;
             Ok((m, text))
         });
         let (manifest, text) = match verified {
             Ok(v) => v,
             Err(e) => {
                 log::error!("appliance {} refused: {e}", r.name);
-                set.refused.push(Refused { name: r.name.clone(), version: r.version, reason: e.to_string() });
+                set.refused.push(Refused {
+                    name: r.name.clone(),
+                    version: r.version,
+                    reason: e.to_string(),
+                });
                 // Keep the last good record of it, so it still runs offline.
-                if let Some(prev) = old.as_ref().and_then(|o| o.appliances.iter().find(|a| a.name == r.name)) {
+                if let Some(prev) = old
+                    .as_ref()
+                    .and_then(|o| o.appliances.iter().find(|a| a.name == r.name))
+                {
                     saved_apps.push(prev.clone());
                 }
                 continue;
@@ -162,45 +198,113 @@ fn online(cache: Arc<Cache>, client: RepoClient, reply: LoginResponse) -> Result
         };
         // The previous version: what the last login ran, if it is another version whose pin
         // is still there (it stays usable until this one is complete).
-        let previous = old.as_ref().and_then(|o| o.appliances.iter().find(|a| a.name == r.name)).and_then(|p| {
-            let (v, text) = if p.version != r.version { (p.version, p.signed_manifest.clone()) } else { p.previous.clone()? };
-            let pinned = cache.pins().iter().any(|(n, _)| *n == set::app_pin(&r.name, v));
-            if !pinned {
-                return None;
-            }
-            set::verify_manifest(text.as_bytes(), None, &r.name, v, &trusted).ok().map(|m| (m, text))
-        });
+        let previous = old
+            .as_ref()
+            .and_then(|o| o.appliances.iter().find(|a| a.name == r.name))
+            .and_then(|p| {
+                let (v, text) = if p.version != r.version {
+                    (p.version, p.signed_manifest.clone())
+                } else {
+                    p.previous.clone()?
+                };
+                let pinned = cache
+                    .pins()
+                    .iter()
+                    .any(|(n, _)| *n == set::app_pin(&r.name, v));
+                if !pinned {
+                    return None;
+                }
+                set::verify_manifest(text.as_bytes(), None, &r.name, v, &trusted)
+                    .ok()
+                    .map(|m| (m, text))
+            });
         let mut disks = Vec::new();
         for d in reply.user_disks.iter().filter(|d| d.appliance == r.name) {
             let committed: Option<UserDiskManifest> = if d.version == 0 {
                 None
             } else {
-                let m: UserDiskManifest = api_retry(&client, &user_disk_api_path(&d.appliance, &d.disk))?;
+                let m: UserDiskManifest =
+                    api_retry(&client, &user_disk_api_path(&d.appliance, &d.disk))?;
                 m.validate()?;
-                if m.user != user || m.appliance != d.appliance || m.disk != d.disk || m.version != d.version {
-                    return Err(Error::Protocol { what: "user-disk manifest".into(), why: format!("asked for {user}/{}/{} v{}, got {}/{}/{} v{}", d.appliance, d.disk, d.version, m.user, m.appliance, m.disk, m.version) });
+                if m.user != user
+                    || m.appliance != d.appliance
+                    || m.disk != d.disk
+                    || m.version != d.version
+                {
+                    return Err(Error::Protocol {
+                        what: "user-disk manifest".into(),
+                        why: format!(
+                            "asked for {user}/{}/{} v{}, got {}/{}/{} v{}",
+                            d.appliance, d.disk, d.version, m.user, m.appliance, m.disk, m.version
+                        ),
+                    });
                 }
                 Some(m)
             };
-            disks.push(SavedUserDisk { appliance: d.appliance.clone(), disk: d.disk.clone(), version: d.version, manifest: committed });
+            disks.push(SavedUserDisk {
+                appliance: d.appliance.clone(),
+                disk: d.disk.clone(),
+                version: d.version,
+                manifest: committed,
+            });
         }
         let user_disks = set::user_disks_of(&manifest, |disk| {
-            disks.iter().find(|d| d.disk == disk).map(|d| (d.version, d.manifest.clone())).unwrap_or((0, None))
+            disks
+                .iter()
+                .find(|d| d.disk == disk)
+                .map(|d| (d.version, d.manifest.clone()))
+                .unwrap_or((0, None))
         });
-        saved_apps.push(SavedAppliance { name: r.name.clone(), version: r.version, signed_manifest: text.clone(), previous: previous.as_ref().map(|(m, t)| (m.version, t.clone())) });
+        saved_apps.push(SavedAppliance {
+            name: r.name.clone(),
+            version: r.version,
+            signed_manifest: text.clone(),
+            previous: previous.as_ref().map(|(m, t)| (m.version, t.clone())),
+        });
         saved_disks.extend(disks);
-        set.appliances.push(Appliance { manifest, signed_bytes: text, previous, user_disks });
+        set.appliances.push(Appliance {
+            manifest,
+            signed_bytes: text,
+            previous,
+            user_disks,
+        });
     }
     set::pin_set(&cache, &user, &set)?;
-    let record = OfflineRecord { format: store::RECORD_FORMAT, user: user.clone(), verifier: reply.offline_verifier.clone(), saved_unix: now_unix(), appliances: saved_apps, user_disks: saved_disks };
+    let record = OfflineRecord {
+        format: store::RECORD_FORMAT,
+        user: user.clone(),
+        verifier: reply.offline_verifier.clone(),
+        saved_unix: now_unix(),
+        appliances: saved_apps,
+        user_disks: saved_disks,
+    };
     store::save(&cache, &record)?;
-    log::info!("{user} logged in online: {} appliance(s), {} refused, {} unavailable", set.appliances.len(), set.refused.len(), set.unavailable.len());
-    Ok(Session { user, mode: Mode::Online, set, client: Some(client), record, cache })
+    log::info!(
+        "{user} logged in online: {} appliance(s), {} refused, {} unavailable",
+        set.appliances.len(),
+        set.refused.len(),
+        set.unavailable.len()
+    );
+    Ok(Session {
+        user,
+        mode: Mode::Online,
+        set,
+        client: Some(client),
+        record,
+        cache,
+    })
 }
 
 /// Offline login from the stored record.
-pub fn offline_login(cache: Arc<Cache>, config: &RepoConfig, user: &str, password: &str, reason: String) -> Result<Session> {
-    let record = store::load(&cache, user)?.ok_or_else(|| Error::NoOfflineRecord(user.to_owned()))?;
+pub fn offline_login(
+    cache: Arc<Cache>,
+    config: &RepoConfig,
+    user: &str,
+    password: &str,
+    reason: String,
+) -> Result<Session> {
+    let record =
+        store::load(&cache, user)?.ok_or_else(|| Error::NoOfflineRecord(user.to_owned()))?;
     match appliance::verify_password(&record.verifier, password) {
         Ok(()) => {}
         Err(appliance::Error::WrongPassword) => return Err(Error::BadCredentials),
@@ -208,17 +312,48 @@ pub fn offline_login(cache: Arc<Cache>, config: &RepoConfig, user: &str, passwor
     }
     let mut set = ApplianceSet::default();
     for a in &record.appliances {
-        let manifest = match set::verify_manifest(a.signed_manifest.as_bytes(), None, &a.name, a.version, &config.trusted_keys) {
+        let manifest = match set::verify_manifest(
+            a.signed_manifest.as_bytes(),
+            None,
+            &a.name,
+            a.version,
+            &config.trusted_keys,
+        ) {
             Ok(m) => m,
             Err(e) => {
-                set.refused.push(Refused { name: a.name.clone(), version: a.version, reason: e.to_string() });
+                set.refused.push(Refused {
+                    name: a.name.clone(),
+                    version: a.version,
+                    reason: e.to_string(),
+                });
                 continue;
             }
         };
-        let previous = a.previous.as_ref().and_then(|(v, t)| set::verify_manifest(t.as_bytes(), None, &a.name, *v, &config.trusted_keys).ok().map(|m| (m, t.clone())));
-        let user_disks = set::user_disks_of(&manifest, |disk| record.user_disk(&a.name, disk).map(|d| (d.version, d.manifest.clone())).unwrap_or((0, None)));
-        set.appliances.push(Appliance { manifest, signed_bytes: a.signed_manifest.clone(), previous, user_disks });
+        let previous = a.previous.as_ref().and_then(|(v, t)| {
+            set::verify_manifest(t.as_bytes(), None, &a.name, *v, &config.trusted_keys)
+                .ok()
+                .map(|m| (m, t.clone()))
+        });
+        let user_disks = set::user_disks_of(&manifest, |disk| {
+            record
+                .user_disk(&a.name, disk)
+                .map(|d| (d.version, d.manifest.clone()))
+                .unwrap_or((0, None))
+        });
+        set.appliances.push(Appliance {
+            manifest,
+            signed_bytes: a.signed_manifest.clone(),
+            previous,
+            user_disks,
+        });
     }
     log::warn!("{user} logged in OFFLINE ({reason})");
-    Ok(Session { user: user.to_owned(), mode: Mode::Offline { reason }, set, client: None, record, cache })
+    Ok(Session {
+        user: user.to_owned(),
+        mode: Mode::Offline { reason },
+        set,
+        client: None,
+        record,
+        cache,
+    })
 }

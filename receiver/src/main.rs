@@ -14,7 +14,11 @@ use clap::{Parser, Subcommand};
 use receiver::{progress, Error, FillOptions, RepoConfig};
 
 #[derive(Parser)]
-#[command(name = "receiver", version, about = "Log in to a Collective repository and fill the terminal's cache")]
+#[command(
+    name = "receiver",
+    version,
+    about = "Log in to a Collective repository and fill the terminal's cache"
+)]
 struct Cli {
     /// More log output (-v info, -vv debug).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -40,7 +44,11 @@ enum Cmd {
         #[arg(long)]
         user: String,
         /// File of trusted publisher keys (`ed25519:<hex>` per line).
-        #[arg(long, env = "COLLECTIVE_TRUSTED_KEYS", default_value = "/etc/collective/trusted-keys")]
+        #[arg(
+            long,
+            env = "COLLECTIVE_TRUSTED_KEYS",
+            default_value = "/etc/collective/trusted-keys"
+        )]
         trusted_keys: PathBuf,
         /// PEM file of the CA that HTTPS repositories must chain to (default: webpki roots).
         #[arg(long, env = "COLLECTIVE_CA")]
@@ -84,7 +92,10 @@ fn parse_size(s: &str) -> Option<u64> {
 
 fn read_password() -> Result<String, String> {
     let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line).map_err(|e| format!("cannot read the password from standard input: {e}"))?;
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read the password from standard input: {e}"))?;
     let pw = line.trim_end_matches(['\r', '\n']).to_owned();
     if pw.is_empty() {
         return Err("no password on standard input (give it as the first line)".into());
@@ -92,20 +103,42 @@ fn read_password() -> Result<String, String> {
     Ok(pw)
 }
 
-fn open_cache(path: &Path, size: Option<&str>, compress: bool) -> Result<std::sync::Arc<cachefs::Cache>, String> {
+fn open_cache(
+    path: &Path,
+    size: Option<&str>,
+    compress: bool,
+) -> Result<std::sync::Arc<cachefs::Cache>, String> {
     if !path.exists() {
         let Some(size) = size else {
-            return Err(format!("{} does not exist; give --cache-size to create a cache file", path.display()));
+            return Err(format!(
+                "{} does not exist; give --cache-size to create a cache file",
+                path.display()
+            ));
         };
-        let bytes = parse_size(size).ok_or_else(|| format!("--cache-size {size:?}: write e.g. 512M or 20G"))?;
-        cachefs::FileStorage::create_file(path, bytes).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        let bytes = parse_size(size)
+            .ok_or_else(|| format!("--cache-size {size:?}: write e.g. 512M or 20G"))?;
+        cachefs::FileStorage::create_file(path, bytes)
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
     }
     receiver::open_cache(path, compress).map_err(|e| e.to_string())
 }
 
 #[allow(clippy::too_many_arguments)]
-fn fill(repo: String, cache: PathBuf, cache_size: Option<String>, user: String, trusted_keys: PathBuf, ca: Option<PathBuf>, connections: usize, no_compress: bool, interval: f64) -> ExitCode {
-    let keys = match std::fs::read_to_string(&trusted_keys).map_err(|e| e.to_string()).and_then(|t| appliance::PublicKey::parse_trusted(&t).map_err(|e| e.to_string())) {
+fn fill(
+    repo: String,
+    cache: PathBuf,
+    cache_size: Option<String>,
+    user: String,
+    trusted_keys: PathBuf,
+    ca: Option<PathBuf>,
+    connections: usize,
+    no_compress: bool,
+    interval: f64,
+) -> ExitCode {
+    let keys = match std::fs::read_to_string(&trusted_keys)
+        .map_err(|e| e.to_string())
+        .and_then(|t| appliance::PublicKey::parse_trusted(&t).map_err(|e| e.to_string()))
+    {
         Ok(k) if !k.is_empty() => k,
         Ok(_) => return usage(&format!("{} holds no trusted key", trusted_keys.display())),
         Err(e) => return usage(&format!("trusted keys {}: {e}", trusted_keys.display())),
@@ -146,17 +179,42 @@ fn fill(repo: String, cache: PathBuf, cache_size: Option<String>, user: String, 
         for a in &session.set.appliances {
             let complete = receiver::set::is_complete(&cache, a);
             incomplete |= !complete;
-            println!("  {} v{}: {}", a.name(), a.manifest.version, if complete { "complete in the cache" } else { "INCOMPLETE in the cache: cannot be filled offline" });
+            println!(
+                "  {} v{}: {}",
+                a.name(),
+                a.manifest.version,
+                if complete {
+                    "complete in the cache"
+                } else {
+                    "INCOMPLETE in the cache: cannot be filled offline"
+                }
+            );
         }
-        return ExitCode::from(if incomplete { EXIT_OFFLINE_INCOMPLETE } else if refused { EXIT_REFUSED } else { 0 });
+        return ExitCode::from(if incomplete {
+            EXIT_OFFLINE_INCOMPLETE
+        } else if refused {
+            EXIT_REFUSED
+        } else {
+            0
+        });
     };
     let fetcher = receiver::Fetcher::new(client);
-    let opts = FillOptions { connections: config.connections, ..Default::default() };
-    let result = receiver::fill::fill(cache.clone(), fetcher, &session.set, opts, Duration::from_secs_f64(interval.max(0.05)), |p| {
-        for l in progress::lines(p) {
-            eprintln!("{l}");
-        }
-    });
+    let opts = FillOptions {
+        connections: config.connections,
+        ..Default::default()
+    };
+    let result = receiver::fill::fill(
+        cache.clone(),
+        fetcher,
+        &session.set,
+        opts,
+        Duration::from_secs_f64(interval.max(0.05)),
+        |p| {
+            for l in progress::lines(p) {
+                eprintln!("{l}");
+            }
+        },
+    );
     let code = match result {
         Ok(p) => {
             println!(
@@ -189,34 +247,66 @@ fn fill(repo: String, cache: PathBuf, cache_size: Option<String>, user: String, 
 }
 
 fn status(cache: PathBuf) -> ExitCode {
-    let cache = match cachefs::FileStorage::open(&cache).map_err(|e| e.to_string()).and_then(|d| cachefs::Cache::open(Box::new(d)).map_err(|e| e.to_string())) {
+    let cache = match cachefs::FileStorage::open(&cache)
+        .map_err(|e| e.to_string())
+        .and_then(|d| cachefs::Cache::open(Box::new(d)).map_err(|e| e.to_string()))
+    {
         Ok(c) => c,
         Err(e) => return usage(&format!("cannot open the cache {}: {e}", cache.display())),
     };
     let s = cache.stats();
-    println!("cache {}: {} used of {} ({} chunks, {} of plaintext)", s.uuid, progress::bytes(s.used_bytes), progress::bytes(s.arena_bytes), s.chunks, progress::bytes(s.plain_bytes));
+    println!(
+        "cache {}: {} used of {} ({} chunks, {} of plaintext)",
+        s.uuid,
+        progress::bytes(s.used_bytes),
+        progress::bytes(s.arena_bytes),
+        s.chunks,
+        progress::bytes(s.plain_bytes)
+    );
     for user in receiver::store::users(&cache) {
         match receiver::store::load(&cache, &user) {
             Ok(Some(rec)) => {
-                println!("user {user}: offline login possible (record saved at unix time {})", rec.saved_unix);
+                println!(
+                    "user {user}: offline login possible (record saved at unix time {})",
+                    rec.saved_unix
+                );
                 for a in &rec.appliances {
-                    println!("  {} v{}{}", a.name, a.version, a.previous.as_ref().map(|(v, _)| format!(" (v{v} kept until it is complete)")).unwrap_or_default());
+                    println!(
+                        "  {} v{}{}",
+                        a.name,
+                        a.version,
+                        a.previous
+                            .as_ref()
+                            .map(|(v, _)| format!(" (v{v} kept until it is complete)"))
+                            .unwrap_or_default()
+                    );
                 }
                 for d in &rec.user_disks {
-                    println!("  user disk {}/{}: version {}", d.appliance, d.disk, d.version);
+                    println!(
+                        "  user disk {}/{}: version {}",
+                        d.appliance, d.disk, d.version
+                    );
                 }
             }
-            Ok(None) => println!("user {user}: record damaged or incomplete (offline login not possible)"),
+            Ok(None) => {
+                println!("user {user}: record damaged or incomplete (offline login not possible)")
+            }
             Err(e) => println!("user {user}: {e}"),
         }
     }
     for (name, total, present) in &s.pins {
         if !name.starts_with(receiver::store::USER_PIN_PREFIX) {
-            println!("pin {name}: {present}/{total} chunks present{}", if present == total { " (complete)" } else { "" });
+            println!(
+                "pin {name}: {present}/{total} chunks present{}",
+                if present == total { " (complete)" } else { "" }
+            );
         }
     }
     for (name, blocks) in &s.overlays {
-        println!("overlay {name}: {} of local changes", progress::bytes(*blocks as u64 * 4096));
+        println!(
+            "overlay {name}: {} of local changes",
+            progress::bytes(*blocks as u64 * 4096)
+        );
     }
     ExitCode::SUCCESS
 }
@@ -233,9 +323,32 @@ fn main() -> ExitCode {
         1 => log::LevelFilter::Info,
         _ => log::LevelFilter::Debug,
     };
-    env_logger::Builder::new().filter_level(level).parse_default_env().init();
+    env_logger::Builder::new()
+        .filter_level(level)
+        .parse_default_env()
+        .init();
     match cli.cmd {
-        Cmd::Fill { repo, cache, cache_size, user, trusted_keys, ca, connections, no_compress, interval } => fill(repo, cache, cache_size, user, trusted_keys, ca, connections, no_compress, interval),
+        Cmd::Fill {
+            repo,
+            cache,
+            cache_size,
+            user,
+            trusted_keys,
+            ca,
+            connections,
+            no_compress,
+            interval,
+        } => fill(
+            repo,
+            cache,
+            cache_size,
+            user,
+            trusted_keys,
+            ca,
+            connections,
+            no_compress,
+            interval,
+        ),
         Cmd::Status { cache } => status(cache),
     }
 }

@@ -29,11 +29,7 @@ pub fn duration(d: Duration) -> String {
 }
 
 fn pct(done: u64, total: u64) -> u64 {
-    if total == 0 {
-        100
-    } else {
-        done * 100 / total
-    }
+    (done * 100).checked_div(total).unwrap_or(100)
 }
 
 /// One line per appliance and a total line.
@@ -47,7 +43,14 @@ pub fn lines(p: &Progress) -> Vec<String> {
         } else {
             "fetching boot chunks"
         };
-        out.push(format!("  {} v{}: {} / {} ({}%), {state}", a.name, a.version, bytes(a.done_bytes), bytes(a.total_bytes), pct(a.done_bytes, a.total_bytes)));
+        out.push(format!(
+            "  {} v{}: {} / {} ({}%), {state}",
+            a.name,
+            a.version,
+            bytes(a.done_bytes),
+            bytes(a.total_bytes),
+            pct(a.done_bytes, a.total_bytes)
+        ));
     }
     let eta = p.eta.map(duration).unwrap_or_else(|| "?".into());
     let mut total = format!(
@@ -60,7 +63,10 @@ pub fn lines(p: &Progress) -> Vec<String> {
         bytes(p.fetch.wire_bytes)
     );
     if p.fetch.corrupt > 0 || p.fetch.retries > 0 {
-        total.push_str(&format!(", {} corrupt chunk(s) refetched, {} retries", p.fetch.corrupt, p.fetch.retries));
+        total.push_str(&format!(
+            ", {} corrupt chunk(s) refetched, {} retries",
+            p.fetch.corrupt, p.fetch.retries
+        ));
     }
     out.push(total);
     out

@@ -101,8 +101,18 @@ impl ApplianceSet {
 }
 
 /// Checks a signed manifest: file digest (if known), signature, name and version.
-pub fn verify_manifest(bytes: &[u8], expected_sha256: Option<&str>, name: &str, version: u64, trusted: &[appliance::PublicKey]) -> Result<Manifest> {
-    let bad = |why: String| Error::BadManifest { appliance: name.into(), version, why };
+pub fn verify_manifest(
+    bytes: &[u8],
+    expected_sha256: Option<&str>,
+    name: &str,
+    version: u64,
+    trusted: &[appliance::PublicKey],
+) -> Result<Manifest> {
+    let bad = |why: String| Error::BadManifest {
+        appliance: name.into(),
+        version,
+        why,
+    };
     if let Some(want) = expected_sha256 {
         let got = hex::encode(Sha256::digest(bytes));
         if !got.eq_ignore_ascii_case(want) {
@@ -111,7 +121,10 @@ pub fn verify_manifest(bytes: &[u8], expected_sha256: Option<&str>, name: &str, 
     }
     let m = SignedManifest::verify_bytes(bytes, trusted).map_err(|e| bad(e.to_string()))?;
     if m.name != name || m.version != version {
-        return Err(bad(format!("it describes {} version {}", m.name, m.version)));
+        return Err(bad(format!(
+            "it describes {} version {}",
+            m.name, m.version
+        )));
     }
     Ok(m)
 }
@@ -134,7 +147,9 @@ pub fn needed_chunks(a: &Appliance) -> Vec<ChunkId> {
     for d in &a.manifest.disks {
         match d.role {
             DiskRole::System => blobs.push(&d.image),
-            DiskRole::User => blobs.push(a.user_disk(&d.name).map(|u| &u.image).unwrap_or(&d.image)),
+            DiskRole::User => {
+                blobs.push(a.user_disk(&d.name).map(|u| &u.image).unwrap_or(&d.image))
+            }
         }
     }
     for b in blobs {
@@ -153,13 +168,22 @@ pub fn is_complete(cache: &Cache, a: &Appliance) -> bool {
 }
 
 /// The user disks of `m` at the states `lookup` gives (version, committed manifest).
-pub fn user_disks_of(m: &Manifest, lookup: impl Fn(&str) -> (u64, Option<UserDiskManifest>)) -> Vec<UserDisk> {
+pub fn user_disks_of(
+    m: &Manifest,
+    lookup: impl Fn(&str) -> (u64, Option<UserDiskManifest>),
+) -> Vec<UserDisk> {
     m.disks
         .iter()
         .filter(|d| d.role == DiskRole::User)
         .map(|d| {
             let (version, committed) = lookup(&d.name);
-            UserDisk { disk: d.name.clone(), version, image: committed.map(|c| c.image).unwrap_or_else(|| d.image.clone()) }
+            UserDisk {
+                disk: d.name.clone(),
+                version,
+                image: committed
+                    .map(|c| c.image)
+                    .unwrap_or_else(|| d.image.clone()),
+            }
         })
         .collect()
 }
@@ -170,7 +194,13 @@ pub fn user_disks_of(m: &Manifest, lookup: impl Fn(&str) -> (u64, Option<UserDis
 pub fn pin_set(cache: &Cache, user: &str, set: &ApplianceSet) -> Result<()> {
     let mut keep = HashSet::new();
     for a in &set.appliances {
-        let ids: Vec<cachefs::ChunkId> = blobs(&a.manifest).iter().flat_map(|b| b.chunks.iter().flatten()).map(cid).collect::<HashSet<_>>().into_iter().collect();
+        let ids: Vec<cachefs::ChunkId> = blobs(&a.manifest)
+            .iter()
+            .flat_map(|b| b.chunks.iter().flatten())
+            .map(cid)
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
         let name = app_pin(a.name(), a.manifest.version);
         cache.pin(&name, &ids)?;
         keep.insert(name);
@@ -206,7 +236,12 @@ pub fn release_previous(cache: &Cache, set: &mut ApplianceSet) -> Result<Vec<Str
         if a.previous.is_some() && is_complete(cache, a) {
             if let Some((prev, _)) = a.previous.take() {
                 cache.unpin(&app_pin(&prev.name, prev.version))?;
-                log::info!("{} version {} is complete; version {} unpinned", a.name(), a.manifest.version, prev.version);
+                log::info!(
+                    "{} version {} is complete; version {} unpinned",
+                    a.name(),
+                    a.manifest.version,
+                    prev.version
+                );
                 released.push(a.name().to_owned());
             }
         }

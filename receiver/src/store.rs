@@ -72,12 +72,22 @@ pub struct OfflineRecord {
 impl OfflineRecord {
     /// The saved state of one user disk.
     pub fn user_disk(&self, appliance: &str, disk: &str) -> Option<&SavedUserDisk> {
-        self.user_disks.iter().find(|d| d.appliance == appliance && d.disk == disk)
+        self.user_disks
+            .iter()
+            .find(|d| d.appliance == appliance && d.disk == disk)
     }
 
     /// The content blob of a user disk: committed content, or `initial` if never committed.
-    pub fn user_disk_blob<'a>(&'a self, appliance: &str, disk: &str, initial: &'a ChunkedBlob) -> &'a ChunkedBlob {
-        match self.user_disk(appliance, disk).and_then(|d| d.manifest.as_ref()) {
+    pub fn user_disk_blob<'a>(
+        &'a self,
+        appliance: &str,
+        disk: &str,
+        initial: &'a ChunkedBlob,
+    ) -> &'a ChunkedBlob {
+        match self
+            .user_disk(appliance, disk)
+            .and_then(|d| d.manifest.as_ref())
+        {
             Some(m) => &m.image,
             None => initial,
         }
@@ -90,7 +100,8 @@ fn pin_name(user: &str) -> String {
 
 /// Stores `rec` durably (replacing the previous record of that user).
 pub fn save(cache: &Cache, rec: &OfflineRecord) -> Result<()> {
-    let json = serde_json::to_vec(rec).map_err(|e| Error::Config(format!("offline record: {e}")))?;
+    let json =
+        serde_json::to_vec(rec).map_err(|e| Error::Config(format!("offline record: {e}")))?;
     let mut ids = Vec::new();
     for piece in json.chunks(PIECE) {
         ids.push(cache.insert_data(piece)?);
@@ -111,7 +122,9 @@ pub fn load(cache: &Cache, user: &str) -> Result<Option<OfflineRecord>> {
         match cache.read(id)? {
             Some(piece) => json.extend_from_slice(&piece),
             None => {
-                log::warn!("offline record of {user} lost a piece ({id}); offline login is not possible");
+                log::warn!(
+                    "offline record of {user} lost a piece ({id}); offline login is not possible"
+                );
                 return Ok(None);
             }
         }
@@ -119,7 +132,11 @@ pub fn load(cache: &Cache, user: &str) -> Result<Option<OfflineRecord>> {
     match serde_json::from_slice::<OfflineRecord>(&json) {
         Ok(r) if r.format == RECORD_FORMAT && r.user == user => Ok(Some(r)),
         Ok(r) => {
-            log::warn!("offline record of {user} has format {} / user {}; ignored", r.format, r.user);
+            log::warn!(
+                "offline record of {user} has format {} / user {}; ignored",
+                r.format,
+                r.user
+            );
             Ok(None)
         }
         Err(e) => {
@@ -131,5 +148,9 @@ pub fn load(cache: &Cache, user: &str) -> Result<Option<OfflineRecord>> {
 
 /// Users with a stored record.
 pub fn users(cache: &Cache) -> Vec<String> {
-    cache.pins().into_iter().filter_map(|(n, _)| n.strip_prefix(USER_PIN_PREFIX).map(str::to_owned)).collect()
+    cache
+        .pins()
+        .into_iter()
+        .filter_map(|(n, _)| n.strip_prefix(USER_PIN_PREFIX).map(str::to_owned))
+        .collect()
 }

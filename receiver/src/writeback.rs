@@ -12,7 +12,10 @@
 
 use std::collections::HashSet;
 
-use appliance::wire::{user_disk_api_path, CommitUserDiskRequest, CommitUserDiskResponse, MissingChunksRequest, MissingChunksResponse, MISSING_CHUNKS_PATH};
+use appliance::wire::{
+    user_disk_api_path, CommitUserDiskRequest, CommitUserDiskResponse, MissingChunksRequest,
+    MissingChunksResponse, MISSING_CHUNKS_PATH,
+};
 use appliance::{ChunkId, UserDiskManifest};
 use cachefs::Overlay;
 
@@ -34,8 +37,16 @@ pub struct WriteBackReport {
     pub version: u64,
 }
 
-fn upload(session: &Session, ids: &[ChunkId], data: &std::collections::HashMap<ChunkId, &Vec<u8>>, report: &mut WriteBackReport) -> Result<()> {
-    let client = session.client.as_ref().ok_or_else(|| offline_error(session))?;
+fn upload(
+    session: &Session,
+    ids: &[ChunkId],
+    data: &std::collections::HashMap<ChunkId, &Vec<u8>>,
+    report: &mut WriteBackReport,
+) -> Result<()> {
+    let client = session
+        .client
+        .as_ref()
+        .ok_or_else(|| offline_error(session))?;
     let cfg = client.config();
     for id in ids {
         let Some(plain) = data.get(id) else { continue };
@@ -63,64 +74,161 @@ fn offline_error(session: &Session) -> Error {
 
 /// Writes user disk `disk` of `appliance` back from `overlay` (opened with
 /// [`crate::disks::open_user_disk`] over the session's content of that disk).
-pub fn write_back(session: &mut Session, appliance: &str, disk: &str, overlay: &Overlay) -> Result<WriteBackReport> {
-    let expected = session.set.get(appliance).and_then(|a| a.user_disk(disk)).map(|d| d.version).ok_or_else(|| Error::Config(format!("{appliance}/{disk} is not a user disk of this session")))?;
-    let client = session.client.clone().ok_or_else(|| offline_error(session))?;
+pub fn write_back(
+    session: &mut Session,
+    appliance: &str,
+    disk: &str,
+    overlay: &Overlay,
+) -> Result<WriteBackReport> {
+    let expected = session
+        .set
+        .get(appliance)
+        .and_then(|a| a.user_disk(disk))
+        .map(|d| d.version)
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "{appliance}/{disk} is not a user disk of this session"
+            ))
+        })?;
+    let client = session
+        .client
+        .clone()
+        .ok_or_else(|| offline_error(session))?;
     let wb = overlay.prepare_write_back()?;
-    let mut report = WriteBackReport { changed_chunks: wb.changed.len(), version: expected, ..Default::default() };
+    let mut report = WriteBackReport {
+        changed_chunks: wb.changed.len(),
+        version: expected,
+        ..Default::default()
+    };
     if wb.changed.is_empty() {
         log::info!("{appliance}/{disk}: nothing changed, nothing to write back");
         return Ok(report);
     }
     let view = overlay.view();
-    let data: std::collections::HashMap<ChunkId, &Vec<u8>> = wb.changed.iter().filter(|(_, _, d)| !appliance::is_zero(d)).map(|(_, id, d)| (ChunkId(id.0), d)).collect();
-    let mut ids: Vec<ChunkId> = data.keys().copied().collect::<HashSet<_>>().into_iter().collect();
+    let data: std::collections::HashMap<ChunkId, &Vec<u8>> = wb
+        .changed
+        .iter()
+        .filter(|(_, _, d)| !appliance::is_zero(d))
+        .map(|(_, id, d)| (ChunkId(id.0), d))
+        .collect();
+    let mut ids: Vec<ChunkId> = data
+        .keys()
+        .copied()
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
     ids.sort();
-    let missing: MissingChunksResponse = client.api("POST", MISSING_CHUNKS_PATH, Some(serde_json::to_vec(&MissingChunksRequest { ids: ids.clone() }).map_err(|e| Error::Config(e.to_string()))?))?;
+    let missing: MissingChunksResponse = client.api(
+        "POST",
+        MISSING_CHUNKS_PATH,
+        Some(
+            serde_json::to_vec(&MissingChunksRequest { ids: ids.clone() })
+                .map_err(|e| Error::Config(e.to_string()))?,
+        ),
+    )?;
     upload(session, &missing.missing, &data, &mut report)?;
 
     let image = blob_of(&wb.chunks, view.size(), view.chunk_size());
-    let manifest = UserDiskManifest { format: appliance::user::USER_DISK_FORMAT, user: session.user.clone(), appliance: appliance.into(), disk: disk.into(), version: expected + 1, image };
-    let body = serde_json::to_vec(&CommitUserDiskRequest { expected_version: expected, manifest: manifest.clone() }).map_err(|e| Error::Config(e.to_string()))?;
+    let manifest = UserDiskManifest {
+        format: appliance::user::USER_DISK_FORMAT,
+        user: session.user.clone(),
+        appliance: appliance.into(),
+        disk: disk.into(),
+        version: expected + 1,
+        image,
+    };
+    let body = serde_json::to_vec(&CommitUserDiskRequest {
+        expected_version: expected,
+        manifest: manifest.clone(),
+    })
+    .map_err(|e| Error::Config(e.to_string()))?;
     let path = user_disk_api_path(appliance, disk);
     let mut tries = 0;
     let reply: CommitUserDiskResponse = loop {
         tries += 1;
         match client.api_raw("PUT", &path, body.clone()) {
-            Ok(b) => break serde_json::from_slice(&b).map_err(|e| Error::Protocol { what: "commit reply".into(), why: e.to_string() })?,
-            Err((409, api, _)) => {
-                let current = api.and_then(|a| a.current_version).unwrap_or(0);
+            Ok(b) => {
+                break serde_json::from_slice(&b).map_err(|e| Error::Protocol {
+                    what: "commit reply".into(),
+                    why: e.to_string(),
+                })?
+            }
+            Err(f) if f.status == 409 => {
+                let current = f.api.and_then(|a| a.current_version).unwrap_or(0);
                 log::error!("{appliance}/{disk}: conflict (repository at {current}, started from {expected}); local changes kept");
-                return Err(Error::Conflict { appliance: appliance.into(), disk: disk.into(), expected, current });
+                return Err(Error::Conflict {
+                    appliance: appliance.into(),
+                    disk: disk.into(),
+                    expected,
+                    current,
+                });
             }
-            Err((400, Some(api), _)) if api.code == "missing_chunks" && tries < 3 => {
+            Err(f)
+                if f.status == 400
+                    && tries < 3
+                    && f.api.as_ref().is_some_and(|a| a.code == "missing_chunks") =>
+            {
                 // Collected by a gc between the question and the commit: upload and retry.
-                upload(session, &api.missing, &data, &mut report)?;
+                let missing = f.api.map(|a| a.missing).unwrap_or_default();
+                upload(session, &missing, &data, &mut report)?;
             }
-            Err((_, _, e)) if e.is_unreachable() && tries < client.config().attempts => {
+            Err(f) if f.error.is_unreachable() && tries < client.config().attempts => {
                 std::thread::sleep(client.config().backoff_for(tries + 1));
             }
-            Err((_, _, e)) => return Err(e),
+            Err(f) => return Err(f.error),
         }
     };
     if reply.version != expected + 1 {
-        return Err(Error::Protocol { what: "commit reply".into(), why: format!("version {} where {} was committed", reply.version, expected + 1) });
+        return Err(Error::Protocol {
+            what: "commit reply".into(),
+            why: format!(
+                "version {} where {} was committed",
+                reply.version,
+                expected + 1
+            ),
+        });
     }
     // Acknowledged: now the overlay may drop what the repository holds.
     overlay.finish_write_back(wb)?;
     report.version = reply.version;
-    if let Some(a) = session.set.appliances.iter_mut().find(|a| a.name() == appliance) {
+    if let Some(a) = session
+        .set
+        .appliances
+        .iter_mut()
+        .find(|a| a.name() == appliance)
+    {
         if let Some(d) = a.user_disks.iter_mut().find(|d| d.disk == disk) {
             d.version = reply.version;
             d.image = manifest.image.clone();
         }
     }
-    let saved = SavedUserDisk { appliance: appliance.into(), disk: disk.into(), version: reply.version, manifest: Some(manifest.clone()) };
-    session.record.user_disks.retain(|d| !(d.appliance == appliance && d.disk == disk));
+    let saved = SavedUserDisk {
+        appliance: appliance.into(),
+        disk: disk.into(),
+        version: reply.version,
+        manifest: Some(manifest.clone()),
+    };
+    session
+        .record
+        .user_disks
+        .retain(|d| !(d.appliance == appliance && d.disk == disk));
     session.record.user_disks.push(saved);
-    let ids: Vec<cachefs::ChunkId> = manifest.image.distinct_chunks().iter().map(crate::set::cid).collect();
-    session.cache.pin(&crate::set::user_disk_pin(&session.user, appliance, disk), &ids)?;
+    let ids: Vec<cachefs::ChunkId> = manifest
+        .image
+        .distinct_chunks()
+        .iter()
+        .map(crate::set::cid)
+        .collect();
+    session.cache.pin(
+        &crate::set::user_disk_pin(&session.user, appliance, disk),
+        &ids,
+    )?;
     store::save(&session.cache, &session.record)?;
-    log::info!("{appliance}/{disk}: committed version {} ({} chunk(s) changed, {} uploaded)", reply.version, report.changed_chunks, report.uploaded_chunks);
+    log::info!(
+        "{appliance}/{disk}: committed version {} ({} chunk(s) changed, {} uploaded)",
+        reply.version,
+        report.changed_chunks,
+        report.uploaded_chunks
+    );
     Ok(report)
 }

@@ -23,7 +23,11 @@ pub fn bytes(seed: u64, len: usize, text: bool) -> Vec<u8> {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            if text { b"abcdefgh \n"[(x % 10) as usize] } else { x as u8 }
+            if text {
+                b"abcdefgh \n"[(x % 10) as usize]
+            } else {
+                x as u8
+            }
         })
         .collect()
 }
@@ -75,7 +79,12 @@ impl Fixture {
         let key = SecretKey::generate();
         let kernel = bytes(7, 300_000, true);
         repository::users::add(&repo, "alice", PASSWORD, KdfParams::INSECURE_FOR_TESTS).unwrap();
-        Fixture { tmp, repo, key, kernel }
+        Fixture {
+            tmp,
+            repo,
+            key,
+            kernel,
+        }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -83,12 +92,22 @@ impl Fixture {
     }
 
     pub fn assign(&self, user: &str, apps: &[&str]) {
-        repository::users::assign(&self.repo, user, &apps.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        repository::users::assign(
+            &self.repo,
+            user,
+            &apps.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        )
+        .unwrap();
     }
 
     /// Publishes `name` with `system` as system disk, a 1 MiB user disk and a boot trace
     /// naming `boot_offsets` of the system disk.
-    pub fn publish(&self, name: &str, system: &[u8], boot_offsets: &[u64]) -> repository::publish::PublishStats {
+    pub fn publish(
+        &self,
+        name: &str,
+        system: &[u8],
+        boot_offsets: &[u64],
+    ) -> repository::publish::PublishStats {
         let kpath = self.path("kernel");
         let spath = self.path(&format!("{name}-system.img"));
         let tpath = self.path(&format!("{name}.trace"));
@@ -105,8 +124,14 @@ impl Fixture {
             initrd: None,
             cmdline: "console=ttyS0".into(),
             disks: vec![
-                DiskSpec { role: appliance::DiskRole::System, source: DiskSource::Image(spath) },
-                DiskSpec { role: appliance::DiskRole::User, source: DiskSource::Empty(1 << 20) },
+                DiskSpec {
+                    role: appliance::DiskRole::System,
+                    source: DiskSource::Image(spath),
+                },
+                DiskSpec {
+                    role: appliance::DiskRole::User,
+                    source: DiskSource::Empty(1 << 20),
+                },
             ],
             memory_mib: 256,
             vcpus: 1,
@@ -125,7 +150,11 @@ impl Fixture {
         cfg.threads = 4;
         cfg.dummy_kdf = KdfParams::INSECURE_FOR_TESTS;
         let running = repository::server::start(self.repo.clone(), &cfg).unwrap();
-        Server { addr: running.addr(), running: Some(running), log }
+        Server {
+            addr: running.addr(),
+            running: Some(running),
+            log,
+        }
     }
 
     pub fn serve(&self) -> Server {
@@ -153,7 +182,11 @@ impl Fixture {
 }
 
 /// Reads a whole blob through a view over `cache` with `source` and returns it.
-pub fn read_blob(cache: &Arc<cachefs::Cache>, blob: &appliance::ChunkedBlob, source: Arc<dyn cachefs::ChunkSource>) -> Vec<u8> {
+pub fn read_blob(
+    cache: &Arc<cachefs::Cache>,
+    blob: &appliance::ChunkedBlob,
+    source: Arc<dyn cachefs::ChunkSource>,
+) -> Vec<u8> {
     let v = receiver::disks::view(cache, blob, source).unwrap();
     let mut out = vec![0u8; blob.size as usize];
     v.read_at(0, &mut out).unwrap();
@@ -167,7 +200,8 @@ pub fn chunk_gets(log: &Path) -> Vec<String> {
         .lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() >= 5 && f[2] == "GET" && f[3].starts_with("/chunks/")).then(|| f[3].rsplit('/').next().unwrap_or("").to_owned())
+            (f.len() >= 5 && f[2] == "GET" && f[3].starts_with("/chunks/"))
+                .then(|| f[3].rsplit('/').next().unwrap_or("").to_owned())
         })
         .collect()
 }

@@ -45,7 +45,12 @@ impl Proxy {
         let counters = Arc::new(Counters::default());
         let upstream = Arc::new(Mutex::new(upstream));
         let stop = Arc::new(AtomicBool::new(false));
-        let (f, c, u, s) = (faults.clone(), counters.clone(), upstream.clone(), stop.clone());
+        let (f, c, u, s) = (
+            faults.clone(),
+            counters.clone(),
+            upstream.clone(),
+            stop.clone(),
+        );
         std::thread::spawn(move || {
             let seed = AtomicU64::new(0x1234_5678);
             for conn in listener.incoming() {
@@ -61,7 +66,13 @@ impl Proxy {
                 });
             }
         });
-        Proxy { addr, faults, counters, upstream, stop }
+        Proxy {
+            addr,
+            faults,
+            counters,
+            upstream,
+            stop,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -109,11 +120,20 @@ fn read_head(r: &mut impl BufRead) -> std::io::Result<Option<Vec<u8>>> {
 fn content_length(head: &[u8]) -> Option<usize> {
     String::from_utf8_lossy(head).lines().find_map(|l| {
         let (k, v) = l.split_once(':')?;
-        k.trim().eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok()).flatten()
+        k.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse().ok())
+            .flatten()
     })
 }
 
-fn handle(client: TcpStream, upstream: SocketAddr, faults: Arc<Mutex<Faults>>, counters: Arc<Counters>, mut seed: u64) -> std::io::Result<()> {
+fn handle(
+    client: TcpStream,
+    upstream: SocketAddr,
+    faults: Arc<Mutex<Faults>>,
+    counters: Arc<Counters>,
+    mut seed: u64,
+) -> std::io::Result<()> {
     let server = TcpStream::connect_timeout(&upstream, Duration::from_secs(2))?;
     let mut cr = BufReader::new(client.try_clone()?);
     let mut cw = client;
@@ -121,16 +141,26 @@ fn handle(client: TcpStream, upstream: SocketAddr, faults: Arc<Mutex<Faults>>, c
     let mut sw = server;
     loop {
         // One request, client -> server.
-        let Some(head) = read_head(&mut cr)? else { return Ok(()) };
-        let path = String::from_utf8_lossy(&head).split_whitespace().nth(1).unwrap_or("").to_owned();
+        let Some(head) = read_head(&mut cr)? else {
+            return Ok(());
+        };
+        let path = String::from_utf8_lossy(&head)
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("")
+            .to_owned();
         let n = content_length(&head).unwrap_or(0);
         let mut body = vec![0u8; n];
         cr.read_exact(&mut body)?;
         sw.write_all(&head)?;
         sw.write_all(&body)?;
         // Its response, server -> client.
-        let Some(rhead) = read_head(&mut sr)? else { return Ok(()) };
-        let chunked = String::from_utf8_lossy(&rhead).to_ascii_lowercase().contains("transfer-encoding: chunked");
+        let Some(rhead) = read_head(&mut sr)? else {
+            return Ok(());
+        };
+        let chunked = String::from_utf8_lossy(&rhead)
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked");
         let mut rbody = match (chunked, content_length(&rhead)) {
             (true, _) => read_chunked(&mut sr)?,
             (false, Some(n)) => {
@@ -177,7 +207,8 @@ fn read_chunked(r: &mut impl BufRead) -> std::io::Result<Vec<u8>> {
         if r.read_line(&mut line)? == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
-        let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or("").trim(), 16).map_err(|_| std::io::Error::other("bad chunk size"))?;
+        let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| std::io::Error::other("bad chunk size"))?;
         if size == 0 {
             // Trailer: lines up to the empty one.
             loop {
@@ -196,7 +227,12 @@ fn read_chunked(r: &mut impl BufRead) -> std::io::Result<Vec<u8>> {
 }
 
 /// Writes a body back in the framing it came in; `complete` false leaves it unfinished.
-fn write_body(w: &mut impl Write, body: &[u8], chunked: bool, complete: bool) -> std::io::Result<()> {
+fn write_body(
+    w: &mut impl Write,
+    body: &[u8],
+    chunked: bool,
+    complete: bool,
+) -> std::io::Result<()> {
     if !chunked {
         return w.write_all(body);
     }
