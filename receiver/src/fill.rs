@@ -55,6 +55,10 @@ pub struct ApplianceProgress {
     pub boot_total_bytes: u64,
     /// Of those, bytes in the cache.
     pub boot_done_bytes: u64,
+    /// Estimated time until it is complete: the plan's bytes still to fetch up to its
+    /// last chunk, at the fill's current rate (the link is shared, so this is the rate
+    /// that matters). `Some(0)` when complete, `None` before a rate is known.
+    pub eta: Option<Duration>,
 }
 
 impl ApplianceProgress {
@@ -117,6 +121,10 @@ struct Shared {
     since_sync: AtomicU64,
     failures: Mutex<Vec<Error>>,
     base: Vec<ApplianceProgress>,
+    /// prefix[k]: bytes of jobs[..k].
+    prefix: Vec<u64>,
+    /// Per appliance: index of its last job in the plan + 1 (0 if it has none).
+    last_job_end: Vec<usize>,
     total: u64,
     cached_at_start: u64,
     start: Instant,
@@ -265,7 +273,18 @@ pub fn start(
         (total - missing) >> 20
     );
     let workers = opts.connections.max(1).min(jobs.len().max(1));
+    let mut prefix = Vec::with_capacity(jobs.len() + 1);
+    prefix.push(0u64);
+    let mut last_job_end = vec![0usize; base.len()];
+    for (k, j) in jobs.iter().enumerate() {
+        prefix.push(prefix[k] + j.len as u64);
+        for &o in &j.owners {
+            last_job_end[o] = k + 1;
+        }
+    }
     let shared = Arc::new(Shared {
+        prefix,
+        last_job_end,
         counts_at_start: fetcher.counts(),
         cache,
         fetcher,
@@ -358,18 +377,34 @@ impl FillHandle {
     /// A snapshot of the progress.
     pub fn progress(&self) -> Progress {
         let s = &self.shared;
+        let done = s.done_total.load(Ordering::Relaxed);
+        let elapsed = s.start.elapsed();
+        let rate = (done - s.cached_at_start) as f64 / elapsed.as_secs_f64().max(1e-3);
+        let taken = s.next.load(Ordering::Relaxed).min(s.jobs.len());
         let appliances = s
             .base
             .iter()
             .enumerate()
-            .map(|(i, b)| ApplianceProgress {
-                done_bytes: s.done[i].load(Ordering::Relaxed),
-                boot_done_bytes: s.boot_done[i].load(Ordering::Relaxed),
-                ..b.clone()
+            .map(|(i, b)| {
+                let done_bytes = s.done[i].load(Ordering::Relaxed);
+                let eta = if done_bytes >= b.total_bytes {
+                    Some(Duration::ZERO)
+                } else if rate > 0.0 {
+                    // Jobs not yet taken up to its last one, or at least its own bytes left.
+                    let queued = s.prefix[s.last_job_end[i].max(taken)] - s.prefix[taken];
+                    let ahead = queued.max(b.total_bytes - done_bytes);
+                    Some(Duration::from_secs_f64(ahead as f64 / rate))
+                } else {
+                    None
+                };
+                ApplianceProgress {
+                    done_bytes,
+                    boot_done_bytes: s.boot_done[i].load(Ordering::Relaxed),
+                    eta,
+                    ..b.clone()
+                }
             })
             .collect();
-        let done = s.done_total.load(Ordering::Relaxed);
-        let elapsed = s.start.elapsed();
         let now = s.fetcher.counts();
         let fetch = FetchCounts {
             wire_bytes: now.wire_bytes - s.counts_at_start.wire_bytes,
@@ -379,7 +414,6 @@ impl FillHandle {
             retries: now.retries - s.counts_at_start.retries,
             demand_chunks: now.demand_chunks - s.counts_at_start.demand_chunks,
         };
-        let rate = (done - s.cached_at_start) as f64 / elapsed.as_secs_f64().max(1e-3);
         let left = s.total - done;
         let eta = if left == 0 {
             Some(Duration::ZERO)

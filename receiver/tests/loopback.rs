@@ -66,6 +66,11 @@ fn login_fill_boot_first_and_second_fill_fetches_nothing() {
     .unwrap();
     assert_eq!(p.done_bytes, p.total_bytes);
     assert!(p.appliances[0].complete() && p.appliances[0].boot_ready());
+    assert_eq!(p.appliances[0].eta, Some(Duration::ZERO));
+    assert!(
+        seen.iter().any(|p| !p.appliances[0].complete()),
+        "progress was seen before completion"
+    );
     assert!(p.fetch.plain_bytes > 0 && p.fetch.corrupt == 0);
     assert!(seen.len() >= 2, "progress was reported along the way");
     assert_cached_content(&cache, &session, &[("desk", &system)]);
