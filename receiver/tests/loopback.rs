@@ -664,3 +664,35 @@ fn https_login_with_a_built_in_ca() {
     ));
     server.shutdown();
 }
+
+#[test]
+fn repository_restarted_within_the_retry_window_the_same_fill_completes() {
+    let f = Fixture::new();
+    let system = image(13, 12);
+    f.publish("desk", &system, &[0]);
+    f.assign("alice", &["desk"]);
+    let mut srv = f.serve();
+    let addr = srv.addr;
+    let proxy = Proxy::start(addr, Faults { delay: Duration::from_millis(4), ..Default::default() });
+    let mut cfg = f.config(&proxy.url());
+    cfg.attempts = 40; // 5 ms doubling to 50 ms: about 2 s of retrying per chunk
+    let cache = f.cache("cache.img");
+    let session = receiver::login(cache.clone(), &cfg, "alice", PASSWORD).unwrap();
+    let fetcher = receiver::Fetcher::new(session.client.clone().unwrap());
+    let h = receiver::fill::start(cache.clone(), fetcher, &session.set, opts(2));
+    let t = Instant::now();
+    while h.progress().done_bytes * 3 < h.progress().total_bytes && t.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    srv.kill();
+    let at_kill = h.progress().done_bytes;
+    std::thread::sleep(Duration::from_millis(300));
+    let p_down = h.progress();
+    assert!(!p_down.finished && p_down.done_bytes < p_down.total_bytes, "the fill waits for the repository");
+    let srv2 = f.serve_on(&addr.to_string());
+    let p = h.wait().expect("the same fill completes once the repository is back");
+    assert!(p.fetch.retries > 0, "requests failed while it was down and were retried");
+    assert!(at_kill < p.total_bytes && p.done_bytes == p.total_bytes);
+    assert_cached_content(&cache, &session, &[("desk", &system)]);
+    drop(srv2);
+}
