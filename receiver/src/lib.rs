@@ -32,7 +32,7 @@ pub use fetch::{FetchCounts, Fetcher};
 pub use fill::{ApplianceProgress, FillHandle, FillOptions, Progress};
 pub use login::{login, offline_login, Mode, Session};
 pub use set::{Appliance, ApplianceSet, Refused};
-pub use writeback::{write_back, WriteBackReport};
+pub use writeback::{open_session_user_disk, write_back, WriteBackReport};
 
 /// Opens the cache on `path` (a partition or a file), formatting it if it holds no cache
 /// or one of an unknown version (the cache holds nothing that cannot be fetched again,

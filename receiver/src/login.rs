@@ -44,6 +44,10 @@ pub struct Session {
     pub record: OfflineRecord,
     /// The cache.
     pub cache: Arc<Cache>,
+    /// The record as it was before this login replaced it: names the user-disk contents
+    /// the terminal had, so an overlay left on an older base can be recognised
+    /// ([`crate::writeback::open_session_user_disk`]).
+    pub previous_record: Option<OfflineRecord>,
 }
 
 impl Session {
@@ -292,6 +296,7 @@ fn online(cache: Arc<Cache>, client: RepoClient, reply: LoginResponse) -> Result
         client: Some(client),
         record,
         cache,
+        previous_record: old,
     })
 }
 
@@ -353,6 +358,7 @@ pub fn offline_login(
         mode: Mode::Offline { reason },
         set,
         client: None,
+        previous_record: Some(record.clone()),
         record,
         cache,
     })

@@ -19,7 +19,12 @@ use appliance::wire::{
 use appliance::{ChunkId, UserDiskManifest};
 use cachefs::Overlay;
 
-use crate::disks::blob_of;
+use std::sync::Arc;
+
+use appliance::ChunkedBlob;
+use cachefs::ChunkSource;
+
+use crate::disks::{blob_of, chunk_list, open_user_disk, user_overlay_name};
 use crate::error::{Error, Result};
 use crate::login::Session;
 use crate::store::{self, SavedUserDisk};
@@ -79,6 +84,28 @@ pub fn write_back(
     appliance: &str,
     disk: &str,
     overlay: &Overlay,
+) -> Result<WriteBackReport> {
+    write_back_inner(session, appliance, disk, overlay, true)
+}
+
+/// Test hook: everything up to and including the repository's acknowledgement, then
+/// stops as if the power went (no `finish_write_back`, no record update).
+#[doc(hidden)]
+pub fn write_back_crash_after_commit(
+    session: &mut Session,
+    appliance: &str,
+    disk: &str,
+    overlay: &Overlay,
+) -> Result<WriteBackReport> {
+    write_back_inner(session, appliance, disk, overlay, false)
+}
+
+fn write_back_inner(
+    session: &mut Session,
+    appliance: &str,
+    disk: &str,
+    overlay: &Overlay,
+    finish: bool,
 ) -> Result<WriteBackReport> {
     let expected = session
         .set
@@ -188,6 +215,9 @@ pub fn write_back(
             ),
         });
     }
+    if !finish {
+        return Ok(report);
+    }
     // Acknowledged: now the overlay may drop what the repository holds.
     overlay.finish_write_back(wb)?;
     report.version = reply.version;
@@ -231,4 +261,76 @@ pub fn write_back(
         report.uploaded_chunks
     );
     Ok(report)
+}
+
+/// Opens the persistent overlay of a user disk over the session's content of it, and
+/// repairs the one state a power cut can leave behind: the repository acknowledged a
+/// write-back but the terminal died before cachefs rebased the overlay. The overlay then
+/// still names the previous content as its base. If its content equals what the
+/// repository now holds, the rebase is finished now; if it differs (changes made here on
+/// an older version while another terminal committed), it is `Error::Conflict` and the
+/// local data stays untouched.
+pub fn open_session_user_disk(
+    session: &Session,
+    appliance: &str,
+    disk: &str,
+    source: Arc<dyn ChunkSource>,
+) -> Result<Overlay> {
+    let a = session.set.get(appliance).ok_or_else(|| {
+        Error::Config(format!("{appliance} is not in the session's appliance set"))
+    })?;
+    let ud = a
+        .user_disk(disk)
+        .ok_or_else(|| Error::Config(format!("{appliance} has no user disk {disk}")))?;
+    let name = user_overlay_name(&session.user, appliance, disk);
+    let target = chunk_list(&ud.image);
+    let cache = &session.cache;
+    let Some(base) = cache.overlay_base_digest(&name) else {
+        return open_user_disk(cache, &session.user, appliance, disk, &ud.image, source);
+    };
+    if base == cachefs::list_digest(&target) {
+        return open_user_disk(cache, &session.user, appliance, disk, &ud.image, source);
+    }
+    // Which content was it made on? The previous record's, or the appliance's initial one.
+    let initial = a
+        .manifest
+        .disks
+        .iter()
+        .find(|d| d.name == disk)
+        .map(|d| d.image.clone());
+    let mut candidates: Vec<(u64, ChunkedBlob)> = Vec::new();
+    for rec in [session.previous_record.as_ref(), Some(&session.record)]
+        .into_iter()
+        .flatten()
+    {
+        if let Some(m) = rec
+            .user_disk(appliance, disk)
+            .and_then(|d| d.manifest.as_ref())
+        {
+            candidates.push((m.version, m.image.clone()));
+        }
+    }
+    candidates.extend(initial.map(|b| (0, b)));
+    let Some((old_version, old)) = candidates
+        .into_iter()
+        .find(|(_, b)| cachefs::list_digest(&chunk_list(b)) == base)
+    else {
+        return Err(Error::Config(format!(
+            "the local overlay of {appliance}/{disk} was made on a content this terminal no longer knows; it is kept in the cache (overlay {name})"
+        )));
+    };
+    let overlay = open_user_disk(cache, &session.user, appliance, disk, &old, source.clone())?;
+    let wb = overlay.prepare_write_back()?;
+    if wb.chunks == target {
+        log::warn!("{appliance}/{disk}: finishing a write-back interrupted after the repository acknowledged version {}", ud.version);
+        overlay.finish_write_back(wb)?;
+        drop(overlay);
+        return open_user_disk(cache, &session.user, appliance, disk, &ud.image, source);
+    }
+    Err(Error::Conflict {
+        appliance: appliance.into(),
+        disk: disk.into(),
+        expected: old_version,
+        current: ud.version,
+    })
 }

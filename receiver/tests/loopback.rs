@@ -673,7 +673,13 @@ fn repository_restarted_within_the_retry_window_the_same_fill_completes() {
     f.assign("alice", &["desk"]);
     let mut srv = f.serve();
     let addr = srv.addr;
-    let proxy = Proxy::start(addr, Faults { delay: Duration::from_millis(4), ..Default::default() });
+    let proxy = Proxy::start(
+        addr,
+        Faults {
+            delay: Duration::from_millis(4),
+            ..Default::default()
+        },
+    );
     let mut cfg = f.config(&proxy.url());
     cfg.attempts = 40; // 5 ms doubling to 50 ms: about 2 s of retrying per chunk
     let cache = f.cache("cache.img");
@@ -681,18 +687,102 @@ fn repository_restarted_within_the_retry_window_the_same_fill_completes() {
     let fetcher = receiver::Fetcher::new(session.client.clone().unwrap());
     let h = receiver::fill::start(cache.clone(), fetcher, &session.set, opts(2));
     let t = Instant::now();
-    while h.progress().done_bytes * 3 < h.progress().total_bytes && t.elapsed() < Duration::from_secs(60) {
+    while h.progress().done_bytes * 3 < h.progress().total_bytes
+        && t.elapsed() < Duration::from_secs(60)
+    {
         std::thread::sleep(Duration::from_millis(5));
     }
     srv.kill();
     let at_kill = h.progress().done_bytes;
     std::thread::sleep(Duration::from_millis(300));
     let p_down = h.progress();
-    assert!(!p_down.finished && p_down.done_bytes < p_down.total_bytes, "the fill waits for the repository");
+    assert!(
+        !p_down.finished && p_down.done_bytes < p_down.total_bytes,
+        "the fill waits for the repository"
+    );
     let srv2 = f.serve_on(&addr.to_string());
-    let p = h.wait().expect("the same fill completes once the repository is back");
-    assert!(p.fetch.retries > 0, "requests failed while it was down and were retried");
+    let p = h
+        .wait()
+        .expect("the same fill completes once the repository is back");
+    assert!(
+        p.fetch.retries > 0,
+        "requests failed while it was down and were retried"
+    );
     assert!(at_kill < p.total_bytes && p.done_bytes == p.total_bytes);
     assert_cached_content(&cache, &session, &[("desk", &system)]);
     drop(srv2);
+}
+
+#[test]
+fn power_cut_after_an_acknowledged_write_back_is_repaired_at_the_next_login() {
+    let f = Fixture::new();
+    f.publish("desk", &image(14, 1), &[0]);
+    f.assign("alice", &["desk"]);
+    let srv = f.serve();
+    let cfg = f.config(&srv.url());
+    let data = bytes(15, 4096, false);
+    {
+        let cache = f.cache("a.img");
+        let mut s = receiver::login(cache.clone(), &cfg, "alice", PASSWORD).unwrap();
+        let fetcher = receiver::Fetcher::new(s.client.clone().unwrap());
+        let ov = receiver::open_session_user_disk(&s, "desk", "user", fetcher).unwrap();
+        ov.write_at(65536 * 2, &data).unwrap();
+        let r = receiver::writeback::write_back_crash_after_commit(&mut s, "desk", "user", &ov)
+            .unwrap();
+        assert_eq!(r.uploaded_chunks, 1);
+        // Power cut: the repository has version 1, the overlay still names version 0.
+    }
+    let cache = f.cache("a.img");
+    let s = receiver::login(cache.clone(), &cfg, "alice", PASSWORD).unwrap();
+    assert_eq!(
+        s.set
+            .get("desk")
+            .unwrap()
+            .user_disk("user")
+            .unwrap()
+            .version,
+        1
+    );
+    let ov =
+        receiver::open_session_user_disk(&s, "desk", "user", Arc::new(cachefs::NoSource)).unwrap();
+    assert!(
+        ov.changed_chunks().is_empty(),
+        "the interrupted rebase was finished: nothing left to write back"
+    );
+    let mut buf = vec![0u8; 4096];
+    ov.read_at(65536 * 2, &mut buf).unwrap();
+    assert_eq!(buf, data);
+    drop(ov);
+
+    // Changes made here on version 1 while another terminal commits version 2: a conflict
+    // at the next login, and the local overlay is left alone.
+    let ov =
+        receiver::open_session_user_disk(&s, "desk", "user", Arc::new(cachefs::NoSource)).unwrap();
+    ov.write_at(0, &[7u8; 512]).unwrap();
+    ov.flush().unwrap();
+    drop(ov);
+    let other = f.cache("b.img");
+    let mut sb = receiver::login(other.clone(), &cfg, "alice", PASSWORD).unwrap();
+    let fb = receiver::Fetcher::new(sb.client.clone().unwrap());
+    let ovb = receiver::open_session_user_disk(&sb, "desk", "user", fb).unwrap();
+    ovb.write_at(4096, &[9u8; 512]).unwrap();
+    assert_eq!(
+        receiver::write_back(&mut sb, "desk", "user", &ovb)
+            .unwrap()
+            .version,
+        2
+    );
+    let s2 = receiver::login(cache.clone(), &cfg, "alice", PASSWORD).unwrap();
+    match receiver::open_session_user_disk(&s2, "desk", "user", Arc::new(cachefs::NoSource)) {
+        Err(Error::Conflict {
+            expected: 1,
+            current: 2,
+            ..
+        }) => {}
+        other => panic!("expected a conflict, got {:?}", other.map(|_| ())),
+    }
+    assert!(
+        cache.overlay_base_digest("user/alice/desk/user").is_some(),
+        "the local overlay is kept"
+    );
 }
