@@ -95,14 +95,34 @@ impl RunningServer {
     }
 }
 
+/// Binds `listen` with `TCP_NODELAY` set on the listening socket; Linux copies it to every
+/// accepted connection. tiny_http never sets it, and without it the tail of each response
+/// waits for the client's delayed ACK (Nagle): about 40 ms per 64 KiB chunk, 10 MiB/s on
+/// loopback.
+fn bind_nodelay(listen: &str) -> std::io::Result<std::net::TcpListener> {
+    use std::os::fd::AsRawFd;
+    let listener = std::net::TcpListener::bind(listen)?;
+    let one: libc::c_int = 1;
+    // SAFETY: a valid socket fd owned by `listener`, and a pointer to a live c_int of the
+    // size passed.
+    let rc = unsafe {
+        libc::setsockopt(listener.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY, (&one as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t)
+    };
+    if rc != 0 {
+        log::warn!("cannot set TCP_NODELAY on {listen}: {}; responses may be slow", std::io::Error::last_os_error());
+    }
+    Ok(listener)
+}
+
 /// Binds and starts the worker threads.
 pub fn start(repo: Repo, config: &ServeConfig) -> Result<RunningServer> {
+    let listener = bind_nodelay(&config.listen).map_err(|e| Error::Usage(format!("cannot listen on {}: {e}; pick another address or port", config.listen)))?;
     let server = match &config.tls {
-        None => Server::http(&config.listen),
+        None => Server::from_listener(listener, None),
         Some((cert, key)) => {
             let certificate = std::fs::read(cert).map_err(|e| Error::Input { what: "TLS certificate", path: cert.clone(), why: e.to_string() })?;
             let private_key = std::fs::read(key).map_err(|e| Error::Input { what: "TLS key", path: key.clone(), why: e.to_string() })?;
-            Server::https(&config.listen, tiny_http::SslConfig { certificate, private_key })
+            Server::from_listener(listener, Some(tiny_http::SslConfig { certificate, private_key }))
         }
     }
     .map_err(|e| Error::Usage(format!("cannot listen on {}: {e}; pick another address or port", config.listen)))?;

@@ -1,0 +1,365 @@
+//! Logging a user in: online against the repository, or offline against the record the
+//! last online login left in the cache.
+//!
+//! Online: the repository checks the password and hands out the appliance set; every
+//! manifest is fetched and verified, user-disk states are read, the set is pinned and the
+//! offline record replaced. If the repository cannot be reached (connect, TLS, timeout, a
+//! 5xx), the login falls back to the offline record: the password is checked against the
+//! saved verifier, and the saved manifests are verified again against the built-in keys.
+//! A wrong password is `Error::BadCredentials` either way, never "offline".
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use appliance::wire::{user_disk_api_path, LoginResponse};
+use appliance::UserDiskManifest;
+use cachefs::Cache;
+
+use crate::client::{RepoClient, RepoConfig, MAX_JSON};
+use crate::error::{Error, Result};
+use crate::set::{self, Appliance, ApplianceSet, Refused};
+use crate::store::{self, OfflineRecord, SavedAppliance, SavedUserDisk};
+
+/// How the user got in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The repository said yes; fills and write-back work.
+    Online,
+    /// The repository could not be reached; the user works from the cache. `reason` says
+    /// why, for the login screen.
+    Offline { reason: String },
+}
+
+/// A logged-in user.
+pub struct Session {
+    /// User name.
+    pub user: String,
+    /// Online or offline.
+    pub mode: Mode,
+    /// The verified appliance set.
+    pub set: ApplianceSet,
+    /// The client with the session token (None offline).
+    pub client: Option<RepoClient>,
+    /// The record stored for the next offline login.
+    pub record: OfflineRecord,
+    /// The cache.
+    pub cache: Arc<Cache>,
+    /// The record as it was before this login replaced it: names the user-disk contents
+    /// the terminal had, so an overlay left on an older base can be recognised
+    /// ([`crate::writeback::open_session_user_disk`]).
+    pub previous_record: Option<OfflineRecord>,
+}
+
+impl Session {
+    /// A line for the login screen.
+    pub fn status_line(&self) -> String {
+        match &self.mode {
+            Mode::Online => format!("{} logged in; {} appliance(s)", self.user, self.set.appliances.len()),
+            Mode::Offline { reason } => format!(
+                "OFFLINE: the repository cannot be reached ({reason}). {} works from this terminal's cache; changes to user disks are kept here and written back at the next online logout",
+                self.user
+            ),
+        }
+    }
+
+    /// True when working offline.
+    pub fn is_offline(&self) -> bool {
+        matches!(self.mode, Mode::Offline { .. })
+    }
+
+    /// Once an updated appliance is complete, drops its previous version's pin and
+    /// records that.
+    pub fn release_previous(&mut self) -> Result<Vec<String>> {
+        let released = set::release_previous(&self.cache, &mut self.set)?;
+        if !released.is_empty() {
+            for a in &mut self.record.appliances {
+                if released.contains(&a.name) {
+                    a.previous = None;
+                }
+            }
+            store::save(&self.cache, &self.record)?;
+        }
+        Ok(released)
+    }
+
+    /// Ends the repository session (best effort).
+    pub fn logout(&mut self) {
+        if let Some(c) = &mut self.client {
+            c.logout();
+        }
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Logs `user` in: online if the repository answers, offline from the cache otherwise.
+pub fn login(
+    cache: Arc<Cache>,
+    config: &RepoConfig,
+    user: &str,
+    password: &str,
+) -> Result<Session> {
+    let mut client = RepoClient::new(config.clone())?;
+    match client.login(user, password) {
+        Ok(reply) => match online(cache.clone(), client, reply) {
+            // The repository went away between the login and the manifests: work offline
+            // rather than not at all.
+            Err(e) if e.is_unreachable() => {
+                log::warn!("login: {e}; trying offline login");
+                offline_login(cache, config, user, password, e.to_string())
+            }
+            r => r,
+        },
+        Err(e) if e.is_unreachable() => {
+            log::warn!("login: {e}; trying offline login");
+            offline_login(cache, config, user, password, e.to_string())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Fetches (with retries) a manifest or user-disk manifest: the login must not fail for
+/// one dropped connection.
+fn get_retry(client: &RepoClient, path: &str) -> Result<Vec<u8>> {
+    let cfg = client.config();
+    let mut attempt = 1;
+    loop {
+        match client.get(path, MAX_JSON) {
+            Ok(b) => return Ok(b),
+            Err(e) if e.is_unreachable() && attempt < cfg.attempts => {
+                log::debug!("{path}: {e}; retrying");
+                std::thread::sleep(cfg.backoff_for(attempt + 1));
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn api_retry<T: serde::de::DeserializeOwned>(client: &RepoClient, path: &str) -> Result<T> {
+    let cfg = client.config();
+    let mut attempt = 1;
+    loop {
+        match client.api::<T>("GET", path, None) {
+            Err(e) if e.is_unreachable() && attempt < cfg.attempts => {
+                std::thread::sleep(cfg.backoff_for(attempt + 1));
+                attempt += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
+fn online(cache: Arc<Cache>, client: RepoClient, reply: LoginResponse) -> Result<Session> {
+    let user = reply.user.clone();
+    let trusted = client.config().trusted_keys.clone();
+    let old = store::load(&cache, &user)?;
+    let mut set = ApplianceSet {
+        unavailable: reply.unavailable.clone(),
+        ..Default::default()
+    };
+    let mut saved_apps = Vec::new();
+    let mut saved_disks = Vec::new();
+    for r in &reply.appliances {
+        let verified = get_retry(&client, &r.manifest_path).and_then(|bytes| {
+            let m = set::verify_manifest(
+                &bytes,
+                Some(&r.manifest_sha256),
+                &r.name,
+                r.version,
+                &trusted,
+            )?;
+            let text = String::from_utf8(bytes).map_err(|_| Error::BadManifest {
+                appliance: r.name.clone(),
+                version: r.version,
+                why: "not UTF-8".into(),
+            })?;
+            Ok((m, text))
+        });
+        let (manifest, text) = match verified {
+            Ok(v) => v,
+            Err(e) => {
+                log::error!("appliance {} refused: {e}", r.name);
+                set.refused.push(Refused {
+                    name: r.name.clone(),
+                    version: r.version,
+                    reason: e.to_string(),
+                });
+                // Keep the last good record of it, so it still runs offline.
+                if let Some(prev) = old
+                    .as_ref()
+                    .and_then(|o| o.appliances.iter().find(|a| a.name == r.name))
+                {
+                    saved_apps.push(prev.clone());
+                }
+                continue;
+            }
+        };
+        // The previous version: what the last login ran, if it is another version whose pin
+        // is still there (it stays usable until this one is complete).
+        let previous = old
+            .as_ref()
+            .and_then(|o| o.appliances.iter().find(|a| a.name == r.name))
+            .and_then(|p| {
+                let (v, text) = if p.version != r.version {
+                    (p.version, p.signed_manifest.clone())
+                } else {
+                    p.previous.clone()?
+                };
+                let pinned = cache
+                    .pins()
+                    .iter()
+                    .any(|(n, _)| *n == set::app_pin(&r.name, v));
+                if !pinned {
+                    return None;
+                }
+                set::verify_manifest(text.as_bytes(), None, &r.name, v, &trusted)
+                    .ok()
+                    .map(|m| (m, text))
+            });
+        let mut disks = Vec::new();
+        for d in reply.user_disks.iter().filter(|d| d.appliance == r.name) {
+            let committed: Option<UserDiskManifest> = if d.version == 0 {
+                None
+            } else {
+                let m: UserDiskManifest =
+                    api_retry(&client, &user_disk_api_path(&d.appliance, &d.disk))?;
+                m.validate()?;
+                if m.user != user
+                    || m.appliance != d.appliance
+                    || m.disk != d.disk
+                    || m.version != d.version
+                {
+                    return Err(Error::Protocol {
+                        what: "user-disk manifest".into(),
+                        why: format!(
+                            "asked for {user}/{}/{} v{}, got {}/{}/{} v{}",
+                            d.appliance, d.disk, d.version, m.user, m.appliance, m.disk, m.version
+                        ),
+                    });
+                }
+                Some(m)
+            };
+            disks.push(SavedUserDisk {
+                appliance: d.appliance.clone(),
+                disk: d.disk.clone(),
+                version: d.version,
+                manifest: committed,
+            });
+        }
+        let user_disks = set::user_disks_of(&manifest, |disk| {
+            disks
+                .iter()
+                .find(|d| d.disk == disk)
+                .map(|d| (d.version, d.manifest.clone()))
+                .unwrap_or((0, None))
+        });
+        saved_apps.push(SavedAppliance {
+            name: r.name.clone(),
+            version: r.version,
+            signed_manifest: text.clone(),
+            previous: previous.as_ref().map(|(m, t)| (m.version, t.clone())),
+        });
+        saved_disks.extend(disks);
+        set.appliances.push(Appliance {
+            manifest,
+            signed_bytes: text,
+            previous,
+            user_disks,
+        });
+    }
+    set::pin_set(&cache, &user, &set)?;
+    let record = OfflineRecord {
+        format: store::RECORD_FORMAT,
+        user: user.clone(),
+        verifier: reply.offline_verifier.clone(),
+        saved_unix: now_unix(),
+        appliances: saved_apps,
+        user_disks: saved_disks,
+    };
+    store::save(&cache, &record)?;
+    log::info!(
+        "{user} logged in online: {} appliance(s), {} refused, {} unavailable",
+        set.appliances.len(),
+        set.refused.len(),
+        set.unavailable.len()
+    );
+    Ok(Session {
+        user,
+        mode: Mode::Online,
+        set,
+        client: Some(client),
+        record,
+        cache,
+        previous_record: old,
+    })
+}
+
+/// Offline login from the stored record.
+pub fn offline_login(
+    cache: Arc<Cache>,
+    config: &RepoConfig,
+    user: &str,
+    password: &str,
+    reason: String,
+) -> Result<Session> {
+    let record =
+        store::load(&cache, user)?.ok_or_else(|| Error::NoOfflineRecord(user.to_owned()))?;
+    match appliance::verify_password(&record.verifier, password) {
+        Ok(()) => {}
+        Err(appliance::Error::WrongPassword) => return Err(Error::BadCredentials),
+        Err(e) => return Err(e.into()),
+    }
+    let mut set = ApplianceSet::default();
+    for a in &record.appliances {
+        let manifest = match set::verify_manifest(
+            a.signed_manifest.as_bytes(),
+            None,
+            &a.name,
+            a.version,
+            &config.trusted_keys,
+        ) {
+            Ok(m) => m,
+            Err(e) => {
+                set.refused.push(Refused {
+                    name: a.name.clone(),
+                    version: a.version,
+                    reason: e.to_string(),
+                });
+                continue;
+            }
+        };
+        let previous = a.previous.as_ref().and_then(|(v, t)| {
+            set::verify_manifest(t.as_bytes(), None, &a.name, *v, &config.trusted_keys)
+                .ok()
+                .map(|m| (m, t.clone()))
+        });
+        let user_disks = set::user_disks_of(&manifest, |disk| {
+            record
+                .user_disk(&a.name, disk)
+                .map(|d| (d.version, d.manifest.clone()))
+                .unwrap_or((0, None))
+        });
+        set.appliances.push(Appliance {
+            manifest,
+            signed_bytes: a.signed_manifest.clone(),
+            previous,
+            user_disks,
+        });
+    }
+    log::warn!("{user} logged in OFFLINE ({reason})");
+    Ok(Session {
+        user: user.to_owned(),
+        mode: Mode::Offline { reason },
+        set,
+        client: None,
+        previous_record: Some(record.clone()),
+        record,
+        cache,
+    })
+}
