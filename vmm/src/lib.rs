@@ -13,6 +13,7 @@ pub mod appliance_vm;
 pub mod arch;
 pub mod bus;
 pub mod config;
+pub mod console_switch;
 pub mod console;
 pub mod devices;
 pub mod exit;

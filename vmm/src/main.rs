@@ -24,6 +24,12 @@ struct Cli {
 enum Command {
     /// Boot one VM and run it until it powers off, resets or crashes.
     Run(RunArgs),
+    /// Run an appliance set: one VMM process per appliance, their consoles on this
+    /// terminal, switched with Ctrl-A n (next) or Ctrl-A 1-9.
+    Set {
+        /// JSON list of {"name": ..., "command": ["vmm", "run", ...]}.
+        file: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -124,6 +130,61 @@ fn parse_net(s: &str) -> Result<NetConfig, String> {
     Ok(n)
 }
 
+/// `vmm set`: exit code 0 if every appliance powered off, else the first other code.
+fn run_set(file: &std::path::Path) -> i32 {
+    let members: Vec<vmm::console_switch::Member> = match std::fs::read_to_string(file)
+        .map_err(|e| e.to_string())
+        .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+    {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("vmm: appliance set {}: {e}", file.display());
+            return 1;
+        }
+    };
+    let raw = RawStdin::enable();
+    let result = vmm::console_switch::run_set(&members, std::io::stdin(), Box::new(std::io::stdout()));
+    drop(raw);
+    match result {
+        Ok(statuses) => statuses.iter().map(|(_, s)| s.code().unwrap_or(1)).find(|c| *c != 0).unwrap_or(0),
+        Err(e) => {
+            eprintln!("vmm: {e}");
+            1
+        }
+    }
+}
+
+/// Puts a terminal on stdin into raw mode (keys one at a time, no echo) until dropped.
+struct RawStdin(Option<libc::termios>);
+
+impl RawStdin {
+    fn enable() -> RawStdin {
+        // SAFETY: termios calls on fd 0 with a struct we own.
+        unsafe {
+            if libc::isatty(0) != 1 {
+                return RawStdin(None);
+            }
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut t) != 0 {
+                return RawStdin(None);
+            }
+            let saved = t;
+            libc::cfmakeraw(&mut t);
+            libc::tcsetattr(0, libc::TCSANOW, &t);
+            RawStdin(Some(saved))
+        }
+    }
+}
+
+impl Drop for RawStdin {
+    fn drop(&mut self) {
+        if let Some(saved) = self.0 {
+            // SAFETY: restores the settings we read.
+            unsafe { libc::tcsetattr(0, libc::TCSANOW, &saved) };
+        }
+    }
+}
+
 /// A minimal stderr logger; the level comes from RUST_LOG (error, warn, info, debug, trace).
 struct StderrLogger;
 
@@ -159,7 +220,10 @@ fn init_logger() {
 
 fn main() {
     init_logger();
-    let Command::Run(args) = Cli::parse().command;
+    let args = match Cli::parse().command {
+        Command::Run(args) => args,
+        Command::Set { file } => std::process::exit(run_set(&file)),
+    };
     let disks = match args
         .disks
         .iter()
