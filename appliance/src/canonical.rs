@@ -38,7 +38,10 @@ fn write_value(value: &Value, out: &mut Vec<u8>) -> Result<()> {
             } else if let Some(i) = n.as_i64() {
                 out.extend_from_slice(i.to_string().as_bytes());
             } else {
-                return Err(Error::invalid("canonical JSON", format!("number {n} is not an integer; signed documents use integers only")));
+                return Err(Error::invalid(
+                    "canonical JSON",
+                    format!("number {n} is not an integer; signed documents use integers only"),
+                ));
             }
         }
         Value::String(s) => write_string(s, out),
@@ -81,7 +84,9 @@ fn write_string(s: &str, out: &mut Vec<u8>) {
             '\n' => out.extend_from_slice(b"\\n"),
             '\u{c}' => out.extend_from_slice(b"\\f"),
             '\r' => out.extend_from_slice(b"\\r"),
-            c if (c as u32) < 0x20 => out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes()),
+            c if (c as u32) < 0x20 => {
+                out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes())
+            }
             c => {
                 let mut buf = [0u8; 4];
                 out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
@@ -100,7 +105,10 @@ mod tests {
     fn sorted_compact_and_escaped() {
         let v = json!({"b": 1, "a": [true, null, -3], "é": "x\"y\\z\n\u{1}ü", "B": 18446744073709551615u64});
         let s = String::from_utf8(to_canonical_json(&v).unwrap()).unwrap();
-        assert_eq!(s, r#"{"B":18446744073709551615,"a":[true,null,-3],"b":1,"é":"x\"y\\z\n\u0001ü"}"#);
+        assert_eq!(
+            s,
+            r#"{"B":18446744073709551615,"a":[true,null,-3],"b":1,"é":"x\"y\\z\n\u0001ü"}"#
+        );
         // Parsing the canonical form and re-encoding is a fixed point.
         let again: Value = serde_json::from_str(&s).unwrap();
         assert_eq!(to_canonical_json(&again).unwrap(), s.as_bytes());

@@ -56,7 +56,10 @@ impl ChunkId {
         if actual == *self {
             Ok(())
         } else {
-            Err(Error::ChunkMismatch { expected: self.to_hex(), actual: actual.to_hex() })
+            Err(Error::ChunkMismatch {
+                expected: self.to_hex(),
+                actual: actual.to_hex(),
+            })
         }
     }
 }
@@ -76,8 +79,15 @@ impl fmt::Debug for ChunkId {
 impl FromStr for ChunkId {
     type Err = Error;
     fn from_str(s: &str) -> Result<ChunkId> {
-        if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-            return Err(Error::invalid("chunk id", format!("{s:?} is not 64 lowercase hex digits")));
+        if s.len() != 64
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(Error::invalid(
+                "chunk id",
+                format!("{s:?} is not 64 lowercase hex digits"),
+            ));
         }
         let mut out = [0u8; 32];
         hex::decode_to_slice(s, &mut out).map_err(|e| Error::invalid("chunk id", e.to_string()))?;
@@ -122,10 +132,17 @@ pub fn is_zero(data: &[u8]) -> bool {
 
 /// Encodes a plaintext chunk for storage: lz4 if it saves at least 1/16, raw otherwise.
 pub fn encode_chunk(plain: &[u8]) -> Vec<u8> {
-    assert!(plain.len() <= MAX_CHUNK_SIZE, "chunk larger than MAX_CHUNK_SIZE");
+    assert!(
+        plain.len() <= MAX_CHUNK_SIZE,
+        "chunk larger than MAX_CHUNK_SIZE"
+    );
     let compressed = lz4_flex::block::compress(plain);
     let (encoding, payload): (ChunkEncoding, &[u8]) =
-        if compressed.len() + plain.len() / 16 <= plain.len() { (ChunkEncoding::Lz4, &compressed) } else { (ChunkEncoding::Raw, plain) };
+        if compressed.len() + plain.len() / 16 <= plain.len() {
+            (ChunkEncoding::Lz4, &compressed)
+        } else {
+            (ChunkEncoding::Raw, plain)
+        };
     let mut out = Vec::with_capacity(CHUNK_HEADER_LEN + payload.len());
     out.extend_from_slice(b"CK");
     out.push(CHUNK_FORMAT);
@@ -138,19 +155,34 @@ pub fn encode_chunk(plain: &[u8]) -> Vec<u8> {
 /// Parses a stored chunk's header: (encoding, plaintext length).
 pub fn chunk_header(stored: &[u8]) -> Result<(ChunkEncoding, usize)> {
     if stored.len() < CHUNK_HEADER_LEN || &stored[0..2] != b"CK" {
-        return Err(Error::invalid("stored chunk", "missing the \"CK\" header (truncated or not a chunk)"));
+        return Err(Error::invalid(
+            "stored chunk",
+            "missing the \"CK\" header (truncated or not a chunk)",
+        ));
     }
     if stored[2] != CHUNK_FORMAT {
-        return Err(Error::UnsupportedFormat { what: "stored chunk", found: stored[2] as u32, supported: CHUNK_FORMAT as u32 });
+        return Err(Error::UnsupportedFormat {
+            what: "stored chunk",
+            found: stored[2] as u32,
+            supported: CHUNK_FORMAT as u32,
+        });
     }
     let encoding = match stored[3] {
         0 => ChunkEncoding::Raw,
         1 => ChunkEncoding::Lz4,
-        other => return Err(Error::invalid("stored chunk", format!("unknown encoding {other}"))),
+        other => {
+            return Err(Error::invalid(
+                "stored chunk",
+                format!("unknown encoding {other}"),
+            ))
+        }
     };
     let len = u32::from_le_bytes([stored[4], stored[5], stored[6], stored[7]]) as usize;
     if len > MAX_CHUNK_SIZE {
-        return Err(Error::invalid("stored chunk", format!("plaintext length {len} exceeds the {MAX_CHUNK_SIZE}-byte limit")));
+        return Err(Error::invalid(
+            "stored chunk",
+            format!("plaintext length {len} exceeds the {MAX_CHUNK_SIZE}-byte limit"),
+        ));
     }
     Ok((encoding, len))
 }
@@ -171,15 +203,25 @@ pub fn decode_chunk_unverified(stored: &[u8]) -> Result<Vec<u8>> {
     match encoding {
         ChunkEncoding::Raw => {
             if payload.len() != len {
-                return Err(Error::invalid("stored chunk", format!("raw payload is {} bytes, header says {len}", payload.len())));
+                return Err(Error::invalid(
+                    "stored chunk",
+                    format!("raw payload is {} bytes, header says {len}", payload.len()),
+                ));
             }
             Ok(payload.to_vec())
         }
         ChunkEncoding::Lz4 => {
-            let plain = lz4_flex::block::decompress(payload, len)
-                .map_err(|e| Error::invalid("stored chunk", format!("lz4 payload does not decompress: {e}")))?;
+            let plain = lz4_flex::block::decompress(payload, len).map_err(|e| {
+                Error::invalid(
+                    "stored chunk",
+                    format!("lz4 payload does not decompress: {e}"),
+                )
+            })?;
             if plain.len() != len {
-                return Err(Error::invalid("stored chunk", format!("lz4 payload gives {} bytes, header says {len}", plain.len())));
+                return Err(Error::invalid(
+                    "stored chunk",
+                    format!("lz4 payload gives {} bytes, header says {len}", plain.len()),
+                ));
             }
             Ok(plain)
         }
@@ -193,18 +235,27 @@ mod tests {
     #[test]
     fn id_hex_roundtrip_and_known_value() {
         let id = ChunkId::of(b"abc");
-        assert_eq!(id.to_string(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            id.to_string(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         assert_eq!(id.to_string().parse::<ChunkId>().unwrap(), id);
         let json = serde_json::to_string(&id).unwrap();
         assert_eq!(serde_json::from_str::<ChunkId>(&json).unwrap(), id);
-        assert!("BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD".parse::<ChunkId>().is_err());
+        assert!(
+            "BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD"
+                .parse::<ChunkId>()
+                .is_err()
+        );
         assert!("abc".parse::<ChunkId>().is_err());
         assert!(id.verify(b"abd").is_err());
     }
 
     #[test]
     fn encoding_picks_lz4_or_raw_and_roundtrips() {
-        let text: Vec<u8> = (0..65536u32).map(|i| b"hello world "[(i % 12) as usize]).collect();
+        let text: Vec<u8> = (0..65536u32)
+            .map(|i| b"hello world "[(i % 12) as usize])
+            .collect();
         let enc = encode_chunk(&text);
         assert_eq!(enc[3], ChunkEncoding::Lz4 as u8);
         assert!(enc.len() < text.len() / 4);
@@ -238,7 +289,10 @@ mod tests {
         assert!(decode_chunk(&id, &bad).is_err());
         let mut bad = enc.clone();
         bad[2] = 9;
-        assert!(matches!(decode_chunk(&id, &bad), Err(Error::UnsupportedFormat { .. })));
+        assert!(matches!(
+            decode_chunk(&id, &bad),
+            Err(Error::UnsupportedFormat { .. })
+        ));
         let mut bad = enc.clone();
         bad[4..8].copy_from_slice(&(u32::MAX).to_le_bytes());
         assert!(decode_chunk(&id, &bad).is_err());

@@ -31,10 +31,15 @@ pub const MIN_CHUNK_SIZE: u32 = 4096;
 
 /// Checks that `chunk_size` is a power of two between 4 KiB and 4 MiB.
 pub fn validate_chunk_size(chunk_size: u32) -> Result<()> {
-    if !chunk_size.is_power_of_two() || chunk_size < MIN_CHUNK_SIZE || chunk_size as usize > MAX_CHUNK_SIZE {
+    if !chunk_size.is_power_of_two()
+        || chunk_size < MIN_CHUNK_SIZE
+        || chunk_size as usize > MAX_CHUNK_SIZE
+    {
         return Err(Error::invalid(
             "chunk size",
-            format!("{chunk_size} must be a power of two between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE}"),
+            format!(
+                "{chunk_size} must be a power of two between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE}"
+            ),
         ));
     }
     Ok(())
@@ -57,7 +62,11 @@ impl ChunkedBlob {
     pub fn zeros(size: u64, chunk_size: u32) -> Result<ChunkedBlob> {
         validate_chunk_size(chunk_size)?;
         let n = size.div_ceil(chunk_size as u64);
-        Ok(ChunkedBlob { size, chunk_size, chunks: vec![None; n as usize] })
+        Ok(ChunkedBlob {
+            size,
+            chunk_size,
+            chunks: vec![None; n as usize],
+        })
     }
 
     /// Number of chunks `size` needs.
@@ -71,7 +80,13 @@ impl ChunkedBlob {
         if self.chunks.len() as u64 != self.expected_chunks() {
             return Err(Error::invalid(
                 "chunk list",
-                format!("{} chunks listed, but a {}-byte image in {}-byte chunks has {}", self.chunks.len(), self.size, self.chunk_size, self.expected_chunks()),
+                format!(
+                    "{} chunks listed, but a {}-byte image in {}-byte chunks has {}",
+                    self.chunks.len(),
+                    self.size,
+                    self.chunk_size,
+                    self.expected_chunks()
+                ),
             ));
         }
         Ok(())
@@ -101,7 +116,12 @@ impl ChunkedBlob {
     /// The distinct non-zero chunk ids, in first-use order.
     pub fn distinct_chunks(&self) -> Vec<ChunkId> {
         let mut seen = std::collections::HashSet::new();
-        self.chunks.iter().flatten().filter(|id| seen.insert(**id)).copied().collect()
+        self.chunks
+            .iter()
+            .flatten()
+            .filter(|id| seen.insert(**id))
+            .copied()
+            .collect()
     }
 }
 
@@ -129,7 +149,13 @@ impl<R: Read> Chunker<R> {
     /// A chunker over `reader` with the given chunk size.
     pub fn new(reader: R, chunk_size: u32) -> Result<Chunker<R>> {
         validate_chunk_size(chunk_size)?;
-        Ok(Chunker { reader, chunk_size: chunk_size as usize, index: 0, size: 0, done: false })
+        Ok(Chunker {
+            reader,
+            chunk_size: chunk_size as usize,
+            index: 0,
+            size: 0,
+            done: false,
+        })
     }
 
     /// Bytes read so far.
@@ -149,7 +175,12 @@ impl<R: Read> Chunker<R> {
                 Ok(0) => break,
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::Io { context: format!("reading chunk {}", self.index), source: e }),
+                Err(e) => {
+                    return Err(Error::Io {
+                        context: format!("reading chunk {}", self.index),
+                        source: e,
+                    })
+                }
             }
         }
         if filled < data.len() {
@@ -159,8 +190,16 @@ impl<R: Read> Chunker<R> {
                 return Ok(None);
             }
         }
-        let id = if is_zero(&data) { None } else { Some(ChunkId::of(&data)) };
-        let cut = CutChunk { index: self.index, id, data };
+        let id = if is_zero(&data) {
+            None
+        } else {
+            Some(ChunkId::of(&data))
+        };
+        let cut = CutChunk {
+            index: self.index,
+            id,
+            data,
+        };
         self.index += 1;
         self.size += filled as u64;
         Ok(Some(cut))
@@ -172,7 +211,11 @@ impl<R: Read> Chunker<R> {
         while let Some(c) = self.next_chunk()? {
             chunks.push(c.id);
         }
-        Ok(ChunkedBlob { size: self.size, chunk_size: self.chunk_size as u32, chunks })
+        Ok(ChunkedBlob {
+            size: self.size,
+            chunk_size: self.chunk_size as u32,
+            chunks,
+        })
     }
 }
 

@@ -11,7 +11,11 @@ pub enum Error {
     Invalid { what: &'static str, why: String },
     /// The input declares a format version this build does not understand.
     #[error("unsupported {what} format version {found} (this build understands {supported}); upgrade this program")]
-    UnsupportedFormat { what: &'static str, found: u32, supported: u32 },
+    UnsupportedFormat {
+        what: &'static str,
+        found: u32,
+        supported: u32,
+    },
     /// A chunk's content does not hash to its id: corrupt or tampered.
     #[error("chunk {expected} is corrupt: its content hashes to {actual}; fetch it again")]
     ChunkMismatch { expected: String, actual: String },
@@ -23,10 +27,18 @@ pub enum Error {
     WrongPassword,
     /// JSON that does not parse or does not match the schema.
     #[error("malformed {what}: {source}")]
-    Json { what: &'static str, #[source] source: serde_json::Error },
+    Json {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
     /// I/O while reading an image.
     #[error("{context}: {source}")]
-    Io { context: String, #[source] source: std::io::Error },
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Result with this crate's [`Error`].
@@ -34,6 +46,9 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub(crate) fn invalid(what: &'static str, why: impl Into<String>) -> Self {
-        Error::Invalid { what, why: why.into() }
+        Error::Invalid {
+            what,
+            why: why.into(),
+        }
     }
 }

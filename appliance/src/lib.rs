@@ -21,4 +21,6 @@ pub use chunking::{ChunkedBlob, Chunker, DEFAULT_CHUNK_SIZE};
 pub use error::{Error, Result};
 pub use manifest::{Disk, DiskRole, Manifest, NetworkAttachment, MANIFEST_FORMAT};
 pub use sign::{PublicKey, SecretKey, SignedManifest};
-pub use user::{hash_password, kdf_params_of, verify_password, KdfParams, UserDiskManifest, UserRecord};
+pub use user::{
+    hash_password, kdf_params_of, verify_password, KdfParams, UserDiskManifest, UserRecord,
+};

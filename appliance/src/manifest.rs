@@ -101,20 +101,33 @@ impl Manifest {
     /// unique disk names, boot profile only naming chunks of this manifest.
     pub fn validate(&self) -> Result<()> {
         if self.format != MANIFEST_FORMAT {
-            return Err(Error::UnsupportedFormat { what: "manifest", found: self.format, supported: MANIFEST_FORMAT });
+            return Err(Error::UnsupportedFormat {
+                what: "manifest",
+                found: self.format,
+                supported: MANIFEST_FORMAT,
+            });
         }
         validate_name("appliance name", &self.name)?;
         if self.version == 0 {
             return Err(Error::invalid("manifest", "version must be 1 or more"));
         }
         if self.vcpus == 0 || self.vcpus > 256 {
-            return Err(Error::invalid("manifest", format!("vcpus {} must be 1 to 256", self.vcpus)));
+            return Err(Error::invalid(
+                "manifest",
+                format!("vcpus {} must be 1 to 256", self.vcpus),
+            ));
         }
         if self.memory_mib < 16 {
-            return Err(Error::invalid("manifest", format!("memory {} MiB is too small (at least 16)", self.memory_mib)));
+            return Err(Error::invalid(
+                "manifest",
+                format!("memory {} MiB is too small (at least 16)", self.memory_mib),
+            ));
         }
         if self.cmdline.len() > MAX_CMDLINE || self.cmdline.contains('\0') {
-            return Err(Error::invalid("manifest", format!("command line must be under {MAX_CMDLINE} bytes without NUL")));
+            return Err(Error::invalid(
+                "manifest",
+                format!("command line must be under {MAX_CMDLINE} bytes without NUL"),
+            ));
         }
         self.kernel.validate()?;
         if self.kernel.size == 0 {
@@ -127,7 +140,10 @@ impl Manifest {
         for disk in &self.disks {
             validate_name("disk name", &disk.name)?;
             if !names.insert(disk.name.as_str()) {
-                return Err(Error::invalid("manifest", format!("disk name {:?} appears twice", disk.name)));
+                return Err(Error::invalid(
+                    "manifest",
+                    format!("disk name {:?} appears twice", disk.name),
+                ));
             }
             disk.image.validate()?;
         }
@@ -140,7 +156,10 @@ impl Manifest {
         if let Some(profile) = &self.boot_profile {
             let all: std::collections::HashSet<ChunkId> = self.all_chunks().into_iter().collect();
             if let Some(bad) = profile.iter().find(|id| !all.contains(id)) {
-                return Err(Error::invalid("manifest", format!("boot profile names chunk {bad}, which no kernel, initrd or disk uses")));
+                return Err(Error::invalid(
+                    "manifest",
+                    format!("boot profile names chunk {bad}, which no kernel, initrd or disk uses"),
+                ));
             }
         }
         Ok(())
@@ -149,8 +168,14 @@ impl Manifest {
     /// Every distinct non-zero chunk the appliance uses (kernel, initrd, all disks).
     pub fn all_chunks(&self) -> Vec<ChunkId> {
         let mut seen = std::collections::HashSet::new();
-        let blobs = std::iter::once(&self.kernel).chain(self.initrd.iter()).chain(self.disks.iter().map(|d| &d.image));
-        blobs.flat_map(|b| b.chunks.iter().flatten()).filter(|id| seen.insert(**id)).copied().collect()
+        let blobs = std::iter::once(&self.kernel)
+            .chain(self.initrd.iter())
+            .chain(self.disks.iter().map(|d| &d.image));
+        blobs
+            .flat_map(|b| b.chunks.iter().flatten())
+            .filter(|id| seen.insert(**id))
+            .copied()
+            .collect()
     }
 
     /// The disk named `name`.
@@ -161,8 +186,15 @@ impl Manifest {
 
 fn validate_mac(mac: &str) -> Result<()> {
     let parts: Vec<&str> = mac.split(':').collect();
-    if parts.len() != 6 || !parts.iter().all(|p| p.len() == 2 && u8::from_str_radix(p, 16).is_ok()) {
-        return Err(Error::invalid("MAC address", format!("{mac:?} is not xx:xx:xx:xx:xx:xx")));
+    if parts.len() != 6
+        || !parts
+            .iter()
+            .all(|p| p.len() == 2 && u8::from_str_radix(p, 16).is_ok())
+    {
+        return Err(Error::invalid(
+            "MAC address",
+            format!("{mac:?} is not xx:xx:xx:xx:xx:xx"),
+        ));
     }
     Ok(())
 }
@@ -174,7 +206,10 @@ pub(crate) mod tests {
 
     /// A small valid manifest for tests in this crate.
     pub(crate) fn sample() -> Manifest {
-        let kernel = Chunker::new(&b"not really a kernel"[..], 4096).unwrap().into_blob().unwrap();
+        let kernel = Chunker::new(&b"not really a kernel"[..], 4096)
+            .unwrap()
+            .into_blob()
+            .unwrap();
         let mut sys = vec![0u8; 4 * 65536];
         sys[70000] = 9;
         let system = Chunker::new(&sys[..], 65536).unwrap().into_blob().unwrap();
@@ -190,10 +225,21 @@ pub(crate) mod tests {
             initrd: None,
             cmdline: "console=ttyS0 root=/dev/vda".into(),
             disks: vec![
-                Disk { name: "system".into(), role: DiskRole::System, image: system },
-                Disk { name: "user".into(), role: DiskRole::User, image: ChunkedBlob::zeros(1 << 20, 65536).unwrap() },
+                Disk {
+                    name: "system".into(),
+                    role: DiskRole::System,
+                    image: system,
+                },
+                Disk {
+                    name: "user".into(),
+                    role: DiskRole::User,
+                    image: ChunkedBlob::zeros(1 << 20, 65536).unwrap(),
+                },
             ],
-            networks: vec![NetworkAttachment { network: "office".into(), mac: Some("52:54:00:12:34:56".into()) }],
+            networks: vec![NetworkAttachment {
+                network: "office".into(),
+                mac: Some("52:54:00:12:34:56".into()),
+            }],
         }
     }
 
@@ -225,6 +271,9 @@ pub(crate) mod tests {
         assert!(m.validate().is_err());
         let mut json = serde_json::to_value(sample()).unwrap();
         json["surprise"] = 1.into();
-        assert!(serde_json::from_value::<Manifest>(json).is_err(), "unknown fields must be refused");
+        assert!(
+            serde_json::from_value::<Manifest>(json).is_err(),
+            "unknown fields must be refused"
+        );
     }
 }

@@ -12,7 +12,10 @@ pub const MAX_NAME_LEN: usize = 64;
 pub fn validate_name(what: &'static str, name: &str) -> Result<()> {
     let bytes = name.as_bytes();
     if bytes.is_empty() || bytes.len() > MAX_NAME_LEN {
-        return Err(Error::invalid(what, format!("{name:?} must be 1 to {MAX_NAME_LEN} characters")));
+        return Err(Error::invalid(
+            what,
+            format!("{name:?} must be 1 to {MAX_NAME_LEN} characters"),
+        ));
     }
     let first_ok = bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit();
     let rest_ok = bytes
@@ -35,7 +38,16 @@ mod tests {
     fn names() {
         assert!(validate_name("user", "alice").is_ok());
         assert!(validate_name("user", "desk-1.2_b").is_ok());
-        for bad in ["", "..", ".hidden", "a/b", "Alice", "a b", "-x", &"a".repeat(65)] {
+        for bad in [
+            "",
+            "..",
+            ".hidden",
+            "a/b",
+            "Alice",
+            "a b",
+            "-x",
+            &"a".repeat(65),
+        ] {
             assert!(validate_name("user", bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -48,10 +48,16 @@ impl fmt::Debug for PublicKey {
 impl FromStr for PublicKey {
     type Err = Error;
     fn from_str(s: &str) -> Result<PublicKey> {
-        let hexpart = s.trim().strip_prefix("ed25519:").ok_or_else(|| Error::invalid("public key", "must start with \"ed25519:\""))?;
+        let hexpart = s
+            .trim()
+            .strip_prefix("ed25519:")
+            .ok_or_else(|| Error::invalid("public key", "must start with \"ed25519:\""))?;
         let mut bytes = [0u8; 32];
-        hex::decode_to_slice(hexpart, &mut bytes).map_err(|e| Error::invalid("public key", format!("bad hex: {e}")))?;
-        VerifyingKey::from_bytes(&bytes).map(PublicKey).map_err(|e| Error::invalid("public key", e.to_string()))
+        hex::decode_to_slice(hexpart, &mut bytes)
+            .map_err(|e| Error::invalid("public key", format!("bad hex: {e}")))?;
+        VerifyingKey::from_bytes(&bytes)
+            .map(PublicKey)
+            .map_err(|e| Error::invalid("public key", e.to_string()))
     }
 }
 
@@ -67,7 +73,11 @@ impl PublicKey {
 
     /// Parses a list of trusted keys: one `ed25519:` key per line, `#` comments allowed.
     pub fn parse_trusted(text: &str) -> Result<Vec<PublicKey>> {
-        text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::parse).collect()
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::parse)
+            .collect()
     }
 }
 
@@ -79,7 +89,9 @@ impl Serialize for PublicKey {
 
 impl<'de> Deserialize<'de> for PublicKey {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<PublicKey, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -105,10 +117,14 @@ impl SecretKey {
     /// Parses a secret key file.
     pub fn from_file_text(text: &str) -> Result<SecretKey> {
         let hexpart = text.trim().strip_prefix(SECRET_KEY_PREFIX).ok_or_else(|| {
-            Error::invalid("secret key file", format!("must start with {SECRET_KEY_PREFIX:?}; is this the public key?"))
+            Error::invalid(
+                "secret key file",
+                format!("must start with {SECRET_KEY_PREFIX:?}; is this the public key?"),
+            )
         })?;
         let mut bytes = [0u8; 32];
-        hex::decode_to_slice(hexpart, &mut bytes).map_err(|e| Error::invalid("secret key file", format!("bad hex: {e}")))?;
+        hex::decode_to_slice(hexpart, &mut bytes)
+            .map_err(|e| Error::invalid("secret key file", format!("bad hex: {e}")))?;
         Ok(SecretKey(SigningKey::from_bytes(&bytes)))
     }
 }
@@ -146,40 +162,83 @@ impl SignedManifest {
     /// Validates and signs `manifest`.
     pub fn sign(manifest: Manifest, key: &SecretKey) -> Result<SignedManifest> {
         manifest.validate()?;
-        let value = serde_json::to_value(&manifest).map_err(|e| Error::Json { what: "manifest", source: e })?;
+        let value = serde_json::to_value(&manifest).map_err(|e| Error::Json {
+            what: "manifest",
+            source: e,
+        })?;
         let sig = key.0.sign(&signing_message(&value)?);
         Ok(SignedManifest {
             format: SIGNED_MANIFEST_FORMAT,
             manifest,
-            signature: SignatureBlock { key: key.public(), sig: hex::encode(sig.to_bytes()) },
+            signature: SignatureBlock {
+                key: key.public(),
+                sig: hex::encode(sig.to_bytes()),
+            },
         })
     }
 
     /// The file content: canonical JSON of the whole envelope.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let value = serde_json::to_value(self).map_err(|e| Error::Json { what: "signed manifest", source: e })?;
+        let value = serde_json::to_value(self).map_err(|e| Error::Json {
+            what: "signed manifest",
+            source: e,
+        })?;
         to_canonical_json(&value)
     }
 
     /// Parses a signed manifest file, verifies its signature against `trusted` and
     /// validates the manifest. This is the only way a terminal should obtain a [`Manifest`].
     pub fn verify_bytes(bytes: &[u8], trusted: &[PublicKey]) -> Result<Manifest> {
-        let envelope: Value = serde_json::from_slice(bytes).map_err(|e| Error::Json { what: "signed manifest", source: e })?;
-        let format = envelope.get("format").and_then(Value::as_u64).ok_or_else(|| Error::invalid("signed manifest", "no format field"))?;
+        let envelope: Value = serde_json::from_slice(bytes).map_err(|e| Error::Json {
+            what: "signed manifest",
+            source: e,
+        })?;
+        let format = envelope
+            .get("format")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| Error::invalid("signed manifest", "no format field"))?;
         if format != SIGNED_MANIFEST_FORMAT as u64 {
-            return Err(Error::UnsupportedFormat { what: "signed manifest", found: format.min(u32::MAX as u64) as u32, supported: SIGNED_MANIFEST_FORMAT });
+            return Err(Error::UnsupportedFormat {
+                what: "signed manifest",
+                found: format.min(u32::MAX as u64) as u32,
+                supported: SIGNED_MANIFEST_FORMAT,
+            });
         }
-        let manifest_value = envelope.get("manifest").ok_or_else(|| Error::invalid("signed manifest", "no manifest field"))?;
-        let block: SignatureBlock = serde_json::from_value(envelope.get("signature").cloned().unwrap_or(Value::Null))
-            .map_err(|e| Error::Json { what: "manifest signature", source: e })?;
+        let manifest_value = envelope
+            .get("manifest")
+            .ok_or_else(|| Error::invalid("signed manifest", "no manifest field"))?;
+        let block: SignatureBlock =
+            serde_json::from_value(envelope.get("signature").cloned().unwrap_or(Value::Null))
+                .map_err(|e| Error::Json {
+                    what: "manifest signature",
+                    source: e,
+                })?;
         if !trusted.contains(&block.key) {
-            return Err(Error::BadSignature(format!("it is signed by {}, which is not among the {} trusted publisher key(s)", block.key, trusted.len())));
+            return Err(Error::BadSignature(format!(
+                "it is signed by {}, which is not among the {} trusted publisher key(s)",
+                block.key,
+                trusted.len()
+            )));
         }
         let mut sig_bytes = [0u8; 64];
-        hex::decode_to_slice(&block.sig, &mut sig_bytes).map_err(|_| Error::BadSignature("the signature is not 128 hex digits".into()))?;
+        hex::decode_to_slice(&block.sig, &mut sig_bytes)
+            .map_err(|_| Error::BadSignature("the signature is not 128 hex digits".into()))?;
         let sig = Signature::from_bytes(&sig_bytes);
-        block.key.0.verify(&signing_message(manifest_value)?, &sig).map_err(|_| Error::BadSignature(format!("the signature by {} does not match the content", block.key)))?;
-        let manifest: Manifest = serde_json::from_value(manifest_value.clone()).map_err(|e| Error::Json { what: "manifest", source: e })?;
+        block
+            .key
+            .0
+            .verify(&signing_message(manifest_value)?, &sig)
+            .map_err(|_| {
+                Error::BadSignature(format!(
+                    "the signature by {} does not match the content",
+                    block.key
+                ))
+            })?;
+        let manifest: Manifest =
+            serde_json::from_value(manifest_value.clone()).map_err(|e| Error::Json {
+                what: "manifest",
+                source: e,
+            })?;
         manifest.validate()?;
         Ok(manifest)
     }
@@ -195,12 +254,19 @@ mod tests {
         let key = SecretKey::generate();
         let key2 = SecretKey::from_file_text(&key.to_file_text()).unwrap();
         assert_eq!(key.public(), key2.public());
-        assert_eq!(PublicKey::from_file_text(&format!("# trusted\n{}\n", key.public())).unwrap(), key.public());
+        assert_eq!(
+            PublicKey::from_file_text(&format!("# trusted\n{}\n", key.public())).unwrap(),
+            key.public()
+        );
         let signed = SignedManifest::sign(sample(), &key).unwrap();
         let bytes = signed.to_bytes().unwrap();
-        assert_eq!(SignedManifest::verify_bytes(&bytes, &[key.public()]).unwrap(), sample());
+        assert_eq!(
+            SignedManifest::verify_bytes(&bytes, &[key.public()]).unwrap(),
+            sample()
+        );
         // Re-serializing with whitespace does not matter: verification is over the value.
-        let pretty = serde_json::to_vec_pretty(&serde_json::from_slice::<Value>(&bytes).unwrap()).unwrap();
+        let pretty =
+            serde_json::to_vec_pretty(&serde_json::from_slice::<Value>(&bytes).unwrap()).unwrap();
         assert!(SignedManifest::verify_bytes(&pretty, &[key.public()]).is_ok());
     }
 
@@ -208,25 +274,40 @@ mod tests {
     fn tampering_and_untrusted_keys_are_refused() {
         let key = SecretKey::generate();
         let other = SecretKey::generate();
-        let bytes = SignedManifest::sign(sample(), &key).unwrap().to_bytes().unwrap();
-        assert!(matches!(SignedManifest::verify_bytes(&bytes, &[other.public()]), Err(Error::BadSignature(_))));
+        let bytes = SignedManifest::sign(sample(), &key)
+            .unwrap()
+            .to_bytes()
+            .unwrap();
+        assert!(matches!(
+            SignedManifest::verify_bytes(&bytes, &[other.public()]),
+            Err(Error::BadSignature(_))
+        ));
 
         let text = String::from_utf8(bytes.clone()).unwrap();
         let tampered = text.replace("\"memory_mib\":512", "\"memory_mib\":513");
         assert_ne!(tampered, text);
-        assert!(matches!(SignedManifest::verify_bytes(tampered.as_bytes(), &[key.public()]), Err(Error::BadSignature(_))));
+        assert!(matches!(
+            SignedManifest::verify_bytes(tampered.as_bytes(), &[key.public()]),
+            Err(Error::BadSignature(_))
+        ));
 
         // A re-signature by an untrusted key with the trusted key's name swapped in fails too.
         let forged = SignedManifest::sign(sample(), &other).unwrap();
         let mut v = serde_json::to_value(&forged).unwrap();
         v["signature"]["key"] = Value::String(key.public().to_string());
         let forged = serde_json::to_vec(&v).unwrap();
-        assert!(matches!(SignedManifest::verify_bytes(&forged, &[key.public()]), Err(Error::BadSignature(_))));
+        assert!(matches!(
+            SignedManifest::verify_bytes(&forged, &[key.public()]),
+            Err(Error::BadSignature(_))
+        ));
 
         assert!(SignedManifest::verify_bytes(b"{not json", &[key.public()]).is_err());
         let mut v: Value = serde_json::from_slice(&bytes).unwrap();
         v["format"] = 7.into();
-        assert!(matches!(SignedManifest::verify_bytes(&serde_json::to_vec(&v).unwrap(), &[key.public()]), Err(Error::UnsupportedFormat { .. })));
+        assert!(matches!(
+            SignedManifest::verify_bytes(&serde_json::to_vec(&v).unwrap(), &[key.public()]),
+            Err(Error::UnsupportedFormat { .. })
+        ));
     }
 
     #[test]
@@ -234,6 +315,9 @@ mod tests {
         // Pin the exact signed bytes of a tiny manifest value so an accidental change of the
         // canonical encoding or the context string breaks this test, not the terminals.
         let v = serde_json::json!({"version": 1, "name": "a"});
-        assert_eq!(signing_message(&v).unwrap(), b"collective-terminal manifest v1\0{\"name\":\"a\",\"version\":1}");
+        assert_eq!(
+            signing_message(&v).unwrap(),
+            b"collective-terminal manifest v1\0{\"name\":\"a\",\"version\":1}"
+        );
     }
 }

@@ -31,14 +31,23 @@ pub struct KdfParams {
 impl KdfParams {
     /// OWASP's argon2id recommendation (m = 19 MiB, t = 2, p = 1): about 20-40 ms on an
     /// office PC, which bounds online guessing together with the server's rate limit.
-    pub const DEFAULT: KdfParams = KdfParams { m_kib: 19 * 1024, t: 2, p: 1 };
+    pub const DEFAULT: KdfParams = KdfParams {
+        m_kib: 19 * 1024,
+        t: 2,
+        p: 1,
+    };
     /// Cheap parameters for tests only (verifiers made with them are weak).
-    pub const INSECURE_FOR_TESTS: KdfParams = KdfParams { m_kib: 64, t: 1, p: 1 };
+    pub const INSECURE_FOR_TESTS: KdfParams = KdfParams {
+        m_kib: 64,
+        t: 1,
+        p: 1,
+    };
 }
 
 /// Makes an argon2id verifier (PHC string) for `password` with a fresh random salt.
 pub fn hash_password(password: &str, params: KdfParams) -> Result<String> {
-    let params = Params::new(params.m_kib, params.t, params.p, None).map_err(|e| Error::invalid("argon2 parameters", e.to_string()))?;
+    let params = Params::new(params.m_kib, params.t, params.p, None)
+        .map_err(|e| Error::invalid("argon2 parameters", e.to_string()))?;
     let salt = SaltString::generate(&mut rand_core::OsRng);
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
         .hash_password(password.as_bytes(), &salt)
@@ -49,9 +58,13 @@ pub fn hash_password(password: &str, params: KdfParams) -> Result<String> {
 /// Checks `password` against an argon2id verifier. `Err(Error::WrongPassword)` if it does
 /// not match; other errors mean the verifier itself is unusable.
 pub fn verify_password(verifier: &str, password: &str) -> Result<()> {
-    let hash = PasswordHash::new(verifier).map_err(|e| Error::invalid("password verifier", e.to_string()))?;
+    let hash = PasswordHash::new(verifier)
+        .map_err(|e| Error::invalid("password verifier", e.to_string()))?;
     if hash.algorithm.as_str() != "argon2id" {
-        return Err(Error::invalid("password verifier", format!("algorithm {} is not argon2id", hash.algorithm)));
+        return Err(Error::invalid(
+            "password verifier",
+            format!("algorithm {} is not argon2id", hash.algorithm),
+        ));
     }
     match Argon2::default().verify_password(password.as_bytes(), &hash) {
         Ok(()) => Ok(()),
@@ -63,9 +76,15 @@ pub fn verify_password(verifier: &str, password: &str) -> Result<()> {
 /// The argon2id parameters a verifier was made with, so a new verifier of the same
 /// password (for example the offline verifier handed out at login) costs the same.
 pub fn kdf_params_of(verifier: &str) -> Result<KdfParams> {
-    let hash = PasswordHash::new(verifier).map_err(|e| Error::invalid("password verifier", e.to_string()))?;
-    let params = Params::try_from(&hash).map_err(|e| Error::invalid("password verifier", e.to_string()))?;
-    Ok(KdfParams { m_kib: params.m_cost(), t: params.t_cost(), p: params.p_cost() })
+    let hash = PasswordHash::new(verifier)
+        .map_err(|e| Error::invalid("password verifier", e.to_string()))?;
+    let params =
+        Params::try_from(&hash).map_err(|e| Error::invalid("password verifier", e.to_string()))?;
+    Ok(KdfParams {
+        m_kib: params.m_cost(),
+        t: params.t_cost(),
+        p: params.p_cost(),
+    })
 }
 
 /// A user as the repository stores it (never served to anyone).
@@ -90,13 +109,22 @@ impl UserRecord {
         if password.is_empty() {
             return Err(Error::invalid("password", "must not be empty"));
         }
-        Ok(UserRecord { format: USER_RECORD_FORMAT, name: name.into(), verifier: hash_password(password, params)?, appliances: Vec::new() })
+        Ok(UserRecord {
+            format: USER_RECORD_FORMAT,
+            name: name.into(),
+            verifier: hash_password(password, params)?,
+            appliances: Vec::new(),
+        })
     }
 
     /// Checks format and names.
     pub fn validate(&self) -> Result<()> {
         if self.format != USER_RECORD_FORMAT {
-            return Err(Error::UnsupportedFormat { what: "user record", found: self.format, supported: USER_RECORD_FORMAT });
+            return Err(Error::UnsupportedFormat {
+                what: "user record",
+                found: self.format,
+                supported: USER_RECORD_FORMAT,
+            });
         }
         validate_name("user name", &self.name)?;
         for a in &self.appliances {
@@ -130,13 +158,20 @@ impl UserDiskManifest {
     /// Checks format, names and the chunk list.
     pub fn validate(&self) -> Result<()> {
         if self.format != USER_DISK_FORMAT {
-            return Err(Error::UnsupportedFormat { what: "user-disk manifest", found: self.format, supported: USER_DISK_FORMAT });
+            return Err(Error::UnsupportedFormat {
+                what: "user-disk manifest",
+                found: self.format,
+                supported: USER_DISK_FORMAT,
+            });
         }
         validate_name("user name", &self.user)?;
         validate_name("appliance name", &self.appliance)?;
         validate_name("disk name", &self.disk)?;
         if self.version == 0 {
-            return Err(Error::invalid("user-disk manifest", "version must be 1 or more"));
+            return Err(Error::invalid(
+                "user-disk manifest",
+                "version must be 1 or more",
+            ));
         }
         self.image.validate()
     }
@@ -151,11 +186,18 @@ mod tests {
         let rec = UserRecord::new("alice", "correct horse", KdfParams::INSECURE_FOR_TESTS).unwrap();
         assert!(rec.verifier.starts_with("$argon2id$"));
         verify_password(&rec.verifier, "correct horse").unwrap();
-        assert_eq!(kdf_params_of(&rec.verifier).unwrap(), KdfParams::INSECURE_FOR_TESTS);
-        assert!(matches!(verify_password(&rec.verifier, "wrong"), Err(Error::WrongPassword)));
+        assert_eq!(
+            kdf_params_of(&rec.verifier).unwrap(),
+            KdfParams::INSECURE_FOR_TESTS
+        );
+        assert!(matches!(
+            verify_password(&rec.verifier, "wrong"),
+            Err(Error::WrongPassword)
+        ));
         assert!(verify_password("garbage", "x").is_err());
         // Same password, different salt: different verifiers.
-        let again = UserRecord::new("alice", "correct horse", KdfParams::INSECURE_FOR_TESTS).unwrap();
+        let again =
+            UserRecord::new("alice", "correct horse", KdfParams::INSECURE_FOR_TESTS).unwrap();
         assert_ne!(rec.verifier, again.verifier);
         assert!(UserRecord::new("Alice", "x", KdfParams::INSECURE_FOR_TESTS).is_err());
         assert!(UserRecord::new("bob", "", KdfParams::INSECURE_FOR_TESTS).is_err());

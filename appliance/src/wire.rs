@@ -172,7 +172,13 @@ pub struct ApiError {
 impl ApiError {
     /// An error with just a code and message.
     pub fn new(code: &str, message: impl Into<String>) -> ApiError {
-        ApiError { code: code.into(), message: message.into(), retry_after_secs: None, current_version: None, missing: Vec::new() }
+        ApiError {
+            code: code.into(),
+            message: message.into(),
+            retry_after_secs: None,
+            current_version: None,
+            missing: Vec::new(),
+        }
     }
 }
 
@@ -183,9 +189,15 @@ mod tests {
     #[test]
     fn paths() {
         let id = ChunkId::of(b"abc");
-        assert_eq!(chunk_path(&id), "chunks/ba/ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            chunk_path(&id),
+            "chunks/ba/ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         assert_eq!(manifest_path("desktop", 3), "manifests/desktop/3.json");
-        assert_eq!(user_disk_api_path("desktop", "user"), "/api/v1/userdisks/desktop/user");
+        assert_eq!(
+            user_disk_api_path("desktop", "user"),
+            "/api/v1/userdisks/desktop/user"
+        );
         assert!(chunk_upload_path(&id).starts_with(CHUNK_UPLOAD_PREFIX));
     }
 }

@@ -53,11 +53,15 @@ fn make_usr_image(mb: usize) -> Vec<u8> {
     let mut img = Vec::with_capacity(size);
     let mut stack = vec![PathBuf::from("/usr/lib"), PathBuf::from("/usr/share")];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         let mut entries: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
         entries.sort();
         for p in entries.into_iter().rev() {
-            let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
+            let Ok(m) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
             if m.is_dir() {
                 stack.push(p);
             } else if m.is_file() && img.len() < size {

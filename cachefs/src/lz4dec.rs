@@ -35,7 +35,9 @@ pub fn decompress_into(src: &[u8], out: &mut [u8]) -> Result<(), &'static str> {
             out[o..o + 16].copy_from_slice(&src[i..i + 16]);
         } else {
             let lit_src = src.get(i..i + lit).ok_or("literals beyond input")?;
-            out.get_mut(o..o + lit).ok_or("literals beyond output")?.copy_from_slice(lit_src);
+            out.get_mut(o..o + lit)
+                .ok_or("literals beyond output")?
+                .copy_from_slice(lit_src);
         }
         i += lit;
         o += lit;
@@ -103,14 +105,19 @@ mod tests {
             match case % 5 {
                 0 => rng.fill(&mut d),
                 1 => {}
-                2 => d.iter_mut().enumerate().for_each(|(j, b)| *b = (j % (1 + case % 7)) as u8),
+                2 => d
+                    .iter_mut()
+                    .enumerate()
+                    .for_each(|(j, b)| *b = (j % (1 + case % 7)) as u8),
                 3 => {
                     rng.fill(&mut d);
                     let a = rng.below(len as u64) as usize;
                     let b = (a + rng.below(3000) as usize).min(len);
                     d[a..b].fill(0);
                 }
-                _ => d.iter_mut().for_each(|b| *b = b"abcab"[rng.below(5) as usize]),
+                _ => d
+                    .iter_mut()
+                    .for_each(|b| *b = b"abcab"[rng.below(5) as usize]),
             }
             let c = lz4_flex::block::compress(&d);
             // A poisoned buffer: every byte must be written, none left over.

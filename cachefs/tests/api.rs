@@ -342,7 +342,10 @@ fn system_overlay_is_discarded_user_overlay_persists_and_writes_back() {
 
     // User disk.
     let ov = Overlay::user(view.clone(), "alice/home").unwrap();
-    assert!(Overlay::user(view.clone(), "alice/home").is_err(), "second handle on one overlay");
+    assert!(
+        Overlay::user(view.clone(), "alice/home").is_err(),
+        "second handle on one overlay"
+    );
     ov.write_at(cs as u64 * 2 + 512, &[1u8; 512]).unwrap();
     ov.write_at(cs as u64 * 5, &[2u8; 8192]).unwrap();
     ov.flush().unwrap();
@@ -473,7 +476,9 @@ fn large_device_accepts_large_pins() {
     let st = FileStorage::create_file(&path, 100 << 30).unwrap();
     let c = Cache::create(Box::new(st), CreateOptions::default()).unwrap();
     // A 10 GiB appliance at 64 KiB chunks: 163 840 ids.
-    let ids: Vec<ChunkId> = (0..163_840u32).map(|i| ChunkId::of(&i.to_le_bytes())).collect();
+    let ids: Vec<ChunkId> = (0..163_840u32)
+        .map(|i| ChunkId::of(&i.to_le_bytes()))
+        .collect();
     c.pin("big-appliance@1", &ids).unwrap();
     let id = c.insert_data(&[7u8; 5000]).unwrap();
     c.sync().unwrap();

@@ -31,7 +31,9 @@ pub struct UnpackedKernel {
 
 impl UnpackedKernel {
     pub fn vmlinuz(&self) -> PathBuf {
-        self.root.join("boot").join(format!("vmlinuz-{}", self.release))
+        self.root
+            .join("boot")
+            .join(format!("vmlinuz-{}", self.release))
     }
 
     pub fn modules_dir(&self) -> PathBuf {
@@ -42,16 +44,24 @@ impl UnpackedKernel {
 /// Downloads (if not cached) and unpacks the kernel that `package` resolves to.
 ///
 /// `version` pins the requested package's version; `None` takes the candidate apt knows.
-pub fn fetch_kernel(cache_dir: &Path, package: &str, version: Option<&str>) -> Result<UnpackedKernel> {
+pub fn fetch_kernel(
+    cache_dir: &Path,
+    package: &str,
+    version: Option<&str>,
+) -> Result<UnpackedKernel> {
     let debs = cache_dir.join("debs");
-    fs::create_dir_all(&debs).with_context(|| format!("creating download cache {}", debs.display()))?;
+    fs::create_dir_all(&debs)
+        .with_context(|| format!("creating download cache {}", debs.display()))?;
 
     let requested_version = match version {
         Some(v) => v.to_string(),
         None => candidate_version(package)?,
     };
     let meta_deb = download(&debs, package, &requested_version)?;
-    let (kernel_package, kernel_version) = if deb_field(&meta_deb, "Package")?.starts_with("linux-image-") && has_vmlinuz(&meta_deb)? {
+    let (kernel_package, kernel_version) = if deb_field(&meta_deb, "Package")?
+        .starts_with("linux-image-")
+        && has_vmlinuz(&meta_deb)?
+    {
         (package.to_string(), requested_version.clone())
     } else {
         resolve_kernel_dependency(&meta_deb)?
@@ -62,11 +72,16 @@ pub fn fetch_kernel(cache_dir: &Path, package: &str, version: Option<&str>) -> R
         .map(|r| r.trim_end_matches("-unsigned").to_string())
         .with_context(|| format!("{kernel_package} is not a linux-image package"))?;
 
-    let root = cache_dir.join("unpacked").join(format!("{kernel_package}_{kernel_version}"));
+    let root = cache_dir
+        .join("unpacked")
+        .join(format!("{kernel_package}_{kernel_version}"));
     if !root.join(".complete").exists() {
         unpack(&kernel_deb, &root, &release)?;
     } else {
-        debug!("kernel {kernel_package} {kernel_version} already unpacked in {}", root.display());
+        debug!(
+            "kernel {kernel_package} {kernel_version} already unpacked in {}",
+            root.display()
+        );
     }
     Ok(UnpackedKernel {
         requested_package: package.to_string(),
@@ -103,7 +118,13 @@ fn download(debs: &Path, package: &str, version: &str) -> Result<PathBuf> {
     let partial = debs.join(format!(".partial-{}", std::process::id()));
     fs::create_dir_all(&partial)?;
     let status = Command::new("apt-get")
-        .args(["-q", "-o", "APT::Sandbox::User=root", "download", &format!("{package}={version}")])
+        .args([
+            "-q",
+            "-o",
+            "APT::Sandbox::User=root",
+            "download",
+            &format!("{package}={version}"),
+        ])
         .current_dir(&partial)
         .status()
         .context("running apt-get download (is apt installed?)")?;
@@ -122,7 +143,11 @@ fn download(debs: &Path, package: &str, version: &str) -> Result<PathBuf> {
 }
 
 fn deb_field(deb: &Path, field: &str) -> Result<String> {
-    Ok(run_capture(Command::new("dpkg-deb").arg("-f").arg(deb).arg(field))?.trim().to_string())
+    Ok(
+        run_capture(Command::new("dpkg-deb").arg("-f").arg(deb).arg(field))?
+            .trim()
+            .to_string(),
+    )
 }
 
 fn has_vmlinuz(deb: &Path) -> Result<bool> {
@@ -135,15 +160,24 @@ fn resolve_kernel_dependency(meta_deb: &Path) -> Result<(String, String)> {
     let depends = deb_field(meta_deb, "Depends")?;
     for dep in depends.split(',') {
         let dep = dep.trim();
-        let Some((name, rest)) = dep.split_once(' ') else { continue };
+        let Some((name, rest)) = dep.split_once(' ') else {
+            continue;
+        };
         if !name.starts_with("linux-image-") {
             continue;
         }
-        if let Some(version) = rest.trim().strip_prefix("(=").and_then(|v| v.strip_suffix(')')) {
+        if let Some(version) = rest
+            .trim()
+            .strip_prefix("(=")
+            .and_then(|v| v.strip_suffix(')'))
+        {
             return Ok((name.to_string(), version.trim().to_string()));
         }
     }
-    bail!("{} depends on no exact linux-image package (Depends: {depends})", meta_deb.display())
+    bail!(
+        "{} depends on no exact linux-image package (Depends: {depends})",
+        meta_deb.display()
+    )
 }
 
 /// Unpacks into a temporary folder and renames it into place, so an interrupted unpack
@@ -153,9 +187,17 @@ fn unpack(deb: &Path, root: &Path, release: &str) -> Result<()> {
     let tmp = root.with_extension(format!("tmp-{}", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp)?;
-    let status = Command::new("dpkg-deb").arg("-x").arg(deb).arg(&tmp).status().context("running dpkg-deb")?;
+    let status = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(deb)
+        .arg(&tmp)
+        .status()
+        .context("running dpkg-deb")?;
     if !status.success() {
-        bail!("dpkg-deb -x {} failed; delete the file so it is downloaded again", deb.display());
+        bail!(
+            "dpkg-deb -x {} failed; delete the file so it is downloaded again",
+            deb.display()
+        );
     }
     // The package's postinst makes modules.dep; we have no postinst, so run depmod.
     depmod(&tmp, release)?;
@@ -171,7 +213,12 @@ pub fn depmod(root: &Path, release: &str) -> Result<()> {
         .into_iter()
         .find(|p| Path::new(p).exists())
         .context("depmod not found: install Debian's kmod package")?;
-    let status = Command::new(depmod).arg("-b").arg(root).arg(release).status().context("running depmod")?;
+    let status = Command::new(depmod)
+        .arg("-b")
+        .arg(root)
+        .arg(release)
+        .status()
+        .context("running depmod")?;
     if !status.success() {
         bail!("depmod -b {} {release} failed", root.display());
     }
@@ -181,7 +228,10 @@ pub fn depmod(root: &Path, release: &str) -> Result<()> {
 fn run_capture(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -44,7 +44,8 @@ impl BuildOptions {
     /// Defaults a developer gets from the workspace: newest Debian kernel, programs
     /// built from this checkout, download cache under `~/.cache`.
     pub fn for_workspace(out: PathBuf) -> Result<BuildOptions> {
-        let workspace = binaries::default_workspace().context("the workspace this builder came from is gone; pass --init")?;
+        let workspace = binaries::default_workspace()
+            .context("the workspace this builder came from is gone; pass --init")?;
         Ok(BuildOptions {
             out,
             cache_dir: default_cache_dir(),
@@ -91,13 +92,28 @@ impl BuildReport {
     /// The human summary `collective-image build` prints.
     pub fn summary(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "built the Collective terminal firmware in {}", self.vmlinuz.parent().map(|p| p.display().to_string()).unwrap_or_default());
+        let _ = writeln!(
+            s,
+            "built the Collective terminal firmware in {}",
+            self.vmlinuz
+                .parent()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        );
         let _ = writeln!(
             s,
             "  kernel     {} {} ({} {})",
-            self.kernel.package, self.kernel.version, self.kernel.requested_package, self.kernel.requested_version
+            self.kernel.package,
+            self.kernel.version,
+            self.kernel.requested_package,
+            self.kernel.requested_version
         );
-        let _ = writeln!(s, "  vmlinuz    {:>10}  {}", human_bytes(self.vmlinuz_bytes), self.vmlinuz.display());
+        let _ = writeln!(
+            s,
+            "  vmlinuz    {:>10}  {}",
+            human_bytes(self.vmlinuz_bytes),
+            self.vmlinuz.display()
+        );
         let _ = writeln!(
             s,
             "  initrd.img {:>10}  {} (cpio {}, zstd)",
@@ -109,7 +125,12 @@ impl BuildReport {
         for (name, size) in &self.programs {
             let _ = writeln!(s, "  program    {:>10}  /{name}", human_bytes(*size));
         }
-        let _ = writeln!(s, "  modules    {} ({})", self.modules.len(), self.modules.join(" "));
+        let _ = writeln!(
+            s,
+            "  modules    {} ({})",
+            self.modules.len(),
+            self.modules.join(" ")
+        );
         let _ = writeln!(s, "  cmdline    {}", self.cmdline);
         let _ = write!(s, "  initrd sha256 {}", self.initrd_sha256);
         s
@@ -131,7 +152,11 @@ pub fn human_bytes(n: u64) -> String {
 /// `loglevel=3` keeps the kernel quiet so the login screen stays readable (and boot is
 /// faster on slow serial lines); our own errors still reach the consoles.
 pub fn default_cmdline(repo_url: Option<&str>, extra: &[String]) -> String {
-    let mut args = vec!["console=tty1".to_string(), "console=ttyS0,115200n8".into(), "loglevel=3".into()];
+    let mut args = vec![
+        "console=tty1".to_string(),
+        "console=ttyS0,115200n8".into(),
+        "loglevel=3".into(),
+    ];
     if let Some(url) = repo_url {
         args.push(format!("collective.repo={url}"));
     }
@@ -160,7 +185,11 @@ pub fn ipxe_script(kernel_release: &str, cmdline: &str) -> String {
 
 /// Builds everything into `opts.out`.
 pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
-    let kernel = debian::fetch_kernel(&opts.cache_dir, &opts.kernel_package, opts.kernel_version.as_deref())?;
+    let kernel = debian::fetch_kernel(
+        &opts.cache_dir,
+        &opts.kernel_package,
+        opts.kernel_version.as_deref(),
+    )?;
     let program_paths = match &opts.programs {
         ProgramSource::Workspace(ws) => binaries::build_static(ws, binaries::PROGRAMS, &[])?,
         ProgramSource::Prebuilt(paths) => paths.clone(),
@@ -173,9 +202,11 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     );
     let cmdline = default_cmdline(opts.repo_url.as_deref(), &opts.extra_cmdline);
 
-    let (mut tree, module_names) = firmware_tree(&kernel, binaries::PROGRAMS, &program_paths, &cmdline)?;
+    let (mut tree, module_names) =
+        firmware_tree(&kernel, binaries::PROGRAMS, &program_paths, &cmdline)?;
     for (src, dest) in &opts.extra_files {
-        let data = fs::read(src).with_context(|| format!("reading {} (for /{dest})", src.display()))?;
+        let data =
+            fs::read(src).with_context(|| format!("reading {} (for /{dest})", src.display()))?;
         tree.file(dest, 0o755, data);
     }
     let cpio = tree.to_cpio()?;
@@ -185,7 +216,11 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     let vmlinuz = opts.out.join("vmlinuz");
     let initrd = opts.out.join("initrd.img");
     let ipxe = opts.out.join("boot.ipxe");
-    write_atomically(&vmlinuz, &fs::read(kernel.vmlinuz()).with_context(|| format!("reading {}", kernel.vmlinuz().display()))?)?;
+    write_atomically(
+        &vmlinuz,
+        &fs::read(kernel.vmlinuz())
+            .with_context(|| format!("reading {}", kernel.vmlinuz().display()))?,
+    )?;
     write_atomically(&initrd, &initrd_bytes)?;
     write_atomically(&ipxe, ipxe_script(&kernel.release, &cmdline).as_bytes())?;
     write_atomically(&opts.out.join("cmdline"), cmdline.as_bytes())?;
@@ -239,7 +274,16 @@ pub fn firmware_tree(
     cmdline: &str,
 ) -> Result<(Tree, Vec<String>)> {
     let mut tree = Tree::new();
-    for dir in ["dev", "proc", "sys", "run", "tmp", "etc/collective", "var/cache", "root"] {
+    for dir in [
+        "dev",
+        "proc",
+        "sys",
+        "run",
+        "tmp",
+        "etc/collective",
+        "var/cache",
+        "root",
+    ] {
         tree.dir(dir);
     }
     // The kernel opens /dev/console for PID 1 before anyone can mount devtmpfs.
@@ -260,7 +304,10 @@ pub fn firmware_tree(
         format!("kernel_package={}\nkernel_version={}\nkernel_release={release}\ndefault_cmdline={cmdline}\n", kernel.package, kernel.version)
             .into_bytes(),
     );
-    let mut names: Vec<String> = chosen.iter().map(|p| modules::module_name_of_path(p)).collect();
+    let mut names: Vec<String> = chosen
+        .iter()
+        .map(|p| modules::module_name_of_path(p))
+        .collect();
     names.sort();
     Ok((tree, names))
 }
@@ -268,7 +315,11 @@ pub fn firmware_tree(
 /// Adds `wanted` modules of `kernel`, everything they depend on, and indexes
 /// (`modules.dep`, `modules.alias`, ...) regenerated for exactly those, so init never
 /// looks for a file that is not there. Returns the modules' relative paths.
-pub fn add_modules(tree: &mut Tree, kernel: &UnpackedKernel, wanted: &[&str]) -> Result<std::collections::BTreeSet<String>> {
+pub fn add_modules(
+    tree: &mut Tree,
+    kernel: &UnpackedKernel,
+    wanted: &[&str],
+) -> Result<std::collections::BTreeSet<String>> {
     let modules_dir = kernel.modules_dir();
     let index = DepIndex::load(&modules_dir)?;
     let builtin = modules::builtin_names(&modules_dir)?;
@@ -276,10 +327,16 @@ pub fn add_modules(tree: &mut Tree, kernel: &UnpackedKernel, wanted: &[&str]) ->
     let staged = stage_modules(kernel, &chosen)?;
     let release = &kernel.release;
     for rel in &chosen {
-        let data = fs::read(modules_dir.join(rel)).with_context(|| format!("reading module {rel}"))?;
+        let data =
+            fs::read(modules_dir.join(rel)).with_context(|| format!("reading module {rel}"))?;
         tree.file(&format!("lib/modules/{release}/{rel}"), 0o644, data);
     }
-    for name in ["modules.dep", "modules.alias", "modules.softdep", "modules.builtin"] {
+    for name in [
+        "modules.dep",
+        "modules.alias",
+        "modules.softdep",
+        "modules.builtin",
+    ] {
         let path = staged.path().join("lib/modules").join(release).join(name);
         if let Ok(data) = fs::read(&path) {
             tree.file(&format!("lib/modules/{release}/{name}"), 0o644, data);
@@ -289,7 +346,10 @@ pub fn add_modules(tree: &mut Tree, kernel: &UnpackedKernel, wanted: &[&str]) ->
 }
 
 /// A scratch copy of the chosen modules on which `depmod` writes the indexes.
-fn stage_modules(kernel: &UnpackedKernel, chosen: &std::collections::BTreeSet<String>) -> Result<TempDir> {
+fn stage_modules(
+    kernel: &UnpackedKernel,
+    chosen: &std::collections::BTreeSet<String>,
+) -> Result<TempDir> {
     let stage = TempDir::new("collective-modules")?;
     let dst_root = stage.path().join("lib/modules").join(&kernel.release);
     let src_root = kernel.modules_dir();
@@ -301,7 +361,11 @@ fn stage_modules(kernel: &UnpackedKernel, chosen: &std::collections::BTreeSet<St
         // A hard link would do, but the cache may be on another file system.
         fs::copy(src_root.join(rel), &dst).with_context(|| format!("staging module {rel}"))?;
     }
-    for name in ["modules.builtin", "modules.builtin.modinfo", "modules.order"] {
+    for name in [
+        "modules.builtin",
+        "modules.builtin.modinfo",
+        "modules.order",
+    ] {
         let src = src_root.join(name);
         if src.exists() {
             fs::copy(&src, dst_root.join(name))?;
@@ -355,7 +419,11 @@ pub fn marker_initramfs(marker_init: &Path, out: &Path) -> Result<u64> {
     tree.dir("dev");
     tree.dir("proc");
     tree.char_device("dev/console", 0o600, 5, 1);
-    tree.file("init", 0o755, fs::read(marker_init).with_context(|| format!("reading {}", marker_init.display()))?);
+    tree.file(
+        "init",
+        0o755,
+        fs::read(marker_init).with_context(|| format!("reading {}", marker_init.display()))?,
+    );
     let data = initramfs::compress(&tree.to_cpio()?)?;
     write_atomically(out, &data)?;
     Ok(data.len() as u64)

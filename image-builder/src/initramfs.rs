@@ -42,7 +42,9 @@ impl Tree {
                 prefix.push('/');
             }
             prefix.push_str(part);
-            self.nodes.entry(prefix.clone()).or_insert(Node::Dir { mode: 0o755 });
+            self.nodes
+                .entry(prefix.clone())
+                .or_insert(Node::Dir { mode: 0o755 });
         }
     }
 
@@ -61,13 +63,19 @@ impl Tree {
     pub fn char_device(&mut self, path: &str, mode: u32, major: u32, minor: u32) {
         let path = path.trim_matches('/').to_string();
         self.parent_of(&path);
-        self.nodes.insert(path, Node::CharDevice { mode, major, minor });
+        self.nodes
+            .insert(path, Node::CharDevice { mode, major, minor });
     }
 
     pub fn symlink(&mut self, path: &str, target: &str) {
         let path = path.trim_matches('/').to_string();
         self.parent_of(&path);
-        self.nodes.insert(path, Node::Symlink { target: target.to_string() });
+        self.nodes.insert(
+            path,
+            Node::Symlink {
+                target: target.to_string(),
+            },
+        );
     }
 
     pub fn len(&self) -> usize {
@@ -94,16 +102,30 @@ impl Tree {
         let mut out = Vec::with_capacity(self.content_bytes() as usize + self.nodes.len() * 128);
         for (index, (path, node)) in self.nodes.iter().enumerate() {
             let ino = index as u32 + 1;
-            let header = cpio::newc::Builder::new(path).ino(ino).uid(0).gid(0).mtime(0);
+            let header = cpio::newc::Builder::new(path)
+                .ino(ino)
+                .uid(0)
+                .gid(0)
+                .mtime(0);
             let (header, body): (_, &[u8]) = match node {
                 Node::Dir { mode } => (header.mode(S_IFDIR | mode).nlink(2), &[]),
-                Node::File { mode, data } => (header.mode(S_IFREG | mode).nlink(1), data.as_slice()),
-                Node::CharDevice { mode, major, minor } => {
-                    (header.mode(S_IFCHR | mode).nlink(1).rdev_major(*major).rdev_minor(*minor), &[])
+                Node::File { mode, data } => {
+                    (header.mode(S_IFREG | mode).nlink(1), data.as_slice())
                 }
-                Node::Symlink { target } => (header.mode(S_IFLNK | 0o777).nlink(1), target.as_bytes()),
+                Node::CharDevice { mode, major, minor } => (
+                    header
+                        .mode(S_IFCHR | mode)
+                        .nlink(1)
+                        .rdev_major(*major)
+                        .rdev_minor(*minor),
+                    &[],
+                ),
+                Node::Symlink { target } => {
+                    (header.mode(S_IFLNK | 0o777).nlink(1), target.as_bytes())
+                }
             };
-            let size = u32::try_from(body.len()).with_context(|| format!("{path} is larger than cpio allows"))?;
+            let size = u32::try_from(body.len())
+                .with_context(|| format!("{path} is larger than cpio allows"))?;
             let mut writer = header.write(&mut out, size);
             writer.write_all(body)?;
             writer.finish()?;

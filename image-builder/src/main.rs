@@ -6,7 +6,11 @@ use image_builder::{binaries, image, BuildOptions, ProgramSource};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "collective-image", version, about = "Builds the Collective terminal firmware")]
+#[command(
+    name = "collective-image",
+    version,
+    about = "Builds the Collective terminal firmware"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -57,11 +61,23 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Build { out, kernel_package, kernel_version, cache_dir, init, vmm, repo, cmdline, add } => {
+        Command::Build {
+            out,
+            kernel_package,
+            kernel_version,
+            cache_dir,
+            init,
+            vmm,
+            repo,
+            cmdline,
+            add,
+        } => {
             let extra_files = add
                 .iter()
                 .map(|a| match a.split_once(':') {
-                    Some((src, dest)) if !src.is_empty() && !dest.is_empty() => Ok((PathBuf::from(src), dest.trim_start_matches('/').to_string())),
+                    Some((src, dest)) if !src.is_empty() && !dest.is_empty() => {
+                        Ok((PathBuf::from(src), dest.trim_start_matches('/').to_string()))
+                    }
                     _ => Err(anyhow::anyhow!("--add {a:?}: expected SRC:PATH")),
                 })
                 .collect::<Result<Vec<_>>>()?;

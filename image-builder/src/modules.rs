@@ -12,16 +12,38 @@ use std::path::Path;
 
 /// The modules the terminal wants, by group, so the build report can say why each is there.
 pub const WANTED: &[(&str, &[&str])] = &[
-    ("network cards", &["e1000", "e1000e", "igb", "r8169", "virtio_net"]),
-    ("storage", &["ahci", "nvme", "virtio_blk", "usb_storage", "uas", "sd_mod"]),
-    ("usb and keyboards", &["xhci_pci", "ehci_pci", "ohci_pci", "uhci_hcd", "usbhid", "hid_generic"]),
-    ("virtualization", &["kvm", "kvm_intel", "kvm_amd", "tun", "bridge"]),
+    (
+        "network cards",
+        &["e1000", "e1000e", "igb", "r8169", "virtio_net"],
+    ),
+    (
+        "storage",
+        &["ahci", "nvme", "virtio_blk", "usb_storage", "uas", "sd_mod"],
+    ),
+    (
+        "usb and keyboards",
+        &[
+            "xhci_pci",
+            "ehci_pci",
+            "ohci_pci",
+            "uhci_hcd",
+            "usbhid",
+            "hid_generic",
+        ],
+    ),
+    (
+        "virtualization",
+        &["kvm", "kvm_intel", "kvm_amd", "tun", "bridge"],
+    ),
     ("platform", &["button", "evdev", "virtio_pci", "virtio_rng"]),
 ];
 
 /// Every wanted module name, flattened.
 pub fn wanted_names() -> Vec<&'static str> {
-    WANTED.iter().flat_map(|(_, names)| names.iter().copied()).collect()
+    WANTED
+        .iter()
+        .flat_map(|(_, names)| names.iter().copied())
+        .collect()
 }
 
 /// Module names are spelled with `-` or `_` interchangeably; the kernel uses `_`.
@@ -55,7 +77,8 @@ impl DepIndex {
 
     pub fn load(modules_dir: &Path) -> Result<DepIndex> {
         let path = modules_dir.join("modules.dep");
-        let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         Self::parse(&text)
     }
 
@@ -105,7 +128,11 @@ pub fn module_name_of_path(path: &str) -> String {
 pub fn builtin_names(modules_dir: &Path) -> Result<BTreeSet<String>> {
     let path = modules_dir.join("modules.builtin");
     let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(text.lines().filter(|l| !l.is_empty()).map(module_name_of_path).collect())
+    Ok(text
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(module_name_of_path)
+        .collect())
 }
 
 #[cfg(test)]
@@ -125,14 +152,19 @@ kernel/drivers/net/e1000/e1000.ko:
         let index = DepIndex::parse(DEP).unwrap();
         let got = index.closure(&["kvm-amd"], &BTreeSet::new()).unwrap();
         let names: BTreeSet<String> = got.iter().map(|p| module_name_of_path(p)).collect();
-        let want: BTreeSet<String> = ["kvm_amd", "kvm", "ccp", "irqbypass"].iter().map(|s| s.to_string()).collect();
+        let want: BTreeSet<String> = ["kvm_amd", "kvm", "ccp", "irqbypass"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         assert_eq!(names, want);
     }
 
     #[test]
     fn unknown_module_is_an_error_but_builtin_is_not() {
         let index = DepIndex::parse(DEP).unwrap();
-        assert!(index.closure(&["no_such_driver"], &BTreeSet::new()).is_err());
+        assert!(index
+            .closure(&["no_such_driver"], &BTreeSet::new())
+            .is_err());
         let builtin = ["af_packet".to_string()].into_iter().collect();
         assert!(index.closure(&["af_packet"], &builtin).unwrap().is_empty());
     }
@@ -144,7 +176,10 @@ kernel/drivers/net/e1000/e1000.ko:
 
     #[test]
     fn module_names_strip_compression_suffixes() {
-        assert_eq!(module_name_of_path("kernel/a/usb-storage.ko.xz"), "usb_storage");
+        assert_eq!(
+            module_name_of_path("kernel/a/usb-storage.ko.xz"),
+            "usb_storage"
+        );
         assert_eq!(module_name_of_path("e1000e.ko"), "e1000e");
     }
 }

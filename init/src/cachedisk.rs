@@ -28,7 +28,10 @@ impl CacheSpec {
     pub fn parse(text: &str) -> CacheSpec {
         if text == "auto" {
             CacheSpec::Auto
-        } else if let Some(label) = text.strip_prefix("LABEL=").or_else(|| text.strip_prefix("PARTLABEL=")) {
+        } else if let Some(label) = text
+            .strip_prefix("LABEL=")
+            .or_else(|| text.strip_prefix("PARTLABEL="))
+        {
             CacheSpec::Label(label.to_string())
         } else if let Some(serial) = text.strip_prefix("SERIAL=") {
             CacheSpec::Serial(serial.to_string())
@@ -50,13 +53,20 @@ pub struct CacheReport {
 }
 
 fn read_trimmed(path: &Path) -> Option<String> {
-    fs::read_to_string(path).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+    fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 /// Block devices under `/sys/class/block` (disks and partitions), sorted.
 fn block_devices(sys_class_block: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(sys_class_block)
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     names.retain(|n| !n.starts_with("loop") && !n.starts_with("ram") && !n.starts_with("sr"));
     names.sort();
@@ -66,7 +76,10 @@ fn block_devices(sys_class_block: &Path) -> Vec<String> {
 /// The partition name of a block device (GPT PARTLABEL), from its uevent.
 fn partition_label(sys_dev: &Path) -> Option<String> {
     let uevent = fs::read_to_string(sys_dev.join("uevent")).ok()?;
-    uevent.lines().find_map(|l| l.strip_prefix("PARTNAME=")).map(str::to_string)
+    uevent
+        .lines()
+        .find_map(|l| l.strip_prefix("PARTNAME="))
+        .map(str::to_string)
 }
 
 fn serial_of(sys_dev: &Path) -> Option<String> {
@@ -95,7 +108,8 @@ fn candidate_disks(sys_class_block: &Path) -> Vec<PathBuf> {
         .into_iter()
         .filter(|n| {
             let dir = sys_class_block.join(n);
-            !dir.join("partition").exists() && read_trimmed(&dir.join("removable")).as_deref() != Some("1")
+            !dir.join("partition").exists()
+                && read_trimmed(&dir.join("removable")).as_deref() != Some("1")
         })
         .map(|n| Path::new("/dev").join(n))
         .collect()
@@ -111,7 +125,13 @@ fn human(bytes: u64) -> String {
 
 fn describe(cache: &Cache) -> String {
     let s = cache.stats();
-    format!("{} of {} used, {} chunks, {} pinned sets", human(s.used_bytes), human(s.arena_bytes), s.chunks, s.pins.len())
+    format!(
+        "{} of {} used, {} chunks, {} pinned sets",
+        human(s.used_bytes),
+        human(s.arena_bytes),
+        s.chunks,
+        s.pins.len()
+    )
 }
 
 /// Opens the cache on `device`, formatting it if it is empty (or if `force`).
@@ -139,7 +159,11 @@ pub fn open_or_format(device: &Path, force: bool) -> Result<(String, bool), Stri
 /// appear (USB disks enumerate late).
 pub fn bring_up(setting: Option<&str>, force: bool, wait: Duration) -> CacheReport {
     let Some(text) = setting else {
-        return CacheReport { device: None, line: "none configured: running from memory".into(), problem: None };
+        return CacheReport {
+            device: None,
+            line: "none configured: running from memory".into(),
+            problem: None,
+        };
     };
     let spec = CacheSpec::parse(text);
     let sys = Path::new("/sys/class/block");
@@ -152,19 +176,35 @@ pub fn bring_up(setting: Option<&str>, force: bool, wait: Duration) -> CacheRepo
         if let Some(device) = device {
             return match open_or_format(&device, force) {
                 Ok((line, formatted)) => {
-                    let note = if formatted { " (the disk was empty: formatted it now)" } else { "" };
-                    CacheReport { line: format!("{}: {line}{note}", device.display()), device: Some(device), problem: None }
+                    let note = if formatted {
+                        " (the disk was empty: formatted it now)"
+                    } else {
+                        ""
+                    };
+                    CacheReport {
+                        line: format!("{}: {line}{note}", device.display()),
+                        device: Some(device),
+                        problem: None,
+                    }
                 }
                 Err(e) => {
                     warn!("cache: {e}");
-                    CacheReport { device: None, line: "not usable: running from memory".into(), problem: Some(format!("cache: {e}")) }
+                    CacheReport {
+                        device: None,
+                        line: "not usable: running from memory".into(),
+                        problem: Some(format!("cache: {e}")),
+                    }
                 }
             };
         }
         if started.elapsed() >= wait {
             let why = format!("no disk matches collective.cache={text}");
             warn!("cache: {why}");
-            return CacheReport { device: None, line: format!("{why}: running from memory"), problem: Some(format!("cache: {why}")) };
+            return CacheReport {
+                device: None,
+                line: format!("{why}: running from memory"),
+                problem: Some(format!("cache: {why}")),
+            };
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -186,7 +226,10 @@ fn auto_pick(sys: &Path, force: bool) -> Option<PathBuf> {
 fn is_empty(device: &Path) -> bool {
     use std::io::Read;
     let mut head = vec![0u8; 64 * 1024];
-    fs::File::open(device).and_then(|mut f| f.read_exact(&mut head)).map(|_| head.iter().all(|&b| b == 0)).unwrap_or(false)
+    fs::File::open(device)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .map(|_| head.iter().all(|&b| b == 0))
+        .unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -195,10 +238,22 @@ mod tests {
 
     #[test]
     fn specs_parse() {
-        assert_eq!(CacheSpec::parse("/dev/vda"), CacheSpec::Path("/dev/vda".into()));
-        assert_eq!(CacheSpec::parse("nvme0n1"), CacheSpec::Path("/dev/nvme0n1".into()));
-        assert_eq!(CacheSpec::parse("LABEL=cache"), CacheSpec::Label("cache".into()));
-        assert_eq!(CacheSpec::parse("SERIAL=CT1"), CacheSpec::Serial("CT1".into()));
+        assert_eq!(
+            CacheSpec::parse("/dev/vda"),
+            CacheSpec::Path("/dev/vda".into())
+        );
+        assert_eq!(
+            CacheSpec::parse("nvme0n1"),
+            CacheSpec::Path("/dev/nvme0n1".into())
+        );
+        assert_eq!(
+            CacheSpec::parse("LABEL=cache"),
+            CacheSpec::Label("cache".into())
+        );
+        assert_eq!(
+            CacheSpec::parse("SERIAL=CT1"),
+            CacheSpec::Serial("CT1".into())
+        );
         assert_eq!(CacheSpec::parse("auto"), CacheSpec::Auto);
     }
 
@@ -209,10 +264,20 @@ mod tests {
         fs::create_dir_all(dir.join("vda")).unwrap();
         fs::write(dir.join("vda/serial"), "CT-0001\n").unwrap();
         fs::create_dir_all(dir.join("sda1")).unwrap();
-        fs::write(dir.join("sda1/uevent"), "MAJOR=8\nMINOR=1\nDEVNAME=sda1\nPARTNAME=collective-cache\n").unwrap();
+        fs::write(
+            dir.join("sda1/uevent"),
+            "MAJOR=8\nMINOR=1\nDEVNAME=sda1\nPARTNAME=collective-cache\n",
+        )
+        .unwrap();
         fs::write(dir.join("sda1/partition"), "1\n").unwrap();
-        assert_eq!(resolve(&CacheSpec::Serial("CT-0001".into()), &dir), Some("/dev/vda".into()));
-        assert_eq!(resolve(&CacheSpec::Label("collective-cache".into()), &dir), Some("/dev/sda1".into()));
+        assert_eq!(
+            resolve(&CacheSpec::Serial("CT-0001".into()), &dir),
+            Some("/dev/vda".into())
+        );
+        assert_eq!(
+            resolve(&CacheSpec::Label("collective-cache".into()), &dir),
+            Some("/dev/sda1".into())
+        );
         assert_eq!(resolve(&CacheSpec::Label("other".into()), &dir), None);
         assert_eq!(candidate_disks(&dir), vec![PathBuf::from("/dev/vda")]);
         let _ = fs::remove_dir_all(&dir);
@@ -237,7 +302,11 @@ mod tests {
         fs::write(&foreign, &data).unwrap();
         let err = open_or_format(&foreign, false).unwrap_err();
         assert!(err.contains("not a cache"), "{err}");
-        assert_eq!(&fs::read(&foreign).unwrap()[..11], b"hello world", "nothing was written");
+        assert_eq!(
+            &fs::read(&foreign).unwrap()[..11],
+            b"hello world",
+            "nothing was written"
+        );
         assert!(open_or_format(&foreign, true).unwrap().1, "force formats");
         let _ = fs::remove_dir_all(&dir);
     }

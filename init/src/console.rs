@@ -10,7 +10,9 @@ use crate::power::{request, PowerAction};
 use crate::settings::KEYS;
 use crate::status::StatusBoard;
 use log::{debug, info, warn};
-use nix::sys::termios::{self, ControlFlags, InputFlags, LocalFlags, OutputFlags, SetArg, SpecialCharacterIndices};
+use nix::sys::termios::{
+    self, ControlFlags, InputFlags, LocalFlags, OutputFlags, SetArg, SpecialCharacterIndices,
+};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -44,29 +46,37 @@ pub fn announce(consoles: &[String], text: &str) {
 /// Starts the login thread for `/dev/<name>`.
 pub fn spawn(name: String, board: Arc<StatusBoard>, auth: Arc<dyn Authenticator>) {
     let thread_name = format!("console-{name}");
-    let result = std::thread::Builder::new().name(thread_name).spawn(move || {
-        let mut warned = false;
-        loop {
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(&name, &board, auth.as_ref())));
-            match outcome {
-                Ok(Err(e)) if !warned => {
-                    warn!("console {name}: {e}; retrying every 10 s");
-                    warned = true;
+    let result = std::thread::Builder::new()
+        .name(thread_name)
+        .spawn(move || {
+            let mut warned = false;
+            loop {
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    serve(&name, &board, auth.as_ref())
+                }));
+                match outcome {
+                    Ok(Err(e)) if !warned => {
+                        warn!("console {name}: {e}; retrying every 10 s");
+                        warned = true;
+                    }
+                    Ok(Err(e)) => debug!("console {name}: {e}"),
+                    Ok(Ok(())) => {}
+                    Err(_) => warn!("console {name}: the login prompt crashed; restarting it"),
                 }
-                Ok(Err(e)) => debug!("console {name}: {e}"),
-                Ok(Ok(())) => {}
-                Err(_) => warn!("console {name}: the login prompt crashed; restarting it"),
+                std::thread::sleep(Duration::from_secs(if warned { 10 } else { 1 }));
             }
-            std::thread::sleep(Duration::from_secs(if warned { 10 } else { 1 }));
-        }
-    });
+        });
     if let Err(e) = result {
         warn!("cannot start the login prompt on {}: {e}", "console");
     }
 }
 
 fn open_tty(name: &str) -> std::io::Result<File> {
-    OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOCTTY).open(format!("/dev/{name}"))
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(format!("/dev/{name}"))
 }
 
 /// Canonical input with echo, CR→NL on input, NL→CRNL on output: what a person at a
@@ -77,7 +87,11 @@ fn configure(tty: &File) -> nix::Result<()> {
     t.input_flags &= !(InputFlags::INLCR | InputFlags::IGNCR);
     t.output_flags |= OutputFlags::OPOST | OutputFlags::ONLCR;
     t.control_flags |= ControlFlags::CREAD | ControlFlags::CLOCAL;
-    t.local_flags |= LocalFlags::ICANON | LocalFlags::ECHO | LocalFlags::ECHOE | LocalFlags::ECHOK | LocalFlags::ECHONL;
+    t.local_flags |= LocalFlags::ICANON
+        | LocalFlags::ECHO
+        | LocalFlags::ECHOE
+        | LocalFlags::ECHOK
+        | LocalFlags::ECHONL;
     // We are not a shell: ^C must not signal anyone; it just erases the line.
     t.local_flags &= !LocalFlags::ISIG;
     t.control_chars[SpecialCharacterIndices::VERASE as usize] = 0x7f;
@@ -105,7 +119,13 @@ fn read_line(tty: &mut File) -> std::io::Result<Option<String>> {
         return Ok(None);
     }
     let text = String::from_utf8_lossy(&buf[..n]);
-    Ok(Some(text.chars().filter(|c| !c.is_control()).collect::<String>().trim().to_string()))
+    Ok(Some(
+        text.chars()
+            .filter(|c| !c.is_control())
+            .collect::<String>()
+            .trim()
+            .to_string(),
+    ))
 }
 
 fn help_text() -> String {
@@ -133,7 +153,11 @@ fn serve(name: &str, board: &StatusBoard, auth: &dyn Authenticator) -> std::io::
         let Some(user) = read_line(&mut tty)? else {
             // EOF on a hung-up line: wait instead of spinning.
             empty_reads += 1;
-            std::thread::sleep(Duration::from_millis(if empty_reads > 3 { 1000 } else { 100 }));
+            std::thread::sleep(Duration::from_millis(if empty_reads > 3 {
+                1000
+            } else {
+                100
+            }));
             continue;
         };
         empty_reads = 0;

@@ -48,7 +48,14 @@ fn parameter_requests() -> Vec<OptionCode> {
 }
 
 fn base_message(xid: u32, mac: &[u8; 6], hostname: &str) -> v4::Message {
-    let mut msg = v4::Message::new_with_id(xid, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, mac);
+    let mut msg = v4::Message::new_with_id(
+        xid,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        mac,
+    );
     // We have no address to receive a unicast answer on yet.
     msg.set_flags(v4::Flags::default().set_broadcast());
     let opts = msg.opts_mut();
@@ -72,7 +79,8 @@ fn encode(msg: &v4::Message) -> Vec<u8> {
 
 pub fn discover(xid: u32, mac: &[u8; 6], hostname: &str) -> Vec<u8> {
     let mut msg = base_message(xid, mac, hostname);
-    msg.opts_mut().insert(DhcpOption::MessageType(MessageType::Discover));
+    msg.opts_mut()
+        .insert(DhcpOption::MessageType(MessageType::Discover));
     encode(&msg)
 }
 
@@ -90,7 +98,8 @@ pub fn request(xid: u32, mac: &[u8; 6], hostname: &str, offer: &Lease) -> Vec<u8
 pub fn renew(xid: u32, mac: &[u8; 6], hostname: &str, lease: &Lease) -> Vec<u8> {
     let mut msg = base_message(xid, mac, hostname);
     msg.set_ciaddr(lease.address);
-    msg.opts_mut().insert(DhcpOption::MessageType(MessageType::Request));
+    msg.opts_mut()
+        .insert(DhcpOption::MessageType(MessageType::Request));
     encode(&msg)
 }
 
@@ -117,7 +126,10 @@ pub enum Reply {
 /// MAC (another client's traffic, garbage) gives `None`.
 pub fn parse_reply(datagram: &[u8], xid: u32, mac: &[u8; 6]) -> Option<Reply> {
     let msg = v4::Message::decode(&mut Decoder::new(datagram)).ok()?;
-    if msg.opcode() != v4::Opcode::BootReply || msg.xid() != xid || msg.chaddr().get(..6) != Some(&mac[..]) {
+    if msg.opcode() != v4::Opcode::BootReply
+        || msg.xid() != xid
+        || msg.chaddr().get(..6) != Some(&mac[..])
+    {
         return None;
     }
     let opts = msg.opts();
@@ -173,7 +185,10 @@ fn lease_from(msg: &v4::Message) -> Option<Lease> {
     let lease = u64::from(lease_secs);
     let repo_url = match opts.get(OptionCode::Unknown(OPTION_REPOSITORY_URL)) {
         Some(DhcpOption::Unknown(u)) => {
-            let text = String::from_utf8_lossy(u.data()).trim_end_matches('\0').trim().to_string();
+            let text = String::from_utf8_lossy(u.data())
+                .trim_end_matches('\0')
+                .trim()
+                .to_string();
             (text.starts_with("http://") || text.starts_with("https://")).then_some(text)
         }
         _ => None,
@@ -206,15 +221,28 @@ mod tests {
 
     const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
 
-    fn server_reply(kind: MessageType, xid: u32, extra: impl FnOnce(&mut v4::DhcpOptions)) -> Vec<u8> {
-        let mut msg = v4::Message::new_with_id(xid, Ipv4Addr::UNSPECIFIED, Ipv4Addr::new(10, 0, 2, 15), Ipv4Addr::new(10, 0, 2, 2), Ipv4Addr::UNSPECIFIED, &MAC);
+    fn server_reply(
+        kind: MessageType,
+        xid: u32,
+        extra: impl FnOnce(&mut v4::DhcpOptions),
+    ) -> Vec<u8> {
+        let mut msg = v4::Message::new_with_id(
+            xid,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::new(10, 0, 2, 15),
+            Ipv4Addr::new(10, 0, 2, 2),
+            Ipv4Addr::UNSPECIFIED,
+            &MAC,
+        );
         msg.set_opcode(v4::Opcode::BootReply);
         let opts = msg.opts_mut();
         opts.insert(DhcpOption::MessageType(kind));
         opts.insert(DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 0, 2, 2)));
         opts.insert(DhcpOption::SubnetMask(Ipv4Addr::new(255, 255, 255, 0)));
         opts.insert(DhcpOption::Router(vec![Ipv4Addr::new(10, 0, 2, 2)]));
-        opts.insert(DhcpOption::DomainNameServer(vec![Ipv4Addr::new(10, 0, 2, 3)]));
+        opts.insert(DhcpOption::DomainNameServer(vec![Ipv4Addr::new(
+            10, 0, 2, 3,
+        )]));
         opts.insert(DhcpOption::AddressLeaseTime(86400));
         extra(opts);
         encode(&msg)
@@ -234,13 +262,17 @@ mod tests {
             }
             other => panic!("no parameter request list: {other:?}"),
         }
-        assert!(matches!(msg.opts().get(OptionCode::ClassIdentifier), Some(DhcpOption::ClassIdentifier(c)) if c == VENDOR_CLASS));
+        assert!(
+            matches!(msg.opts().get(OptionCode::ClassIdentifier), Some(DhcpOption::ClassIdentifier(c)) if c == VENDOR_CLASS)
+        );
     }
 
     #[test]
     fn an_ack_becomes_a_lease_with_derived_timers() {
         let bytes = server_reply(MessageType::Ack, 9, |_| {});
-        let Some(Reply::Ack(lease)) = parse_reply(&bytes, 9, &MAC) else { panic!("not an ack") };
+        let Some(Reply::Ack(lease)) = parse_reply(&bytes, 9, &MAC) else {
+            panic!("not an ack")
+        };
         assert_eq!(lease.address, Ipv4Addr::new(10, 0, 2, 15));
         assert_eq!(lease.prefix_len, 24);
         assert_eq!(lease.router, Some(Ipv4Addr::new(10, 0, 2, 2)));
@@ -254,14 +286,24 @@ mod tests {
     fn the_repository_option_is_read_and_checked() {
         let url = b"http://repo.example:8080".to_vec();
         let bytes = server_reply(MessageType::Offer, 3, |o| {
-            o.insert(DhcpOption::Unknown(v4::UnknownOption::new(OptionCode::Unknown(OPTION_REPOSITORY_URL), url)));
+            o.insert(DhcpOption::Unknown(v4::UnknownOption::new(
+                OptionCode::Unknown(OPTION_REPOSITORY_URL),
+                url,
+            )));
         });
-        let Some(Reply::Offer(lease)) = parse_reply(&bytes, 3, &MAC) else { panic!("not an offer") };
+        let Some(Reply::Offer(lease)) = parse_reply(&bytes, 3, &MAC) else {
+            panic!("not an offer")
+        };
         assert_eq!(lease.repo_url.as_deref(), Some("http://repo.example:8080"));
         let bytes = server_reply(MessageType::Offer, 3, |o| {
-            o.insert(DhcpOption::Unknown(v4::UnknownOption::new(OptionCode::Unknown(OPTION_REPOSITORY_URL), b"ftp://x".to_vec())));
+            o.insert(DhcpOption::Unknown(v4::UnknownOption::new(
+                OptionCode::Unknown(OPTION_REPOSITORY_URL),
+                b"ftp://x".to_vec(),
+            )));
         });
-        let Some(Reply::Offer(lease)) = parse_reply(&bytes, 3, &MAC) else { panic!("not an offer") };
+        let Some(Reply::Offer(lease)) = parse_reply(&bytes, 3, &MAC) else {
+            panic!("not an offer")
+        };
         assert_eq!(lease.repo_url, None);
     }
 
@@ -269,9 +311,17 @@ mod tests {
     fn replies_to_someone_else_and_garbage_are_ignored() {
         let bytes = server_reply(MessageType::Ack, 9, |_| {});
         assert_eq!(parse_reply(&bytes, 10, &MAC), None, "other transaction");
-        assert_eq!(parse_reply(&bytes, 9, &[1, 2, 3, 4, 5, 6]), None, "other client");
+        assert_eq!(
+            parse_reply(&bytes, 9, &[1, 2, 3, 4, 5, 6]),
+            None,
+            "other client"
+        );
         assert_eq!(parse_reply(&[0u8; 3], 9, &MAC), None);
-        assert_eq!(parse_reply(&discover(9, &MAC, ""), 9, &MAC), None, "a request, not a reply");
+        assert_eq!(
+            parse_reply(&discover(9, &MAC, ""), 9, &MAC),
+            None,
+            "a request, not a reply"
+        );
         for cut in [10, 100, 236, 240, 250] {
             let _ = parse_reply(&bytes[..cut.min(bytes.len())], 9, &MAC);
         }
@@ -282,6 +332,9 @@ mod tests {
         let bytes = server_reply(MessageType::Nak, 4, |o| {
             o.insert(DhcpOption::Message("wrong network".into()));
         });
-        assert_eq!(parse_reply(&bytes, 4, &MAC), Some(Reply::Nak("wrong network".into())));
+        assert_eq!(
+            parse_reply(&bytes, 4, &MAC),
+            Some(Reply::Nak("wrong network".into()))
+        );
     }
 }

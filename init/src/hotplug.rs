@@ -7,7 +7,9 @@
 
 use crate::kmod::Loader;
 use log::{debug, info, warn};
-use nix::sys::socket::{bind, recv, socket, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType};
+use nix::sys::socket::{
+    bind, recv, socket, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType,
+};
 use std::collections::HashMap;
 use std::fs;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -29,7 +31,11 @@ impl Uevent {
         let mut parts = datagram.split(|&b| b == 0).filter(|p| !p.is_empty());
         let header = std::str::from_utf8(parts.next()?).ok()?;
         let (action, devpath) = header.split_once('@')?;
-        let mut event = Uevent { action: action.to_string(), devpath: devpath.to_string(), vars: HashMap::new() };
+        let mut event = Uevent {
+            action: action.to_string(),
+            devpath: devpath.to_string(),
+            vars: HashMap::new(),
+        };
         for part in parts {
             let text = String::from_utf8_lossy(part);
             if let Some((k, v)) = text.split_once('=') {
@@ -47,7 +53,12 @@ impl Uevent {
 /// Opens the uevent socket. Do this before coldplug so nothing that appears in between
 /// is missed.
 pub fn open_uevent_socket() -> nix::Result<OwnedFd> {
-    let fd = socket(AddressFamily::Netlink, SockType::Datagram, SockFlag::SOCK_CLOEXEC, SockProtocol::NetlinkKObjectUEvent)?;
+    let fd = socket(
+        AddressFamily::Netlink,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkKObjectUEvent,
+    )?;
     // Group 1 carries the kernel's own events.
     bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 1))?;
     // A burst of uevents (a USB hub with many devices) must not overflow the queue.
@@ -60,10 +71,14 @@ pub fn coldplug_modaliases(sys_devices: &Path) -> Vec<String> {
     let mut found = Vec::new();
     let mut stack = vec![sys_devices.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let Ok(entries) = fs::read_dir(&dir) else { continue };
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
         let mut children = Vec::new();
         for entry in entries.flatten() {
-            let Ok(kind) = entry.file_type() else { continue };
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
             // Symlinks in sysfs point back up the tree (subsystem, driver): never follow.
             if kind.is_dir() {
                 children.push(entry.path());
@@ -93,7 +108,11 @@ pub fn coldplug_modules(loader: &Loader) -> Vec<String> {
             }
         }
     }
-    debug!("coldplug: {} devices with a modalias want {}", aliases.len(), modules.join(" "));
+    debug!(
+        "coldplug: {} devices with a modalias want {}",
+        aliases.len(),
+        modules.join(" ")
+    );
     modules
 }
 
@@ -126,7 +145,9 @@ pub fn listen(fd: OwnedFd, loader: Arc<Loader>, on_event: impl Fn(&Uevent)) -> !
                 continue;
             }
         };
-        let Some(event) = Uevent::parse(&buf[..n]) else { continue };
+        let Some(event) = Uevent::parse(&buf[..n]) else {
+            continue;
+        };
         if event.action == "add" {
             if let Some(alias) = event.get("MODALIAS") {
                 for module in loader.load_for_modalias(alias) {
@@ -163,11 +184,22 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("coldplug-test-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(dir.join("pci0000:00/0000:00:03.0/virtio0")).unwrap();
-        fs::write(dir.join("pci0000:00/0000:00:03.0/modalias"), "pci:v00001AF4d00001000\n").unwrap();
-        fs::write(dir.join("pci0000:00/0000:00:03.0/virtio0/modalias"), "virtio:d00000001v00001AF4\n").unwrap();
+        fs::write(
+            dir.join("pci0000:00/0000:00:03.0/modalias"),
+            "pci:v00001AF4d00001000\n",
+        )
+        .unwrap();
+        fs::write(
+            dir.join("pci0000:00/0000:00:03.0/virtio0/modalias"),
+            "virtio:d00000001v00001AF4\n",
+        )
+        .unwrap();
         fs::write(dir.join("pci0000:00/modalias"), "\n").unwrap();
         let found = coldplug_modaliases(&dir);
         let _ = fs::remove_dir_all(&dir);
-        assert_eq!(found, vec!["pci:v00001AF4d00001000", "virtio:d00000001v00001AF4"]);
+        assert_eq!(
+            found,
+            vec!["pci:v00001AF4d00001000", "virtio:d00000001v00001AF4"]
+        );
     }
 }

@@ -36,7 +36,10 @@ pub fn normalize(name: &str) -> String {
 
 fn name_of_path(path: &str) -> String {
     let file = path.rsplit('/').next().unwrap_or(path);
-    let stem = [".ko.xz", ".ko.zst", ".ko.gz", ".ko"].iter().find_map(|s| file.strip_suffix(s)).unwrap_or(file);
+    let stem = [".ko.xz", ".ko.zst", ".ko.gz", ".ko"]
+        .iter()
+        .find_map(|s| file.strip_suffix(s))
+        .unwrap_or(file);
     normalize(stem)
 }
 
@@ -57,7 +60,12 @@ impl ModuleIndex {
                 String::new()
             }
         };
-        let mut index = ModuleIndex::parse(&read("modules.dep"), &read("modules.alias"), &read("modules.softdep"), &read("modules.builtin"));
+        let mut index = ModuleIndex::parse(
+            &read("modules.dep"),
+            &read("modules.alias"),
+            &read("modules.softdep"),
+            &read("modules.builtin"),
+        );
         index.dir = dir.to_path_buf();
         index
     }
@@ -65,14 +73,24 @@ impl ModuleIndex {
     pub fn parse(dep: &str, alias: &str, softdep: &str, builtin: &str) -> ModuleIndex {
         let mut index = ModuleIndex::default();
         for line in dep.lines() {
-            let Some((path, deps)) = line.split_once(':') else { continue };
+            let Some((path, deps)) = line.split_once(':') else {
+                continue;
+            };
             let deps = deps.split_whitespace().map(name_of_path).collect();
-            index.deps.insert(name_of_path(path), (path.to_string(), deps));
+            index
+                .deps
+                .insert(name_of_path(path), (path.to_string(), deps));
         }
         for line in alias.lines() {
             let mut words = line.split_whitespace();
-            if let (Some("alias"), Some(pattern), Some(module)) = (words.next(), words.next(), words.next()) {
-                index.aliases.entry(bus_of(pattern).to_string()).or_default().push((pattern.to_string(), normalize(module)));
+            if let (Some("alias"), Some(pattern), Some(module)) =
+                (words.next(), words.next(), words.next())
+            {
+                index
+                    .aliases
+                    .entry(bus_of(pattern).to_string())
+                    .or_default()
+                    .push((pattern.to_string(), normalize(module)));
             }
         }
         for line in softdep.lines() {
@@ -93,7 +111,11 @@ impl ModuleIndex {
             }
             index.soft_pre.insert(normalize(module), pre);
         }
-        index.builtin = builtin.lines().filter(|l| !l.is_empty()).map(name_of_path).collect();
+        index.builtin = builtin
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(name_of_path)
+            .collect();
         index
     }
 
@@ -214,7 +236,11 @@ pub struct Loader {
 
 impl Loader {
     pub fn new(index: ModuleIndex) -> Loader {
-        Loader { index, loaded: Mutex::new(HashSet::new()), failed: Mutex::new(HashMap::new()) }
+        Loader {
+            index,
+            loaded: Mutex::new(HashSet::new()),
+            failed: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Loads the modules a device's modalias asks for. Returns the ones newly loaded.
@@ -237,14 +263,25 @@ impl Loader {
     /// Module loading mostly waits: RCU grace periods, TLB shootdowns, a NIC's reset
     /// delays. Loading independent drivers side by side turns the sum of those waits into
     /// the longest chain of them. Returns the modules loaded and the failures.
-    pub fn load_parallel(&self, modules: &[String], max_threads: usize) -> (Vec<String>, Vec<String>) {
-        let queue = Mutex::new(modules.iter().cloned().collect::<std::collections::VecDeque<_>>());
+    pub fn load_parallel(
+        &self,
+        modules: &[String],
+        max_threads: usize,
+    ) -> (Vec<String>, Vec<String>) {
+        let queue = Mutex::new(
+            modules
+                .iter()
+                .cloned()
+                .collect::<std::collections::VecDeque<_>>(),
+        );
         let loaded = Mutex::new(Vec::new());
         let failed = Mutex::new(Vec::new());
         std::thread::scope(|scope| {
             for _ in 0..max_threads.clamp(1, modules.len().max(1)) {
                 scope.spawn(|| loop {
-                    let Some(module) = queue.lock().ok().and_then(|mut q| q.pop_front()) else { return };
+                    let Some(module) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
+                        return;
+                    };
                     match self.load(&module) {
                         Ok(true) => loaded.lock().map(|mut l| l.push(module)).unwrap_or(()),
                         Ok(false) => {}
@@ -253,7 +290,10 @@ impl Loader {
                 });
             }
         });
-        (loaded.into_inner().unwrap_or_default(), failed.into_inner().unwrap_or_default())
+        (
+            loaded.into_inner().unwrap_or_default(),
+            failed.into_inner().unwrap_or_default(),
+        )
     }
 
     /// Loads one module by name or alias, dependencies first. `Ok(true)` if this call
@@ -272,7 +312,9 @@ impl Loader {
 
     fn load_one(&self, name: &str, depth: usize) -> Result<bool, String> {
         if depth > 32 {
-            return Err(format!("module {name}: dependency chain too deep (a cycle?)"));
+            return Err(format!(
+                "module {name}: dependency chain too deep (a cycle?)"
+            ));
         }
         if self.index.builtin.contains(name) || self.is_loaded(name) {
             return Ok(false);
@@ -290,7 +332,8 @@ impl Loader {
             }
         }
         for dep in deps {
-            self.load_one(dep, depth + 1).map_err(|e| format!("module {name} needs {dep}: {e}"))?;
+            self.load_one(dep, depth + 1)
+                .map_err(|e| format!("module {name} needs {dep}: {e}"))?;
         }
         let started = Instant::now();
         let result = insert_module(&self.index.dir.join(path));
@@ -300,7 +343,10 @@ impl Loader {
                     loaded.insert(name.to_string());
                 }
                 if result.is_ok() {
-                    debug!("loaded module {name} in {} ms", started.elapsed().as_millis());
+                    debug!(
+                        "loaded module {name} in {} ms",
+                        started.elapsed().as_millis()
+                    );
                 }
                 Ok(result.is_ok())
             }
@@ -315,29 +361,45 @@ impl Loader {
     }
 
     pub fn is_loaded(&self, name: &str) -> bool {
-        let known = self.loaded.lock().map(|l| l.contains(name)).unwrap_or(false);
-        known || Path::new("/sys/module").join(name).join("initstate").exists()
+        let known = self
+            .loaded
+            .lock()
+            .map(|l| l.contains(name))
+            .unwrap_or(false);
+        known
+            || Path::new("/sys/module")
+                .join(name)
+                .join("initstate")
+                .exists()
     }
 
     /// Modules loaded by this process, sorted.
     pub fn loaded(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.loaded.lock().map(|l| l.iter().cloned().collect()).unwrap_or_default();
+        let mut v: Vec<String> = self
+            .loaded
+            .lock()
+            .map(|l| l.iter().cloned().collect())
+            .unwrap_or_default();
         v.sort();
         v
     }
-
 }
 
 fn insert_module(path: &Path) -> Result<(), Errno> {
-    let file = File::open(path).map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::ENOENT)))?;
+    let file =
+        File::open(path).map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::ENOENT)))?;
     let params = CString::default();
     finit_module(&file, &params, ModuleInitFlags::empty())
 }
 
 fn describe_errno(e: Errno) -> String {
     match e {
-        Errno::ENODEV => "no such device (the hardware this driver needs is absent or disabled)".into(),
-        Errno::ENOEXEC => "not a module for this kernel (wrong kernel version in the image?)".into(),
+        Errno::ENODEV => {
+            "no such device (the hardware this driver needs is absent or disabled)".into()
+        }
+        Errno::ENOEXEC => {
+            "not a module for this kernel (wrong kernel version in the image?)".into()
+        }
         Errno::EIO => "input/output error (the device refused to initialise)".into(),
         e => format!("{} ({})", e.desc(), e),
     }
@@ -346,7 +408,11 @@ fn describe_errno(e: Errno) -> String {
 /// `modprobe` mode: the kernel runs `/sbin/modprobe -q -- NAME` for `request_module()`
 /// (a bridge asking for `net-pf-7`, for instance). `/sbin/modprobe` links to our init.
 pub fn modprobe_main(args: &[String], modules_dir: &Path) -> i32 {
-    let names: Vec<&String> = args.iter().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let names: Vec<&String> = args
+        .iter()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     if names.is_empty() {
         eprintln!("usage: modprobe [-q] [--] MODULE");
         return 1;
@@ -371,11 +437,20 @@ mod tests {
 
     #[test]
     fn fnmatch_handles_the_modalias_pattern_forms() {
-        assert!(fnmatch(b"pci:v00008086d000010D3sv*sd*bc*sc*i*", b"pci:v00008086d000010D3sv00008086sd00000000bc02sc00i00"));
-        assert!(!fnmatch(b"pci:v00008086d000010D3sv*sd*bc*sc*i*", b"pci:v00008086d000010D4sv00008086sd00000000bc02sc00i00"));
+        assert!(fnmatch(
+            b"pci:v00008086d000010D3sv*sd*bc*sc*i*",
+            b"pci:v00008086d000010D3sv00008086sd00000000bc02sc00i00"
+        ));
+        assert!(!fnmatch(
+            b"pci:v00008086d000010D3sv*sd*bc*sc*i*",
+            b"pci:v00008086d000010D4sv00008086sd00000000bc02sc00i00"
+        ));
         assert!(fnmatch(b"virtio:d00000001v*", b"virtio:d00000001v00001AF4"));
         assert!(fnmatch(b"a?c", b"abc"));
-        assert!(fnmatch(b"usb:v*p*d*dc*dsc*dp*ic08isc0[1-6]ip50in*", b"usb:v0781p5567d0100dc00dsc00dp00ic08isc06ip50in00"));
+        assert!(fnmatch(
+            b"usb:v*p*d*dc*dsc*dp*ic08isc0[1-6]ip50in*",
+            b"usb:v0781p5567d0100dc00dsc00dp00ic08isc06ip50in00"
+        ));
         assert!(!fnmatch(b"x[!0-9]", b"x5"));
         assert!(fnmatch(b"x[!0-9]", b"xa"));
         assert!(fnmatch(b"*", b""));
@@ -395,7 +470,10 @@ mod tests {
     #[test]
     fn aliases_resolve_to_modules() {
         let index = sample();
-        assert_eq!(index.modules_for_alias("virtio:d00000001v00001AF4"), vec!["virtio_net"]);
+        assert_eq!(
+            index.modules_for_alias("virtio:d00000001v00001AF4"),
+            vec!["virtio_net"]
+        );
         assert!(index.modules_for_alias("pci:v0000ABCDd*").is_empty());
         assert_eq!(index.resolve("net-pf-7"), vec!["bridge"]);
         assert_eq!(index.resolve("virtio-net"), vec!["virtio_net"]);

@@ -26,7 +26,9 @@ pub enum CpuVirtualization {
 impl CpuVirtualization {
     pub fn from_cpuinfo(cpuinfo: &str) -> CpuVirtualization {
         for line in cpuinfo.lines() {
-            let Some((key, value)) = line.split_once(':') else { continue };
+            let Some((key, value)) = line.split_once(':') else {
+                continue;
+            };
             if key.trim() != "flags" {
                 continue;
             }
@@ -64,12 +66,19 @@ impl fmt::Display for KvmStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             KvmStatus::Pending => write!(f, "starting (loading the KVM module)"),
-            KvmStatus::Ready { module, api_version } => write!(f, "ready: /dev/kvm ({module}, API {api_version})"),
+            KvmStatus::Ready {
+                module,
+                api_version,
+            } => write!(f, "ready: /dev/kvm ({module}, API {api_version})"),
             KvmStatus::NoCpuSupport => {
                 write!(f, "unavailable: this CPU reports no VT-x or AMD-V (turn virtualization on in the BIOS setup)")
             }
-            KvmStatus::ModuleFailed { module, reason } => write!(f, "unavailable: {module} did not load: {reason}"),
-            KvmStatus::DeviceFailed { module, reason } => write!(f, "unavailable: {module} loaded but /dev/kvm {reason}"),
+            KvmStatus::ModuleFailed { module, reason } => {
+                write!(f, "unavailable: {module} did not load: {reason}")
+            }
+            KvmStatus::DeviceFailed { module, reason } => {
+                write!(f, "unavailable: {module} loaded but /dev/kvm {reason}")
+            }
         }
     }
 }
@@ -85,11 +94,20 @@ pub fn bring_up(loader: &Loader) -> KvmStatus {
     };
     if let Err(reason) = loader.load(module) {
         warn!("KVM: {reason}");
-        return KvmStatus::ModuleFailed { module: module.into(), reason };
+        return KvmStatus::ModuleFailed {
+            module: module.into(),
+            reason,
+        };
     }
     let status = match wait_for_device(Path::new("/dev/kvm"), Duration::from_secs(3)) {
-        Ok(api_version) => KvmStatus::Ready { module: module.into(), api_version },
-        Err(reason) => KvmStatus::DeviceFailed { module: module.into(), reason },
+        Ok(api_version) => KvmStatus::Ready {
+            module: module.into(),
+            api_version,
+        },
+        Err(reason) => KvmStatus::DeviceFailed {
+            module: module.into(),
+            reason,
+        },
     };
     info!("KVM: {status}");
     status
@@ -123,8 +141,14 @@ mod tests {
         let amd = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu vme svm lm\n";
         let intel = "flags\t\t: fpu vmx sse\n";
         let none = "flags\t\t: fpu sse\n";
-        assert_eq!(CpuVirtualization::from_cpuinfo(amd).module(), Some("kvm_amd"));
-        assert_eq!(CpuVirtualization::from_cpuinfo(intel).module(), Some("kvm_intel"));
+        assert_eq!(
+            CpuVirtualization::from_cpuinfo(amd).module(),
+            Some("kvm_amd")
+        );
+        assert_eq!(
+            CpuVirtualization::from_cpuinfo(intel).module(),
+            Some("kvm_intel")
+        );
         assert_eq!(CpuVirtualization::from_cpuinfo(none).module(), None);
         assert_eq!(CpuVirtualization::from_cpuinfo(""), CpuVirtualization::None);
     }

@@ -20,7 +20,9 @@ pub struct KmsgLogger {
 static LOGGER: KmsgLogger = KmsgLogger {
     level: Mutex::new(LevelFilter::Info),
     console_enabled: std::sync::atomic::AtomicBool::new(true),
-    kmsg: Mutex::new(None), console: Mutex::new(None) };
+    kmsg: Mutex::new(None),
+    console: Mutex::new(None),
+};
 
 /// Installs the logger. Safe to call before `/dev` is mounted: files open on first use.
 pub fn init() {
@@ -30,7 +32,9 @@ pub fn init() {
 
 /// Keeps warnings off the console; they still reach the kernel log.
 pub fn quiet_console() {
-    LOGGER.console_enabled.store(false, std::sync::atomic::Ordering::Relaxed);
+    LOGGER
+        .console_enabled
+        .store(false, std::sync::atomic::Ordering::Relaxed);
 }
 
 pub fn set_level(level: LevelFilter) {
@@ -64,7 +68,10 @@ fn write_to(slot: &Mutex<Option<File>>, path: &str, bytes: &[u8]) {
 
 impl Log for KmsgLogger {
     fn enabled(&self, metadata: &Metadata) -> bool {
-        self.level.lock().map(|l| metadata.level() <= *l).unwrap_or(true)
+        self.level
+            .lock()
+            .map(|l| metadata.level() <= *l)
+            .unwrap_or(true)
     }
 
     fn log(&self, record: &Record) {
@@ -77,8 +84,16 @@ impl Log for KmsgLogger {
             let entry = format!("<{}>init: {}\n", syslog_priority(record.level()), line);
             write_to(&self.kmsg, "/dev/kmsg", entry.as_bytes());
         }
-        if record.level() <= Level::Warn && self.console_enabled.load(std::sync::atomic::Ordering::Relaxed) {
-            let tag = if record.level() == Level::Error { "error" } else { "warning" };
+        if record.level() <= Level::Warn
+            && self
+                .console_enabled
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            let tag = if record.level() == Level::Error {
+                "error"
+            } else {
+                "warning"
+            };
             let text = format!("\r\ninit: {tag}: {message}\r\n");
             write_to(&self.console, "/dev/console", text.as_bytes());
         }

@@ -6,8 +6,9 @@
 //! and never stop on an error: whatever fails is logged and shown on the login screen,
 //! and the terminal stays usable.
 
-
-use collective_init::{console, hotplug, kmod, kvm, logger, login, mounts, net, network, power, settings, status};
+use collective_init::{
+    console, hotplug, kmod, kvm, logger, login, mounts, net, network, power, settings, status,
+};
 use log::{error, info, warn};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::SignalFd;
@@ -31,7 +32,10 @@ const HANDLED: &[Signal] = &[
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let program = args.first().map(|a| a.rsplit('/').next().unwrap_or(a).to_string()).unwrap_or_default();
+    let program = args
+        .first()
+        .map(|a| a.rsplit('/').next().unwrap_or(a).to_string())
+        .unwrap_or_default();
     if program == "modprobe" {
         // The kernel runs modprobe for every request_module(); only failures that matter
         // to a person belong on the console, and those are reported by whoever asked.
@@ -70,7 +74,9 @@ fn modules_dir() -> PathBuf {
     let release = unsafe {
         let mut uts: libc::utsname = std::mem::zeroed();
         libc::uname(&mut uts);
-        std::ffi::CStr::from_ptr(uts.release.as_ptr()).to_string_lossy().into_owned()
+        std::ffi::CStr::from_ptr(uts.release.as_ptr())
+            .to_string_lossy()
+            .into_owned()
     };
     Path::new("/lib/modules").join(release)
 }
@@ -111,13 +117,17 @@ fn bring_up() -> Vec<String> {
         problems: problems.clone(),
         ..TerminalStatus::default()
     }));
-    let auth: Arc<dyn login::Authenticator> = Arc::new(login::NoRepositoryClient { repo: settings.repo.clone() });
+    let auth: Arc<dyn login::Authenticator> = Arc::new(login::NoRepositoryClient {
+        repo: settings.repo.clone(),
+    });
     for name in &settings.consoles {
         console::spawn(name.clone(), board.clone(), auth.clone());
     }
 
     // Listen before the coldplug walk, so a device that appears during it is not missed.
-    let uevents = hotplug::open_uevent_socket().map_err(|e| warn!("no hotplug: cannot open the uevent socket: {e}")).ok();
+    let uevents = hotplug::open_uevent_socket()
+        .map_err(|e| warn!("no hotplug: cannot open the uevent socket: {e}"))
+        .ok();
     let loader = Arc::new(kmod::Loader::new(kmod::ModuleIndex::load(&modules_dir())));
 
     // Everything loads side by side: KVM's modules, the drivers the hardware present asks
@@ -125,7 +135,9 @@ fn bring_up() -> Vec<String> {
     let mut wanted: Vec<String> = vec!["evdev".into(), "button".into()];
     wanted.extend(settings.extra_modules.iter().cloned());
     let kvm_loader = loader.clone();
-    let kvm_thread = std::thread::Builder::new().name("kvm".into()).spawn(move || kvm::bring_up(&kvm_loader));
+    let kvm_thread = std::thread::Builder::new()
+        .name("kvm".into())
+        .spawn(move || kvm::bring_up(&kvm_loader));
     for module in hotplug::coldplug_modules(&loader) {
         if !wanted.contains(&module) {
             wanted.push(module);
@@ -141,21 +153,33 @@ fn bring_up() -> Vec<String> {
             // Drivers for absent hardware fail to probe; that is normal and only logged.
             info!("{e}");
         }
-        wanted = hotplug::coldplug_modules(&loader).into_iter().filter(|m| !loader.is_loaded(m)).collect();
+        wanted = hotplug::coldplug_modules(&loader)
+            .into_iter()
+            .filter(|m| !loader.is_loaded(m))
+            .collect();
         if wanted.is_empty() {
             break;
         }
     }
     for module in &settings.extra_modules {
         if !loader.is_loaded(module) && !loader.index().knows(module) {
-            problems.push(format!("collective.modules: {module} is not in this firmware"));
+            problems.push(format!(
+                "collective.modules: {module} is not in this firmware"
+            ));
         }
     }
-    let cache = collective_init::cachedisk::bring_up(settings.cache.as_deref(), settings.cache_force, std::time::Duration::from_secs(5));
+    let cache = collective_init::cachedisk::bring_up(
+        settings.cache.as_deref(),
+        settings.cache_force,
+        std::time::Duration::from_secs(5),
+    );
     problems.extend(cache.problem.clone());
     let kvm_status = match kvm_thread.map(|t| t.join()) {
         Ok(Ok(status)) => status,
-        _ => kvm::KvmStatus::ModuleFailed { module: "kvm".into(), reason: "the KVM bring-up crashed".into() },
+        _ => kvm::KvmStatus::ModuleFailed {
+            module: "kvm".into(),
+            reason: "the KVM bring-up crashed".into(),
+        },
     };
 
     let nics = net::bring_up();
@@ -168,15 +192,19 @@ fn bring_up() -> Vec<String> {
         let loader = loader.clone();
         let board = board.clone();
         let settings = settings.clone();
-        let spawned = std::thread::Builder::new().name("hotplug".into()).spawn(move || {
-            hotplug::listen(fd, loader, move |event| on_uevent(event, &board, &settings));
-        });
+        let spawned = std::thread::Builder::new()
+            .name("hotplug".into())
+            .spawn(move || {
+                hotplug::listen(fd, loader, move |event| on_uevent(event, &board, &settings));
+            });
         if let Err(e) = spawned {
             warn!("no hotplug: {e}");
         }
     }
     info!("modules loaded: {}", loader.loaded().join(" "));
-    let boot_seconds = fs::read_to_string("/proc/uptime").ok().and_then(|u| u.split_whitespace().next()?.parse().ok());
+    let boot_seconds = fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|u| u.split_whitespace().next()?.parse().ok());
     board.update(|s| {
         s.name = name;
         s.nics = nics;
@@ -193,8 +221,14 @@ fn bring_up() -> Vec<String> {
     board.mark_ready();
     if consoles_drew_early {
         let status = board.snapshot();
-        let ready = status.boot_seconds.map(|secs| format!("  ready in    {secs:.2} s after the kernel started\r\n")).unwrap_or_default();
-        console::announce(&settings.consoles, &format!("{}{ready}", status.hardware_lines()));
+        let ready = status
+            .boot_seconds
+            .map(|secs| format!("  ready in    {secs:.2} s after the kernel started\r\n"))
+            .unwrap_or_default();
+        console::announce(
+            &settings.consoles,
+            &format!("{}{ready}", status.hardware_lines()),
+        );
     }
     info!("terminal ready in {:.2} s", boot_seconds.unwrap_or(0.0));
     if let Some(command) = settings.autorun.clone() {
@@ -211,7 +245,9 @@ fn on_uevent(event: &hotplug::Uevent, board: &Arc<StatusBoard>, settings: &Setti
     match event.get("SUBSYSTEM") {
         Some("input") => {
             if let Some(dev) = event.get("DEVNAME").and_then(|d| d.strip_prefix("input/")) {
-                if dev.starts_with("event") && power::is_power_button(&Path::new("/sys/class/input").join(dev)) {
+                if dev.starts_with("event")
+                    && power::is_power_button(&Path::new("/sys/class/input").join(dev))
+                {
                     power::watch_power_button(dev.to_string());
                 }
             }
@@ -219,8 +255,17 @@ fn on_uevent(event: &hotplug::Uevent, board: &Arc<StatusBoard>, settings: &Setti
         Some("net") if board.snapshot().complete => {
             let nics = net::bring_up();
             let before = board.snapshot().nics;
-            if nics.iter().any(|n| !before.iter().any(|b| b.name == n.name)) {
-                info!("network cards now: {}", nics.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(" "));
+            if nics
+                .iter()
+                .any(|n| !before.iter().any(|b| b.name == n.name))
+            {
+                info!(
+                    "network cards now: {}",
+                    nics.iter()
+                        .map(|n| n.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
                 board.update(|s| s.nics = nics.clone());
                 let status = board.snapshot();
                 console::announce(&settings.consoles, &status.hardware_lines());
@@ -235,37 +280,49 @@ fn on_uevent(event: &hotplug::Uevent, board: &Arc<StatusBoard>, settings: &Setti
 
 /// Runs `collective.autorun=` once, its output on the console, and reports how it ended.
 fn start_autorun(argv_file: String, consoles: Vec<String>) {
-    let spawned = std::thread::Builder::new().name("autorun".into()).spawn(move || {
-        let text = match fs::read_to_string(&argv_file) {
-            Ok(text) => text,
-            Err(e) => {
-                warn!("autorun: cannot read {argv_file}: {e}");
+    let spawned = std::thread::Builder::new()
+        .name("autorun".into())
+        .spawn(move || {
+            let text = match fs::read_to_string(&argv_file) {
+                Ok(text) => text,
+                Err(e) => {
+                    warn!("autorun: cannot read {argv_file}: {e}");
+                    return;
+                }
+            };
+            let words: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+            let command = words.join(" ");
+            let Some((program, args)) = words.split_first() else {
+                warn!("autorun: {argv_file} names no program");
                 return;
-            }
-        };
-        let words: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
-        let command = words.join(" ");
-        let Some((program, args)) = words.split_first() else {
-            warn!("autorun: {argv_file} names no program");
-            return;
-        };
-        let console = || fs::OpenOptions::new().write(true).open("/dev/console").map(std::process::Stdio::from);
-        let (Ok(out), Ok(err)) = (console(), console()) else {
-            warn!("autorun: cannot open /dev/console");
-            return;
-        };
-        info!("autorun: starting {command}");
-        let child = std::process::Command::new(program).args(args).stdin(std::process::Stdio::null()).stdout(out).stderr(err).spawn();
-        let text = match child {
-            Ok(child) => match collective_init::children::wait(child.id() as i32, None) {
-                Some(code) => format!("autorun: {program} exited with code {code}\r\n"),
-                None => format!("autorun: lost track of {program}\r\n"),
-            },
-            Err(e) => format!("autorun: cannot start {program}: {e}\r\n"),
-        };
-        info!("{}", text.trim());
-        console::announce(&consoles, &text);
-    });
+            };
+            let console = || {
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open("/dev/console")
+                    .map(std::process::Stdio::from)
+            };
+            let (Ok(out), Ok(err)) = (console(), console()) else {
+                warn!("autorun: cannot open /dev/console");
+                return;
+            };
+            info!("autorun: starting {command}");
+            let child = std::process::Command::new(program)
+                .args(args)
+                .stdin(std::process::Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .spawn();
+            let text = match child {
+                Ok(child) => match collective_init::children::wait(child.id() as i32, None) {
+                    Some(code) => format!("autorun: {program} exited with code {code}\r\n"),
+                    None => format!("autorun: lost track of {program}\r\n"),
+                },
+                Err(e) => format!("autorun: cannot start {program}: {e}\r\n"),
+            };
+            info!("{}", text.trim());
+            console::announce(&consoles, &text);
+        });
     if let Err(e) = spawned {
         warn!("autorun: {e}");
     }
@@ -280,37 +337,51 @@ fn start_dhcp(nic: &net::Nic, board: &Arc<StatusBoard>, settings: &Settings) {
         Err(_) => return,
     }
     let Some(mac) = network::parse_mac(&nic.mac) else {
-        warn!("{}: no usable MAC address ({:?}); no DHCP", nic.name, nic.mac);
+        warn!(
+            "{}: no usable MAC address ({:?}); no DHCP",
+            nic.name, nic.mac
+        );
         return;
     };
     let (name, board, settings) = (nic.name.clone(), board.clone(), settings.clone());
     let hostname = board.snapshot().name;
-    let spawned = std::thread::Builder::new().name(format!("dhcp-{name}")).spawn(move || {
-        let nic_name = name.clone();
-        network::run_dhcp(name, mac, hostname, move |state| {
-            let (text, announce) = match &state {
-                network::NetState::WaitingForLink => ("waiting for a link (is the cable in?)".to_string(), false),
-                network::NetState::AskingDhcp => ("asking DHCP".to_string(), false),
-                network::NetState::NoOffer => ("no DHCP offer yet (is a DHCP server on this network?); retrying".to_string(), true),
-                network::NetState::Configured(lease) => {
-                    let via = lease.router.map(|r| format!(" via {r}")).unwrap_or_default();
-                    (format!("{}/{}{via}", lease.address, lease.prefix_len), true)
-                }
-            };
-            board.update(|s| {
-                s.addresses.insert(nic_name.clone(), text);
-                s.nics = net::list_nics(Path::new("/sys/class/net"));
-                if let network::NetState::Configured(lease) = &state {
-                    if settings.repo.is_none() && lease.repo_url.is_some() {
-                        s.repo = lease.repo_url.clone();
+    let spawned = std::thread::Builder::new()
+        .name(format!("dhcp-{name}"))
+        .spawn(move || {
+            let nic_name = name.clone();
+            network::run_dhcp(name, mac, hostname, move |state| {
+                let (text, announce) = match &state {
+                    network::NetState::WaitingForLink => {
+                        ("waiting for a link (is the cable in?)".to_string(), false)
                     }
+                    network::NetState::AskingDhcp => ("asking DHCP".to_string(), false),
+                    network::NetState::NoOffer => (
+                        "no DHCP offer yet (is a DHCP server on this network?); retrying"
+                            .to_string(),
+                        true,
+                    ),
+                    network::NetState::Configured(lease) => {
+                        let via = lease
+                            .router
+                            .map(|r| format!(" via {r}"))
+                            .unwrap_or_default();
+                        (format!("{}/{}{via}", lease.address, lease.prefix_len), true)
+                    }
+                };
+                board.update(|s| {
+                    s.addresses.insert(nic_name.clone(), text);
+                    s.nics = net::list_nics(Path::new("/sys/class/net"));
+                    if let network::NetState::Configured(lease) = &state {
+                        if settings.repo.is_none() && lease.repo_url.is_some() {
+                            s.repo = lease.repo_url.clone();
+                        }
+                    }
+                });
+                if announce {
+                    console::announce(&settings.consoles, &board.snapshot().hardware_lines());
                 }
             });
-            if announce {
-                console::announce(&settings.consoles, &board.snapshot().hardware_lines());
-            }
         });
-    });
     if let Err(e) = spawned {
         warn!("cannot start DHCP on {}: {e}", nic.name);
     }
@@ -318,14 +389,18 @@ fn start_dhcp(nic: &net::Nic, board: &Arc<StatusBoard>, settings: &Settings) {
 
 fn firmware_identity() -> String {
     let text = fs::read_to_string("/etc/collective/firmware").unwrap_or_default();
-    let get = |key: &str| text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('=')).unwrap_or("").to_string();
+    let get = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .unwrap_or("")
+            .to_string()
+    };
     let release = get("kernel_release");
     if release.is_empty() {
         return String::new();
     }
     format!("Linux {release}, Debian {}", get("kernel_version"))
 }
-
 
 /// Static name resolution works from `/etc/hosts` even in a static binary.
 fn write_etc_files() {

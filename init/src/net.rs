@@ -18,12 +18,18 @@ pub struct Nic {
 
 /// Ethernet interfaces (ARPHRD_ETHER), sorted by name.
 pub fn list_nics(sys_class_net: &Path) -> Vec<Nic> {
-    let Ok(entries) = fs::read_dir(sys_class_net) else { return Vec::new() };
+    let Ok(entries) = fs::read_dir(sys_class_net) else {
+        return Vec::new();
+    };
     let mut nics: Vec<Nic> = entries
         .flatten()
         .filter_map(|e| {
             let dir = e.path();
-            let read = |f: &str| fs::read_to_string(dir.join(f)).ok().map(|s| s.trim().to_string());
+            let read = |f: &str| {
+                fs::read_to_string(dir.join(f))
+                    .ok()
+                    .map(|s| s.trim().to_string())
+            };
             if read("type").as_deref() != Some("1") {
                 return None;
             }
@@ -63,11 +69,17 @@ pub fn set_up(name: &str) -> Result<(), String> {
     // SAFETY: ifr is a valid, NUL-terminated ifreq; the ioctls only read and write it.
     unsafe {
         if libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) < 0 {
-            return Err(format!("{name}: SIOCGIFFLAGS: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "{name}: SIOCGIFFLAGS: {}",
+                std::io::Error::last_os_error()
+            ));
         }
         ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
         if libc::ioctl(fd.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) < 0 {
-            return Err(format!("{name}: SIOCSIFFLAGS: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "{name}: SIOCSIFFLAGS: {}",
+                std::io::Error::last_os_error()
+            ));
         }
     }
     Ok(())
@@ -103,7 +115,11 @@ mod tests {
     fn lists_only_real_ethernet_devices() {
         let dir = std::env::temp_dir().join(format!("net-test-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        for (name, kind, device) in [("eth0", "1", true), ("lo", "772", false), ("br0", "1", false)] {
+        for (name, kind, device) in [
+            ("eth0", "1", true),
+            ("lo", "772", false),
+            ("br0", "1", false),
+        ] {
             fs::create_dir_all(dir.join(name)).unwrap();
             fs::write(dir.join(name).join("type"), format!("{kind}\n")).unwrap();
             fs::write(dir.join(name).join("address"), "52:54:00:12:34:56\n").unwrap();

@@ -65,7 +65,11 @@ pub fn run_dhcp(nic: String, mac: [u8; 6], hostname: String, report: impl Fn(Net
 }
 
 fn wait_for_link(nic: &str, report: &impl Fn(NetState)) {
-    let carrier = || fs::read_to_string(format!("/sys/class/net/{nic}/carrier")).map(|c| c.trim() == "1").unwrap_or(false);
+    let carrier = || {
+        fs::read_to_string(format!("/sys/class/net/{nic}/carrier"))
+            .map(|c| c.trim() == "1")
+            .unwrap_or(false)
+    };
     if carrier() {
         return;
     }
@@ -77,22 +81,43 @@ fn wait_for_link(nic: &str, report: &impl Fn(NetState)) {
 
 /// One DISCOVER/OFFER/REQUEST/ACK exchange, retransmitting with backoff (RFC 2131 §4.1:
 /// 4 s doubling; we start at 1 s because a terminal's user is waiting).
-pub fn obtain_lease(nic: &str, mac: &[u8; 6], hostname: &str, give_up_after: Duration) -> Result<Lease, String> {
+pub fn obtain_lease(
+    nic: &str,
+    mac: &[u8; 6],
+    hostname: &str,
+    give_up_after: Duration,
+) -> Result<Lease, String> {
     let socket = PacketSocket::open(nic).map_err(|e| format!("packet socket on {nic}: {e}"))?;
     let started = Instant::now();
     let mut wait = Duration::from_secs(1);
     while started.elapsed() < give_up_after {
         let xid: u32 = random_u32();
-        socket.send_broadcast(Ipv4Addr::UNSPECIFIED, &dhcp::discover(xid, mac, hostname)).map_err(|e| format!("sending DISCOVER: {e}"))?;
-        let Some(offer) = wait_for(&socket, xid, mac, wait, |r| matches!(r, Reply::Offer(_)))? else {
+        socket
+            .send_broadcast(Ipv4Addr::UNSPECIFIED, &dhcp::discover(xid, mac, hostname))
+            .map_err(|e| format!("sending DISCOVER: {e}"))?;
+        let Some(offer) = wait_for(&socket, xid, mac, wait, |r| matches!(r, Reply::Offer(_)))?
+        else {
             wait = (wait * 2).min(Duration::from_secs(8));
             continue;
         };
         let Reply::Offer(offer) = offer else { continue };
-        socket.send_broadcast(Ipv4Addr::UNSPECIFIED, &dhcp::request(xid, mac, hostname, &offer)).map_err(|e| format!("sending REQUEST: {e}"))?;
-        match wait_for(&socket, xid, mac, Duration::from_secs(3), |r| matches!(r, Reply::Ack(_) | Reply::Nak(_)))? {
+        socket
+            .send_broadcast(
+                Ipv4Addr::UNSPECIFIED,
+                &dhcp::request(xid, mac, hostname, &offer),
+            )
+            .map_err(|e| format!("sending REQUEST: {e}"))?;
+        match wait_for(&socket, xid, mac, Duration::from_secs(3), |r| {
+            matches!(r, Reply::Ack(_) | Reply::Nak(_))
+        })? {
             Some(Reply::Ack(lease)) => {
-                info!("{nic}: DHCP lease {}/{} from {} for {} s", lease.address, lease.prefix_len, lease.server, lease.lease_time.as_secs());
+                info!(
+                    "{nic}: DHCP lease {}/{} from {} for {} s",
+                    lease.address,
+                    lease.prefix_len,
+                    lease.server,
+                    lease.lease_time.as_secs()
+                );
                 return Ok(lease);
             }
             Some(Reply::Nak(why)) => warn!("{nic}: DHCP server {} refused: {why}", offer.server),
@@ -102,14 +127,23 @@ pub fn obtain_lease(nic: &str, mac: &[u8; 6], hostname: &str, give_up_after: Dur
     Err(format!("no answer in {} s", give_up_after.as_secs()))
 }
 
-fn wait_for(socket: &PacketSocket, xid: u32, mac: &[u8; 6], timeout: Duration, wanted: impl Fn(&Reply) -> bool) -> Result<Option<Reply>, String> {
+fn wait_for(
+    socket: &PacketSocket,
+    xid: u32,
+    mac: &[u8; 6],
+    timeout: Duration,
+    wanted: impl Fn(&Reply) -> bool,
+) -> Result<Option<Reply>, String> {
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Ok(None);
         }
-        match socket.receive_dhcp(left).map_err(|e| format!("receiving: {e}"))? {
+        match socket
+            .receive_dhcp(left)
+            .map_err(|e| format!("receiving: {e}"))?
+        {
             None => return Ok(None),
             Some(datagram) => {
                 if let Some(reply) = dhcp::parse_reply(&datagram, xid, mac) {
@@ -131,16 +165,33 @@ fn keep_lease(nic: &str, mac: &[u8; 6], hostname: &str, mut lease: Lease) {
             warn!("{nic}: DHCP lease on {} expired", lease.address);
             return;
         }
-        let next = if now < lease.renew_after { lease.renew_after } else { (now + (lease.lease_time - now) / 2).max(now + Duration::from_secs(60)) };
+        let next = if now < lease.renew_after {
+            lease.renew_after
+        } else {
+            (now + (lease.lease_time - now) / 2).max(now + Duration::from_secs(60))
+        };
         std::thread::sleep(next.saturating_sub(now).min(lease.lease_time - now));
-        let Ok(socket) = PacketSocket::open(nic) else { continue };
+        let Ok(socket) = PacketSocket::open(nic) else {
+            continue;
+        };
         let xid = random_u32();
-        if socket.send_broadcast(lease.address, &dhcp::renew(xid, mac, hostname, &lease)).is_err() {
+        if socket
+            .send_broadcast(lease.address, &dhcp::renew(xid, mac, hostname, &lease))
+            .is_err()
+        {
             continue;
         }
-        if let Ok(Some(Reply::Ack(new))) = wait_for(&socket, xid, mac, Duration::from_secs(5), |r| matches!(r, Reply::Ack(_) | Reply::Nak(_))) {
+        if let Ok(Some(Reply::Ack(new))) =
+            wait_for(&socket, xid, mac, Duration::from_secs(5), |r| {
+                matches!(r, Reply::Ack(_) | Reply::Nak(_))
+            })
+        {
             if new.address == lease.address {
-                info!("{nic}: DHCP lease on {} renewed for {} s", new.address, new.lease_time.as_secs());
+                info!(
+                    "{nic}: DHCP lease on {} renewed for {} s",
+                    new.address,
+                    new.lease_time.as_secs()
+                );
                 lease = new;
                 granted = Instant::now();
             }
@@ -176,9 +227,18 @@ fn random_u32() -> u32 {
     let mut bytes = [0u8; 4];
     // SAFETY: getrandom fills our buffer. GRND_NONBLOCK: early in boot the pool may not be
     // ready; a transaction id only needs to differ from other clients'.
-    let n = unsafe { libc::getrandom(bytes.as_mut_ptr() as *mut libc::c_void, 4, libc::GRND_NONBLOCK) };
+    let n = unsafe {
+        libc::getrandom(
+            bytes.as_mut_ptr() as *mut libc::c_void,
+            4,
+            libc::GRND_NONBLOCK,
+        )
+    };
     if n != 4 {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
         return t ^ std::process::id();
     }
     u32::from_ne_bytes(bytes)
@@ -187,7 +247,11 @@ fn random_u32() -> u32 {
 /// Address, netmask and default route through the classic ioctls; `/etc/resolv.conf`.
 fn apply(nic: &str, lease: &Lease) -> Result<(), String> {
     let fd = socket_inet()?;
-    let mask = if lease.prefix_len == 0 { 0 } else { u32::MAX << (32 - u32::from(lease.prefix_len.min(32))) };
+    let mask = if lease.prefix_len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(lease.prefix_len.min(32)))
+    };
     set_ipv4(&fd, nic, libc::SIOCSIFADDR, lease.address)?;
     set_ipv4(&fd, nic, libc::SIOCSIFNETMASK, Ipv4Addr::from(mask))?;
     if let Some(router) = lease.router {
@@ -204,15 +268,22 @@ fn apply(nic: &str, lease: &Lease) -> Result<(), String> {
 }
 
 fn socket_inet() -> Result<std::os::fd::OwnedFd, String> {
-    nix::sys::socket::socket(nix::sys::socket::AddressFamily::Inet, nix::sys::socket::SockType::Datagram, nix::sys::socket::SockFlag::SOCK_CLOEXEC, None)
-        .map_err(|e| format!("socket: {e}"))
+    nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| format!("socket: {e}"))
 }
 
 fn sockaddr_in(addr: Ipv4Addr) -> libc::sockaddr {
     let sin = libc::sockaddr_in {
         sin_family: libc::AF_INET as u16,
         sin_port: 0,
-        sin_addr: libc::in_addr { s_addr: u32::from(addr).to_be() },
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(addr).to_be(),
+        },
         sin_zero: [0; 8],
     };
     // SAFETY: sockaddr_in and sockaddr have the same size on Linux.
@@ -231,13 +302,21 @@ fn ifreq_for(nic: &str) -> Result<libc::ifreq, String> {
     Ok(ifr)
 }
 
-fn set_ipv4(fd: &std::os::fd::OwnedFd, nic: &str, request: libc::Ioctl, addr: Ipv4Addr) -> Result<(), String> {
+fn set_ipv4(
+    fd: &std::os::fd::OwnedFd,
+    nic: &str,
+    request: libc::Ioctl,
+    addr: Ipv4Addr,
+) -> Result<(), String> {
     use std::os::fd::AsRawFd;
     let mut ifr = ifreq_for(nic)?;
     ifr.ifr_ifru.ifru_addr = sockaddr_in(addr);
     // SAFETY: a valid ifreq for an address-setting ioctl.
     if unsafe { libc::ioctl(fd.as_raw_fd(), request, &ifr) } < 0 {
-        return Err(format!("{nic}: setting {addr}: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "{nic}: setting {addr}: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     Ok(())
 }
@@ -268,7 +347,10 @@ mod tests {
 
     #[test]
     fn macs_parse_strictly() {
-        assert_eq!(parse_mac("52:54:00:12:34:56"), Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]));
+        assert_eq!(
+            parse_mac("52:54:00:12:34:56"),
+            Some([0x52, 0x54, 0, 0x12, 0x34, 0x56])
+        );
         assert_eq!(parse_mac("52:54:00:12:34"), None);
         assert_eq!(parse_mac("52:54:00:12:34:56:78"), None);
         assert_eq!(parse_mac("zz:54:00:12:34:56"), None);

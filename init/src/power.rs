@@ -61,7 +61,9 @@ pub fn reap_children() {
         match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::StillAlive) | Err(_) => return,
             Ok(WaitStatus::Exited(pid, code)) => crate::children::record(pid.as_raw(), code),
-            Ok(WaitStatus::Signaled(pid, signal, _)) => crate::children::record(pid.as_raw(), 128 + signal as i32),
+            Ok(WaitStatus::Signaled(pid, signal, _)) => {
+                crate::children::record(pid.as_raw(), 128 + signal as i32)
+            }
             Ok(status) => log::debug!("reaped {status:?}"),
         }
     }
@@ -71,7 +73,11 @@ pub fn reap_children() {
 pub fn shutdown(action: PowerAction, consoles: &[String]) -> ! {
     let message = format!("\r\nThe terminal is {}.\r\n", action.words());
     for console in consoles {
-        if let Ok(mut tty) = OpenOptions::new().write(true).custom_flags_noctty().open(format!("/dev/{console}")) {
+        if let Ok(mut tty) = OpenOptions::new()
+            .write(true)
+            .custom_flags_noctty()
+            .open(format!("/dev/{console}"))
+        {
             let _ = tty.write_all(message.as_bytes());
         }
     }
@@ -101,12 +107,17 @@ pub fn shutdown(action: PowerAction, consoles: &[String]) -> ! {
 }
 
 fn has_children() -> bool {
-    let Ok(entries) = fs::read_dir("/proc") else { return false };
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return false;
+    };
     let me = std::process::id().to_string();
     entries.flatten().any(|e| {
         fs::read_to_string(e.path().join("stat"))
             .ok()
-            .and_then(|stat| stat.rsplit_once(") ").map(|(_, rest)| rest.split_whitespace().nth(1) == Some(me.as_str())))
+            .and_then(|stat| {
+                stat.rsplit_once(") ")
+                    .map(|(_, rest)| rest.split_whitespace().nth(1) == Some(me.as_str()))
+            })
             .unwrap_or(false)
     })
 }
@@ -129,7 +140,9 @@ const KEY_POWER: u16 = 116;
 
 /// Whether an input device (`/sys/class/input/eventN`) is a power button.
 pub fn is_power_button(sys_input_event: &Path) -> bool {
-    fs::read_to_string(sys_input_event.join("device/name")).map(|n| n.trim() == "Power Button").unwrap_or(false)
+    fs::read_to_string(sys_input_event.join("device/name"))
+        .map(|n| n.trim() == "Power Button")
+        .unwrap_or(false)
 }
 
 /// Watches `/dev/input/eventN` for a press of the power key, then requests power-off.
@@ -140,26 +153,28 @@ pub fn watch_power_button(dev: String) {
         Ok(mut watched) => watched.push(dev.clone()),
         Err(_) => {}
     }
-    let spawned = std::thread::Builder::new().name(format!("power-{dev}")).spawn(move || {
-        let mut file = match fs::File::open(format!("/dev/input/{dev}")) {
-            Ok(f) => f,
-            Err(e) => {
-                warn!("power button {dev}: {e}");
-                return;
+    let spawned = std::thread::Builder::new()
+        .name(format!("power-{dev}"))
+        .spawn(move || {
+            let mut file = match fs::File::open(format!("/dev/input/{dev}")) {
+                Ok(f) => f,
+                Err(e) => {
+                    warn!("power button {dev}: {e}");
+                    return;
+                }
+            };
+            info!("watching power button /dev/input/{dev}");
+            let mut event = [0u8; INPUT_EVENT_SIZE];
+            while file.read_exact(&mut event).is_ok() {
+                let kind = u16::from_ne_bytes([event[16], event[17]]);
+                let code = u16::from_ne_bytes([event[18], event[19]]);
+                let value = i32::from_ne_bytes([event[20], event[21], event[22], event[23]]);
+                if kind == EV_KEY && code == KEY_POWER && value == 1 {
+                    info!("power button pressed");
+                    request(PowerAction::PowerOff);
+                }
             }
-        };
-        info!("watching power button /dev/input/{dev}");
-        let mut event = [0u8; INPUT_EVENT_SIZE];
-        while file.read_exact(&mut event).is_ok() {
-            let kind = u16::from_ne_bytes([event[16], event[17]]);
-            let code = u16::from_ne_bytes([event[18], event[19]]);
-            let value = i32::from_ne_bytes([event[20], event[21], event[22], event[23]]);
-            if kind == EV_KEY && code == KEY_POWER && value == 1 {
-                info!("power button pressed");
-                request(PowerAction::PowerOff);
-            }
-        }
-    });
+        });
     if let Err(e) = spawned {
         warn!("cannot watch the power button: {e}");
     }
@@ -167,7 +182,9 @@ pub fn watch_power_button(dev: String) {
 
 /// Finds power buttons present now and watches each.
 pub fn watch_power_buttons() -> usize {
-    let Ok(entries) = fs::read_dir("/sys/class/input") else { return 0 };
+    let Ok(entries) = fs::read_dir("/sys/class/input") else {
+        return 0;
+    };
     let mut n = 0;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -185,11 +202,24 @@ mod tests {
 
     #[test]
     fn signals_map_to_the_conventional_actions() {
-        assert_eq!(PowerAction::from_signal(Signal::SIGINT), Some(PowerAction::Reboot));
-        assert_eq!(PowerAction::from_signal(Signal::SIGUSR2), Some(PowerAction::PowerOff));
-        assert_eq!(PowerAction::from_signal(Signal::SIGUSR1), Some(PowerAction::Halt));
+        assert_eq!(
+            PowerAction::from_signal(Signal::SIGINT),
+            Some(PowerAction::Reboot)
+        );
+        assert_eq!(
+            PowerAction::from_signal(Signal::SIGUSR2),
+            Some(PowerAction::PowerOff)
+        );
+        assert_eq!(
+            PowerAction::from_signal(Signal::SIGUSR1),
+            Some(PowerAction::Halt)
+        );
         assert_eq!(PowerAction::from_signal(Signal::SIGCHLD), None);
-        for action in [PowerAction::PowerOff, PowerAction::Reboot, PowerAction::Halt] {
+        for action in [
+            PowerAction::PowerOff,
+            PowerAction::Reboot,
+            PowerAction::Halt,
+        ] {
             assert_eq!(PowerAction::from_signal(action.signal()), Some(action));
         }
     }

@@ -21,14 +21,19 @@ pub struct PacketSocket {
 
 impl PacketSocket {
     pub fn open(interface: &str) -> io::Result<PacketSocket> {
-        let name = std::ffi::CString::new(interface).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface name has a NUL"))?;
+        let name = std::ffi::CString::new(interface)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface name has a NUL"))?;
         // SAFETY: plain syscalls on values we own; results are checked.
         unsafe {
             let ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
             if ifindex == 0 {
                 return Err(io::Error::last_os_error());
             }
-            let raw = libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, i32::from(ETH_P_IP.to_be()));
+            let raw = libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+                i32::from(ETH_P_IP.to_be()),
+            );
             if raw < 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -37,7 +42,12 @@ impl PacketSocket {
             addr.sll_family = libc::AF_PACKET as u16;
             addr.sll_protocol = ETH_P_IP.to_be();
             addr.sll_ifindex = ifindex;
-            if libc::bind(fd.as_raw_fd(), &addr as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_ll>() as u32) < 0 {
+            if libc::bind(
+                fd.as_raw_fd(),
+                &addr as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            ) < 0
+            {
                 return Err(io::Error::last_os_error());
             }
             Ok(PacketSocket { fd, ifindex })
@@ -80,9 +90,14 @@ impl PacketSocket {
             if left.is_zero() {
                 return Ok(None);
             }
-            let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            let mut pfd = libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
             // SAFETY: one valid pollfd.
-            let ready = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+            let ready =
+                unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
             if ready < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -94,7 +109,14 @@ impl PacketSocket {
                 return Ok(None);
             }
             // SAFETY: recv into our buffer.
-            let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr() as *mut libc::c_void,
+                    buf.len(),
+                    0,
+                )
+            };
             if n < 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -124,7 +146,13 @@ fn checksum(chunks: &[&[u8]]) -> u16 {
 }
 
 /// An IPv4 packet holding one UDP datagram, checksums filled in.
-pub fn udp_ipv4_packet(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+pub fn udp_ipv4_packet(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
     let udp_len = (8 + payload.len()) as u16;
     let total_len = 20 + udp_len;
     let mut ip = [0u8; 20];
@@ -217,6 +245,9 @@ mod tests {
     #[test]
     fn checksum_matches_the_rfc_example() {
         // RFC 1071 §3 example words: 0001 f203 f4f5 f6f7 sum to 0xddf2 (complemented 0x220d).
-        assert_eq!(checksum(&[&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]]), 0x220d);
+        assert_eq!(
+            checksum(&[&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]]),
+            0x220d
+        );
     }
 }

@@ -49,12 +49,30 @@ impl Default for Settings {
 
 /// Every `collective.*` key, with what it does; shown by `help` and in docs/init.md.
 pub const KEYS: &[(&str, &str)] = &[
-    ("collective.repo=URL", "repository to log in against (http:// or https://)"),
-    ("collective.cache=DEV", "cache disk: /dev/NAME, LABEL=label, SERIAL=serial or auto"),
-    ("collective.cache_force=1", "format the cache disk even if it holds other data"),
-    ("collective.log=LEVEL", "log level: error, warn, info (default), debug, trace"),
-    ("collective.modules=A,B", "extra kernel modules to load at boot"),
-    ("collective.autorun=FILE", "after bring-up run the program in FILE (argv, one per line)"),
+    (
+        "collective.repo=URL",
+        "repository to log in against (http:// or https://)",
+    ),
+    (
+        "collective.cache=DEV",
+        "cache disk: /dev/NAME, LABEL=label, SERIAL=serial or auto",
+    ),
+    (
+        "collective.cache_force=1",
+        "format the cache disk even if it holds other data",
+    ),
+    (
+        "collective.log=LEVEL",
+        "log level: error, warn, info (default), debug, trace",
+    ),
+    (
+        "collective.modules=A,B",
+        "extra kernel modules to load at boot",
+    ),
+    (
+        "collective.autorun=FILE",
+        "after bring-up run the program in FILE (argv, one per line)",
+    ),
 ];
 
 impl Settings {
@@ -68,7 +86,11 @@ impl Settings {
             };
             match (key, value) {
                 ("console", Some(v)) => {
-                    let name = v.split(',').next().unwrap_or("").trim_start_matches("/dev/");
+                    let name = v
+                        .split(',')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start_matches("/dev/");
                     if !name.is_empty() && !s.consoles.iter().any(|c| c == name) {
                         s.consoles.push(name.to_string());
                     }
@@ -77,22 +99,31 @@ impl Settings {
                     if v.starts_with("http://") || v.starts_with("https://") {
                         s.repo = Some(v.trim_end_matches('/').to_string());
                     } else {
-                        s.problems.push(format!("collective.repo={v}: not an http:// or https:// URL; ignored"));
+                        s.problems.push(format!(
+                            "collective.repo={v}: not an http:// or https:// URL; ignored"
+                        ));
                     }
                 }
                 ("collective.cache", Some(v)) if !v.is_empty() => s.cache = Some(v.to_string()),
-                ("collective.cache_force", Some(v)) => s.cache_force = matches!(v, "1" | "yes" | "true"),
+                ("collective.cache_force", Some(v)) => {
+                    s.cache_force = matches!(v, "1" | "yes" | "true")
+                }
                 ("collective.log", Some(v)) => match v.parse() {
                     Ok(level) => s.log_level = level,
-                    Err(_) => s.problems.push(format!("collective.log={v}: use error, warn, info, debug or trace")),
+                    Err(_) => s.problems.push(format!(
+                        "collective.log={v}: use error, warn, info, debug or trace"
+                    )),
                 },
                 ("collective.autorun", Some(v)) if !v.is_empty() => s.autorun = Some(v.to_string()),
-                ("collective.modules", Some(v)) => {
-                    s.extra_modules.extend(v.split(',').filter(|m| !m.is_empty()).map(|m| m.replace('-', "_")))
-                }
-                (k, _) if k.starts_with("collective.") => {
-                    s.problems.push(format!("{word}: unknown or empty setting; known: {}", known_keys()))
-                }
+                ("collective.modules", Some(v)) => s.extra_modules.extend(
+                    v.split(',')
+                        .filter(|m| !m.is_empty())
+                        .map(|m| m.replace('-', "_")),
+                ),
+                (k, _) if k.starts_with("collective.") => s.problems.push(format!(
+                    "{word}: unknown or empty setting; known: {}",
+                    known_keys()
+                )),
                 _ => {}
             }
         }
@@ -104,7 +135,10 @@ impl Settings {
 }
 
 fn known_keys() -> String {
-    KEYS.iter().map(|(k, _)| k.split('=').next().unwrap_or(k)).collect::<Vec<_>>().join(", ")
+    KEYS.iter()
+        .map(|(k, _)| k.split('=').next().unwrap_or(k))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Splits like the kernel does: on spaces, except inside double quotes.
@@ -168,7 +202,8 @@ mod tests {
 
     #[test]
     fn typos_and_bad_values_are_reported_not_ignored() {
-        let s = Settings::parse("collective.rep=http://x collective.log=loud collective.repo=ftp://x");
+        let s =
+            Settings::parse("collective.rep=http://x collective.log=loud collective.repo=ftp://x");
         assert_eq!(s.problems.len(), 3, "{:?}", s.problems);
         assert_eq!(s.repo, None);
     }

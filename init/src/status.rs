@@ -75,7 +75,11 @@ impl TerminalStatus {
     pub fn hardware_lines(&self) -> String {
         let mut s = String::new();
         if self.nics.is_empty() {
-            s.push_str(if self.complete { "  network     no network card found\r\n" } else { "  network     starting (loading drivers)\r\n" });
+            s.push_str(if self.complete {
+                "  network     no network card found\r\n"
+            } else {
+                "  network     starting (loading drivers)\r\n"
+            });
         }
         for nic in &self.nics {
             let link = match nic.link {
@@ -83,8 +87,16 @@ impl TerminalStatus {
                 Some(false) => "no link yet (is the cable in?)",
                 None => "link unknown",
             };
-            let address = self.addresses.get(&nic.name).map(String::as_str).unwrap_or("none yet");
-            let _ = write!(s, "  network     {} {}, {}, address: {address}\r\n", nic.name, nic.mac, link);
+            let address = self
+                .addresses
+                .get(&nic.name)
+                .map(String::as_str)
+                .unwrap_or("none yet");
+            let _ = write!(
+                s,
+                "  network     {} {}, {}, address: {address}\r\n",
+                nic.name, nic.mac, link
+            );
         }
         let _ = write!(s, "  kvm         {}\r\n", self.kvm);
         s
@@ -101,7 +113,11 @@ pub struct StatusBoard {
 
 impl StatusBoard {
     pub fn new(status: TerminalStatus) -> StatusBoard {
-        StatusBoard { status: Mutex::new(status), ready: Mutex::new(false), ready_signal: Condvar::new() }
+        StatusBoard {
+            status: Mutex::new(status),
+            ready: Mutex::new(false),
+            ready_signal: Condvar::new(),
+        }
     }
 
     pub fn snapshot(&self) -> TerminalStatus {
@@ -128,7 +144,9 @@ impl StatusBoard {
     /// Waits for bring-up, but never forever: a stuck step must not hide the prompt.
     pub fn wait_ready(&self, timeout: Duration) {
         let Ok(guard) = self.ready.lock() else { return };
-        let _ = self.ready_signal.wait_timeout_while(guard, timeout, |ready| !*ready);
+        let _ = self
+            .ready_signal
+            .wait_timeout_while(guard, timeout, |ready| !*ready);
     }
 }
 
@@ -140,14 +158,26 @@ mod tests {
     fn banner_shows_identity_kvm_cache_and_repository() {
         let status = TerminalStatus {
             name: "terminal-525400123456".into(),
-            nics: vec![Nic { name: "eth0".into(), mac: "52:54:00:12:34:56".into(), link: Some(true) }],
-            kvm: KvmStatus::Ready { module: "kvm_amd".into(), api_version: 12 },
+            nics: vec![Nic {
+                name: "eth0".into(),
+                mac: "52:54:00:12:34:56".into(),
+                link: Some(true),
+            }],
+            kvm: KvmStatus::Ready {
+                module: "kvm_amd".into(),
+                api_version: 12,
+            },
             cache: "none: running from memory".into(),
             repo: Some("http://10.0.2.2:8080".into()),
             ..TerminalStatus::default()
         };
         let banner = status.banner();
-        for needle in ["52:54:00:12:34:56", "ready: /dev/kvm (kvm_amd, API 12)", "running from memory", "http://10.0.2.2:8080"] {
+        for needle in [
+            "52:54:00:12:34:56",
+            "ready: /dev/kvm (kvm_amd, API 12)",
+            "running from memory",
+            "http://10.0.2.2:8080",
+        ] {
             assert!(banner.contains(needle), "{needle} missing from {banner}");
         }
     }
@@ -157,7 +187,10 @@ mod tests {
         let banner = TerminalStatus::default().banner();
         assert!(banner.contains("collective.repo=URL"));
         assert!(banner.contains("network     starting"));
-        let done = TerminalStatus { complete: true, ..TerminalStatus::default() };
+        let done = TerminalStatus {
+            complete: true,
+            ..TerminalStatus::default()
+        };
         assert!(done.banner().contains("no network card"));
     }
 }

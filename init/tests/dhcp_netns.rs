@@ -14,20 +14,46 @@ struct Namespaces {
 }
 
 fn ip(args: &[&str]) {
-    let status = Command::new("ip").args(args).status().expect("run ip (iproute2)");
+    let status = Command::new("ip")
+        .args(args)
+        .status()
+        .expect("run ip (iproute2)");
     assert!(status.success(), "ip {args:?} failed");
 }
 
 impl Namespaces {
     fn new(tag: &str) -> Namespaces {
         let id = format!("{}{}", tag, std::process::id() % 100000);
-        let ns = Namespaces { server: format!("cts-{id}"), client: format!("ctc-{id}"), dnsmasq: None };
+        let ns = Namespaces {
+            server: format!("cts-{id}"),
+            client: format!("ctc-{id}"),
+            dnsmasq: None,
+        };
         ip(&["netns", "add", &ns.server]);
         ip(&["netns", "add", &ns.client]);
-        ip(&["link", "add", "vs0", "netns", &ns.server, "type", "veth", "peer", "name", "vc0", "netns", &ns.client]);
-        ip(&["-n", &ns.server, "addr", "add", "192.168.77.1/24", "dev", "vs0"]);
+        ip(&[
+            "link", "add", "vs0", "netns", &ns.server, "type", "veth", "peer", "name", "vc0",
+            "netns", &ns.client,
+        ]);
+        ip(&[
+            "-n",
+            &ns.server,
+            "addr",
+            "add",
+            "192.168.77.1/24",
+            "dev",
+            "vs0",
+        ]);
         ip(&["-n", &ns.server, "link", "set", "vs0", "up"]);
-        ip(&["-n", &ns.client, "link", "set", "vc0", "address", "52:54:00:ab:cd:ef"]);
+        ip(&[
+            "-n",
+            &ns.client,
+            "link",
+            "set",
+            "vc0",
+            "address",
+            "52:54:00:ab:cd:ef",
+        ]);
         ip(&["-n", &ns.client, "link", "set", "vc0", "up"]);
         ip(&["-n", &ns.client, "link", "set", "lo", "up"]);
         ns
@@ -35,9 +61,27 @@ impl Namespaces {
 
     fn start_dnsmasq(&mut self, extra: &[&str]) {
         let child = Command::new("ip")
-            .args(["netns", "exec", &self.server, "dnsmasq", "--no-daemon", "--port=0", "--interface=vs0", "--bind-interfaces"])
-            .args(["--dhcp-range=192.168.77.50,192.168.77.60,255.255.255.0,12h", "--dhcp-option=3,192.168.77.1", "--dhcp-option=6,192.168.77.1"])
-            .args(["--leasefile-ro", "--no-resolv", "--no-hosts", "--conf-file=/dev/null"])
+            .args([
+                "netns",
+                "exec",
+                &self.server,
+                "dnsmasq",
+                "--no-daemon",
+                "--port=0",
+                "--interface=vs0",
+                "--bind-interfaces",
+            ])
+            .args([
+                "--dhcp-range=192.168.77.50,192.168.77.60,255.255.255.0,12h",
+                "--dhcp-option=3,192.168.77.1",
+                "--dhcp-option=6,192.168.77.1",
+            ])
+            .args([
+                "--leasefile-ro",
+                "--no-resolv",
+                "--no-hosts",
+                "--conf-file=/dev/null",
+            ])
             .args(extra)
             .spawn()
             .expect("start dnsmasq");
@@ -50,7 +94,8 @@ impl Namespaces {
         let path = format!("/run/netns/{}", self.client);
         std::thread::spawn(move || {
             let ns = std::fs::File::open(&path).expect("open client netns");
-            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("enter client netns");
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .expect("enter client netns");
             f()
         })
         .join()
@@ -64,14 +109,19 @@ impl Drop for Namespaces {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.server]).status();
-        let _ = Command::new("ip").args(["netns", "del", &self.client]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.server])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.client])
+            .status();
     }
 }
 
 fn have_privileges() -> bool {
     let root = nix::unistd::geteuid().is_root();
-    let tools = Command::new("dnsmasq").arg("--version").output().is_ok() && Command::new("ip").arg("-V").output().is_ok();
+    let tools = Command::new("dnsmasq").arg("--version").output().is_ok()
+        && Command::new("ip").arg("-V").output().is_ok();
     if !root || !tools {
         eprintln!("SKIPPED: needs root, iproute2 and dnsmasq (make deps installs them)");
     }
@@ -87,7 +137,8 @@ fn leases_an_address_router_dns_and_repository_from_dnsmasq() {
     }
     let mut ns = Namespaces::new("a");
     ns.start_dnsmasq(&["--dhcp-option-force=224,http://192.168.77.1:8080"]);
-    let lease = ns.in_client(|| obtain_lease("vc0", &MAC, "terminal-test", Duration::from_secs(20)));
+    let lease =
+        ns.in_client(|| obtain_lease("vc0", &MAC, "terminal-test", Duration::from_secs(20)));
     let lease = lease.expect("a lease from dnsmasq");
     let octets = lease.address.octets();
     assert_eq!(&octets[..3], &[192, 168, 77], "{lease:?}");
@@ -107,7 +158,8 @@ fn no_server_means_a_clear_error_not_a_hang() {
     }
     let ns = Namespaces::new("b");
     let started = std::time::Instant::now();
-    let result = ns.in_client(|| obtain_lease("vc0", &MAC, "terminal-test", Duration::from_secs(3)));
+    let result =
+        ns.in_client(|| obtain_lease("vc0", &MAC, "terminal-test", Duration::from_secs(3)));
     let err = result.expect_err("no DHCP server, no lease");
     assert!(err.contains("no answer"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(15));

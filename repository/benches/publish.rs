@@ -57,13 +57,18 @@ fn copy_tree(roots: &[&str], dst: &Path, budget: u64, skip: u64) -> (u64, Vec<Pa
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = fs::read_dir(dir) else { return };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
     let mut entries: Vec<_> = entries.flatten().collect();
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let Ok(ft) = e.file_type() else { continue };
         let name = e.file_name();
-        let ok_name = name.to_str().is_some_and(|n| !n.chars().any(|c| c.is_whitespace() || c == '"' || c == '\\'));
+        let ok_name = name.to_str().is_some_and(|n| {
+            !n.chars()
+                .any(|c| c.is_whitespace() || c == '"' || c == '\\')
+        });
         if !ok_name {
             continue;
         }
@@ -77,7 +82,13 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
 
 fn time_cmd(cmd: &str) -> Duration {
     let t = Instant::now();
-    let ok = Command::new("sh").arg("-c").arg(cmd).stdout(Stdio::null()).status().map(|s| s.success()).unwrap_or(false);
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
     assert!(ok, "`{cmd}` failed: is it installed?");
     t.elapsed()
 }
@@ -85,7 +96,11 @@ fn time_cmd(cmd: &str) -> Duration {
 fn dir_bytes(dir: &Path) -> u64 {
     let mut files = Vec::new();
     walk(dir, &mut files);
-    files.iter().filter_map(|f| fs::metadata(f).ok()).map(|m| m.len()).sum()
+    files
+        .iter()
+        .filter_map(|f| fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum()
 }
 
 fn publish_image(repo: &Repo, key: &SecretKey, kernel: &Path, img: &Path) -> PublishStats {
@@ -94,7 +109,10 @@ fn publish_image(repo: &Repo, key: &SecretKey, kernel: &Path, img: &Path) -> Pub
         kernel: kernel.into(),
         initrd: None,
         cmdline: String::new(),
-        disks: vec![DiskSpec { role: appliance::DiskRole::System, source: DiskSource::Image(img.into()) }],
+        disks: vec![DiskSpec {
+            role: appliance::DiskRole::System,
+            source: DiskSource::Image(img.into()),
+        }],
         memory_mib: 512,
         vcpus: 1,
         networks: vec![],
@@ -107,8 +125,18 @@ fn publish_image(repo: &Repo, key: &SecretKey, kernel: &Path, img: &Path) -> Pub
 fn casync_store_growth(store: &Path, index: &Path, img: &Path) -> (u64, Duration) {
     let before = dir_bytes(store);
     let t = Instant::now();
-    let out = Command::new("casync").arg("make").arg(format!("--store={}", store.display())).arg(index).arg(img).output().expect("run casync (apt-get install casync)");
-    assert!(out.status.success(), "casync make failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("casync")
+        .arg("make")
+        .arg(format!("--store={}", store.display()))
+        .arg(index)
+        .arg(img)
+        .output()
+        .expect("run casync (apt-get install casync)");
+    assert!(
+        out.status.success(),
+        "casync make failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     (dir_bytes(store) - before, t.elapsed())
 }
 
@@ -124,16 +152,33 @@ fn main() {
     fs::create_dir_all(&base).unwrap();
     let p = |n: &str| base.join(n);
 
-    eprintln!("preparing a {} MiB ext4 image of ~{} MB of files...", IMAGE_SIZE >> 20, TREE_BYTES / 1_000_000);
-    let (tree_bytes, tree_files) = copy_tree(&["/usr/lib/x86_64-linux-gnu", "/usr/share"], &p("tree"), TREE_BYTES, 0);
+    eprintln!(
+        "preparing a {} MiB ext4 image of ~{} MB of files...",
+        IMAGE_SIZE >> 20,
+        TREE_BYTES / 1_000_000
+    );
+    let (tree_bytes, tree_files) = copy_tree(
+        &["/usr/lib/x86_64-linux-gnu", "/usr/share"],
+        &p("tree"),
+        TREE_BYTES,
+        0,
+    );
     let v1 = p("v1.img");
     create(&p("tree"), &v1, IMAGE_SIZE, "bench").unwrap();
 
     // Version 2, layout-stable: copy of v1 with a package added and 5 files rewritten.
     let (pkg_bytes, _) = copy_tree(&["/usr/bin", "/usr/sbin"], &p("pkg"), PACKAGE_BYTES, 0);
-    let mut changes = vec![Change::Add { host: p("pkg"), guest: "/opt".into() }];
+    let mut changes = vec![Change::Add {
+        host: p("pkg"),
+        guest: "/opt".into(),
+    }];
     let mut rewritten_bytes = 0;
-    for (i, f) in tree_files.iter().step_by(tree_files.len() / 5).take(5).enumerate() {
+    for (i, f) in tree_files
+        .iter()
+        .step_by(tree_files.len() / 5)
+        .take(5)
+        .enumerate()
+    {
         let mut data = fs::read(f).unwrap();
         data.extend_from_slice(format!("\nrewritten {i}\n").as_bytes());
         let host = p(&format!("rewrite{i}"));
@@ -146,15 +191,28 @@ fn main() {
     fs::copy(&v1, &v2).unwrap();
     update(&v2, &changes).unwrap();
     let (a, b) = (fs::read(&v1).unwrap(), fs::read(&v2).unwrap());
-    let changed_blocks = a.chunks(4096).zip(b.chunks(4096)).filter(|(x, y)| x != y).count() as u64;
+    let changed_blocks = a
+        .chunks(4096)
+        .zip(b.chunks(4096))
+        .filter(|(x, y)| x != y)
+        .count() as u64;
     drop((a, b));
     let true_changed = pkg_bytes + rewritten_bytes;
 
     // Version 2 rebuilt from scratch (what a naive publisher does).
-    for (i, f) in tree_files.iter().step_by(tree_files.len() / 5).take(5).enumerate() {
+    for (i, f) in tree_files
+        .iter()
+        .step_by(tree_files.len() / 5)
+        .take(5)
+        .enumerate()
+    {
         fs::copy(p(&format!("rewrite{i}")), f).unwrap();
     }
-    let _ = Command::new("cp").arg("-a").arg(p("pkg/usr")).arg(p("tree/opt")).status();
+    let _ = Command::new("cp")
+        .arg("-a")
+        .arg(p("pkg/usr"))
+        .arg(p("tree/opt"))
+        .status();
     let v2_naive = p("v2-naive.img");
     create(&p("tree"), &v2_naive, IMAGE_SIZE, "bench").unwrap();
 
@@ -185,13 +243,35 @@ fn main() {
     let secs = |d: Duration| d.as_secs_f64();
     let img_mb = mb(IMAGE_SIZE);
     println!();
-    println!("== publish throughput: {} MiB ext4 image, {:.0} MB of files, chunk 64 KiB ==", IMAGE_SIZE >> 20, mb(tree_bytes));
-    println!("sha256sum                   {:6.2} s  {:7.0} MB/s", secs(t_sha), img_mb / secs(t_sha));
-    println!("lz4 -1                      {:6.2} s  {:7.0} MB/s", secs(t_lz4), img_mb / secs(t_lz4));
-    println!("sha256sum + lz4 (baseline)  {:6.2} s  {:7.0} MB/s", secs(baseline), img_mb / secs(baseline));
+    println!(
+        "== publish throughput: {} MiB ext4 image, {:.0} MB of files, chunk 64 KiB ==",
+        IMAGE_SIZE >> 20,
+        mb(tree_bytes)
+    );
+    println!(
+        "sha256sum                   {:6.2} s  {:7.0} MB/s",
+        secs(t_sha),
+        img_mb / secs(t_sha)
+    );
+    println!(
+        "lz4 -1                      {:6.2} s  {:7.0} MB/s",
+        secs(t_lz4),
+        img_mb / secs(t_lz4)
+    );
+    println!(
+        "sha256sum + lz4 (baseline)  {:6.2} s  {:7.0} MB/s",
+        secs(baseline),
+        img_mb / secs(baseline)
+    );
     println!("collective-repo publish v1  {:6.2} s  {:7.0} MB/s  (hash, zero-skip, lz4, write+fsync each chunk, sign)", secs(s1.elapsed), img_mb / secs(s1.elapsed));
-    println!("ratio publish / baseline    {:6.2} x the time", secs(s1.elapsed) / secs(baseline));
-    println!("casync make v1              {:6.2} s  (for reference)", secs(tc1));
+    println!(
+        "ratio publish / baseline    {:6.2} x the time",
+        secs(s1.elapsed) / secs(baseline)
+    );
+    println!(
+        "casync make v1              {:6.2} s  (for reference)",
+        secs(tc1)
+    );
     println!(
         "v1 stored: {:.1} MB new in {} chunks -> {:.1} MB after lz4; zero chunks skipped {:.1} MB; casync store {:.1} MB",
         mb(s1.new_bytes),
@@ -202,8 +282,17 @@ fn main() {
     );
     println!();
     println!("== version 2: {:.1} MB package added + {} files rewritten ({:.2} MB); changed 4 KiB blocks: {} ({:.1} MB) ==", mb(pkg_bytes), 5, mb(rewritten_bytes), changed_blocks, mb(changed_blocks * 4096));
-    println!("{:<34} {:>14} {:>16} {:>10}", "", "new (plain MB)", "new stored (MB)", "stored/changed");
-    println!("{:<34} {:>14.2} {:>16} {:>10}", "bytes actually changed (files)", mb(true_changed), "-", "1.00");
+    println!(
+        "{:<34} {:>14} {:>16} {:>10}",
+        "", "new (plain MB)", "new stored (MB)", "stored/changed"
+    );
+    println!(
+        "{:<34} {:>14.2} {:>16} {:>10}",
+        "bytes actually changed (files)",
+        mb(true_changed),
+        "-",
+        "1.00"
+    );
     println!(
         "{:<34} {:>14.2} {:>16.2} {:>10.2}",
         "collective-repo, layout-stable v2",
@@ -211,12 +300,27 @@ fn main() {
         mb(s2.new_stored_bytes),
         s2.new_stored_bytes as f64 / true_changed as f64
     );
-    println!("{:<34} {:>14} {:>16.2} {:>10.2}", "casync make, layout-stable v2", "-", mb(c2), c2 as f64 / true_changed as f64);
+    println!(
+        "{:<34} {:>14} {:>16.2} {:>10.2}",
+        "casync make, layout-stable v2",
+        "-",
+        mb(c2),
+        c2 as f64 / true_changed as f64
+    );
     println!(
         "{:<34} {:>14.2} {:>16.2} {:>10.2}",
-        "collective-repo, v2 rebuilt", mb(s2n.new_bytes), mb(s2n.new_stored_bytes), s2n.new_stored_bytes as f64 / true_changed as f64
+        "collective-repo, v2 rebuilt",
+        mb(s2n.new_bytes),
+        mb(s2n.new_stored_bytes),
+        s2n.new_stored_bytes as f64 / true_changed as f64
     );
-    println!("{:<34} {:>14} {:>16.2} {:>10.2}", "casync make, v2 rebuilt", "-", mb(c2n), c2n as f64 / true_changed as f64);
+    println!(
+        "{:<34} {:>14} {:>16.2} {:>10.2}",
+        "casync make, v2 rebuilt",
+        "-",
+        mb(c2n),
+        c2n as f64 / true_changed as f64
+    );
     println!("(casync stores zstd-compressed chunks of ~64 KiB average, content-defined; ours are fixed 64 KiB, lz4)");
     let _ = fs::remove_dir_all(&base);
 }

@@ -12,13 +12,23 @@ pub enum Error {
     Format(#[from] appliance::Error),
     /// I/O, with what was being done. A full disk gets advice.
     #[error("{context}: {source}{}", enospc_hint(source))]
-    Io { context: String, #[source] source: std::io::Error },
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// The directory is not a repository.
-    #[error("{0} is not a repository (no repository.json): create one with `collective-repo init {0}`")]
+    #[error(
+        "{0} is not a repository (no repository.json): create one with `collective-repo init {0}`"
+    )]
     NotARepository(PathBuf),
     /// A file given on the command line does not exist or cannot be read.
     #[error("{what} {path}: {why}; check the path and try again")]
-    Input { what: &'static str, path: PathBuf, why: String },
+    Input {
+        what: &'static str,
+        path: PathBuf,
+        why: String,
+    },
     /// Anything the user asked for that cannot be done as asked.
     #[error("{0}")]
     Usage(String),

@@ -13,14 +13,21 @@ use rand_core::RngCore;
 
 /// Errors with the path and a hint; `ENOSPC` gets its own advice.
 pub fn io_context(what: &str, path: &Path, e: io::Error) -> crate::Error {
-    crate::Error::Io { context: format!("{what} {}", path.display()), source: e }
+    crate::Error::Io {
+        context: format!("{what} {}", path.display()),
+        source: e,
+    }
 }
 
 /// A unique temporary path in `tmp_dir`.
 pub fn temp_path(tmp_dir: &Path, hint: &str) -> PathBuf {
     let mut r = [0u8; 8];
     rand_core::OsRng.fill_bytes(&mut r);
-    tmp_dir.join(format!("{hint}.{}.{}.tmp", std::process::id(), hex::encode(r)))
+    tmp_dir.join(format!(
+        "{hint}.{}.{}.tmp",
+        std::process::id(),
+        hex::encode(r)
+    ))
 }
 
 /// Writes `data` to a new temporary file and fsyncs it.
@@ -40,7 +47,11 @@ fn write_temp(tmp_dir: &Path, hint: &str, data: &[u8]) -> Result<PathBuf, crate:
 
 /// Atomically replaces (or creates) `dest` with `data`. Does not fsync the directory:
 /// callers that need the name durable call [`fsync_dir`] (batched for chunks).
-pub fn write_replace_nodirsync(tmp_dir: &Path, dest: &Path, data: &[u8]) -> Result<(), crate::Error> {
+pub fn write_replace_nodirsync(
+    tmp_dir: &Path,
+    dest: &Path,
+    data: &[u8],
+) -> Result<(), crate::Error> {
     let tmp = write_temp(tmp_dir, "replace", data)?;
     if let Err(e) = fs::rename(&tmp, dest) {
         let _ = fs::remove_file(&tmp);
@@ -73,7 +84,9 @@ pub fn write_new(tmp_dir: &Path, dest: &Path, data: &[u8]) -> Result<bool, crate
 
 /// fsyncs a directory so the names in it are durable.
 pub fn fsync_dir(dir: &Path) -> Result<(), crate::Error> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_context("syncing directory", dir, e))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_context("syncing directory", dir, e))
 }
 
 /// fsyncs the directory holding `path`.

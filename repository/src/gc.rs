@@ -39,7 +39,11 @@ pub struct GcOptions {
 
 impl Default for GcOptions {
     fn default() -> Self {
-        GcOptions { grace: Duration::from_secs(3600), keep_versions: None, dry_run: false }
+        GcOptions {
+            grace: Duration::from_secs(3600),
+            keep_versions: None,
+            dry_run: false,
+        }
     }
 }
 
@@ -78,7 +82,9 @@ impl std::fmt::Display for GcStats {
 /// Runs a collection.
 pub fn gc(repo: &Repo, opts: &GcOptions) -> Result<GcStats> {
     let start = SystemTime::now();
-    let cutoff = start.checked_sub(opts.grace).unwrap_or(SystemTime::UNIX_EPOCH);
+    let cutoff = start
+        .checked_sub(opts.grace)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
     let mut stats = GcStats::default();
 
     if let Some(keep) = opts.keep_versions {
@@ -103,7 +109,9 @@ pub fn gc(repo: &Repo, opts: &GcOptions) -> Result<GcStats> {
         if referenced.contains(&id) {
             continue;
         }
-        let Some((mtime, len)) = stat(&path)? else { continue };
+        let Some((mtime, len)) = stat(&path)? else {
+            continue;
+        };
         if mtime >= cutoff {
             stats.kept_recent += 1;
             continue;
@@ -142,9 +150,16 @@ pub fn gc(repo: &Repo, opts: &GcOptions) -> Result<GcStats> {
     if let Ok(entries) = fs::read_dir(&trash_dir) {
         for entry in entries.flatten() {
             let path = entry.path();
-            let is_own_trash = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("gc-"));
+            let is_own_trash = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("gc-"));
             if let Ok(Some((mtime, _))) = stat(&path) {
-                if mtime < cutoff && !is_own_trash && !opts.dry_run && fs::remove_file(&path).is_ok() {
+                if mtime < cutoff
+                    && !is_own_trash
+                    && !opts.dry_run
+                    && fs::remove_file(&path).is_ok()
+                {
                     stats.removed_temp_files += 1;
                 }
             }
@@ -165,13 +180,15 @@ pub fn mark(repo: &Repo) -> Result<HashSet<ChunkId>> {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(io_context("reading", &path, e)),
             };
-            let signed: SignedManifest = serde_json::from_slice(&bytes).map_err(|e| refuse(&path, &e.to_string()))?;
+            let signed: SignedManifest =
+                serde_json::from_slice(&bytes).map_err(|e| refuse(&path, &e.to_string()))?;
             referenced.extend(signed.manifest.all_chunks());
         }
     }
     for path in repo.user_disk_files()? {
         let bytes = fs::read(&path).map_err(|e| io_context("reading", &path, e))?;
-        let m: UserDiskManifest = serde_json::from_slice(&bytes).map_err(|e| refuse(&path, &e.to_string()))?;
+        let m: UserDiskManifest =
+            serde_json::from_slice(&bytes).map_err(|e| refuse(&path, &e.to_string()))?;
         referenced.extend(m.image.chunks.iter().flatten().copied());
     }
     Ok(referenced)
@@ -183,7 +200,11 @@ fn refuse(path: &Path, why: &str) -> Error {
 
 fn stat(path: &Path) -> Result<Option<(SystemTime, u64)>> {
     match fs::metadata(path) {
-        Ok(m) => Ok(Some((m.modified().map_err(|e| io_context("reading mtime of", path, e))?, m.len()))),
+        Ok(m) => Ok(Some((
+            m.modified()
+                .map_err(|e| io_context("reading mtime of", path, e))?,
+            m.len(),
+        ))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io_context("reading", path, e)),
     }

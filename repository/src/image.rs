@@ -23,14 +23,29 @@ pub const FIXED_TIME: &str = "1577836800";
 fn uuid_from(label: &str) -> String {
     let h = Sha256::digest(format!("collective-image:{label}").as_bytes());
     let x = hex::encode(&h[..16]);
-    format!("{}-{}-4{}-8{}-{}", &x[0..8], &x[8..12], &x[13..16], &x[17..20], &x[20..32])
+    format!(
+        "{}-{}-4{}-8{}-{}",
+        &x[0..8],
+        &x[8..12],
+        &x[13..16],
+        &x[17..20],
+        &x[20..32]
+    )
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<String> {
-    let out = cmd.output().map_err(|e| Error::Tool(format!("cannot run {what}: {e}; install e2fsprogs (apt-get install e2fsprogs)")))?;
+    let out = cmd.output().map_err(|e| {
+        Error::Tool(format!(
+            "cannot run {what}: {e}; install e2fsprogs (apt-get install e2fsprogs)"
+        ))
+    })?;
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     if !out.status.success() {
-        return Err(Error::Tool(format!("{what} failed ({}): {}", out.status, stderr.trim())));
+        return Err(Error::Tool(format!(
+            "{what} failed ({}): {}",
+            out.status,
+            stderr.trim()
+        )));
     }
     Ok(stderr)
 }
@@ -38,13 +53,21 @@ fn run(cmd: &mut Command, what: &str) -> Result<String> {
 /// Makes an ext4 image of `size` bytes at `out` holding the tree `src`.
 pub fn create(src: &Path, out: &Path, size: u64, label: &str) -> Result<()> {
     if !src.is_dir() {
-        return Err(Error::Input { what: "source directory", path: src.into(), why: "is not a directory".into() });
+        return Err(Error::Input {
+            what: "source directory",
+            path: src.into(),
+            why: "is not a directory".into(),
+        });
     }
     if label.len() > 16 {
-        return Err(Error::Usage(format!("label {label:?} is longer than ext4's 16 bytes")));
+        return Err(Error::Usage(format!(
+            "label {label:?} is longer than ext4's 16 bytes"
+        )));
     }
     if size < (1 << 20) || size % 4096 != 0 {
-        return Err(Error::Usage(format!("image size {size} must be a multiple of 4 KiB and at least 1 MiB")));
+        return Err(Error::Usage(format!(
+            "image size {size} must be a multiple of 4 KiB and at least 1 MiB"
+        )));
     }
     let _ = fs::remove_file(out);
     let uuid = uuid_from(label);
@@ -52,9 +75,13 @@ pub fn create(src: &Path, out: &Path, size: u64, label: &str) -> Result<()> {
         Command::new("mkfs.ext4")
             .env("E2FSPROGS_FAKE_TIME", FIXED_TIME)
             .env("SOURCE_DATE_EPOCH", FIXED_TIME)
-            .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-I", "256", "-L", label, "-U", &uuid])
+            .args([
+                "-q", "-F", "-t", "ext4", "-b", "4096", "-I", "256", "-L", label, "-U", &uuid,
+            ])
             .arg("-E")
-            .arg(format!("hash_seed={uuid},root_owner=0:0,lazy_itable_init=0,lazy_journal_init=0,nodiscard"))
+            .arg(format!(
+                "hash_seed={uuid},root_owner=0:0,lazy_itable_init=0,lazy_journal_init=0,nodiscard"
+            ))
             .arg("-d")
             .arg(src)
             .arg(out)
@@ -74,39 +101,82 @@ pub enum Change {
 }
 
 fn check_guest_path(p: &str) -> Result<()> {
-    if !p.starts_with('/') || p.contains("..") || p.chars().any(|c| c.is_whitespace() || c == '"' || c == '\\') {
-        return Err(Error::Usage(format!("image path {p:?} must be absolute, without '..', spaces, quotes or backslashes")));
+    if !p.starts_with('/')
+        || p.contains("..")
+        || p.chars()
+            .any(|c| c.is_whitespace() || c == '"' || c == '\\')
+    {
+        return Err(Error::Usage(format!(
+            "image path {p:?} must be absolute, without '..', spaces, quotes or backslashes"
+        )));
     }
     Ok(())
 }
 
 /// True if `path` exists in the image (`debugfs -R stat`, read-only).
 fn exists_in_image(img: &Path, path: &str) -> Result<bool> {
-    let out = Command::new("debugfs").arg("-R").arg(format!("stat {path}")).arg(img).output().map_err(|e| Error::Tool(format!("cannot run debugfs: {e}; install e2fsprogs")))?;
+    let out = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("stat {path}"))
+        .arg(img)
+        .output()
+        .map_err(|e| Error::Tool(format!("cannot run debugfs: {e}; install e2fsprogs")))?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     Ok(!stderr.contains("File not found"))
 }
 
 /// Emits the debugfs commands that copy `host` to `guest`. `may_exist` is false when a
 /// parent directory is being created by these same commands (so nothing below it exists).
-fn emit_add(host: &Path, guest: &str, cmds: &mut Vec<String>, may_exist: bool, img: &Path) -> Result<()> {
-    let host_str = host.to_str().filter(|s| !s.chars().any(|c| c.is_whitespace() || c == '"')).ok_or_else(|| Error::Usage(format!("host path {} must be UTF-8 without spaces or quotes", host.display())))?;
-    let meta = fs::symlink_metadata(host).map_err(|e| Error::Input { what: "file to add", path: host.into(), why: e.to_string() })?;
+fn emit_add(
+    host: &Path,
+    guest: &str,
+    cmds: &mut Vec<String>,
+    may_exist: bool,
+    img: &Path,
+) -> Result<()> {
+    let host_str = host
+        .to_str()
+        .filter(|s| !s.chars().any(|c| c.is_whitespace() || c == '"'))
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "host path {} must be UTF-8 without spaces or quotes",
+                host.display()
+            ))
+        })?;
+    let meta = fs::symlink_metadata(host).map_err(|e| Error::Input {
+        what: "file to add",
+        path: host.into(),
+        why: e.to_string(),
+    })?;
     if meta.is_dir() {
         let exists = may_exist && exists_in_image(img, guest)?;
         if !exists {
             cmds.push(format!("mkdir {guest}"));
         }
-        let mut entries: Vec<_> = fs::read_dir(host).map_err(|e| Error::Input { what: "directory to add", path: host.into(), why: e.to_string() })?.flatten().map(|e| e.path()).collect();
+        let mut entries: Vec<_> = fs::read_dir(host)
+            .map_err(|e| Error::Input {
+                what: "directory to add",
+                path: host.into(),
+                why: e.to_string(),
+            })?
+            .flatten()
+            .map(|e| e.path())
+            .collect();
         entries.sort();
         for e in entries {
-            let Some(name) = e.file_name().and_then(|n| n.to_str()) else { continue };
+            let Some(name) = e.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
             let child = format!("{}/{name}", guest.trim_end_matches('/'));
             check_guest_path(&child)?;
             emit_add(&e, &child, cmds, exists, img)?;
         }
     } else if meta.file_type().is_symlink() {
-        let target = fs::read_link(host).map_err(|e| Error::Input { what: "symlink to add", path: host.into(), why: e.to_string() })?;
+        let target = fs::read_link(host).map_err(|e| Error::Input {
+            what: "symlink to add",
+            path: host.into(),
+            why: e.to_string(),
+        })?;
         cmds.push(format!("rm {guest}"));
         cmds.push(format!("symlink {guest} {}", target.display()));
     } else if meta.is_file() {
@@ -120,7 +190,11 @@ fn emit_add(host: &Path, guest: &str, cmds: &mut Vec<String>, may_exist: bool, i
 /// first), then checks the filesystem with `e2fsck -fn`.
 pub fn update(img: &Path, changes: &[Change]) -> Result<()> {
     if !img.is_file() {
-        return Err(Error::Input { what: "image", path: img.into(), why: "does not exist".into() });
+        return Err(Error::Input {
+            what: "image",
+            path: img.into(),
+            why: "does not exist".into(),
+        });
     }
     let mut cmds = Vec::new();
     for c in changes {
@@ -147,8 +221,17 @@ pub fn update(img: &Path, changes: &[Change]) -> Result<()> {
         }
     }
     let script = img.with_extension("debugfs-cmds");
-    fs::write(&script, cmds.join("\n") + "\n").map_err(|e| crate::fsutil::io_context("writing", &script, e))?;
-    let stderr = run(Command::new("debugfs").env("E2FSPROGS_FAKE_TIME", FIXED_TIME).arg("-w").arg("-f").arg(&script).arg(img), "debugfs");
+    fs::write(&script, cmds.join("\n") + "\n")
+        .map_err(|e| crate::fsutil::io_context("writing", &script, e))?;
+    let stderr = run(
+        Command::new("debugfs")
+            .env("E2FSPROGS_FAKE_TIME", FIXED_TIME)
+            .arg("-w")
+            .arg("-f")
+            .arg(&script)
+            .arg(img),
+        "debugfs",
+    );
     let _ = fs::remove_file(&script);
     let stderr = stderr?;
     // debugfs exits 0 even when a command fails; its complaints go to stderr. A `rm` of a
@@ -160,11 +243,23 @@ pub fn update(img: &Path, changes: &[Change]) -> Result<()> {
         .filter(|l| !l.starts_with("Allocated inode"))
         .collect();
     if !problems.is_empty() {
-        return Err(Error::Tool(format!("debugfs could not apply every change to {}: {}", img.display(), problems.join("; "))));
+        return Err(Error::Tool(format!(
+            "debugfs could not apply every change to {}: {}",
+            img.display(),
+            problems.join("; ")
+        )));
     }
-    let out = Command::new("e2fsck").args(["-fn"]).arg(img).output().map_err(|e| Error::Tool(format!("cannot run e2fsck: {e}")))?;
+    let out = Command::new("e2fsck")
+        .args(["-fn"])
+        .arg(img)
+        .output()
+        .map_err(|e| Error::Tool(format!("cannot run e2fsck: {e}")))?;
     if !out.status.success() {
-        return Err(Error::Tool(format!("{} is inconsistent after the update (e2fsck -fn): {}", img.display(), String::from_utf8_lossy(&out.stdout).trim())));
+        return Err(Error::Tool(format!(
+            "{} is inconsistent after the update (e2fsck -fn): {}",
+            img.display(),
+            String::from_utf8_lossy(&out.stdout).trim()
+        )));
     }
     Ok(())
 }

@@ -15,10 +15,20 @@ use repository::server::ServeConfig;
 use repository::{fsutil, users, Repo};
 
 #[derive(Parser)]
-#[command(name = "collective-repo", version, about = "Keep appliances and users in a Collective repository, and serve it.")]
+#[command(
+    name = "collective-repo",
+    version,
+    about = "Keep appliances and users in a Collective repository, and serve it."
+)]
 struct Cli {
     /// The repository directory for commands that do not take it as an argument.
-    #[arg(short = 'r', long = "repo", env = "COLLECTIVE_REPO", default_value = ".", global = true)]
+    #[arg(
+        short = 'r',
+        long = "repo",
+        env = "COLLECTIVE_REPO",
+        default_value = ".",
+        global = true
+    )]
     repo: PathBuf,
     #[command(subcommand)]
     cmd: Cmd,
@@ -163,7 +173,10 @@ enum UserCmd {
 #[derive(Subcommand)]
 enum SetCmd {
     /// Set a user's appliance set (replaces the old one), in start order.
-    Assign { user: String, appliances: Vec<String> },
+    Assign {
+        user: String,
+        appliances: Vec<String>,
+    },
 }
 
 fn kdf(insecure: bool) -> KdfParams {
@@ -178,17 +191,23 @@ fn kdf(insecure: bool) -> KdfParams {
 fn read_password(confirm: bool) -> Result<String> {
     let stdin = std::io::stdin();
     if stdin.is_terminal() {
-        let p = rpassword::prompt_password("Password: ").map_err(|e| Error::Usage(format!("cannot read the password: {e}")))?;
+        let p = rpassword::prompt_password("Password: ")
+            .map_err(|e| Error::Usage(format!("cannot read the password: {e}")))?;
         if confirm {
-            let again = rpassword::prompt_password("Again: ").map_err(|e| Error::Usage(format!("cannot read the password: {e}")))?;
+            let again = rpassword::prompt_password("Again: ")
+                .map_err(|e| Error::Usage(format!("cannot read the password: {e}")))?;
             if again != p {
-                return Err(Error::Usage("the passwords differ; nothing changed, try again".into()));
+                return Err(Error::Usage(
+                    "the passwords differ; nothing changed, try again".into(),
+                ));
             }
         }
         Ok(p)
     } else {
         let mut line = String::new();
-        stdin.lock().read_line(&mut line).map_err(|e| Error::Usage(format!("cannot read the password from standard input: {e}")))?;
+        stdin.lock().read_line(&mut line).map_err(|e| {
+            Error::Usage(format!("cannot read the password from standard input: {e}"))
+        })?;
         let p = line.trim_end_matches(['\n', '\r']).to_owned();
         if p.is_empty() {
             return Err(Error::Usage("no password on standard input: pipe it in, e.g. `echo secret | collective-repo user add NAME`".into()));
@@ -208,12 +227,25 @@ fn keygen(out: &Path) -> Result<()> {
     }
     {
         use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&secret).map_err(|e| fsutil::io_context("creating", &secret, e))?;
-        f.write_all(key.to_file_text().as_bytes()).and_then(|()| f.sync_all()).map_err(|e| fsutil::io_context("writing", &secret, e))?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&secret)
+            .map_err(|e| fsutil::io_context("creating", &secret, e))?;
+        f.write_all(key.to_file_text().as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(|e| fsutil::io_context("writing", &secret, e))?;
     }
-    let text = format!("# Collective publisher key: build this line into terminal images as a trusted key.\n{}\n", key.public());
+    let text = format!(
+        "# Collective publisher key: build this line into terminal images as a trusted key.\n{}\n",
+        key.public()
+    );
     std::fs::write(&public, text).map_err(|e| fsutil::io_context("writing", &public, e))?;
-    println!("secret key: {} (keep it off the server, back it up)", secret.display());
+    println!(
+        "secret key: {} (keep it off the server, back it up)",
+        secret.display()
+    );
     println!("public key: {} = {}", public.display(), key.public());
     Ok(())
 }
@@ -225,20 +257,63 @@ fn run(cli: Cli) -> Result<()> {
             println!("created an empty repository in {}", dir.display());
         }
         Cmd::Keygen { out } => keygen(&out)?,
-        Cmd::Publish { dir, name, kernel, initrd, cmdline, disks, memory, vcpus, networks, chunk_size, boot_trace, key } => {
+        Cmd::Publish {
+            dir,
+            name,
+            kernel,
+            initrd,
+            cmdline,
+            disks,
+            memory,
+            vcpus,
+            networks,
+            chunk_size,
+            boot_trace,
+            key,
+        } => {
             let repo = Repo::open(&dir)?;
-            let key_text = std::fs::read_to_string(&key).map_err(|e| Error::Input { what: "secret key (make one with `collective-repo keygen`, pass it with --key)", path: key.clone(), why: e.to_string() })?;
+            let key_text = std::fs::read_to_string(&key).map_err(|e| Error::Input {
+                what: "secret key (make one with `collective-repo keygen`, pass it with --key)",
+                path: key.clone(),
+                why: e.to_string(),
+            })?;
             let key = SecretKey::from_file_text(&key_text)?;
-            let disks = disks.iter().map(|d| d.parse::<DiskSpec>()).collect::<Result<Vec<_>>>()?;
+            let disks = disks
+                .iter()
+                .map(|d| d.parse::<DiskSpec>())
+                .collect::<Result<Vec<_>>>()?;
             let networks = networks
                 .iter()
                 .map(|n| match n.split_once('=') {
-                    Some((net, mac)) => NetworkAttachment { network: net.into(), mac: Some(mac.to_lowercase()) },
-                    None => NetworkAttachment { network: n.clone(), mac: None },
+                    Some((net, mac)) => NetworkAttachment {
+                        network: net.into(),
+                        mac: Some(mac.to_lowercase()),
+                    },
+                    None => NetworkAttachment {
+                        network: n.clone(),
+                        mac: None,
+                    },
                 })
                 .collect();
-            let chunk_size = parse_size(&chunk_size).and_then(|s| u32::try_from(s).ok()).ok_or_else(|| Error::Usage(format!("--chunk-size {chunk_size:?} is not a size like 64K")))?;
-            let req = PublishRequest { name: name.clone(), kernel, initrd, cmdline, disks, memory_mib: memory, vcpus, networks, chunk_size, boot_trace };
+            let chunk_size = parse_size(&chunk_size)
+                .and_then(|s| u32::try_from(s).ok())
+                .ok_or_else(|| {
+                    Error::Usage(format!(
+                        "--chunk-size {chunk_size:?} is not a size like 64K"
+                    ))
+                })?;
+            let req = PublishRequest {
+                name: name.clone(),
+                kernel,
+                initrd,
+                cmdline,
+                disks,
+                memory_mib: memory,
+                vcpus,
+                networks,
+                chunk_size,
+                boot_trace,
+            };
             let stats = repository::publish::publish(&repo, &req, &key)?;
             println!("published {name} version {}", stats.version);
             println!(
@@ -246,8 +321,14 @@ fn run(cli: Cli) -> Result<()> {
                 stats.new_bytes, stats.new_chunks, stats.new_stored_bytes, stats.existing_bytes, stats.existing_chunks, stats.zero_bytes, stats.elapsed.as_secs_f64()
             );
         }
-        Cmd::Image(ImageCmd::Create { src, out, size, label }) => {
-            let size = parse_size(&size).ok_or_else(|| Error::Usage(format!("--size {size:?} is not a size like 256M")))?;
+        Cmd::Image(ImageCmd::Create {
+            src,
+            out,
+            size,
+            label,
+        }) => {
+            let size = parse_size(&size)
+                .ok_or_else(|| Error::Usage(format!("--size {size:?} is not a size like 256M")))?;
             repository::image::create(&src, &out, size, &label)?;
             println!("wrote {}", out.display());
         }
@@ -257,19 +338,32 @@ fn run(cli: Cli) -> Result<()> {
                 changes.push(Change::Remove { guest: r });
             }
             for a in add {
-                let (host, guest) = a.split_once('=').ok_or_else(|| Error::Usage(format!("--add {a:?}: write HOST=GUEST, e.g. ./pkg=/opt/pkg")))?;
-                changes.push(Change::Add { host: host.into(), guest: guest.into() });
+                let (host, guest) = a.split_once('=').ok_or_else(|| {
+                    Error::Usage(format!(
+                        "--add {a:?}: write HOST=GUEST, e.g. ./pkg=/opt/pkg"
+                    ))
+                })?;
+                changes.push(Change::Add {
+                    host: host.into(),
+                    guest: guest.into(),
+                });
             }
             repository::image::update(&image, &changes)?;
             println!("updated {}", image.display());
         }
-        Cmd::User(UserCmd::Add { name, insecure_fast_kdf }) => {
+        Cmd::User(UserCmd::Add {
+            name,
+            insecure_fast_kdf,
+        }) => {
             let repo = Repo::open(&cli.repo)?;
             let password = read_password(true)?;
             users::add(&repo, &name, &password, kdf(insecure_fast_kdf))?;
             println!("added user {name}; give them appliances with `collective-repo set assign {name} APPLIANCE...`");
         }
-        Cmd::User(UserCmd::Passwd { name, insecure_fast_kdf }) => {
+        Cmd::User(UserCmd::Passwd {
+            name,
+            insecure_fast_kdf,
+        }) => {
             let repo = Repo::open(&cli.repo)?;
             let password = read_password(true)?;
             users::passwd(&repo, &name, &password, kdf(insecure_fast_kdf))?;
@@ -289,28 +383,63 @@ fn run(cli: Cli) -> Result<()> {
             let repo = Repo::open(&cli.repo)?;
             print!("{}", users::list(&repo)?);
         }
-        Cmd::Gc { grace, keep_versions, dry_run } => {
+        Cmd::Gc {
+            grace,
+            keep_versions,
+            dry_run,
+        } => {
             let repo = Repo::open(&cli.repo)?;
-            let stats = repository::gc::gc(&repo, &GcOptions { grace: Duration::from_secs(grace), keep_versions, dry_run })?;
+            let stats = repository::gc::gc(
+                &repo,
+                &GcOptions {
+                    grace: Duration::from_secs(grace),
+                    keep_versions,
+                    dry_run,
+                },
+            )?;
             println!("{}{stats}", if dry_run { "dry run: " } else { "" });
         }
         Cmd::Verify { trusted, chunks } => {
             let repo = Repo::open(&cli.repo)?;
             let mut keys = Vec::new();
             for t in &trusted {
-                let text = std::fs::read_to_string(t).map_err(|e| Error::Input { what: "trusted key file", path: t.clone(), why: e.to_string() })?;
+                let text = std::fs::read_to_string(t).map_err(|e| Error::Input {
+                    what: "trusted key file",
+                    path: t.clone(),
+                    why: e.to_string(),
+                })?;
                 keys.push(appliance::PublicKey::from_file_text(&text)?);
             }
             let report = repository::verify::verify(&repo, &keys, chunks)?;
             for p in &report.problems {
                 println!("PROBLEM: {p}");
             }
-            println!("checked {} manifests{} and {} chunks: {} problem(s)", report.manifests, if keys.is_empty() { " (signatures not checked: pass --trusted KEY.pub)" } else { "" }, report.chunks, report.problems.len());
+            println!(
+                "checked {} manifests{} and {} chunks: {} problem(s)",
+                report.manifests,
+                if keys.is_empty() {
+                    " (signatures not checked: pass --trusted KEY.pub)"
+                } else {
+                    ""
+                },
+                report.chunks,
+                report.problems.len()
+            );
             if !report.problems.is_empty() {
-                return Err(Error::Usage("the repository has problems (listed above)".into()));
+                return Err(Error::Usage(
+                    "the repository has problems (listed above)".into(),
+                ));
             }
         }
-        Cmd::Serve { dir, listen, tls_cert, tls_key, access_log, threads, insecure_fast_kdf } => {
+        Cmd::Serve {
+            dir,
+            listen,
+            tls_cert,
+            tls_key,
+            access_log,
+            threads,
+            insecure_fast_kdf,
+        } => {
             let repo = Repo::open(&dir)?;
             let mut config = ServeConfig::new(&repo, &listen);
             config.tls = tls_cert.zip(tls_key);
@@ -319,7 +448,11 @@ fn run(cli: Cli) -> Result<()> {
             }
             config.threads = threads;
             config.dummy_kdf = kdf(insecure_fast_kdf);
-            let scheme = if config.tls.is_some() { "https" } else { "http" };
+            let scheme = if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
             let server = repository::server::start(repo, &config)?;
             // Tests and scripts read this line to learn the port.
             println!("listening on {scheme}://{}", server.addr());
@@ -331,7 +464,9 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).format_timestamp_millis().init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -24,7 +24,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use appliance::chunking::{validate_chunk_size, Chunker};
 use appliance::manifest::MANIFEST_FORMAT;
-use appliance::{ChunkId, ChunkedBlob, Disk, DiskRole, Manifest, NetworkAttachment, SecretKey, SignedManifest};
+use appliance::{
+    ChunkId, ChunkedBlob, Disk, DiskRole, Manifest, NetworkAttachment, SecretKey, SignedManifest,
+};
 
 use crate::error::{Error, Result};
 use crate::fsutil;
@@ -52,11 +54,19 @@ impl std::str::FromStr for DiskSpec {
     type Err = Error;
     /// `system=IMG`, `user=SIZE` (e.g. `1G`, `512M`) or `user=IMG`.
     fn from_str(s: &str) -> Result<DiskSpec> {
-        let (role, rest) = s.split_once('=').ok_or_else(|| Error::Usage(format!("--disk {s:?}: write ROLE=IMAGE or ROLE=SIZE, e.g. system=root.img or user=1G")))?;
+        let (role, rest) = s.split_once('=').ok_or_else(|| {
+            Error::Usage(format!(
+                "--disk {s:?}: write ROLE=IMAGE or ROLE=SIZE, e.g. system=root.img or user=1G"
+            ))
+        })?;
         let role = match role {
             "system" => DiskRole::System,
             "user" => DiskRole::User,
-            other => return Err(Error::Usage(format!("--disk {s:?}: role {other:?} must be system or user"))),
+            other => {
+                return Err(Error::Usage(format!(
+                    "--disk {s:?}: role {other:?} must be system or user"
+                )))
+            }
         };
         let source = match parse_size(rest) {
             Some(size) if !Path::new(rest).exists() => DiskSource::Empty(size),
@@ -173,9 +183,25 @@ pub fn publish(repo: &Repo, req: &PublishRequest, key: &SecretKey) -> Result<Pub
     let counters = Counters::default();
     let mut seen: HashSet<ChunkId> = HashSet::new();
 
-    let kernel = store_file(repo, "kernel", &req.kernel, req.chunk_size, &mut seen, &mut stats, &counters)?;
+    let kernel = store_file(
+        repo,
+        "kernel",
+        &req.kernel,
+        req.chunk_size,
+        &mut seen,
+        &mut stats,
+        &counters,
+    )?;
     let initrd = match &req.initrd {
-        Some(p) => Some(store_file(repo, "initrd", p, req.chunk_size, &mut seen, &mut stats, &counters)?),
+        Some(p) => Some(store_file(
+            repo,
+            "initrd",
+            p,
+            req.chunk_size,
+            &mut seen,
+            &mut stats,
+            &counters,
+        )?),
         None => None,
     };
     let mut disks = Vec::new();
@@ -184,22 +210,42 @@ pub fn publish(repo: &Repo, req: &PublishRequest, key: &SecretKey) -> Result<Pub
         let name = match spec.role {
             DiskRole::System => {
                 n_system += 1;
-                if n_system == 1 { "system".to_string() } else { format!("system{n_system}") }
+                if n_system == 1 {
+                    "system".to_string()
+                } else {
+                    format!("system{n_system}")
+                }
             }
             DiskRole::User => {
                 n_user += 1;
-                if n_user == 1 { "user".to_string() } else { format!("user{n_user}") }
+                if n_user == 1 {
+                    "user".to_string()
+                } else {
+                    format!("user{n_user}")
+                }
             }
         };
         let image = match &spec.source {
-            DiskSource::Image(path) => store_file(repo, "disk image", path, req.chunk_size, &mut seen, &mut stats, &counters)?,
+            DiskSource::Image(path) => store_file(
+                repo,
+                "disk image",
+                path,
+                req.chunk_size,
+                &mut seen,
+                &mut stats,
+                &counters,
+            )?,
             DiskSource::Empty(size) => {
                 stats.image_bytes += size;
                 stats.zero_bytes += size;
                 ChunkedBlob::zeros(*size, req.chunk_size)?
             }
         };
-        disks.push(Disk { name, role: spec.role, image });
+        disks.push(Disk {
+            name,
+            role: spec.role,
+            image,
+        });
     }
     stats.new_chunks = counters.new_chunks.load(Ordering::Relaxed);
     stats.new_bytes = counters.new_bytes.load(Ordering::Relaxed);
@@ -209,7 +255,11 @@ pub fn publish(repo: &Repo, req: &PublishRequest, key: &SecretKey) -> Result<Pub
 
     let boot_profile = Some(match &req.boot_trace {
         Some(path) => profile_from_trace(path, &kernel, initrd.as_ref(), &disks)?,
-        None => kernel.distinct_chunks().into_iter().chain(initrd.iter().flat_map(|i| i.distinct_chunks())).collect::<Vec<_>>(),
+        None => kernel
+            .distinct_chunks()
+            .into_iter()
+            .chain(initrd.iter().flat_map(|i| i.distinct_chunks()))
+            .collect::<Vec<_>>(),
     });
 
     // Step 3: everything referenced is (still) there and durable.
@@ -221,7 +271,10 @@ pub fn publish(repo: &Repo, req: &PublishRequest, key: &SecretKey) -> Result<Pub
     repo.sync_chunk_dirs()?;
 
     // Step 4: claim the next version number with a create-only link.
-    let created_unix = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let created_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     loop {
         let version = repo.latest(&req.name)?.unwrap_or(0) + 1;
         let manifest = Manifest {
@@ -247,7 +300,10 @@ pub fn publish(repo: &Repo, req: &PublishRequest, key: &SecretKey) -> Result<Pub
             stats.version = version;
             break;
         }
-        log::info!("version {version} of {} was taken by a concurrent publish; trying the next", req.name);
+        log::info!(
+            "version {version} of {} was taken by a concurrent publish; trying the next",
+            req.name
+        );
     }
     stats.elapsed = start.elapsed();
     log::info!("published {} {}", req.name, stats);
@@ -258,10 +314,16 @@ fn check_inputs(req: &PublishRequest) -> Result<()> {
     appliance::names::validate_name("appliance name", &req.name)?;
     validate_chunk_size(req.chunk_size)?;
     if req.vcpus == 0 || req.vcpus > 256 {
-        return Err(Error::Usage(format!("--vcpus {} must be 1 to 256", req.vcpus)));
+        return Err(Error::Usage(format!(
+            "--vcpus {} must be 1 to 256",
+            req.vcpus
+        )));
     }
     if req.memory_mib < 16 {
-        return Err(Error::Usage(format!("--memory {} MiB is too small: give at least 16", req.memory_mib)));
+        return Err(Error::Usage(format!(
+            "--memory {} MiB is too small: give at least 16",
+            req.memory_mib
+        )));
     }
     let mut files: Vec<(&'static str, &Path)> = vec![("kernel", &req.kernel)];
     if let Some(i) = &req.initrd {
@@ -276,13 +338,33 @@ fn check_inputs(req: &PublishRequest) -> Result<()> {
         match std::fs::metadata(path) {
             Ok(m) if m.is_file() => {
                 if m.len() == 0 {
-                    return Err(Error::Input { what, path: path.into(), why: "is empty".into() });
+                    return Err(Error::Input {
+                        what,
+                        path: path.into(),
+                        why: "is empty".into(),
+                    });
                 }
             }
-            Ok(_) => return Err(Error::Input { what, path: path.into(), why: "is not a regular file".into() }),
-            Err(e) => return Err(Error::Input { what, path: path.into(), why: e.to_string() }),
+            Ok(_) => {
+                return Err(Error::Input {
+                    what,
+                    path: path.into(),
+                    why: "is not a regular file".into(),
+                })
+            }
+            Err(e) => {
+                return Err(Error::Input {
+                    what,
+                    path: path.into(),
+                    why: e.to_string(),
+                })
+            }
         }
-        File::open(path).map_err(|e| Error::Input { what, path: path.into(), why: e.to_string() })?;
+        File::open(path).map_err(|e| Error::Input {
+            what,
+            path: path.into(),
+            why: e.to_string(),
+        })?;
     }
     if !req.disks.iter().any(|d| d.role == DiskRole::System) {
         return Err(Error::Usage("give at least one --disk system=IMAGE".into()));
@@ -300,7 +382,11 @@ fn store_file(
     stats: &mut PublishStats,
     counters: &Counters,
 ) -> Result<ChunkedBlob> {
-    let file = File::open(path).map_err(|e| Error::Input { what, path: path.into(), why: e.to_string() })?;
+    let file = File::open(path).map_err(|e| Error::Input {
+        what,
+        path: path.into(),
+        why: e.to_string(),
+    })?;
     let mut chunker = Chunker::new(BufReader::with_capacity(1 << 20, file), chunk_size)?;
     let failure: Mutex<Option<Error>> = Mutex::new(None);
     let mut chunks = Vec::new();
@@ -314,12 +400,16 @@ fn store_file(
                 match repo.put_chunk(&id, &data) {
                     Ok(Stored::New(n)) => {
                         counters.new_chunks.fetch_add(1, Ordering::Relaxed);
-                        counters.new_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                        counters
+                            .new_bytes
+                            .fetch_add(data.len() as u64, Ordering::Relaxed);
                         counters.new_stored.fetch_add(n, Ordering::Relaxed);
                     }
                     Ok(Stored::Existing) => {
                         counters.existing_chunks.fetch_add(1, Ordering::Relaxed);
-                        counters.existing_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                        counters
+                            .existing_bytes
+                            .fetch_add(data.len() as u64, Ordering::Relaxed);
                     }
                     Err(e) => {
                         if let Ok(mut f) = failure.lock() {
@@ -331,13 +421,19 @@ fn store_file(
             });
         }
         let result = (|| {
-            while let Some(cut) = chunker.next_chunk().map_err(|e| Error::Input { what, path: path.into(), why: e.to_string() })? {
+            while let Some(cut) = chunker.next_chunk().map_err(|e| Error::Input {
+                what,
+                path: path.into(),
+                why: e.to_string(),
+            })? {
                 chunks.push(cut.id);
                 match cut.id {
                     None => stats.zero_bytes += cut.data.len() as u64,
                     Some(id) if !seen.insert(id) => stats.repeated_bytes += cut.data.len() as u64,
                     Some(id) => {
-                        if failure.lock().map(|f| f.is_some()).unwrap_or(true) || tx.send((id, cut.data)).is_err() {
+                        if failure.lock().map(|f| f.is_some()).unwrap_or(true)
+                            || tx.send((id, cut.data)).is_err()
+                        {
                             break;
                         }
                     }
@@ -352,12 +448,25 @@ fn store_file(
         return Err(e);
     }
     stats.image_bytes += chunker.bytes_read();
-    Ok(ChunkedBlob { size: chunker.bytes_read(), chunk_size, chunks })
+    Ok(ChunkedBlob {
+        size: chunker.bytes_read(),
+        chunk_size,
+        chunks,
+    })
 }
 
 /// Turns a boot trace (`BLOB OFFSET` per line) into an ordered, de-duplicated chunk list.
-fn profile_from_trace(path: &Path, kernel: &ChunkedBlob, initrd: Option<&ChunkedBlob>, disks: &[Disk]) -> Result<Vec<ChunkId>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::Input { what: "boot trace", path: path.into(), why: e.to_string() })?;
+fn profile_from_trace(
+    path: &Path,
+    kernel: &ChunkedBlob,
+    initrd: Option<&ChunkedBlob>,
+    disks: &[Disk],
+) -> Result<Vec<ChunkId>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::Input {
+        what: "boot trace",
+        path: path.into(),
+        why: e.to_string(),
+    })?;
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
@@ -365,9 +474,18 @@ fn profile_from_trace(path: &Path, kernel: &ChunkedBlob, initrd: Option<&Chunked
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let bad = |why: &str| Error::Input { what: "boot trace", path: path.into(), why: format!("line {}: {why}; expected `BLOB OFFSET`", n + 1) };
-        let (blob_name, offset) = line.split_once(char::is_whitespace).ok_or_else(|| bad("no offset"))?;
-        let offset: u64 = offset.trim().parse().map_err(|_| bad("offset is not a number"))?;
+        let bad = |why: &str| Error::Input {
+            what: "boot trace",
+            path: path.into(),
+            why: format!("line {}: {why}; expected `BLOB OFFSET`", n + 1),
+        };
+        let (blob_name, offset) = line
+            .split_once(char::is_whitespace)
+            .ok_or_else(|| bad("no offset"))?;
+        let offset: u64 = offset
+            .trim()
+            .parse()
+            .map_err(|_| bad("offset is not a number"))?;
         let blob = match blob_name {
             "kernel" => Some(kernel),
             "initrd" => initrd,
@@ -397,8 +515,13 @@ mod tests {
         assert_eq!(parse_size("12"), Some(12));
         assert_eq!(parse_size("x1G"), None);
         assert_eq!(parse_size("G"), None);
-        assert!(matches!("user=1G".parse::<DiskSpec>().unwrap().source, DiskSource::Empty(s) if s == 1 << 30));
-        assert!(matches!("system=/x/root.img".parse::<DiskSpec>().unwrap().source, DiskSource::Image(_)));
+        assert!(
+            matches!("user=1G".parse::<DiskSpec>().unwrap().source, DiskSource::Empty(s) if s == 1 << 30)
+        );
+        assert!(matches!(
+            "system=/x/root.img".parse::<DiskSpec>().unwrap().source,
+            DiskSource::Image(_)
+        ));
         assert!("swap=1G".parse::<DiskSpec>().is_err());
         assert!("system".parse::<DiskSpec>().is_err());
     }

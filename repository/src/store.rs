@@ -56,13 +56,29 @@ impl Repo {
     pub fn init(dir: &Path) -> Result<Repo> {
         let info = dir.join("repository.json");
         if info.exists() {
-            return Err(Error::Usage(format!("{} is already a repository; nothing to do", dir.display())));
+            return Err(Error::Usage(format!(
+                "{} is already a repository; nothing to do",
+                dir.display()
+            )));
         }
-        let repo = Repo { root: dir.to_path_buf() };
-        for d in [repo.public().join("chunks"), repo.public().join("manifests"), repo.private().join("users"), repo.private().join("userdisks"), repo.tmp_dir(), dir.join("logs")] {
+        let repo = Repo {
+            root: dir.to_path_buf(),
+        };
+        for d in [
+            repo.public().join("chunks"),
+            repo.public().join("manifests"),
+            repo.private().join("users"),
+            repo.private().join("userdisks"),
+            repo.tmp_dir(),
+            dir.join("logs"),
+        ] {
             fsutil::create_dir_all(&d)?;
         }
-        let text = serde_json::to_vec_pretty(&RepoInfo { format: REPOSITORY_FORMAT, kind: "collective-repository".into() }).map_err(|e| Error::Usage(e.to_string()))?;
+        let text = serde_json::to_vec_pretty(&RepoInfo {
+            format: REPOSITORY_FORMAT,
+            kind: "collective-repository".into(),
+        })
+        .map_err(|e| Error::Usage(e.to_string()))?;
         fsutil::write_new(&repo.tmp_dir(), &info, &text)?;
         Ok(repo)
     }
@@ -72,10 +88,13 @@ impl Repo {
         let info = dir.join("repository.json");
         let text = match fs::read(&info) {
             Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Error::NotARepository(dir.to_path_buf())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(Error::NotARepository(dir.to_path_buf()))
+            }
             Err(e) => return Err(io_context("reading", &info, e)),
         };
-        let parsed: RepoInfo = serde_json::from_slice(&text).map_err(|e| Error::Usage(format!("{} is damaged: {e}", info.display())))?;
+        let parsed: RepoInfo = serde_json::from_slice(&text)
+            .map_err(|e| Error::Usage(format!("{} is damaged: {e}", info.display())))?;
         if parsed.format != REPOSITORY_FORMAT || parsed.kind != "collective-repository" {
             return Err(Error::Usage(format!(
                 "{} has layout format {} (this program knows {REPOSITORY_FORMAT}); use a matching collective-repo",
@@ -83,7 +102,9 @@ impl Repo {
                 parsed.format
             )));
         }
-        Ok(Repo { root: dir.to_path_buf() })
+        Ok(Repo {
+            root: dir.to_path_buf(),
+        })
     }
 
     /// The repository directory.
@@ -125,7 +146,8 @@ impl Repo {
         let path = self.chunk_file(id);
         match OpenOptions::new().append(true).open(&path) {
             Ok(f) => {
-                f.set_modified(SystemTime::now()).map_err(|e| io_context("refreshing", &path, e))?;
+                f.set_modified(SystemTime::now())
+                    .map_err(|e| io_context("refreshing", &path, e))?;
                 Ok(true)
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
@@ -180,7 +202,11 @@ impl Repo {
             }
             for f in fs::read_dir(&sub).map_err(|e| io_context("listing", &sub, e))? {
                 let path = f.map_err(|e| io_context("listing", &sub, e))?.path();
-                if let Some(id) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<ChunkId>().ok()) {
+                if let Some(id) = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.parse::<ChunkId>().ok())
+                {
                     out.push((id, path));
                 }
             }
@@ -201,7 +227,9 @@ impl Repo {
         let mut out = BTreeMap::new();
         for entry in fs::read_dir(&dir).map_err(|e| io_context("listing", &dir, e))? {
             let entry = entry.map_err(|e| io_context("listing", &dir, e))?;
-            let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
             if validate_name("appliance name", &name).is_err() {
                 continue;
             }
@@ -222,7 +250,12 @@ impl Repo {
         };
         for entry in entries {
             let entry = entry.map_err(|e| io_context("listing", &dir, e))?;
-            if let Some(v) = entry.file_name().to_str().and_then(|n| n.strip_suffix(".json")).and_then(|n| n.parse::<u64>().ok()) {
+            if let Some(v) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".json"))
+                .and_then(|n| n.parse::<u64>().ok())
+            {
                 versions.push(v);
             }
         }
@@ -250,7 +283,8 @@ impl Repo {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_context("reading", &path, e)),
         };
-        let rec: UserRecord = serde_json::from_slice(&text).map_err(|e| Error::Usage(format!("{} is damaged: {e}", path.display())))?;
+        let rec: UserRecord = serde_json::from_slice(&text)
+            .map_err(|e| Error::Usage(format!("{} is damaged: {e}", path.display())))?;
         rec.validate()?;
         Ok(Some(rec))
     }
@@ -296,7 +330,11 @@ impl Repo {
         let mut out = Vec::new();
         for entry in fs::read_dir(&dir).map_err(|e| io_context("listing", &dir, e))? {
             let entry = entry.map_err(|e| io_context("listing", &dir, e))?;
-            if let Some(n) = entry.file_name().to_str().and_then(|n| n.strip_suffix(".json")) {
+            if let Some(n) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".json"))
+            {
                 out.push(n.to_owned());
             }
         }
@@ -311,18 +349,29 @@ impl Repo {
         validate_name("user name", user)?;
         validate_name("appliance name", appliance)?;
         validate_name("disk name", disk)?;
-        Ok(self.private().join("userdisks").join(user).join(appliance).join(format!("{disk}.json")))
+        Ok(self
+            .private()
+            .join("userdisks")
+            .join(user)
+            .join(appliance)
+            .join(format!("{disk}.json")))
     }
 
     /// The current manifest of a user disk, if one was ever committed.
-    pub fn user_disk(&self, user: &str, appliance: &str, disk: &str) -> Result<Option<UserDiskManifest>> {
+    pub fn user_disk(
+        &self,
+        user: &str,
+        appliance: &str,
+        disk: &str,
+    ) -> Result<Option<UserDiskManifest>> {
         let path = self.user_disk_file(user, appliance, disk)?;
         let text = match fs::read(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_context("reading", &path, e)),
         };
-        let m: UserDiskManifest = serde_json::from_slice(&text).map_err(|e| Error::Usage(format!("{} is damaged: {e}", path.display())))?;
+        let m: UserDiskManifest = serde_json::from_slice(&text)
+            .map_err(|e| Error::Usage(format!("{} is damaged: {e}", path.display())))?;
         m.validate()?;
         Ok(Some(m))
     }
@@ -362,7 +411,8 @@ fn walk_json(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 }
 
 fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
-    let mut text = serde_json::to_vec_pretty(v).map_err(|e| Error::Usage(format!("cannot encode: {e}")))?;
+    let mut text =
+        serde_json::to_vec_pretty(v).map_err(|e| Error::Usage(format!("cannot encode: {e}")))?;
     text.push(b'\n');
     Ok(text)
 }

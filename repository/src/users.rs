@@ -33,7 +33,9 @@ pub fn passwd(repo: &Repo, name: &str, password: &str, kdf: KdfParams) -> Result
 pub fn remove(repo: &Repo, name: &str) -> Result<()> {
     validate_name("user name", name)?;
     if !repo.remove_user(name)? {
-        return Err(Error::User(format!("there is no user {name}; nothing removed")));
+        return Err(Error::User(format!(
+            "there is no user {name}; nothing removed"
+        )));
     }
     Ok(())
 }

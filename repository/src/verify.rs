@@ -31,7 +31,9 @@ pub fn verify(repo: &Repo, trusted: &[PublicKey], check_chunks: bool) -> Result<
             let path = repo.manifest_file(&name, v);
             let bytes = fs::read(&path).map_err(|e| io_context("reading", &path, e))?;
             let manifest = if trusted.is_empty() {
-                serde_json::from_slice::<SignedManifest>(&bytes).map(|s| s.manifest).map_err(|e| e.to_string())
+                serde_json::from_slice::<SignedManifest>(&bytes)
+                    .map(|s| s.manifest)
+                    .map_err(|e| e.to_string())
             } else {
                 SignedManifest::verify_bytes(&bytes, trusted).map_err(|e| e.to_string())
             };
@@ -51,7 +53,10 @@ pub fn verify(repo: &Repo, trusted: &[PublicKey], check_chunks: bool) -> Result<
             report.chunks += 1;
             let bytes = fs::read(&path).map_err(|e| io_context("reading", &path, e))?;
             if let Err(e) = decode_chunk(&id, &bytes) {
-                report.problems.push(format!("{}: {e}; delete it and publish the images that contain it again", path.display()));
+                report.problems.push(format!(
+                    "{}: {e}; delete it and publish the images that contain it again",
+                    path.display()
+                ));
             }
         }
     }

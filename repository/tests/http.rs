@@ -14,7 +14,8 @@ use common::*;
 use sha2::Digest;
 
 fn login(base: &str, user: &str, password: &str) -> Result<LoginResponse, (u16, ApiError)> {
-    let resp = ureq::post(&format!("{}{}", base.trim_end_matches('/'), LOGIN_PATH)).send_json(serde_json::json!({"user": user, "password": password}));
+    let resp = ureq::post(&format!("{}{}", base.trim_end_matches('/'), LOGIN_PATH))
+        .send_json(serde_json::json!({"user": user, "password": password}));
     match resp {
         Ok(r) => Ok(r.into_json().unwrap()),
         Err(ureq::Error::Status(code, r)) => Err((code, r.into_json().unwrap())),
@@ -23,7 +24,8 @@ fn login(base: &str, user: &str, password: &str) -> Result<LoginResponse, (u16, 
 }
 
 fn api(method: &str, base: &str, path: &str, token: &str) -> ureq::Request {
-    ureq::request(method, &format!("{}{}", base.trim_end_matches('/'), path)).set("Authorization", &format!("Bearer {token}"))
+    ureq::request(method, &format!("{}{}", base.trim_end_matches('/'), path))
+        .set("Authorization", &format!("Bearer {token}"))
 }
 
 fn status_of<T>(r: Result<T, ureq::Error>) -> (u16, Option<ApiError>) {
@@ -45,23 +47,40 @@ fn login_fetch_verify_and_access_log() {
     assert_eq!(session.appliances.len(), 1);
     let app = &session.appliances[0];
     assert_eq!((app.name.as_str(), app.version), ("desk", 1));
-    assert_eq!(session.user_disks, vec![UserDiskRef { appliance: "desk".into(), disk: "user".into(), version: 0 }]);
-    appliance::verify_password(&session.offline_verifier, PASSWORD).expect("offline verifier accepts the password");
+    assert_eq!(
+        session.user_disks,
+        vec![UserDiskRef {
+            appliance: "desk".into(),
+            disk: "user".into(),
+            version: 0
+        }]
+    );
+    appliance::verify_password(&session.offline_verifier, PASSWORD)
+        .expect("offline verifier accepts the password");
     assert!(appliance::verify_password(&session.offline_verifier, "nope").is_err());
 
     let bytes = get(&base, &app.manifest_path).unwrap();
-    assert_eq!(hex::encode(sha2::Sha256::digest(&bytes)), app.manifest_sha256);
+    assert_eq!(
+        hex::encode(sha2::Sha256::digest(&bytes)),
+        app.manifest_sha256
+    );
     let manifest = SignedManifest::verify_bytes(&bytes, &f.trusted()).expect("signature verifies");
     let system = manifest.disk("system").unwrap();
     assert_eq!(fetch_blob(&base, &system.image), f.system);
     assert_eq!(fetch_blob(&base, &manifest.kernel), f.kernel);
-    assert_eq!(manifest.boot_profile.as_deref(), Some(&manifest.kernel.distinct_chunks()[..]));
+    assert_eq!(
+        manifest.boot_profile.as_deref(),
+        Some(&manifest.kernel.distinct_chunks()[..])
+    );
 
     // The access log names every chunk fetched, with status and size.
     server.shutdown();
     let text = std::fs::read_to_string(&log).unwrap();
     for id in system.image.distinct_chunks() {
-        let line = text.lines().find(|l| l.contains(&chunk_path(&id))).unwrap_or_else(|| panic!("chunk {id} not in the access log:\n{text}"));
+        let line = text
+            .lines()
+            .find(|l| l.contains(&chunk_path(&id)))
+            .unwrap_or_else(|| panic!("chunk {id} not in the access log:\n{text}"));
         let fields: Vec<&str> = line.split(' ').collect();
         assert_eq!(fields[2], "GET");
         assert_eq!(fields[4], "200");
@@ -69,7 +88,10 @@ fn login_fetch_verify_and_access_log() {
         assert_eq!(fields[5], stored.to_string());
     }
     assert!(text.lines().any(|l| l.contains(" POST /api/v1/login 200 ")));
-    assert!(!text.contains(PASSWORD), "the password must never reach the log");
+    assert!(
+        !text.contains(PASSWORD),
+        "the password must never reach the log"
+    );
 }
 
 #[test]
@@ -79,7 +101,11 @@ fn wrong_password_unknown_user_and_rate_limit() {
     let (code, err) = login(&base, "alice", "wrong").unwrap_err();
     assert_eq!((code, err.code.as_str()), (401, "bad_credentials"));
     let (code, err) = login(&base, "mallory", "x").unwrap_err();
-    assert_eq!((code, err.code.as_str()), (401, "bad_credentials"), "unknown users look like wrong passwords");
+    assert_eq!(
+        (code, err.code.as_str()),
+        (401, "bad_credentials"),
+        "unknown users look like wrong passwords"
+    );
     let (code, _) = login(&base, "../../etc", "x").unwrap_err();
     assert_eq!(code, 401);
 
@@ -93,7 +119,9 @@ fn wrong_password_unknown_user_and_rate_limit() {
     assert!(err.retry_after_secs.unwrap() >= 1);
 
     // A malformed body is a 400, not a crash.
-    let r = ureq::post(&format!("{base}api/v1/login")).set("Content-Type", "application/json").send_string("{\"user\":");
+    let r = ureq::post(&format!("{base}api/v1/login"))
+        .set("Content-Type", "application/json")
+        .send_string("{\"user\":");
     assert_eq!(status_of(r).0, 400);
     assert_eq!(get(&base, "api/v1/nothing").unwrap_err(), 404);
 }
@@ -104,10 +132,17 @@ fn tampered_manifest_is_refused_by_the_client() {
     let (_server, base, _) = f.serve();
     let path = f.repo.manifest_file("desk", 1);
     let text = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(&path, text.replace("\"memory_mib\":256", "\"memory_mib\":4096")).unwrap();
+    std::fs::write(
+        &path,
+        text.replace("\"memory_mib\":256", "\"memory_mib\":4096"),
+    )
+    .unwrap();
     let bytes = get(&base, &manifest_path("desk", 1)).unwrap();
     let err = SignedManifest::verify_bytes(&bytes, &f.trusted()).unwrap_err();
-    assert!(err.to_string().contains("does not match the content"), "{err}");
+    assert!(
+        err.to_string().contains("does not match the content"),
+        "{err}"
+    );
     // And a corrupted chunk file is caught by its id.
     let id = f.repo.list_chunks().unwrap()[0].0;
     let mut stored = std::fs::read(f.repo.chunk_file(&id)).unwrap();
@@ -127,66 +162,124 @@ fn user_disk_upload_and_compare_and_swap() {
     // Without a token: 401.
     let (code, err) = status_of(ureq::get(&format!("{base}api/v1/userdisks/desk/user")).call());
     assert_eq!((code, err.unwrap().code.as_str()), (401, "unauthorized"));
-    let (code, _) = status_of(api("GET", &base, &user_disk_api_path("desk", "user"), "0".repeat(64).as_str()).call());
+    let (code, _) = status_of(
+        api(
+            "GET",
+            &base,
+            &user_disk_api_path("desk", "user"),
+            "0".repeat(64).as_str(),
+        )
+        .call(),
+    );
     assert_eq!(code, 401);
     // Never committed: 404 no_user_disk.
-    let (code, err) = status_of(api("GET", &base, &user_disk_api_path("desk", "user"), &token).call());
+    let (code, err) =
+        status_of(api("GET", &base, &user_disk_api_path("desk", "user"), &token).call());
     assert_eq!((code, err.unwrap().code.as_str()), (404, "no_user_disk"));
 
     // The user's data: 4 MiB with two non-zero chunks.
     let mut disk = vec![0u8; 4 << 20];
     disk[..65536].copy_from_slice(&bytes(42, 65536, true));
     disk[3 << 20..(3 << 20) + 65536].copy_from_slice(&bytes(43, 65536, false));
-    let image = appliance::Chunker::new(&disk[..], 65536).unwrap().into_blob().unwrap();
+    let image = appliance::Chunker::new(&disk[..], 65536)
+        .unwrap()
+        .into_blob()
+        .unwrap();
     let ids = image.distinct_chunks();
     assert_eq!(ids.len(), 2);
 
-    let missing: MissingChunksResponse = api("POST", &base, MISSING_CHUNKS_PATH, &token).send_json(MissingChunksRequest { ids: ids.clone() }).unwrap().into_json().unwrap();
+    let missing: MissingChunksResponse = api("POST", &base, MISSING_CHUNKS_PATH, &token)
+        .send_json(MissingChunksRequest { ids: ids.clone() })
+        .unwrap()
+        .into_json()
+        .unwrap();
     assert_eq!(missing.missing, ids);
 
     // A chunk whose content does not match its id is rejected.
     let wrong = encode_chunk(&disk[..65536]);
-    let (code, err) = status_of(api("PUT", &base, &chunk_upload_path(&ids[1]), &token).send_bytes(&wrong));
+    let (code, err) =
+        status_of(api("PUT", &base, &chunk_upload_path(&ids[1]), &token).send_bytes(&wrong));
     assert_eq!((code, err.unwrap().code.as_str()), (400, "chunk_mismatch"));
 
     // Commit before uploading: 400 missing_chunks, listing both.
-    let manifest = |version, image: ChunkedBlob| UserDiskManifest { format: 1, user: "alice".into(), appliance: "desk".into(), disk: "user".into(), version, image };
-    let commit = |expected, m: UserDiskManifest| status_of(api("PUT", &base, &user_disk_api_path("desk", "user"), &token).send_json(CommitUserDiskRequest { expected_version: expected, manifest: m }));
+    let manifest = |version, image: ChunkedBlob| UserDiskManifest {
+        format: 1,
+        user: "alice".into(),
+        appliance: "desk".into(),
+        disk: "user".into(),
+        version,
+        image,
+    };
+    let commit = |expected, m: UserDiskManifest| {
+        status_of(
+            api("PUT", &base, &user_disk_api_path("desk", "user"), &token).send_json(
+                CommitUserDiskRequest {
+                    expected_version: expected,
+                    manifest: m,
+                },
+            ),
+        )
+    };
     let (code, err) = commit(0, manifest(1, image.clone()));
     let err = err.unwrap();
     assert_eq!((code, err.code.as_str()), (400, "missing_chunks"));
     assert_eq!(err.missing.len(), 2);
 
     for (i, id) in ids.iter().enumerate() {
-        let chunk = if i == 0 { &disk[..65536] } else { &disk[3 << 20..(3 << 20) + 65536] };
-        let r = api("PUT", &base, &chunk_upload_path(id), &token).send_bytes(&encode_chunk(chunk)).unwrap();
+        let chunk = if i == 0 {
+            &disk[..65536]
+        } else {
+            &disk[3 << 20..(3 << 20) + 65536]
+        };
+        let r = api("PUT", &base, &chunk_upload_path(id), &token)
+            .send_bytes(&encode_chunk(chunk))
+            .unwrap();
         assert_eq!(r.status(), 201);
-        let r = api("PUT", &base, &chunk_upload_path(id), &token).send_bytes(&encode_chunk(chunk)).unwrap();
+        let r = api("PUT", &base, &chunk_upload_path(id), &token)
+            .send_bytes(&encode_chunk(chunk))
+            .unwrap();
         assert_eq!(r.status(), 200, "second upload is a no-op");
     }
     assert_eq!(commit(0, manifest(1, image.clone())).0, 200);
     // A second terminal that also started from version 0 loses: 409 with the current version.
     let (code, err) = commit(0, manifest(1, image.clone()));
     let err = err.unwrap();
-    assert_eq!((code, err.code.as_str(), err.current_version), (409, "conflict", Some(1)));
+    assert_eq!(
+        (code, err.code.as_str(), err.current_version),
+        (409, "conflict", Some(1))
+    );
     // Wrong owner in the manifest: refused.
     let mut other = manifest(2, image.clone());
     other.user = "bob".into();
     assert_eq!(commit(1, other).0, 403);
 
-    let got: UserDiskManifest = api("GET", &base, &user_disk_api_path("desk", "user"), &token).call().unwrap().into_json().unwrap();
+    let got: UserDiskManifest = api("GET", &base, &user_disk_api_path("desk", "user"), &token)
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
     assert_eq!(got.version, 1);
     assert_eq!(fetch_blob(&base, &got.image), disk);
     // The next login reports the committed version.
     let s = login(&base, "alice", PASSWORD).unwrap();
     assert_eq!(s.user_disks[0].version, 1);
     // After logout the token is dead.
-    assert_eq!(status_of(api("POST", &base, LOGOUT_PATH, &token).send_bytes(&[])).0, 200);
-    assert_eq!(status_of(api("GET", &base, &user_disk_api_path("desk", "user"), &token).call()).0, 401);
+    assert_eq!(
+        status_of(api("POST", &base, LOGOUT_PATH, &token).send_bytes(&[])).0,
+        200
+    );
+    assert_eq!(
+        status_of(api("GET", &base, &user_disk_api_path("desk", "user"), &token).call()).0,
+        401
+    );
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn wait_for_port(port: u16, child: &mut Child) {
@@ -209,13 +302,21 @@ impl Drop for KillOnDrop {
 }
 
 fn have(tool: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {tool} || test -x /usr/sbin/{tool}")).output().map(|o| o.status.success()).unwrap_or(false)
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool} || test -x /usr/sbin/{tool}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }
 
 #[test]
 fn immutable_content_served_by_nginx() {
     if !have("nginx") {
-        assert!(std::env::var_os("CI").is_none(), "nginx is missing in CI: add it to .ci/apt-packages");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "nginx is missing in CI: add it to .ci/apt-packages"
+        );
         eprintln!("SKIPPED: nginx is not installed (apt-get install nginx)");
         return;
     }
@@ -232,13 +333,31 @@ fn immutable_content_served_by_nginx() {
     );
     let conf_path = prefix.join("nginx.conf");
     std::fs::write(&conf_path, conf).unwrap();
-    let mut child = KillOnDrop(Command::new(if have("nginx") && std::path::Path::new("/usr/sbin/nginx").exists() { "/usr/sbin/nginx" } else { "nginx" }).arg("-p").arg(&prefix).arg("-c").arg(&conf_path).spawn().expect("start nginx"));
+    let mut child = KillOnDrop(
+        Command::new(
+            if have("nginx") && std::path::Path::new("/usr/sbin/nginx").exists() {
+                "/usr/sbin/nginx"
+            } else {
+                "nginx"
+            },
+        )
+        .arg("-p")
+        .arg(&prefix)
+        .arg("-c")
+        .arg(&conf_path)
+        .spawn()
+        .expect("start nginx"),
+    );
     wait_for_port(port, &mut child.0);
     let base = format!("http://127.0.0.1:{port}/");
 
     let bytes = get(&base, &manifest_path("desk", 1)).unwrap();
-    let manifest = SignedManifest::verify_bytes(&bytes, &f.trusted()).expect("manifest served by nginx verifies");
-    assert_eq!(fetch_blob(&base, &manifest.disk("system").unwrap().image), f.system);
+    let manifest = SignedManifest::verify_bytes(&bytes, &f.trusted())
+        .expect("manifest served by nginx verifies");
+    assert_eq!(
+        fetch_blob(&base, &manifest.disk("system").unwrap().image),
+        f.system
+    );
     // Private data is not under nginx's root.
     assert_eq!(get(&base, "../private/users/alice.json").unwrap_err(), 404);
     assert_eq!(get(&base, "private/users/alice.json").unwrap_err(), 404);
@@ -255,22 +374,52 @@ fn https_with_the_cli_server() {
     let f = Fixture::new();
     let (cert, key) = (f.path("cert.pem"), f.path("key.pem"));
     let ok = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
         .arg("-keyout")
         .arg(&key)
         .arg("-out")
         .arg(&cert)
         .output()
         .unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     // tiny_http's rustls wants a PKCS#8 key.
     let p8 = f.path("key8.pem");
-    assert!(Command::new("openssl").args(["pkcs8", "-topk8", "-nocrypt", "-in"]).arg(&key).arg("-out").arg(&p8).status().unwrap().success());
+    assert!(Command::new("openssl")
+        .args(["pkcs8", "-topk8", "-nocrypt", "-in"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&p8)
+        .status()
+        .unwrap()
+        .success());
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_collective-repo"))
         .arg("serve")
         .arg(&f.dir)
-        .args(["--listen", "127.0.0.1:0", "--insecure-fast-kdf", "--tls-cert"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-fast-kdf",
+            "--tls-cert",
+        ])
         .arg(&cert)
         .arg("--tls-key")
         .arg(&p8)
@@ -285,16 +434,28 @@ fn https_with_the_cli_server() {
         line.push(byte[0]);
     }
     let line = String::from_utf8(line).unwrap();
-    let url = line.strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_string();
+    let url = line
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
     assert!(url.starts_with("https://127.0.0.1:"));
     let out = Command::new("curl")
         .args(["-sS", "--fail", "--cacert"])
         .arg(&cert)
-        .args(["-H", "Content-Type: application/json", "-d", &format!("{{\"user\":\"alice\",\"password\":\"{PASSWORD}\"}}")])
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &format!("{{\"user\":\"alice\",\"password\":\"{PASSWORD}\"}}"),
+        ])
         .arg(format!("{url}{LOGIN_PATH}"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let session: LoginResponse = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(session.appliances[0].name, "desk");
     let _ = child.0.kill();

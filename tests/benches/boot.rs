@@ -20,15 +20,25 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() -> anyhow::Result<()> {
     // `cargo bench` passes `--bench`; nothing to parse.
     let fw = firmware();
-    let marker_bin = binaries::build_static(&workspace(), &[], &[("collective-init", "marker-init")])?;
+    let marker_bin =
+        binaries::build_static(&workspace(), &[], &[("collective-init", "marker-init")])?;
     let marker_initrd = workspace().join("target/system-tests/marker-initrd.img");
     let marker_bytes = image::marker_initramfs(&marker_bin[0], &marker_initrd)?;
     let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
 
     println!("boot benchmark: qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 2G, virtio-net, {RUNS} runs each, interleaved");
-    println!("  vmlinuz              {:>10}", image::human_bytes(size(&fw.vmlinuz)));
-    println!("  initrd.img (ours)    {:>10}", image::human_bytes(size(&fw.initrd)));
-    println!("  initrd (marker only) {:>10}", image::human_bytes(marker_bytes));
+    println!(
+        "  vmlinuz              {:>10}",
+        image::human_bytes(size(&fw.vmlinuz))
+    );
+    println!(
+        "  initrd.img (ours)    {:>10}",
+        image::human_bytes(size(&fw.initrd))
+    );
+    println!(
+        "  initrd (marker only) {:>10}",
+        image::human_bytes(marker_bytes)
+    );
 
     let config = MachineConfig::default();
     let (mut ours, mut bare) = (Vec::new(), Vec::new());
@@ -51,6 +61,9 @@ fn main() -> anyhow::Result<()> {
     let (m_ours, m_bare) = (median(ours), median(bare));
     println!("median boot to login:          {m_ours:6.2} s");
     println!("median bare kernel to marker:  {m_bare:6.2} s");
-    println!("ratio (ours / bare):           {:6.3}   (aim: under 1.15)", m_ours / m_bare);
+    println!(
+        "ratio (ours / bare):           {:6.3}   (aim: under 1.15)",
+        m_ours / m_bare
+    );
     Ok(())
 }

@@ -19,15 +19,24 @@ const RUNS: usize = 5;
 /// paths, so the dynamic loader finds them inside the initramfs.
 fn qemu_files() -> Result<Vec<(PathBuf, String)>> {
     let binary = "/usr/bin/qemu-system-x86_64";
-    let out = Command::new("ldd").arg(binary).output().context("running ldd")?;
-    let mut files = vec![(PathBuf::from(binary), binary.trim_start_matches('/').to_string())];
+    let out = Command::new("ldd")
+        .arg(binary)
+        .output()
+        .context("running ldd")?;
+    let mut files = vec![(
+        PathBuf::from(binary),
+        binary.trim_start_matches('/').to_string(),
+    )];
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let path = match line.split_once("=>") {
             Some((_, rest)) => rest.split_whitespace().next(),
             None => line.split_whitespace().next(),
         };
         if let Some(path) = path.filter(|p| p.starts_with('/')) {
-            files.push((PathBuf::from(path), path.trim_start_matches('/').to_string()));
+            files.push((
+                PathBuf::from(path),
+                path.trim_start_matches('/').to_string(),
+            ));
         }
     }
     for rom in ["bios-microvm.bin", "qboot.rom"] {
@@ -53,9 +62,16 @@ fn main() -> Result<()> {
         (run, "appliance/run".to_string()),
     ];
     files.extend(qemu_files()?);
-    let firmware = build_variant_with_level("bench-firmware", &["collective.autorun=/appliance/run".to_string()], &files, 3)?;
+    let firmware = build_variant_with_level(
+        "bench-firmware",
+        &["collective.autorun=/appliance/run".to_string()],
+        &files,
+        3,
+    )?;
 
-    println!("nested VMM benchmark: firmware in qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 2G;");
+    println!(
+        "nested VMM benchmark: firmware in qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 2G;"
+    );
     println!("inside it, {RUNS} boots each of the Debian cloud kernel + probe initramfs, 2 vCPUs, 512 MiB, ext4 root");
     let mut m = Machine::boot(&firmware, &MachineConfig::default())?;
     let transcript = m.expect("NESTED-BENCH DONE", Duration::from_secs(1800))?;

@@ -48,65 +48,78 @@ pub struct TestAppliance {
 impl TestAppliance {
     /// Builds the appliance's files into `dir`.
     pub fn build(dir: &Path) -> Result<TestAppliance> {
-    fs::create_dir_all(dir)?;
-    let cloud = debian::fetch_kernel(&image::default_cache_dir(), "linux-image-cloud-amd64", None)?;
-    let probe = binaries::build_static(&workspace(), &[], &[("collective-init", "appliance-probe")])?;
+        fs::create_dir_all(dir)?;
+        let cloud =
+            debian::fetch_kernel(&image::default_cache_dir(), "linux-image-cloud-amd64", None)?;
+        let probe =
+            binaries::build_static(&workspace(), &[], &[("collective-init", "appliance-probe")])?;
 
-    let mut tree = Tree::new();
-    for d in ["proc", "sys", "mnt"] {
-        tree.dir(d);
-    }
-    tree.char_device("dev/console", 0o600, 5, 1);
-    tree.file("init", 0o755, fs::read(&probe[0])?);
-    image::add_modules(&mut tree, &cloud, &["virtio_mmio", "virtio_blk"])?;
-    let initrd = dir.join("probe-initrd.img");
-    fs::write(&initrd, initramfs::compress(&tree.to_cpio()?)?)?;
-
-    let content = probe_file_content();
-    let root_dir = dir.join("root");
-    let _ = fs::remove_dir_all(&root_dir);
-    fs::create_dir_all(&root_dir)?;
-    fs::write(root_dir.join("probe.txt"), &content)?;
-    let root_img = dir.join("root.img");
-    let _ = fs::remove_file(&root_img);
-    let status = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-b", "4096", "-E", "root_owner=0:0", "-U", "6f1c1d2e-0000-4000-8000-000000000001", "-d"])
-        .arg(&root_dir)
-        .arg(&root_img)
-        .arg("16M")
-        .env("E2FSPROGS_FAKE_TIME", "1")
-        .status()
-        .context("running mkfs.ext4 (Debian's e2fsprogs)")?;
-    anyhow::ensure!(status.success(), "mkfs.ext4 failed");
-
-    let blob = appliance::Chunker::new(fs::File::open(&root_img)?, CHUNK_SIZE)?.into_blob()?;
-    let list = dir.join("root.json");
-    fs::write(&list, serde_json::to_vec(&blob)?)?;
-    let image_bytes = fs::read(&root_img)?;
-    let cache_disk = dir.join("cache.img");
-    {
-        let storage = cachefs::FileStorage::create_file(&cache_disk, 64 << 20)?;
-        let cache = cachefs::Cache::create(Box::new(storage), cachefs::CreateOptions { force: true })?;
-        for (i, id) in blob.chunks.iter().enumerate() {
-            if let Some(id) = id {
-                let start = i * CHUNK_SIZE as usize;
-                let end = (start + CHUNK_SIZE as usize).min(image_bytes.len());
-                cache.insert(&cachefs::ChunkId(id.0), &image_bytes[start..end])?;
-            }
+        let mut tree = Tree::new();
+        for d in ["proc", "sys", "mnt"] {
+            tree.dir(d);
         }
-        cache.sync()?;
-    }
-    let scratch_disk = dir.join("scratch.img");
-    fs::write(&scratch_disk, vec![0u8; 4 << 20])?;
+        tree.char_device("dev/console", 0o600, 5, 1);
+        tree.file("init", 0o755, fs::read(&probe[0])?);
+        image::add_modules(&mut tree, &cloud, &["virtio_mmio", "virtio_blk"])?;
+        let initrd = dir.join("probe-initrd.img");
+        fs::write(&initrd, initramfs::compress(&tree.to_cpio()?)?)?;
 
-    Ok(TestAppliance {
-        kernel: cloud.vmlinuz(),
-        initrd,
-        root_img,
-        root_list: list,
-        cache_disk,
-        scratch_disk,
-        expected_sha256: hex(&Sha256::digest(&content)),
-    })
-}
+        let content = probe_file_content();
+        let root_dir = dir.join("root");
+        let _ = fs::remove_dir_all(&root_dir);
+        fs::create_dir_all(&root_dir)?;
+        fs::write(root_dir.join("probe.txt"), &content)?;
+        let root_img = dir.join("root.img");
+        let _ = fs::remove_file(&root_img);
+        let status = Command::new("mkfs.ext4")
+            .args([
+                "-q",
+                "-F",
+                "-b",
+                "4096",
+                "-E",
+                "root_owner=0:0",
+                "-U",
+                "6f1c1d2e-0000-4000-8000-000000000001",
+                "-d",
+            ])
+            .arg(&root_dir)
+            .arg(&root_img)
+            .arg("16M")
+            .env("E2FSPROGS_FAKE_TIME", "1")
+            .status()
+            .context("running mkfs.ext4 (Debian's e2fsprogs)")?;
+        anyhow::ensure!(status.success(), "mkfs.ext4 failed");
+
+        let blob = appliance::Chunker::new(fs::File::open(&root_img)?, CHUNK_SIZE)?.into_blob()?;
+        let list = dir.join("root.json");
+        fs::write(&list, serde_json::to_vec(&blob)?)?;
+        let image_bytes = fs::read(&root_img)?;
+        let cache_disk = dir.join("cache.img");
+        {
+            let storage = cachefs::FileStorage::create_file(&cache_disk, 64 << 20)?;
+            let cache =
+                cachefs::Cache::create(Box::new(storage), cachefs::CreateOptions { force: true })?;
+            for (i, id) in blob.chunks.iter().enumerate() {
+                if let Some(id) = id {
+                    let start = i * CHUNK_SIZE as usize;
+                    let end = (start + CHUNK_SIZE as usize).min(image_bytes.len());
+                    cache.insert(&cachefs::ChunkId(id.0), &image_bytes[start..end])?;
+                }
+            }
+            cache.sync()?;
+        }
+        let scratch_disk = dir.join("scratch.img");
+        fs::write(&scratch_disk, vec![0u8; 4 << 20])?;
+
+        Ok(TestAppliance {
+            kernel: cloud.vmlinuz(),
+            initrd,
+            root_img,
+            root_list: list,
+            cache_disk,
+            scratch_disk,
+            expected_sha256: hex(&Sha256::digest(&content)),
+        })
+    }
 }

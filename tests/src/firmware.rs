@@ -25,13 +25,22 @@ pub struct Firmware {
 impl Firmware {
     /// The firmware `collective-image build --out DIR` wrote.
     pub fn from_dir(dir: &Path) -> Result<Firmware> {
-        let cmdline = fs::read_to_string(dir.join("cmdline")).with_context(|| format!("no firmware in {}", dir.display()))?;
-        Ok(Firmware { dir: dir.to_path_buf(), vmlinuz: dir.join("vmlinuz"), initrd: dir.join("initrd.img"), cmdline: cmdline.trim().to_string() })
+        let cmdline = fs::read_to_string(dir.join("cmdline"))
+            .with_context(|| format!("no firmware in {}", dir.display()))?;
+        Ok(Firmware {
+            dir: dir.to_path_buf(),
+            vmlinuz: dir.join("vmlinuz"),
+            initrd: dir.join("initrd.img"),
+            cmdline: cmdline.trim().to_string(),
+        })
     }
 }
 
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// The firmware for this test run: `$COLLECTIVE_FIRMWARE_DIR` if set (CI builds it once
@@ -53,12 +62,26 @@ fn build_or_reuse() -> Result<Firmware> {
 
 /// A firmware with more kernel arguments and more initramfs files (a test appliance,
 /// say), built into `target/system-tests/<name>` unless its inputs are unchanged.
-pub fn build_variant(name: &str, extra_cmdline: &[String], extra_files: &[(PathBuf, String)]) -> Result<Firmware> {
-    build_variant_with_level(name, extra_cmdline, extra_files, image_builder::initramfs::ZSTD_LEVEL)
+pub fn build_variant(
+    name: &str,
+    extra_cmdline: &[String],
+    extra_files: &[(PathBuf, String)],
+) -> Result<Firmware> {
+    build_variant_with_level(
+        name,
+        extra_cmdline,
+        extra_files,
+        image_builder::initramfs::ZSTD_LEVEL,
+    )
 }
 
 /// [`build_variant`] with another zstd level: large test payloads compress faster at 3.
-pub fn build_variant_with_level(name: &str, extra_cmdline: &[String], extra_files: &[(PathBuf, String)], zstd_level: i32) -> Result<Firmware> {
+pub fn build_variant_with_level(
+    name: &str,
+    extra_cmdline: &[String],
+    extra_files: &[(PathBuf, String)],
+    zstd_level: i32,
+) -> Result<Firmware> {
     let ws = workspace();
     let root = ws.join("target/system-tests");
     fs::create_dir_all(&root)?;
@@ -71,7 +94,10 @@ pub fn build_variant_with_level(name: &str, extra_cmdline: &[String], extra_file
     let out = root.join(name);
     let mut inputs = programs.clone();
     inputs.extend(extra_files.iter().map(|(src, _)| src.clone()));
-    let stamp = format!("{}{extra_cmdline:?}{extra_files:?}{zstd_level}", input_stamp(&inputs)?);
+    let stamp = format!(
+        "{}{extra_cmdline:?}{extra_files:?}{zstd_level}",
+        input_stamp(&inputs)?
+    );
     let stamp_file = out.join("STAMP");
     if fs::read_to_string(&stamp_file).ok().as_deref() == Some(stamp.as_str()) {
         return Firmware::from_dir(&out);

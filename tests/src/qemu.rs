@@ -47,13 +47,24 @@ pub struct MachineConfig {
 
 impl Default for MachineConfig {
     fn default() -> Self {
-        MachineConfig { nic: Nic::VirtioNet, pxe: false, allow_reboot: false, extra_cmdline: Vec::new(), memory_mib: 2048, disks: Vec::new() }
+        MachineConfig {
+            nic: Nic::VirtioNet,
+            pxe: false,
+            allow_reboot: false,
+            extra_cmdline: Vec::new(),
+            memory_mib: 2048,
+            disks: Vec::new(),
+        }
     }
 }
 
 /// Multiplies every timeout, for slow or busy machines (`COLLECTIVE_TIMEOUT_SCALE=2`).
 pub fn timeout_scale() -> f64 {
-    std::env::var("COLLECTIVE_TIMEOUT_SCALE").ok().and_then(|v| v.parse().ok()).filter(|v: &f64| *v > 0.0).unwrap_or(1.0)
+    std::env::var("COLLECTIVE_TIMEOUT_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|v: &f64| *v > 0.0)
+        .unwrap_or(1.0)
 }
 
 #[derive(Default)]
@@ -85,10 +96,15 @@ impl Machine {
     }
 
     /// Like [`Machine::boot`] with another initramfs (the benchmark's baseline).
-    pub fn boot_files(firmware: &Firmware, initrd: &std::path::Path, config: &MachineConfig) -> Result<Machine> {
+    pub fn boot_files(
+        firmware: &Firmware,
+        initrd: &std::path::Path,
+        config: &MachineConfig,
+    ) -> Result<Machine> {
         static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let scratch = std::env::temp_dir().join(format!("collective-qemu-{}-{n}", std::process::id()));
+        let scratch =
+            std::env::temp_dir().join(format!("collective-qemu-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&scratch)?;
         let monitor_path = scratch.join("monitor.sock");
 
@@ -96,9 +112,13 @@ impl Machine {
         cmd.args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-nographic"])
             .args(["-m", &config.memory_mib.to_string()])
             .arg("-monitor")
-            .arg(format!("unix:{},server=on,wait=off", monitor_path.display()));
+            .arg(format!(
+                "unix:{},server=on,wait=off",
+                monitor_path.display()
+            ));
         for disk in &config.disks {
-            cmd.arg("-drive").arg(format!("file={},if=virtio,format=raw", disk.display()));
+            cmd.arg("-drive")
+                .arg(format!("file={},if=virtio,format=raw", disk.display()));
         }
         if !config.allow_reboot {
             cmd.arg("-no-reboot");
@@ -112,7 +132,10 @@ impl Machine {
             }
             (Some(model), true) => {
                 cmd.arg("-netdev")
-                    .arg(format!("user,id=n0,tftp={},bootfile=boot.ipxe", firmware.dir.display()))
+                    .arg(format!(
+                        "user,id=n0,tftp={},bootfile=boot.ipxe",
+                        firmware.dir.display()
+                    ))
                     .arg("-device")
                     .arg(format!("{model},netdev=n0,bootindex=1"));
             }
@@ -123,14 +146,38 @@ impl Machine {
                 cmdline.push(' ');
                 cmdline.push_str(extra);
             }
-            cmd.arg("-kernel").arg(&firmware.vmlinuz).arg("-initrd").arg(initrd).arg("-append").arg(cmdline);
+            cmd.arg("-kernel")
+                .arg(&firmware.vmlinuz)
+                .arg("-initrd")
+                .arg(initrd)
+                .arg("-append")
+                .arg(cmdline);
         }
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().context("starting qemu-system-x86_64 (install Debian's qemu-system-x86)")?;
-        let transcript = Arc::new((Mutex::new(Transcript { open_streams: 2, ..Transcript::default() }), Condvar::new()));
-        for stream in [child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>), child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>)]
-            .into_iter()
-            .flatten()
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .context("starting qemu-system-x86_64 (install Debian's qemu-system-x86)")?;
+        let transcript = Arc::new((
+            Mutex::new(Transcript {
+                open_streams: 2,
+                ..Transcript::default()
+            }),
+            Condvar::new(),
+        ));
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
         {
             let transcript = transcript.clone();
             std::thread::spawn(move || pump(stream, transcript));
@@ -152,9 +199,14 @@ impl Machine {
     pub fn expect(&mut self, needle: &str, timeout: Duration) -> Result<String> {
         let deadline = Instant::now() + timeout.mul_f64(timeout_scale());
         let (lock, cond) = &*self.transcript;
-        let mut t = lock.lock().map_err(|_| anyhow::anyhow!("transcript lock poisoned"))?;
+        let mut t = lock
+            .lock()
+            .map_err(|_| anyhow::anyhow!("transcript lock poisoned"))?;
         loop {
-            if let Some(pos) = find(&t.bytes[self.cursor.min(t.bytes.len())..], needle.as_bytes()) {
+            if let Some(pos) = find(
+                &t.bytes[self.cursor.min(t.bytes.len())..],
+                needle.as_bytes(),
+            ) {
                 let start = self.cursor;
                 self.cursor += pos + needle.len();
                 return Ok(String::from_utf8_lossy(&t.bytes[start..start + pos]).into_owned());
@@ -170,7 +222,10 @@ impl Machine {
                     self.started.elapsed().as_secs_f64()
                 );
             }
-            t = cond.wait_timeout(t, deadline - now).map_err(|_| anyhow::anyhow!("transcript lock poisoned"))?.0;
+            t = cond
+                .wait_timeout(t, deadline - now)
+                .map_err(|_| anyhow::anyhow!("transcript lock poisoned"))?
+                .0;
         }
     }
 
@@ -184,7 +239,8 @@ impl Machine {
 
     /// Runs a QEMU monitor (HMP) command, for example `sendkey ctrl-alt-delete`.
     pub fn monitor(&mut self, command: &str) -> Result<String> {
-        let mut stream = UnixStream::connect(&self.monitor_path).with_context(|| format!("connecting to {}", self.monitor_path.display()))?;
+        let mut stream = UnixStream::connect(&self.monitor_path)
+            .with_context(|| format!("connecting to {}", self.monitor_path.display()))?;
         stream.set_read_timeout(Some(Duration::from_millis(500)))?;
         stream.write_all(format!("{command}\n").as_bytes())?;
         let mut reply = Vec::new();
@@ -200,7 +256,10 @@ impl Machine {
                         break;
                     }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
                     if !reply.is_empty() {
                         break;
                     }
@@ -226,7 +285,11 @@ impl Machine {
     }
 
     pub fn transcript(&self) -> String {
-        self.transcript.0.lock().map(|t| String::from_utf8_lossy(&t.bytes).into_owned()).unwrap_or_default()
+        self.transcript
+            .0
+            .lock()
+            .map(|t| String::from_utf8_lossy(&t.bytes).into_owned())
+            .unwrap_or_default()
     }
 }
 
@@ -235,7 +298,11 @@ impl Drop for Machine {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!("----- {} serial transcript -----\n{}\n----- end -----", self.name, self.transcript());
+            eprintln!(
+                "----- {} serial transcript -----\n{}\n----- end -----",
+                self.name,
+                self.transcript()
+            );
         }
         let _ = std::fs::remove_dir_all(&self.scratch);
     }

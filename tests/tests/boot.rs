@@ -23,16 +23,27 @@ fn wait_ready(m: &mut Machine) {
     m.expect("login:", SHORT).unwrap();
     // DHCP finishes in the background and announces the address with a fresh prompt;
     // wait for it so later prompts answer our own commands.
-    m.expect("address: 10.0.2.15/24 via 10.0.2.2", BOOT).unwrap();
+    m.expect("address: 10.0.2.15/24 via 10.0.2.2", BOOT)
+        .unwrap();
     m.expect("login:", SHORT).unwrap();
 }
 
 #[test]
 fn boots_to_login_with_identity_and_status() {
-    let mut m = Machine::boot(firmware(), &MachineConfig { nic: Nic::E1000e, ..Default::default() }).unwrap();
+    let mut m = Machine::boot(
+        firmware(),
+        &MachineConfig {
+            nic: Nic::E1000e,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     m.expect("Collective terminal", BOOT).unwrap();
     let banner = m.expect("login:", BOOT).unwrap();
-    assert!(banner.contains("firmware: Linux 6."), "banner names the kernel: {banner}");
+    assert!(
+        banner.contains("firmware: Linux 6."),
+        "banner names the kernel: {banner}"
+    );
     assert!(banner.contains("repository  none configured"), "{banner}");
     assert!(banner.contains("cache       none configured"), "{banner}");
     // The e1000e driver came from the initramfs and found the card, and our DHCP client
@@ -40,8 +51,14 @@ fn boots_to_login_with_identity_and_status() {
     wait_ready(&mut m);
     m.send_line("status").unwrap();
     let status = m.expect("login:", SHORT).unwrap();
-    assert!(status.contains("Collective terminal terminal-525400123456"), "identity missing from status: {status}");
-    assert!(status.contains("eth0 52:54:00:12:34:56, link up, address: 10.0.2.15/24 via 10.0.2.2"), "NIC missing from status: {status}");
+    assert!(
+        status.contains("Collective terminal terminal-525400123456"),
+        "identity missing from status: {status}"
+    );
+    assert!(
+        status.contains("eth0 52:54:00:12:34:56, link up, address: 10.0.2.15/24 via 10.0.2.2"),
+        "NIC missing from status: {status}"
+    );
 }
 
 #[test]
@@ -49,7 +66,10 @@ fn kvm_is_ready_inside_the_firmware() {
     let mut m = boot_to_ready(&MachineConfig::default());
     m.send_line("status").unwrap();
     let status = m.expect("login:", SHORT).unwrap();
-    assert!(status.contains("kvm         ready: /dev/kvm (kvm_amd, API 12)"), "KVM not ready: {status}");
+    assert!(
+        status.contains("kvm         ready: /dev/kvm (kvm_amd, API 12)"),
+        "KVM not ready: {status}"
+    );
 }
 
 #[test]
@@ -59,12 +79,19 @@ fn poweroff_at_the_prompt_exits_qemu_cleanly() {
     m.expect("The terminal is powering off.", SHORT).unwrap();
     let status = m.wait_exit(SHORT).unwrap();
     assert!(status.success(), "QEMU exited with {status}");
-    assert!(!m.transcript().contains("Kernel panic"), "{}", m.transcript());
+    assert!(
+        !m.transcript().contains("Kernel panic"),
+        "{}",
+        m.transcript()
+    );
 }
 
 #[test]
 fn ctrl_alt_del_reboots_cleanly() {
-    let mut m = boot_to_ready(&MachineConfig { allow_reboot: true, ..Default::default() });
+    let mut m = boot_to_ready(&MachineConfig {
+        allow_reboot: true,
+        ..Default::default()
+    });
     m.monitor("sendkey ctrl-alt-delete").unwrap();
     m.expect("The terminal is rebooting.", SHORT).unwrap();
     // The machine comes back up: a second login screen.
@@ -90,8 +117,14 @@ fn login_without_repository_fails_clearly_and_prompts_again() {
     m.expect("Password:", SHORT).unwrap();
     m.send_line("secret").unwrap();
     let reply = m.expect("login:", SHORT).unwrap();
-    assert!(reply.contains("Login failed: this terminal has no repository configured"), "{reply}");
-    assert!(!reply.contains("secret"), "the password must not echo: {reply}");
+    assert!(
+        reply.contains("Login failed: this terminal has no repository configured"),
+        "{reply}"
+    );
+    assert!(
+        !reply.contains("secret"),
+        "the password must not echo: {reply}"
+    );
     m.send_line("help").unwrap();
     let help = m.expect("login:", SHORT).unwrap();
     assert!(help.contains("collective.repo=URL"), "{help}");
@@ -99,17 +132,38 @@ fn login_without_repository_fails_clearly_and_prompts_again() {
 
 #[test]
 fn settings_typos_are_shown_on_the_login_screen() {
-    let config = MachineConfig { extra_cmdline: vec!["collective.rep=http://x".into(), "collective.repo=http://10.0.2.2:8080".into()], ..Default::default() };
+    let config = MachineConfig {
+        extra_cmdline: vec![
+            "collective.rep=http://x".into(),
+            "collective.repo=http://10.0.2.2:8080".into(),
+        ],
+        ..Default::default()
+    };
     let mut m = Machine::boot(firmware(), &config).unwrap();
     let banner = m.expect("login:", BOOT).unwrap();
-    assert!(banner.contains("repository  http://10.0.2.2:8080"), "{banner}");
-    assert!(banner.contains("problem     collective.rep=http://x: unknown"), "{banner}");
+    assert!(
+        banner.contains("repository  http://10.0.2.2:8080"),
+        "{banner}"
+    );
+    assert!(
+        banner.contains("problem     collective.rep=http://x: unknown"),
+        "{banner}"
+    );
 }
 
 #[test]
 fn network_boot_over_tftp_with_ipxe_reaches_login() {
-    let mut m = Machine::boot(firmware(), &MachineConfig { pxe: true, nic: Nic::VirtioNet, ..Default::default() }).unwrap();
-    m.expect("Collective terminal: loading firmware", BOOT).unwrap();
+    let mut m = Machine::boot(
+        firmware(),
+        &MachineConfig {
+            pxe: true,
+            nic: Nic::VirtioNet,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    m.expect("Collective terminal: loading firmware", BOOT)
+        .unwrap();
     m.expect("login:", BOOT).unwrap();
     wait_ready(&mut m);
     m.send_line("status").unwrap();
@@ -124,12 +178,19 @@ fn cache_disk_is_formatted_on_first_use_and_reopened_after() {
     std::fs::create_dir_all(&dir).unwrap();
     let disk = dir.join("cache.img");
     std::fs::write(&disk, vec![0u8; 64 << 20]).unwrap();
-    let config = MachineConfig { disks: vec![disk.clone()], extra_cmdline: vec!["collective.cache=/dev/vda".into()], ..Default::default() };
+    let config = MachineConfig {
+        disks: vec![disk.clone()],
+        extra_cmdline: vec!["collective.cache=/dev/vda".into()],
+        ..Default::default()
+    };
 
     let mut m = boot_to_ready(&config);
     m.send_line("status").unwrap();
     let status = m.expect("login:", SHORT).unwrap();
-    assert!(status.contains("cache       /dev/vda:") && status.contains("formatted it now"), "{status}");
+    assert!(
+        status.contains("cache       /dev/vda:") && status.contains("formatted it now"),
+        "{status}"
+    );
     m.send_line("poweroff").unwrap();
     assert!(m.wait_exit(SHORT).unwrap().success());
 
@@ -137,7 +198,10 @@ fn cache_disk_is_formatted_on_first_use_and_reopened_after() {
     let mut m = boot_to_ready(&config);
     m.send_line("status").unwrap();
     let status = m.expect("login:", SHORT).unwrap();
-    assert!(status.contains("cache       /dev/vda:") && status.contains("0 chunks"), "{status}");
+    assert!(
+        status.contains("cache       /dev/vda:") && status.contains("0 chunks"),
+        "{status}"
+    );
     assert!(!status.contains("formatted it now"), "{status}");
     m.send_line("poweroff").unwrap();
     assert!(m.wait_exit(SHORT).unwrap().success());
@@ -152,13 +216,26 @@ fn a_disk_holding_other_data_is_refused_not_formatted() {
     let mut data = vec![0u8; 64 << 20];
     data[..20].copy_from_slice(b"precious office data");
     std::fs::write(&disk, &data).unwrap();
-    let config = MachineConfig { disks: vec![disk.clone()], extra_cmdline: vec!["collective.cache=/dev/vda".into()], ..Default::default() };
+    let config = MachineConfig {
+        disks: vec![disk.clone()],
+        extra_cmdline: vec!["collective.cache=/dev/vda".into()],
+        ..Default::default()
+    };
     let mut m = boot_to_ready(&config);
     m.send_line("status").unwrap();
     let status = m.expect("login:", SHORT).unwrap();
-    assert!(status.contains("not usable: running from memory"), "{status}");
-    assert!(status.contains("holds data that is not a cache"), "{status}");
+    assert!(
+        status.contains("not usable: running from memory"),
+        "{status}"
+    );
+    assert!(
+        status.contains("holds data that is not a cache"),
+        "{status}"
+    );
     m.send_line("poweroff").unwrap();
     assert!(m.wait_exit(SHORT).unwrap().success());
-    assert_eq!(&std::fs::read(&disk).unwrap()[..20], b"precious office data");
+    assert_eq!(
+        &std::fs::read(&disk).unwrap()[..20],
+        b"precious office data"
+    );
 }

@@ -40,20 +40,42 @@ fn vmm_boots_the_debian_cloud_kernel_from_a_cachefs_root_disk() {
     let files = vec![
         (appliance.kernel.clone(), "appliance/vmlinuz".to_string()),
         (appliance.initrd.clone(), "appliance/initrd.img".to_string()),
-        (appliance.root_list.clone(), "appliance/root.json".to_string()),
+        (
+            appliance.root_list.clone(),
+            "appliance/root.json".to_string(),
+        ),
         (run, "appliance/run".to_string()),
     ];
-    let firmware = build_variant("vmm-firmware", &["collective.autorun=/appliance/run".to_string()], &files).expect("build the firmware");
-    let config = MachineConfig { disks: vec![appliance.cache_disk.clone(), appliance.scratch_disk.clone()], ..Default::default() };
+    let firmware = build_variant(
+        "vmm-firmware",
+        &["collective.autorun=/appliance/run".to_string()],
+        &files,
+    )
+    .expect("build the firmware");
+    let config = MachineConfig {
+        disks: vec![appliance.cache_disk.clone(), appliance.scratch_disk.clone()],
+        ..Default::default()
+    };
     let mut m = Machine::boot(&firmware, &config).unwrap();
-    let marker = format!("APPLIANCE-PROBE sha256={} file=/probe.txt", appliance.expected_sha256);
+    let marker = format!(
+        "APPLIANCE-PROBE sha256={} file=/probe.txt",
+        appliance.expected_sha256
+    );
     m.expect(&marker, Duration::from_secs(600)).unwrap();
-    m.expect("autorun: /bin/vmm exited with code 0", Duration::from_secs(120)).unwrap();
+    m.expect(
+        "autorun: /bin/vmm exited with code 0",
+        Duration::from_secs(120),
+    )
+    .unwrap();
 
     // The appliance's write went through the VMM's virtio-blk to the firmware's disk.
     let scratch = fs::read(&appliance.scratch_disk).unwrap();
     let wrote = format!("PROBE-WROTE sha256={}\n", appliance.expected_sha256);
-    assert_eq!(&scratch[..wrote.len()], wrote.as_bytes(), "the appliance's write did not reach the second disk");
+    assert_eq!(
+        &scratch[..wrote.len()],
+        wrote.as_bytes(),
+        "the appliance's write did not reach the second disk"
+    );
 
     m.send_line("poweroff").unwrap();
     assert!(m.wait_exit(Duration::from_secs(120)).unwrap().success());

@@ -5,7 +5,10 @@
 //! from the cache, a block backend per disk). Keeping this mapping in one place means the
 //! session and `vmm run` agree on device order and names.
 
-use crate::config::{ConsoleConfig, DiskConfig, DiskSource, KernelConfig, MachineConfig, NetConfig, VmConfig, DEFAULT_CMDLINE};
+use crate::config::{
+    ConsoleConfig, DiskConfig, DiskSource, KernelConfig, MachineConfig, NetConfig, VmConfig,
+    DEFAULT_CMDLINE,
+};
 use crate::devices::virtio::block::BlockBackend;
 use appliance::Manifest;
 use std::path::PathBuf;
@@ -16,21 +19,34 @@ use std::sync::Arc;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ApplianceVmError {
     #[error("appliance {name}: {disks} disks in the manifest but {backends} given")]
-    DiskCount { name: String, disks: usize, backends: usize },
+    DiskCount {
+        name: String,
+        disks: usize,
+        backends: usize,
+    },
     #[error("appliance {name}: {vcpus} vCPUs is more than this VMM supports (254)")]
     TooManyVcpus { name: String, vcpus: u32 },
     #[error("appliance {name}: network {network}: bad MAC address {mac:?}")]
-    BadMac { name: String, network: String, mac: String },
+    BadMac {
+        name: String,
+        network: String,
+        mac: String,
+    },
 }
 
 /// The bridge that carries appliance network `network` on this terminal. Interface
 /// names are at most 15 bytes, so long network names are cut (and hashed to stay apart).
 pub fn bridge_for_network(network: &str) -> String {
-    let clean: String = network.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+    let clean: String = network
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect();
     if clean.len() <= 12 && clean == network {
         return format!("ca-{clean}");
     }
-    let hash = network.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+    let hash = network
+        .bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
     format!("ca-{}{:04x}", &clean[..clean.len().min(8)], hash & 0xffff)
 }
 
@@ -58,37 +74,69 @@ pub fn vm_config(
     console: ConsoleConfig,
 ) -> Result<VmConfig, ApplianceVmError> {
     if disks.len() != manifest.disks.len() {
-        return Err(ApplianceVmError::DiskCount { name: manifest.name.clone(), disks: manifest.disks.len(), backends: disks.len() });
+        return Err(ApplianceVmError::DiskCount {
+            name: manifest.name.clone(),
+            disks: manifest.disks.len(),
+            backends: disks.len(),
+        });
     }
-    let vcpus = u8::try_from(manifest.vcpus).ok().filter(|v| *v >= 1 && *v <= 254).ok_or(ApplianceVmError::TooManyVcpus {
-        name: manifest.name.clone(),
-        vcpus: manifest.vcpus,
-    })?;
+    let vcpus = u8::try_from(manifest.vcpus)
+        .ok()
+        .filter(|v| *v >= 1 && *v <= 254)
+        .ok_or(ApplianceVmError::TooManyVcpus {
+            name: manifest.name.clone(),
+            vcpus: manifest.vcpus,
+        })?;
     let disks = manifest
         .disks
         .iter()
         .zip(disks)
-        .map(|(_, backend)| DiskConfig { source: DiskSource::Backend(backend), read_only: false })
+        .map(|(_, backend)| DiskConfig {
+            source: DiskSource::Backend(backend),
+            read_only: false,
+        })
         .collect();
     let nets = manifest
         .networks
         .iter()
         .map(|n| {
             let mac = match &n.mac {
-                Some(text) => crate::config::parse_mac(text).ok_or_else(|| ApplianceVmError::BadMac {
-                    name: manifest.name.clone(),
-                    network: n.network.clone(),
-                    mac: text.clone(),
-                })?,
+                Some(text) => {
+                    crate::config::parse_mac(text).ok_or_else(|| ApplianceVmError::BadMac {
+                        name: manifest.name.clone(),
+                        network: n.network.clone(),
+                        mac: text.clone(),
+                    })?
+                }
                 None => derived_mac(&manifest.name, &n.network),
             };
-            Ok(NetConfig { tap: None, bridge: Some(bridge_for_network(&n.network)), mac: Some(mac) })
+            Ok(NetConfig {
+                tap: None,
+                bridge: Some(bridge_for_network(&n.network)),
+                mac: Some(mac),
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let cmdline = if manifest.cmdline.is_empty() { DEFAULT_CMDLINE.to_string() } else { manifest.cmdline.clone() };
+    let cmdline = if manifest.cmdline.is_empty() {
+        DEFAULT_CMDLINE.to_string()
+    } else {
+        manifest.cmdline.clone()
+    };
     Ok(VmConfig {
-        machine: MachineConfig { memory_mib: manifest.memory_mib, vcpus, disks, nets, rng: true, console },
-        kernel: KernelConfig { kernel, initrd, cmdline, cmdline_mmio_devices: false },
+        machine: MachineConfig {
+            memory_mib: manifest.memory_mib,
+            vcpus,
+            disks,
+            nets,
+            rng: true,
+            console,
+        },
+        kernel: KernelConfig {
+            kernel,
+            initrd,
+            cmdline,
+            cmdline_mmio_devices: false,
+        },
     })
 }
 
@@ -117,7 +165,14 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("appliance-vm-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let m = manifest();
-        let cfg = vm_config(&m, "/k".into(), None, vec![raw(&dir, "a"), raw(&dir, "b")], ConsoleConfig::Null).unwrap();
+        let cfg = vm_config(
+            &m,
+            "/k".into(),
+            None,
+            vec![raw(&dir, "a"), raw(&dir, "b")],
+            ConsoleConfig::Null,
+        )
+        .unwrap();
         assert_eq!(cfg.machine.memory_mib, 1024);
         assert_eq!(cfg.machine.vcpus, 2);
         assert_eq!(cfg.machine.disks.len(), 2);
@@ -126,8 +181,18 @@ mod tests {
         assert_eq!(cfg.machine.nets[0].mac, Some(derived_mac("desk", "office")));
         assert_eq!(cfg.machine.nets[1].mac, Some([0x52, 0x54, 0, 0, 0, 7]));
         assert_eq!(derived_mac("desk", "office"), derived_mac("desk", "office"));
-        assert_ne!(derived_mac("desk", "office"), derived_mac("router", "office"));
-        let err = vm_config(&m, "/k".into(), None, vec![raw(&dir, "c")], ConsoleConfig::Null).unwrap_err();
+        assert_ne!(
+            derived_mac("desk", "office"),
+            derived_mac("router", "office")
+        );
+        let err = vm_config(
+            &m,
+            "/k".into(),
+            None,
+            vec![raw(&dir, "c")],
+            ConsoleConfig::Null,
+        )
+        .unwrap_err();
         assert!(matches!(err, ApplianceVmError::DiskCount { .. }));
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -137,7 +202,10 @@ mod tests {
         assert_eq!(bridge_for_network("office"), "ca-office");
         let long = bridge_for_network("a-very-long-network-name");
         assert!(long.len() <= 15, "{long}");
-        assert_ne!(bridge_for_network("a-very-long-network-name"), bridge_for_network("a-very-long-network-other"));
+        assert_ne!(
+            bridge_for_network("a-very-long-network-name"),
+            bridge_for_network("a-very-long-network-other")
+        );
         assert!(bridge_for_network("we!rd").len() <= 15);
     }
 }

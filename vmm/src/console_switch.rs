@@ -43,7 +43,15 @@ type Output = Arc<Mutex<Box<dyn Write + Send>>>;
 fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {
     let (mut master, mut slave) = (0, 0);
     // SAFETY: openpty writes two fds into our integers; the other arguments may be null.
-    let r = unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), std::ptr::null()) };
+    let r = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
     if r != 0 {
         return Err(io::Error::last_os_error());
     }
@@ -59,7 +67,11 @@ fn write_out(out: &Output, bytes: &[u8]) {
 }
 
 fn banner(consoles: &[Arc<Console>], active: usize) -> String {
-    let list: Vec<String> = consoles.iter().enumerate().map(|(i, c)| format!("{}:{}", i + 1, c.name)).collect();
+    let list: Vec<String> = consoles
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{}:{}", i + 1, c.name))
+        .collect();
     format!(
         "\r\n[console {} of {}: {} | Ctrl-A n next, Ctrl-A 1-9 choose, Ctrl-A ? list | {}]\r\n",
         active + 1,
@@ -112,16 +124,28 @@ impl KeyRouter {
 
 /// Runs every member, shows the first one's console on `output`, routes `input`, and
 /// returns each member's exit status once all have exited.
-pub fn run_set(members: &[Member], input: impl Read + Send + 'static, output: Box<dyn Write + Send>) -> io::Result<Vec<(String, ExitStatus)>> {
+pub fn run_set(
+    members: &[Member],
+    input: impl Read + Send + 'static,
+    output: Box<dyn Write + Send>,
+) -> io::Result<Vec<(String, ExitStatus)>> {
     if members.is_empty() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "an appliance set needs at least one member"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "an appliance set needs at least one member",
+        ));
     }
     let out: Output = Arc::new(Mutex::new(output));
     let active = Arc::new(AtomicUsize::new(0));
     let mut consoles = Vec::new();
     let mut children: Vec<Child> = Vec::new();
     for member in members {
-        let (program, args) = member.command.split_first().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{}: empty command", member.name)))?;
+        let (program, args) = member.command.split_first().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: empty command", member.name),
+            )
+        })?;
         let (master, slave) = open_pty()?;
         let slave = File::from(slave);
         let child = Command::new(program)
@@ -130,9 +154,18 @@ pub fn run_set(members: &[Member], input: impl Read + Send + 'static, output: Bo
             .stdout(Stdio::from(slave.try_clone()?))
             .stderr(Stdio::from(slave))
             .spawn()
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: starting {program}: {e}", member.name)))?;
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("{}: starting {program}: {e}", member.name),
+                )
+            })?;
         children.push(child);
-        consoles.push(Arc::new(Console { name: member.name.clone(), master: Mutex::new(File::from(master)), backlog: Mutex::new(VecDeque::new()) }));
+        consoles.push(Arc::new(Console {
+            name: member.name.clone(),
+            master: Mutex::new(File::from(master)),
+            backlog: Mutex::new(VecDeque::new()),
+        }));
     }
     let consoles = Arc::new(consoles);
     show(&consoles, 0, &out);
@@ -142,7 +175,11 @@ pub fn run_set(members: &[Member], input: impl Read + Send + 'static, output: Bo
         let (console, out, active) = (console.clone(), out.clone(), active.clone());
         let (done, done_rx) = std::sync::mpsc::channel::<()>();
         drained.push(done_rx);
-        let mut reader = console.master.lock().map_err(|_| io::Error::other("pty lock"))?.try_clone()?;
+        let mut reader = console
+            .master
+            .lock()
+            .map_err(|_| io::Error::other("pty lock"))?
+            .try_clone()?;
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             // EIO: the pty's last slave closed (the appliance's VMM exited).
@@ -192,7 +229,9 @@ pub fn run_set(members: &[Member], input: impl Read + Send + 'static, output: Bo
                             show(&consoles, i, &out);
                         }
                         Some(Action::Select(_)) => {}
-                        Some(Action::List) => write_out(&out, banner(&consoles, current).as_bytes()),
+                        Some(Action::List) => {
+                            write_out(&out, banner(&consoles, current).as_bytes())
+                        }
                     }
                 }
             }
@@ -205,7 +244,10 @@ pub fn run_set(members: &[Member], input: impl Read + Send + 'static, output: Bo
         // Let the console's last words reach the screen before saying it ended (a
         // process it left behind may hold the pty open: do not wait for that forever).
         let _ = drained.recv_timeout(std::time::Duration::from_secs(2));
-        write_out(&out, format!("\r\n[{} ended: {status}]\r\n", member.name).as_bytes());
+        write_out(
+            &out,
+            format!("\r\n[{} ended: {status}]\r\n", member.name).as_bytes(),
+        );
         statuses.push((member.name.clone(), status));
     }
     Ok(statuses)
@@ -247,7 +289,10 @@ mod tests {
 
     fn member(name: &str) -> Member {
         let script = format!("echo {name}-ready; read line; echo {name}-got-$line");
-        Member { name: name.into(), command: vec!["sh".into(), "-c".into(), script] }
+        Member {
+            name: name.into(),
+            command: vec!["sh".into(), "-c".into(), script],
+        }
     }
 
     #[test]
@@ -256,23 +301,36 @@ mod tests {
         let output = Shared::default();
         let view = output.clone();
         let members = vec![member("desk"), member("router")];
-        let runner = std::thread::spawn(move || run_set(&members, keys_out, Box::new(output)).unwrap());
+        let runner =
+            std::thread::spawn(move || run_set(&members, keys_out, Box::new(output)).unwrap());
 
         assert!(view.wait_for("desk-ready"), "{}", view.text());
         keys_in.write_all(b"one\n").unwrap();
         assert!(view.wait_for("desk-got-one"), "{}", view.text());
         // router printed while hidden; switching shows it.
-        assert!(!view.text().contains("router-ready"), "hidden console leaked: {}", view.text());
+        assert!(
+            !view.text().contains("router-ready"),
+            "hidden console leaked: {}",
+            view.text()
+        );
         keys_in.write_all(&[ESCAPE, b'n']).unwrap();
         assert!(view.wait_for("console 2 of 2: router"), "{}", view.text());
-        assert!(view.wait_for("router-ready"), "backlog not replayed: {}", view.text());
+        assert!(
+            view.wait_for("router-ready"),
+            "backlog not replayed: {}",
+            view.text()
+        );
         keys_in.write_all(b"two\n").unwrap();
         assert!(view.wait_for("router-got-two"), "{}", view.text());
 
         let statuses = runner.join().unwrap();
         assert_eq!(statuses.len(), 2);
         assert!(statuses.iter().all(|(_, s)| s.success()), "{statuses:?}");
-        assert!(!view.text().contains("desk-got-two"), "keys reached the hidden console: {}", view.text());
+        assert!(
+            !view.text().contains("desk-got-two"),
+            "keys reached the hidden console: {}",
+            view.text()
+        );
     }
 
     #[test]

@@ -76,7 +76,8 @@ struct RunArgs {
 }
 
 /// The caches `cachefs=` disks use, each opened once.
-static CACHES: std::sync::OnceLock<vmm::devices::virtio::block::cachefs_disk::CacheRegistry> = std::sync::OnceLock::new();
+static CACHES: std::sync::OnceLock<vmm::devices::virtio::block::cachefs_disk::CacheRegistry> =
+    std::sync::OnceLock::new();
 
 fn parse_disk(s: &str) -> Result<DiskConfig, String> {
     if let Some(spec) = s.strip_prefix("cachefs=") {
@@ -85,8 +86,12 @@ fn parse_disk(s: &str) -> Result<DiskConfig, String> {
             None => (spec.strip_suffix(",rw").unwrap_or(spec), false),
         };
         let registry = CACHES.get_or_init(Default::default);
-        let disk = vmm::devices::virtio::block::cachefs_disk::open_from_cli(registry, spec, read_only)?;
-        return Ok(DiskConfig { source: DiskSource::Backend(std::sync::Arc::new(disk)), read_only });
+        let disk =
+            vmm::devices::virtio::block::cachefs_disk::open_from_cli(registry, spec, read_only)?;
+        return Ok(DiskConfig {
+            source: DiskSource::Backend(std::sync::Arc::new(disk)),
+            read_only,
+        });
     }
     let mut parts = s.split(',');
     let path = parts
@@ -143,10 +148,15 @@ fn run_set(file: &std::path::Path) -> i32 {
         }
     };
     let raw = RawStdin::enable();
-    let result = vmm::console_switch::run_set(&members, std::io::stdin(), Box::new(std::io::stdout()));
+    let result =
+        vmm::console_switch::run_set(&members, std::io::stdin(), Box::new(std::io::stdout()));
     drop(raw);
     match result {
-        Ok(statuses) => statuses.iter().map(|(_, s)| s.code().unwrap_or(1)).find(|c| *c != 0).unwrap_or(0),
+        Ok(statuses) => statuses
+            .iter()
+            .map(|(_, s)| s.code().unwrap_or(1))
+            .find(|c| *c != 0)
+            .unwrap_or(0),
         Err(e) => {
             eprintln!("vmm: {e}");
             1

@@ -7,7 +7,10 @@ use std::io::Write;
 
 fn main() {
     let uptime = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
-    let mut console = std::fs::OpenOptions::new().write(true).open("/dev/console").ok();
+    let mut console = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/console")
+        .ok();
     if let Some(c) = console.as_mut() {
         let _ = writeln!(c, "\r\nCOLLECTIVE-BARE-MARKER {uptime}\r");
     }

@@ -20,18 +20,73 @@ struct Sample {
 
 fn ours() -> Command {
     let mut c = Command::new("/bin/vmm");
-    c.args(["run", "--kernel", "/appliance/vmlinuz", "--initrd", "/appliance/initrd.img", "--cmdline", APPEND])
-        .args(["--disk", "/appliance/root.img,ro", "--disk", "/tmp/scratch.img", "--memory", &MEMORY_MIB.to_string(), "--vcpus", "2", "--no-input", "--no-rng"]);
+    c.args([
+        "run",
+        "--kernel",
+        "/appliance/vmlinuz",
+        "--initrd",
+        "/appliance/initrd.img",
+        "--cmdline",
+        APPEND,
+    ])
+    .args([
+        "--disk",
+        "/appliance/root.img,ro",
+        "--disk",
+        "/tmp/scratch.img",
+        "--memory",
+        &MEMORY_MIB.to_string(),
+        "--vcpus",
+        "2",
+        "--no-input",
+        "--no-rng",
+    ]);
     c
 }
 
 fn qemu() -> Command {
     let mut c = Command::new("/usr/bin/qemu-system-x86_64");
-    c.args(["-M", "microvm,rtc=on", "-enable-kvm", "-cpu", "host", "-smp", "2", "-m", &MEMORY_MIB.to_string()])
-        .args(["-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-L", "/usr/share/qemu"])
-        .args(["-kernel", "/appliance/vmlinuz", "-initrd", "/appliance/initrd.img", "-append", APPEND])
-        .args(["-drive", "id=root,file=/appliance/root.img,format=raw,if=none,readonly=on", "-device", "virtio-blk-device,drive=root"])
-        .args(["-drive", "id=scratch,file=/tmp/scratch.img,format=raw,if=none", "-device", "virtio-blk-device,drive=scratch"]);
+    c.args([
+        "-M",
+        "microvm,rtc=on",
+        "-enable-kvm",
+        "-cpu",
+        "host",
+        "-smp",
+        "2",
+        "-m",
+        &MEMORY_MIB.to_string(),
+    ])
+    .args([
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-L",
+        "/usr/share/qemu",
+    ])
+    .args([
+        "-kernel",
+        "/appliance/vmlinuz",
+        "-initrd",
+        "/appliance/initrd.img",
+        "-append",
+        APPEND,
+    ])
+    .args([
+        "-drive",
+        "id=root,file=/appliance/root.img,format=raw,if=none,readonly=on",
+        "-device",
+        "virtio-blk-device,drive=root",
+    ])
+    .args([
+        "-drive",
+        "id=scratch,file=/tmp/scratch.img,format=raw,if=none",
+        "-device",
+        "virtio-blk-device,drive=scratch",
+    ]);
     c
 }
 
@@ -61,7 +116,12 @@ fn memory(pid: u32) -> Option<(u64, u64)> {
 fn run(name: &str, mut cmd: Command) -> Result<Sample, String> {
     std::fs::write("/tmp/scratch.img", vec![0u8; 4 << 20]).map_err(|e| e.to_string())?;
     let started = Instant::now();
-    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().map_err(|e| format!("{name}: {e}"))?;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{name}: {e}"))?;
     let mut out = child.stdout.take().ok_or("no stdout")?;
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
@@ -69,8 +129,11 @@ fn run(name: &str, mut cmd: Command) -> Result<Sample, String> {
         let n = out.read(&mut buf).map_err(|e| e.to_string())?;
         if n == 0 {
             let _ = child.wait();
-            let tail = String::from_utf8_lossy(&seen[seen.len().saturating_sub(600)..]).into_owned();
-            return Err(format!("{name}: exited before the marker; last output: {tail}"));
+            let tail =
+                String::from_utf8_lossy(&seen[seen.len().saturating_sub(600)..]).into_owned();
+            return Err(format!(
+                "{name}: exited before the marker; last output: {tail}"
+            ));
         }
         seen.extend_from_slice(&buf[..n]);
         if seen.windows(16).any(|w| w == b"APPLIANCE-PROBE ") {
@@ -85,7 +148,10 @@ fn run(name: &str, mut cmd: Command) -> Result<Sample, String> {
     // Drain until exit so the guest's poweroff completes.
     while out.read(&mut buf).map(|n| n > 0).unwrap_or(false) {}
     let _ = child.wait();
-    Ok(Sample { seconds, own_mib: total.saturating_sub(guest) as f64 / 1024.0 })
+    Ok(Sample {
+        seconds,
+        own_mib: total.saturating_sub(guest) as f64 / 1024.0,
+    })
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -97,13 +163,20 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let runs: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(3);
-    let (mut ours_t, mut qemu_t, mut ours_m, mut qemu_m) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let runs: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(3);
+    let (mut ours_t, mut qemu_t, mut ours_m, mut qemu_m) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 1..=runs {
         for (name, cmd) in [("vmm", ours()), ("qemu-microvm", qemu())] {
             match run(name, cmd) {
                 Ok(s) => {
-                    println!("NESTED-BENCH run {i} {name}: {:.2} s to marker, own memory {:.1} MiB\r", s.seconds, s.own_mib);
+                    println!(
+                        "NESTED-BENCH run {i} {name}: {:.2} s to marker, own memory {:.1} MiB\r",
+                        s.seconds, s.own_mib
+                    );
                     if name == "vmm" {
                         ours_t.push(s.seconds);
                         ours_m.push(s.own_mib);
@@ -116,8 +189,16 @@ fn main() {
             }
         }
     }
-    let (ot, qt, om, qm) = (median(ours_t), median(qemu_t), median(ours_m), median(qemu_m));
+    let (ot, qt, om, qm) = (
+        median(ours_t),
+        median(qemu_t),
+        median(ours_m),
+        median(qemu_m),
+    );
     println!("NESTED-BENCH median time to marker: vmm {ot:.2} s, qemu microvm {qt:.2} s, ratio {:.3} (aim: at most 1.0)\r", ot / qt);
-    println!("NESTED-BENCH median own memory: vmm {om:.1} MiB, qemu microvm {qm:.1} MiB, ratio {:.3}\r", om / qm);
+    println!(
+        "NESTED-BENCH median own memory: vmm {om:.1} MiB, qemu microvm {qm:.1} MiB, ratio {:.3}\r",
+        om / qm
+    );
     println!("NESTED-BENCH DONE\r");
 }

@@ -28,7 +28,13 @@ impl AccessLog {
                 if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
                     crate::fsutil::create_dir_all(dir)?;
                 }
-                Some(Mutex::new(OpenOptions::new().create(true).append(true).open(p).map_err(|e| crate::fsutil::io_context("opening access log", p, e))?))
+                Some(Mutex::new(
+                    OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(p)
+                        .map_err(|e| crate::fsutil::io_context("opening access log", p, e))?,
+                ))
             }
             None => None,
         };
@@ -36,9 +42,24 @@ impl AccessLog {
     }
 
     /// Records one request.
-    pub fn record(&self, peer: &str, method: &str, path: &str, status: u16, bytes: u64, took: Duration) {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        let line = format!("{}.{:03} {peer} {method} {path} {status} {bytes} {:.1}\n", now.as_secs(), now.subsec_millis(), took.as_secs_f64() * 1000.0);
+    pub fn record(
+        &self,
+        peer: &str,
+        method: &str,
+        path: &str,
+        status: u16,
+        bytes: u64,
+        took: Duration,
+    ) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let line = format!(
+            "{}.{:03} {peer} {method} {path} {status} {bytes} {:.1}\n",
+            now.as_secs(),
+            now.subsec_millis(),
+            took.as_secs_f64() * 1000.0
+        );
         log::debug!("{}", line.trim_end());
         if let Some(f) = &self.file {
             if let Ok(mut f) = f.lock() {

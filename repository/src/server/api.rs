@@ -19,12 +19,20 @@ const MAX_JSON: usize = 96 << 20;
 /// Largest chunk upload.
 const MAX_CHUNK_UPLOAD: usize = MAX_CHUNK_SIZE + CHUNK_HEADER_LEN + 64 * 1024;
 
-pub(super) fn route(state: &State, req: &mut Request, method: &str, path: &str, peer: &str) -> Reply {
+pub(super) fn route(
+    state: &State,
+    req: &mut Request,
+    method: &str,
+    path: &str,
+    peer: &str,
+) -> Reply {
     if (method, path) == ("POST", LOGIN_PATH) {
         return login(state, req, peer);
     }
-    let known = matches!((method, path), ("POST", LOGOUT_PATH) | ("POST", MISSING_CHUNKS_PATH))
-        || (method == "PUT" && path.starts_with(CHUNK_UPLOAD_PREFIX))
+    let known = matches!(
+        (method, path),
+        ("POST", LOGOUT_PATH) | ("POST", MISSING_CHUNKS_PATH)
+    ) || (method == "PUT" && path.starts_with(CHUNK_UPLOAD_PREFIX))
         || (matches!(method, "GET" | "PUT") && path.starts_with(USER_DISK_PREFIX));
     if !known {
         return Reply::err(404, "not_found", format!("{method} {path} is not an API endpoint of this repository (API version {API_FORMAT})"));
@@ -39,13 +47,21 @@ pub(super) fn route(state: &State, req: &mut Request, method: &str, path: &str, 
             Reply::Empty(204)
         }
         ("POST", MISSING_CHUNKS_PATH) => missing(state, req),
-        ("PUT", p) if p.starts_with(CHUNK_UPLOAD_PREFIX) => upload_chunk(state, req, &p[CHUNK_UPLOAD_PREFIX.len()..]),
+        ("PUT", p) if p.starts_with(CHUNK_UPLOAD_PREFIX) => {
+            upload_chunk(state, req, &p[CHUNK_UPLOAD_PREFIX.len()..])
+        }
         (m, p) => {
             let rest = &p[USER_DISK_PREFIX.len()..];
             let Some((app, disk)) = rest.split_once('/') else {
-                return Reply::err(404, "not_found", format!("{p}: expected {USER_DISK_PREFIX}<appliance>/<disk>"));
+                return Reply::err(
+                    404,
+                    "not_found",
+                    format!("{p}: expected {USER_DISK_PREFIX}<appliance>/<disk>"),
+                );
             };
-            if validate_name("appliance name", app).is_err() || validate_name("disk name", disk).is_err() {
+            if validate_name("appliance name", app).is_err()
+                || validate_name("disk name", disk).is_err()
+            {
                 return Reply::err(404, "not_found", format!("{p}: no such appliance or disk"));
             }
             if m == "GET" {
@@ -61,34 +77,69 @@ fn bearer(req: &Request) -> Option<String> {
     req.headers()
         .iter()
         .find(|h| h.field.equiv("Authorization"))
-        .and_then(|h| h.value.as_str().strip_prefix("Bearer ").map(|t| t.trim().to_owned()))
+        .and_then(|h| {
+            h.value
+                .as_str()
+                .strip_prefix("Bearer ")
+                .map(|t| t.trim().to_owned())
+        })
 }
 
 fn authenticate(state: &State, req: &Request) -> Result<(String, String), Reply> {
     match bearer(req) {
         Some(token) => match state.sessions.user(&token) {
             Some(user) => Ok((user, token)),
-            None => Err(Reply::err(401, "unauthorized", "the session token is unknown or expired: log in again")),
+            None => Err(Reply::err(
+                401,
+                "unauthorized",
+                "the session token is unknown or expired: log in again",
+            )),
         },
-        None => Err(Reply::err(401, "unauthorized", "this call needs `Authorization: Bearer <token>` from a login")),
+        None => Err(Reply::err(
+            401,
+            "unauthorized",
+            "this call needs `Authorization: Bearer <token>` from a login",
+        )),
     }
 }
 
 fn read_body(req: &mut Request, limit: usize) -> Result<Vec<u8>, Reply> {
     if req.body_length().is_some_and(|n| n > limit) {
-        return Err(Reply::err(413, "too_large", format!("the body is larger than the {limit}-byte limit")));
+        return Err(Reply::err(
+            413,
+            "too_large",
+            format!("the body is larger than the {limit}-byte limit"),
+        ));
     }
     let mut body = Vec::new();
-    match req.as_reader().take(limit as u64 + 1).read_to_end(&mut body) {
-        Ok(_) if body.len() > limit => Err(Reply::err(413, "too_large", format!("the body is larger than the {limit}-byte limit"))),
+    match req
+        .as_reader()
+        .take(limit as u64 + 1)
+        .read_to_end(&mut body)
+    {
+        Ok(_) if body.len() > limit => Err(Reply::err(
+            413,
+            "too_large",
+            format!("the body is larger than the {limit}-byte limit"),
+        )),
         Ok(_) => Ok(body),
-        Err(e) => Err(Reply::err(400, "bad_request", format!("cannot read the request body: {e}"))),
+        Err(e) => Err(Reply::err(
+            400,
+            "bad_request",
+            format!("cannot read the request body: {e}"),
+        )),
     }
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(req: &mut Request, limit: usize) -> Result<T, Reply> {
     let body = read_body(req, limit)?;
-    serde_json::from_slice(&body).map_err(|e| Reply::err(400, "bad_request", format!("the body is not the expected JSON: {e}")))
+    serde_json::from_slice(&body).map_err(|e| {
+        Reply::err(
+            400,
+            "bad_request",
+            format!("the body is not the expected JSON: {e}"),
+        )
+    })
 }
 
 fn internal(e: impl std::fmt::Display) -> Reply {
@@ -105,7 +156,10 @@ fn login(state: &State, req: &mut Request, peer: &str) -> Reply {
     let keys = vec![format!("user:{}", body.user), format!("ip:{ip}")];
     if let Some(wait) = state.limiter.check(&keys) {
         let secs = wait.as_secs() + 1;
-        let mut e = ApiError::new("rate_limited", format!("too many failed logins: wait {secs} s before trying again"));
+        let mut e = ApiError::new(
+            "rate_limited",
+            format!("too many failed logins: wait {secs} s before trying again"),
+        );
         e.retry_after_secs = Some(secs);
         return Reply::Error(429, e);
     }
@@ -139,7 +193,9 @@ fn login(state: &State, req: &mut Request, peer: &str) -> Reply {
             log::info!("failed login for {:?} from {peer}", body.user);
             return Reply::err(401, "bad_credentials", "wrong user name or password");
         }
-        (Err(e), _) => return internal(format!("the record of user {} is unusable: {e}", body.user)),
+        (Err(e), _) => {
+            return internal(format!("the record of user {} is unusable: {e}", body.user))
+        }
     };
     state.limiter.succeed(&keys);
 
@@ -165,24 +221,48 @@ fn login(state: &State, req: &mut Request, peer: &str) -> Reply {
             Ok(s) => s,
             Err(e) => return internal(format!("manifest {name} {version} is damaged: {e}")),
         };
-        for disk in signed.manifest.disks.iter().filter(|d| d.role == DiskRole::User) {
+        for disk in signed
+            .manifest
+            .disks
+            .iter()
+            .filter(|d| d.role == DiskRole::User)
+        {
             let current = match state.repo.user_disk(&rec.name, name, &disk.name) {
                 Ok(m) => m.map(|m| m.version).unwrap_or(0),
                 Err(e) => return internal(e),
             };
-            user_disks.push(UserDiskRef { appliance: name.clone(), disk: disk.name.clone(), version: current });
+            user_disks.push(UserDiskRef {
+                appliance: name.clone(),
+                disk: disk.name.clone(),
+                version: current,
+            });
         }
-        appliances.push(ApplianceRef { name: name.clone(), version, manifest_path: manifest_path(name, version), manifest_sha256: hex::encode(Sha256::digest(&bytes)) });
+        appliances.push(ApplianceRef {
+            name: name.clone(),
+            version,
+            manifest_path: manifest_path(name, version),
+            manifest_sha256: hex::encode(Sha256::digest(&bytes)),
+        });
     }
-    let offline_verifier = match kdf_params_of(&rec.verifier).and_then(|p| hash_password(&body.password, p)) {
-        Ok(v) => v,
-        Err(e) => return internal(e),
-    };
+    let offline_verifier =
+        match kdf_params_of(&rec.verifier).and_then(|p| hash_password(&body.password, p)) {
+            Ok(v) => v,
+            Err(e) => return internal(e),
+        };
     let token = state.sessions.create(&rec.name);
     log::info!("login of {} from {peer}", rec.name);
     Reply::json(
         200,
-        &LoginResponse { format: API_FORMAT, token, expires_in_secs: state.sessions.ttl().as_secs(), user: rec.name, appliances, unavailable, user_disks, offline_verifier },
+        &LoginResponse {
+            format: API_FORMAT,
+            token,
+            expires_in_secs: state.sessions.ttl().as_secs(),
+            user: rec.name,
+            appliances,
+            unavailable,
+            user_disks,
+            offline_verifier,
+        },
     )
 }
 
@@ -192,9 +272,22 @@ fn missing(state: &State, req: &mut Request) -> Reply {
         Err(r) => return r,
     };
     if body.ids.len() > 65536 {
-        return Reply::err(413, "too_large", "ask about at most 65536 chunks per request");
+        return Reply::err(
+            413,
+            "too_large",
+            "ask about at most 65536 chunks per request",
+        );
     }
-    Reply::json(200, &MissingChunksResponse { missing: body.ids.into_iter().filter(|id| !state.repo.has_chunk(id)).collect() })
+    Reply::json(
+        200,
+        &MissingChunksResponse {
+            missing: body
+                .ids
+                .into_iter()
+                .filter(|id| !state.repo.has_chunk(id))
+                .collect(),
+        },
+    )
 }
 
 fn upload_chunk(state: &State, req: &mut Request, id: &str) -> Reply {
@@ -235,17 +328,42 @@ fn commit_user_disk(state: &State, req: &mut Request, user: &str, app: &str, dis
     };
     let m = &body.manifest;
     if let Err(e) = m.validate() {
-        return Reply::err(400, "bad_request", format!("the user-disk manifest is invalid: {e}"));
+        return Reply::err(
+            400,
+            "bad_request",
+            format!("the user-disk manifest is invalid: {e}"),
+        );
     }
     if m.user != user || m.appliance != app || m.disk != disk {
-        return Reply::err(403, "bad_request", format!("the manifest is for {}/{}/{}, but this session and path are {user}/{app}/{disk}", m.user, m.appliance, m.disk));
+        return Reply::err(
+            403,
+            "bad_request",
+            format!(
+                "the manifest is for {}/{}/{}, but this session and path are {user}/{app}/{disk}",
+                m.user, m.appliance, m.disk
+            ),
+        );
     }
     if m.version != body.expected_version + 1 {
-        return Reply::err(400, "bad_request", format!("the new version must be expected_version + 1 = {}, not {}", body.expected_version + 1, m.version));
+        return Reply::err(
+            400,
+            "bad_request",
+            format!(
+                "the new version must be expected_version + 1 = {}, not {}",
+                body.expected_version + 1,
+                m.version
+            ),
+        );
     }
     match state.repo.user(user) {
         Ok(Some(rec)) if rec.appliances.iter().any(|a| a == app) => {}
-        Ok(_) => return Reply::err(403, "bad_request", format!("{app} is not in {user}'s appliance set")),
+        Ok(_) => {
+            return Reply::err(
+                403,
+                "bad_request",
+                format!("{app} is not in {user}'s appliance set"),
+            )
+        }
         Err(e) => return internal(e),
     }
     let _guard = match state.commit_lock.lock() {
@@ -278,7 +396,11 @@ fn commit_user_disk(state: &State, req: &mut Request, user: &str, app: &str, dis
         e.missing = absent;
         return Reply::Error(400, e);
     }
-    if let Err(e) = state.repo.sync_chunk_dirs().and_then(|()| state.repo.write_user_disk(m)) {
+    if let Err(e) = state
+        .repo
+        .sync_chunk_dirs()
+        .and_then(|()| state.repo.write_user_disk(m))
+    {
         return internal(e);
     }
     log::info!("user disk {user}/{app}/{disk} now at version {}", m.version);

@@ -11,13 +11,19 @@ pub(crate) fn serve(repo: &Repo, path: &str) -> Reply {
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let (file, ctype) = match parts.as_slice() {
         ["chunks", prefix, id] => match id.parse::<ChunkId>() {
-            Ok(id) if id.to_hex()[..2] == **prefix => (repo.chunk_file(&id), "application/octet-stream"),
+            Ok(id) if id.to_hex()[..2] == **prefix => {
+                (repo.chunk_file(&id), "application/octet-stream")
+            }
             _ => return not_found(path),
         },
         ["manifests", name, file] => {
-            let version = file.strip_suffix(".json").and_then(|v| v.parse::<u64>().ok());
+            let version = file
+                .strip_suffix(".json")
+                .and_then(|v| v.parse::<u64>().ok());
             match version {
-                Some(v) if validate_name("appliance name", name).is_ok() => (repo.manifest_file(name, v), "application/json"),
+                Some(v) if validate_name("appliance name", name).is_ok() => {
+                    (repo.manifest_file(name, v), "application/json")
+                }
                 _ => return not_found(path),
             }
         }
@@ -30,5 +36,9 @@ pub(crate) fn serve(repo: &Repo, path: &str) -> Reply {
 }
 
 fn not_found(path: &str) -> Reply {
-    Reply::err(404, "not_found", format!("{path} is not in this repository"))
+    Reply::err(
+        404,
+        "not_found",
+        format!("{path} is not in this repository"),
+    )
 }

@@ -106,27 +106,63 @@ fn bind_nodelay(listen: &str) -> std::io::Result<std::net::TcpListener> {
     // SAFETY: a valid socket fd owned by `listener`, and a pointer to a live c_int of the
     // size passed.
     let rc = unsafe {
-        libc::setsockopt(listener.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY, (&one as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t)
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
     };
     if rc != 0 {
-        log::warn!("cannot set TCP_NODELAY on {listen}: {}; responses may be slow", std::io::Error::last_os_error());
+        log::warn!(
+            "cannot set TCP_NODELAY on {listen}: {}; responses may be slow",
+            std::io::Error::last_os_error()
+        );
     }
     Ok(listener)
 }
 
 /// Binds and starts the worker threads.
 pub fn start(repo: Repo, config: &ServeConfig) -> Result<RunningServer> {
-    let listener = bind_nodelay(&config.listen).map_err(|e| Error::Usage(format!("cannot listen on {}: {e}; pick another address or port", config.listen)))?;
+    let listener = bind_nodelay(&config.listen).map_err(|e| {
+        Error::Usage(format!(
+            "cannot listen on {}: {e}; pick another address or port",
+            config.listen
+        ))
+    })?;
     let server = match &config.tls {
         None => Server::from_listener(listener, None),
         Some((cert, key)) => {
-            let certificate = std::fs::read(cert).map_err(|e| Error::Input { what: "TLS certificate", path: cert.clone(), why: e.to_string() })?;
-            let private_key = std::fs::read(key).map_err(|e| Error::Input { what: "TLS key", path: key.clone(), why: e.to_string() })?;
-            Server::from_listener(listener, Some(tiny_http::SslConfig { certificate, private_key }))
+            let certificate = std::fs::read(cert).map_err(|e| Error::Input {
+                what: "TLS certificate",
+                path: cert.clone(),
+                why: e.to_string(),
+            })?;
+            let private_key = std::fs::read(key).map_err(|e| Error::Input {
+                what: "TLS key",
+                path: key.clone(),
+                why: e.to_string(),
+            })?;
+            Server::from_listener(
+                listener,
+                Some(tiny_http::SslConfig {
+                    certificate,
+                    private_key,
+                }),
+            )
         }
     }
-    .map_err(|e| Error::Usage(format!("cannot listen on {}: {e}; pick another address or port", config.listen)))?;
-    let addr = server.server_addr().to_ip().ok_or_else(|| Error::Usage(format!("{} is not an IP address", config.listen)))?;
+    .map_err(|e| {
+        Error::Usage(format!(
+            "cannot listen on {}: {e}; pick another address or port",
+            config.listen
+        ))
+    })?;
+    let addr = server
+        .server_addr()
+        .to_ip()
+        .ok_or_else(|| Error::Usage(format!("{} is not an IP address", config.listen)))?;
     let server = Arc::new(server);
     let state = Arc::new(State {
         repo,
@@ -152,8 +188,20 @@ pub fn start(repo: Repo, config: &ServeConfig) -> Result<RunningServer> {
             })
         })
         .collect();
-    log::info!("serving {} on {}://{addr}", state.repo.root().display(), if config.tls.is_some() { "https" } else { "http" });
-    Ok(RunningServer { addr, server, workers })
+    log::info!(
+        "serving {} on {}://{addr}",
+        state.repo.root().display(),
+        if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    );
+    Ok(RunningServer {
+        addr,
+        server,
+        workers,
+    })
 }
 
 /// What a handler answers.
@@ -172,7 +220,10 @@ impl Reply {
     pub(crate) fn json<T: serde::Serialize>(status: u16, v: &T) -> Reply {
         match serde_json::to_vec(v) {
             Ok(b) => Reply::Json(status, b),
-            Err(e) => Reply::Error(500, ApiError::new("internal", format!("cannot encode the reply: {e}"))),
+            Err(e) => Reply::Error(
+                500,
+                ApiError::new("internal", format!("cannot encode the reply: {e}")),
+            ),
         }
     }
     pub(crate) fn err(status: u16, code: &str, msg: impl Into<String>) -> Reply {
@@ -181,26 +232,35 @@ impl Reply {
 }
 
 fn header(k: &str, v: &str) -> Header {
-    Header::from_bytes(k.as_bytes(), v.as_bytes()).expect("static header names and ASCII values are valid")
+    Header::from_bytes(k.as_bytes(), v.as_bytes())
+        .expect("static header names and ASCII values are valid")
 }
 
 fn handle(state: &State, mut req: Request) {
     let start = Instant::now();
-    let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_else(|| "-".into());
+    let peer = req
+        .remote_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "-".into());
     let method = req.method().as_str().to_owned();
     let path = req.url().split('?').next().unwrap_or("").to_owned();
     let reply = route(state, &mut req, &method, &path, &peer);
     let (status, bytes) = match reply {
         Reply::Json(status, body) => {
             let n = body.len() as u64;
-            let r = Response::from_data(body).with_status_code(StatusCode(status)).with_header(header("Content-Type", "application/json"));
+            let r = Response::from_data(body)
+                .with_status_code(StatusCode(status))
+                .with_header(header("Content-Type", "application/json"));
             respond(req, r);
             (status, n)
         }
         Reply::File(file, len, ctype) => {
             let r = Response::from_file(file)
                 .with_header(header("Content-Type", ctype))
-                .with_header(header("Cache-Control", "public, max-age=31536000, immutable"));
+                .with_header(header(
+                    "Cache-Control",
+                    "public, max-age=31536000, immutable",
+                ));
             let n = if method == "HEAD" { 0 } else { len };
             respond(req, r);
             (200, n)
@@ -213,7 +273,9 @@ fn handle(state: &State, mut req: Request) {
             let retry = err.retry_after_secs;
             let body = serde_json::to_vec(&err).unwrap_or_default();
             let n = body.len() as u64;
-            let mut r = Response::from_data(body).with_status_code(StatusCode(status)).with_header(header("Content-Type", "application/json"));
+            let mut r = Response::from_data(body)
+                .with_status_code(StatusCode(status))
+                .with_header(header("Content-Type", "application/json"));
             if let Some(s) = retry {
                 r = r.with_header(header("Retry-After", &s.to_string()));
             }
@@ -221,7 +283,9 @@ fn handle(state: &State, mut req: Request) {
             (status, n)
         }
     };
-    state.log.record(&peer, &method, &path, status, bytes, start.elapsed());
+    state
+        .log
+        .record(&peer, &method, &path, status, bytes, start.elapsed());
 }
 
 fn respond<R: Read>(req: Request, r: Response<R>) {
@@ -236,6 +300,10 @@ fn route(state: &State, req: &mut Request, method: &str, path: &str, peer: &str)
     }
     match method {
         "GET" | "HEAD" => files::serve(&state.repo, path),
-        _ => Reply::err(405, "bad_request", format!("{method} is not allowed on {path}: immutable content is read-only")),
+        _ => Reply::err(
+            405,
+            "bad_request",
+            format!("{method} is not allowed on {path}: immutable content is read-only"),
+        ),
     }
 }

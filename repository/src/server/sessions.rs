@@ -16,7 +16,10 @@ pub struct Sessions {
 impl Sessions {
     /// Sessions valid for `ttl`.
     pub fn new(ttl: Duration) -> Sessions {
-        Sessions { ttl, map: Mutex::new(HashMap::new()) }
+        Sessions {
+            ttl,
+            map: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Seconds a token lives.
@@ -40,7 +43,9 @@ impl Sessions {
     /// The user a valid token belongs to.
     pub fn user(&self, token: &str) -> Option<String> {
         let map = self.map.lock().ok()?;
-        map.get(token).filter(|(_, exp)| *exp > Instant::now()).map(|(u, _)| u.clone())
+        map.get(token)
+            .filter(|(_, exp)| *exp > Instant::now())
+            .map(|(u, _)| u.clone())
     }
 
     /// Ends a session.

@@ -18,7 +18,11 @@ pub fn bytes(seed: u64, len: usize, text: bool) -> Vec<u8> {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            if text { b"abcdefgh \n"[(x % 10) as usize] } else { x as u8 }
+            if text {
+                b"abcdefgh \n"[(x % 10) as usize]
+            } else {
+                x as u8
+            }
         })
         .collect()
 }
@@ -49,7 +53,14 @@ impl Fixture {
         let key = SecretKey::generate();
         let system = system_image(1);
         let kernel = bytes(7, 300_000, true);
-        let f = Fixture { _tmp: tmp, dir, repo, key, system, kernel };
+        let f = Fixture {
+            _tmp: tmp,
+            dir,
+            repo,
+            key,
+            system,
+            kernel,
+        };
         f.publish("desk", &f.system.clone());
         repository::users::add(&f.repo, "alice", PASSWORD, KdfParams::INSECURE_FOR_TESTS).unwrap();
         repository::users::assign(&f.repo, "alice", &["desk".into()]).unwrap();
@@ -92,8 +103,14 @@ pub fn request(name: &str, kernel: &Path, system: &Path) -> PublishRequest {
         initrd: None,
         cmdline: "console=ttyS0".into(),
         disks: vec![
-            DiskSpec { role: appliance::DiskRole::System, source: DiskSource::Image(system.into()) },
-            DiskSpec { role: appliance::DiskRole::User, source: DiskSource::Empty(4 << 20) },
+            DiskSpec {
+                role: appliance::DiskRole::System,
+                source: DiskSource::Image(system.into()),
+            },
+            DiskSpec {
+                role: appliance::DiskRole::User,
+                source: DiskSource::Empty(4 << 20),
+            },
         ],
         memory_mib: 256,
         vcpus: 1,
@@ -123,7 +140,8 @@ pub fn fetch_blob(base: &str, blob: &appliance::ChunkedBlob) -> Vec<u8> {
         match id {
             None => out.extend(std::iter::repeat_n(0u8, blob.chunk_len(i as u64))),
             Some(id) => {
-                let stored = get(base, &appliance::wire::chunk_path(id)).unwrap_or_else(|s| panic!("chunk {id}: HTTP {s}"));
+                let stored = get(base, &appliance::wire::chunk_path(id))
+                    .unwrap_or_else(|s| panic!("chunk {id}: HTTP {s}"));
                 out.extend(appliance::decode_chunk(id, &stored).unwrap());
             }
         }

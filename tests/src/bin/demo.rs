@@ -30,15 +30,34 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let code = if script { scripted(&firmware) } else { interactive(&firmware) };
+    let code = if script {
+        scripted(&firmware)
+    } else {
+        interactive(&firmware)
+    };
     std::process::exit(code);
 }
 
 fn interactive(firmware: &Firmware) -> i32 {
-    eprintln!("Booting the Collective terminal in QEMU (TCG). Its serial console is this terminal.");
-    eprintln!("At the login prompt try: status, help, poweroff. Ctrl-A X quits QEMU at any time.\n");
+    eprintln!(
+        "Booting the Collective terminal in QEMU (TCG). Its serial console is this terminal."
+    );
+    eprintln!(
+        "At the login prompt try: status, help, poweroff. Ctrl-A X quits QEMU at any time.\n"
+    );
     let status = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "2G", "-nographic", "-no-reboot"])
+        .args([
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+            "-smp",
+            "2",
+            "-m",
+            "2G",
+            "-nographic",
+            "-no-reboot",
+        ])
         .args(["-nic", "user,model=virtio-net-pci"])
         .arg("-kernel")
         .arg(&firmware.vmlinuz)
@@ -65,13 +84,19 @@ fn scripted(firmware: &Firmware) -> i32 {
         let boot = Duration::from_secs(300);
         let mut m = Machine::boot(firmware, &MachineConfig::default())?;
         m.expect("login:", boot)?;
-        println!("demo: login screen shown after {:.1} s", m.started.elapsed().as_secs_f64());
+        println!(
+            "demo: login screen shown after {:.1} s",
+            m.started.elapsed().as_secs_f64()
+        );
         m.expect("ready in", boot)?;
         m.expect("login:", boot)?;
         m.send_line("status")?;
         let status = m.expect("login:", Duration::from_secs(60))?;
         print!("{}", status.replace('\r', ""));
-        anyhow::ensure!(status.contains("ready: /dev/kvm"), "KVM is not ready in the firmware");
+        anyhow::ensure!(
+            status.contains("ready: /dev/kvm"),
+            "KVM is not ready in the firmware"
+        );
         m.send_line("poweroff")?;
         m.expect("The terminal is powering off.", Duration::from_secs(60))?;
         let exit = m.wait_exit(Duration::from_secs(60))?;

@@ -38,10 +38,27 @@ pub fn chunk_ids(blob: &ChunkedBlob) -> Vec<ChunkId> {
 
 impl CachefsDisk {
     /// A disk over `blob`'s chunks in `cache`, missing chunks from `source`.
-    pub fn new(name: &str, cache: Arc<Cache>, blob: &ChunkedBlob, source: Arc<dyn ChunkSource>, read_only: bool) -> io::Result<CachefsDisk> {
-        let view = Arc::new(DiskView::new(cache, chunk_ids(blob), blob.chunk_size, blob.size, source).map_err(to_io)?);
-        let overlay = if read_only { None } else { Some(Overlay::system(view.clone()).map_err(to_io)?) };
-        Ok(CachefsDisk { name: name.to_string(), view, overlay })
+    pub fn new(
+        name: &str,
+        cache: Arc<Cache>,
+        blob: &ChunkedBlob,
+        source: Arc<dyn ChunkSource>,
+        read_only: bool,
+    ) -> io::Result<CachefsDisk> {
+        let view = Arc::new(
+            DiskView::new(cache, chunk_ids(blob), blob.chunk_size, blob.size, source)
+                .map_err(to_io)?,
+        );
+        let overlay = if read_only {
+            None
+        } else {
+            Some(Overlay::system(view.clone()).map_err(to_io)?)
+        };
+        Ok(CachefsDisk {
+            name: name.to_string(),
+            view,
+            overlay,
+        })
     }
 }
 
@@ -64,7 +81,10 @@ impl BlockBackend for CachefsDisk {
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         match &self.overlay {
             Some(o) => o.write_at(offset, buf).map_err(to_io),
-            None => Err(io::Error::new(io::ErrorKind::PermissionDenied, "read-only disk")),
+            None => Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "read-only disk",
+            )),
         }
     }
 
@@ -94,12 +114,20 @@ pub struct CacheRegistry {
 impl CacheRegistry {
     /// The cache at `path`, opened (and recovered) on first use.
     pub fn open(&self, path: &Path) -> io::Result<Arc<Cache>> {
-        let mut open = self.open.lock().map_err(|_| io::Error::other("cache registry poisoned"))?;
+        let mut open = self
+            .open
+            .lock()
+            .map_err(|_| io::Error::other("cache registry poisoned"))?;
         if let Some(cache) = open.get(path) {
             return Ok(cache.clone());
         }
-        let storage = FileStorage::open(path).map_err(|e| io::Error::new(e.kind(), format!("opening cache {}: {e}", path.display())))?;
-        let cache = Arc::new(Cache::open(Box::new(storage)).map_err(|e| io::Error::other(format!("cache {}: {e}", path.display())))?);
+        let storage = FileStorage::open(path).map_err(|e| {
+            io::Error::new(e.kind(), format!("opening cache {}: {e}", path.display()))
+        })?;
+        let cache = Arc::new(
+            Cache::open(Box::new(storage))
+                .map_err(|e| io::Error::other(format!("cache {}: {e}", path.display())))?,
+        );
         open.insert(path.to_path_buf(), cache.clone());
         Ok(cache)
     }
@@ -108,14 +136,29 @@ impl CacheRegistry {
 /// `vmm run --disk cachefs=CACHE:LIST.json[,ro]`: a disk whose chunk list (the
 /// repository's `ChunkedBlob` JSON) is in LIST and whose chunks are in CACHE. No
 /// repository is involved: a chunk missing from the cache is a read error.
-pub fn open_from_cli(registry: &CacheRegistry, spec: &str, read_only: bool) -> Result<CachefsDisk, String> {
-    let (cache_path, list_path) = spec.split_once(':').ok_or_else(|| format!("cachefs disk {spec:?}: expected CACHE:LIST.json"))?;
-    let text = std::fs::read_to_string(list_path).map_err(|e| format!("reading chunk list {list_path}: {e}"))?;
-    let blob: ChunkedBlob = serde_json::from_str(&text).map_err(|e| format!("chunk list {list_path}: {e}"))?;
-    blob.validate().map_err(|e| format!("chunk list {list_path}: {e}"))?;
-    let cache = registry.open(Path::new(cache_path)).map_err(|e| e.to_string())?;
-    let name = Path::new(list_path).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    CachefsDisk::new(&name, cache, &blob, Arc::new(NoSource), read_only).map_err(|e| format!("cachefs disk {spec}: {e}"))
+pub fn open_from_cli(
+    registry: &CacheRegistry,
+    spec: &str,
+    read_only: bool,
+) -> Result<CachefsDisk, String> {
+    let (cache_path, list_path) = spec
+        .split_once(':')
+        .ok_or_else(|| format!("cachefs disk {spec:?}: expected CACHE:LIST.json"))?;
+    let text = std::fs::read_to_string(list_path)
+        .map_err(|e| format!("reading chunk list {list_path}: {e}"))?;
+    let blob: ChunkedBlob =
+        serde_json::from_str(&text).map_err(|e| format!("chunk list {list_path}: {e}"))?;
+    blob.validate()
+        .map_err(|e| format!("chunk list {list_path}: {e}"))?;
+    let cache = registry
+        .open(Path::new(cache_path))
+        .map_err(|e| e.to_string())?;
+    let name = Path::new(list_path)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    CachefsDisk::new(&name, cache, &blob, Arc::new(NoSource), read_only)
+        .map_err(|e| format!("cachefs disk {spec}: {e}"))
 }
 
 #[cfg(test)]
@@ -124,8 +167,13 @@ mod tests {
     use cachefs::{CreateOptions, MemStorage};
 
     fn cache_with(data: &[u8], chunk: u32) -> (Arc<Cache>, ChunkedBlob) {
-        let cache = Arc::new(Cache::create(Box::new(MemStorage::new(8 << 20)), CreateOptions::default()).unwrap());
-        let blob = appliance::Chunker::new(data, chunk).unwrap().into_blob().unwrap();
+        let cache = Arc::new(
+            Cache::create(Box::new(MemStorage::new(8 << 20)), CreateOptions::default()).unwrap(),
+        );
+        let blob = appliance::Chunker::new(data, chunk)
+            .unwrap()
+            .into_blob()
+            .unwrap();
         for (i, id) in blob.chunks.iter().enumerate() {
             if let Some(id) = id {
                 let start = i * chunk as usize;
@@ -157,14 +205,20 @@ mod tests {
         rw.read_at(&mut sector, 512).unwrap();
         assert_eq!(sector, [7u8; 512]);
         ro.read_at(&mut sector, 512).unwrap();
-        assert_eq!(&sector[..], &data[512..1024], "the chunks themselves are unchanged");
+        assert_eq!(
+            &sector[..],
+            &data[512..1024],
+            "the chunks themselves are unchanged"
+        );
     }
 
     #[test]
     fn a_chunk_missing_from_the_cache_is_an_error_not_garbage() {
         let data = vec![9u8; 128 * 1024];
         let (_, blob) = cache_with(&data, 64 * 1024);
-        let empty = Arc::new(Cache::create(Box::new(MemStorage::new(8 << 20)), CreateOptions::default()).unwrap());
+        let empty = Arc::new(
+            Cache::create(Box::new(MemStorage::new(8 << 20)), CreateOptions::default()).unwrap(),
+        );
         let disk = CachefsDisk::new("root", empty, &blob, Arc::new(NoSource), true).unwrap();
         let mut buf = vec![0u8; 512];
         assert!(disk.read_at(&mut buf, 0).is_err());
