@@ -50,21 +50,8 @@ pub fn list_nics(sys_class_net: &Path) -> Vec<Nic> {
 
 /// Sets IFF_UP on an interface, so loopback works and NICs report carrier.
 pub fn set_up(name: &str) -> Result<(), String> {
-    let fd = nix::sys::socket::socket(
-        nix::sys::socket::AddressFamily::Inet,
-        nix::sys::socket::SockType::Datagram,
-        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .map_err(|e| format!("socket: {e}"))?;
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    let bytes = name.as_bytes();
-    if bytes.len() >= ifr.ifr_name.len() {
-        return Err(format!("interface name {name} too long"));
-    }
-    for (dst, src) in ifr.ifr_name.iter_mut().zip(bytes) {
-        *dst = *src as libc::c_char;
-    }
+    let fd = inet_socket()?;
+    let mut ifr = ifreq_for(name)?;
     use std::os::fd::AsRawFd;
     // SAFETY: ifr is a valid, NUL-terminated ifreq; the ioctls only read and write it.
     unsafe {
@@ -83,6 +70,30 @@ pub fn set_up(name: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A datagram socket for the interface ioctls.
+pub fn inet_socket() -> Result<std::os::fd::OwnedFd, String> {
+    nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| format!("socket: {e}"))
+}
+
+/// An `ifreq` naming `nic`, everything else zero.
+pub fn ifreq_for(nic: &str) -> Result<libc::ifreq, String> {
+    // SAFETY: an all-zero ifreq is valid.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    if nic.len() >= ifr.ifr_name.len() {
+        return Err(format!("interface name {nic} too long"));
+    }
+    for (dst, src) in ifr.ifr_name.iter_mut().zip(nic.as_bytes()) {
+        *dst = *src as libc::c_char;
+    }
+    Ok(ifr)
 }
 
 /// Loopback up (the kernel adds 127.0.0.1 itself) and every NIC up.

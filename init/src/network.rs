@@ -246,7 +246,7 @@ fn random_u32() -> u32 {
 
 /// Address, netmask and default route through the classic ioctls; `/etc/resolv.conf`.
 fn apply(nic: &str, lease: &Lease) -> Result<(), String> {
-    let fd = socket_inet()?;
+    let fd = crate::net::inet_socket()?;
     let mask = if lease.prefix_len == 0 {
         0
     } else {
@@ -267,16 +267,6 @@ fn apply(nic: &str, lease: &Lease) -> Result<(), String> {
     fs::write("/etc/resolv.conf", resolv).map_err(|e| format!("writing /etc/resolv.conf: {e}"))
 }
 
-fn socket_inet() -> Result<std::os::fd::OwnedFd, String> {
-    nix::sys::socket::socket(
-        nix::sys::socket::AddressFamily::Inet,
-        nix::sys::socket::SockType::Datagram,
-        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .map_err(|e| format!("socket: {e}"))
-}
-
 fn sockaddr_in(addr: Ipv4Addr) -> libc::sockaddr {
     let sin = libc::sockaddr_in {
         sin_family: libc::AF_INET as u16,
@@ -290,18 +280,6 @@ fn sockaddr_in(addr: Ipv4Addr) -> libc::sockaddr {
     unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
 }
 
-fn ifreq_for(nic: &str) -> Result<libc::ifreq, String> {
-    // SAFETY: an all-zero ifreq is valid.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    if nic.len() >= ifr.ifr_name.len() {
-        return Err(format!("interface name {nic} too long"));
-    }
-    for (dst, src) in ifr.ifr_name.iter_mut().zip(nic.as_bytes()) {
-        *dst = *src as libc::c_char;
-    }
-    Ok(ifr)
-}
-
 fn set_ipv4(
     fd: &std::os::fd::OwnedFd,
     nic: &str,
@@ -309,7 +287,7 @@ fn set_ipv4(
     addr: Ipv4Addr,
 ) -> Result<(), String> {
     use std::os::fd::AsRawFd;
-    let mut ifr = ifreq_for(nic)?;
+    let mut ifr = crate::net::ifreq_for(nic)?;
     ifr.ifr_ifru.ifru_addr = sockaddr_in(addr);
     // SAFETY: a valid ifreq for an address-setting ioctl.
     if unsafe { libc::ioctl(fd.as_raw_fd(), request, &ifr) } < 0 {
