@@ -18,6 +18,18 @@ fn boot_to_ready(config: &MachineConfig) -> Machine {
     m
 }
 
+/// Types `status` and returns the screen it draws.
+fn status_screen(m: &mut Machine) -> String {
+    m.send_line("status").unwrap();
+    m.expect("login:", SHORT).unwrap()
+}
+
+/// Types `poweroff` and checks that QEMU exits 0.
+fn power_off(m: &mut Machine) {
+    m.send_line("poweroff").unwrap();
+    assert!(m.wait_exit(SHORT).unwrap().success());
+}
+
 fn wait_ready(m: &mut Machine) {
     m.expect("ready in", BOOT).unwrap();
     m.expect("login:", SHORT).unwrap();
@@ -49,8 +61,7 @@ fn boots_to_login_with_identity_and_status() {
     // The e1000e driver came from the initramfs and found the card, and our DHCP client
     // got an address from QEMU's user network; the consoles are told.
     wait_ready(&mut m);
-    m.send_line("status").unwrap();
-    let status = m.expect("login:", SHORT).unwrap();
+    let status = status_screen(&mut m);
     assert!(
         status.contains("Collective terminal terminal-525400123456"),
         "identity missing from status: {status}"
@@ -64,8 +75,7 @@ fn boots_to_login_with_identity_and_status() {
 #[test]
 fn kvm_is_ready_inside_the_firmware() {
     let mut m = boot_to_ready(&MachineConfig::default());
-    m.send_line("status").unwrap();
-    let status = m.expect("login:", SHORT).unwrap();
+    let status = status_screen(&mut m);
     assert!(
         status.contains("kvm         ready: /dev/kvm (kvm_amd, API 12)"),
         "KVM not ready: {status}"
@@ -98,8 +108,7 @@ fn ctrl_alt_del_reboots_cleanly() {
     m.expect("Collective terminal", BOOT).unwrap();
     m.expect("login:", BOOT).unwrap();
     wait_ready(&mut m);
-    m.send_line("poweroff").unwrap();
-    assert!(m.wait_exit(SHORT).unwrap().success());
+    power_off(&mut m);
 }
 
 #[test]
@@ -166,8 +175,7 @@ fn network_boot_over_tftp_with_ipxe_reaches_login() {
         .unwrap();
     m.expect("login:", BOOT).unwrap();
     wait_ready(&mut m);
-    m.send_line("status").unwrap();
-    let status = m.expect("login:", SHORT).unwrap();
+    let status = status_screen(&mut m);
     assert!(status.contains("eth0 52:54:00:12:34:56"), "{status}");
 }
 
@@ -185,26 +193,22 @@ fn cache_disk_is_formatted_on_first_use_and_reopened_after() {
     };
 
     let mut m = boot_to_ready(&config);
-    m.send_line("status").unwrap();
-    let status = m.expect("login:", SHORT).unwrap();
+    let status = status_screen(&mut m);
     assert!(
         status.contains("cache       /dev/vda:") && status.contains("formatted it now"),
         "{status}"
     );
-    m.send_line("poweroff").unwrap();
-    assert!(m.wait_exit(SHORT).unwrap().success());
+    power_off(&mut m);
 
     // Second boot: the same disk is a cache now, opened, not formatted again.
     let mut m = boot_to_ready(&config);
-    m.send_line("status").unwrap();
-    let status = m.expect("login:", SHORT).unwrap();
+    let status = status_screen(&mut m);
     assert!(
         status.contains("cache       /dev/vda:") && status.contains("0 chunks"),
         "{status}"
     );
     assert!(!status.contains("formatted it now"), "{status}");
-    m.send_line("poweroff").unwrap();
-    assert!(m.wait_exit(SHORT).unwrap().success());
+    power_off(&mut m);
 }
 
 #[test]
@@ -222,8 +226,7 @@ fn a_disk_holding_other_data_is_refused_not_formatted() {
         ..Default::default()
     };
     let mut m = boot_to_ready(&config);
-    m.send_line("status").unwrap();
-    let status = m.expect("login:", SHORT).unwrap();
+    let status = status_screen(&mut m);
     assert!(
         status.contains("not usable: running from memory"),
         "{status}"
@@ -232,8 +235,7 @@ fn a_disk_holding_other_data_is_refused_not_formatted() {
         status.contains("holds data that is not a cache"),
         "{status}"
     );
-    m.send_line("poweroff").unwrap();
-    assert!(m.wait_exit(SHORT).unwrap().success());
+    power_off(&mut m);
     assert_eq!(
         &std::fs::read(&disk).unwrap()[..20],
         b"precious office data"
