@@ -361,8 +361,11 @@ fn immutable_content_served_by_nginx() {
     // Private data is not under nginx's root.
     assert_eq!(get(&base, "../private/users/alice.json").unwrap_err(), 404);
     assert_eq!(get(&base, "private/users/alice.json").unwrap_err(), 404);
-    let log = std::fs::read_to_string(prefix.join("logs/access.log")).unwrap();
-    assert!(log.contains("GET /manifests/desk/1.json"));
+    let log = wait_for_log_line(
+        &prefix.join("logs/access.log"),
+        "GET /manifests/desk/1.json",
+    );
+    assert!(log.contains("GET /manifests/desk/1.json"), "{log}");
 }
 
 #[test]
@@ -458,8 +461,21 @@ fn https_with_the_cli_server() {
     );
     let session: LoginResponse = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(session.appliances[0].name, "desk");
+    // The CLI server writes its access log in the default place.
+    let log = wait_for_log_line(&f.dir.join("logs/access.log"), "POST /api/v1/login 200");
     let _ = child.0.kill();
-    // The CLI server wrote its access log in the default place.
-    let log = std::fs::read_to_string(f.dir.join("logs/access.log")).unwrap();
     assert!(log.contains("POST /api/v1/login 200"), "{log}");
+}
+
+/// Servers write the access-log line after the reply has gone out, so a client that has its
+/// answer can be ahead of the log: wait (bounded) for the line instead of racing the server.
+fn wait_for_log_line(path: &std::path::Path, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let log = std::fs::read_to_string(path).unwrap_or_default();
+        if log.contains(needle) || std::time::Instant::now() > deadline {
+            return log;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
