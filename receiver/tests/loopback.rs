@@ -87,7 +87,7 @@ fn login_fill_boot_first_and_second_fill_fetches_nothing() {
         .iter()
         .map(|id| id.to_hex())
         .collect();
-    let gets = chunk_gets(&srv.log);
+    let gets = chunk_gets_at_least(&srv.log, p.fetch.chunks as usize);
     assert_eq!(
         &gets[..profile.len()],
         &profile[..],

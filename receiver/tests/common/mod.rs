@@ -193,6 +193,19 @@ pub fn read_blob(
     out
 }
 
+/// Chunk GETs in the access log once it holds at least `n` of them (or after 10 s): the
+/// server writes a line after its reply has gone out, so the client can be ahead of the log.
+pub fn chunk_gets_at_least(log: &Path, n: usize) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let gets = chunk_gets(log);
+        if gets.len() >= n || std::time::Instant::now() > deadline {
+            return gets;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Chunk GETs in the access log, in order.
 pub fn chunk_gets(log: &Path) -> Vec<String> {
     std::fs::read_to_string(log)
