@@ -1,7 +1,7 @@
 //! What a VM is made of: the one description every front end (the `vmm run` command line
 //! today, the appliance manifest later) fills in before calling [`crate::run`].
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -65,6 +65,14 @@ pub enum ConsoleConfig {
     },
     /// Any sink (a pty, a log file, a test buffer); no input.
     Writer(Box<dyn Write + Send>),
+    /// Input and output streams of the embedding program (the session's console
+    /// switcher); Ctrl-A x in the input stops the VM.
+    Stream {
+        /// Keys for the guest.
+        input: Box<dyn Read + Send>,
+        /// What the guest prints.
+        output: Box<dyn Write + Send>,
+    },
     /// Discard output.
     Null,
 }
@@ -74,6 +82,7 @@ impl std::fmt::Debug for ConsoleConfig {
         match self {
             ConsoleConfig::Stdio { input } => write!(f, "Stdio {{ input: {input} }}"),
             ConsoleConfig::Writer(_) => write!(f, "Writer"),
+            ConsoleConfig::Stream { .. } => write!(f, "Stream"),
             ConsoleConfig::Null => write!(f, "Null"),
         }
     }

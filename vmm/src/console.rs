@@ -1,4 +1,5 @@
-//! The host side of the serial console on standard input/output.
+//! The host side of the serial console: standard input/output, or a stream the embedding
+//! program hands over (the terminal's session switches several appliances' consoles).
 //!
 //! On a terminal, stdin is switched to raw mode (restored on drop) so every key reaches the
 //! guest; Ctrl-A then `x` stops the VM, Ctrl-A Ctrl-A sends a literal Ctrl-A.
@@ -71,17 +72,37 @@ pub fn filter_input(bytes: &[u8], escaped: &mut bool) -> (Vec<u8>, bool) {
     (out, false)
 }
 
-/// Starts a thread forwarding stdin to `serial`. It lives until stdin closes or the escape
-/// is typed; a blocked read is left behind when the VM ends (the process is about to exit).
-pub fn spawn_stdin_forwarder(serial: Arc<Mutex<Serial>>, exit: Arc<ExitSignal>) {
+/// Where the serial console's input comes from.
+#[derive(Default)]
+pub enum ConsoleInput {
+    /// Nowhere: the guest's console is output only.
+    #[default]
+    None,
+    /// Standard input, in raw mode while the VM runs.
+    Stdin,
+    /// A stream given by the embedding program.
+    Stream(Box<dyn Read + Send>),
+}
+
+/// Starts a thread forwarding `input` to `serial`. It lives until the input closes or the
+/// escape is typed; a read still blocked when the VM ends is left behind and ends when its
+/// input closes (or with the process).
+pub fn spawn_input_forwarder(
+    input: impl Read + Send + 'static,
+    serial: Arc<Mutex<Serial>>,
+    exit: Arc<ExitSignal>,
+) {
     let _ = std::thread::Builder::new()
         .name("console-in".into())
         .spawn(move || {
-            let mut stdin = std::io::stdin();
+            let mut input = input;
             let mut buf = [0u8; 64];
             let mut escaped = false;
             loop {
-                let n = match stdin.read(&mut buf) {
+                if exit.reason().is_some() {
+                    return;
+                }
+                let n = match input.read(&mut buf) {
                     Ok(0) | Err(_) => return,
                     Ok(n) => n,
                 };

@@ -6,8 +6,11 @@
 //! switches to them, so nothing an appliance printed meanwhile is lost from view.
 //!
 //! Keys: `Ctrl-A n` next console, `Ctrl-A 1`..`9` console by number, `Ctrl-A ?` list,
-//! `Ctrl-A x` stop the active appliance (passed to its VMM), `Ctrl-A Ctrl-A` a literal
-//! Ctrl-A.
+//! `Ctrl-A q` log out (stop every appliance), `Ctrl-A x` stop the active appliance
+//! (passed to its VMM), `Ctrl-A Ctrl-A` a literal Ctrl-A.
+//!
+//! [`Switcher`] works on any console streams (the session runs its VMs in-process, each
+//! console on a pair of pipes); [`run_set`] runs each VMM as a process on a pty.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -33,11 +36,22 @@ pub struct Member {
 
 struct Console {
     name: String,
-    master: Mutex<File>,
+    to_guest: Mutex<Box<dyn Write + Send>>,
     backlog: Mutex<VecDeque<u8>>,
 }
 
 type Output = Arc<Mutex<Box<dyn Write + Send>>>;
+
+/// One appliance's console as the switcher sees it: what the guest prints, and where the
+/// person's keys for it go.
+pub struct ConsoleEnd {
+    /// Shown in the switcher's banner.
+    pub name: String,
+    /// The guest's output; end of file (or an error) when the appliance has gone.
+    pub from_guest: Box<dyn Read + Send>,
+    /// Keys for the guest.
+    pub to_guest: Box<dyn Write + Send>,
+}
 
 /// A pty pair: (master, slave).
 fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -73,7 +87,7 @@ fn banner(consoles: &[Arc<Console>], active: usize) -> String {
         .map(|(i, c)| format!("{}:{}", i + 1, c.name))
         .collect();
     format!(
-        "\r\n[console {} of {}: {} | Ctrl-A n next, Ctrl-A 1-9 choose, Ctrl-A ? list | {}]\r\n",
+        "\r\n[console {} of {}: {} | Ctrl-A n next, Ctrl-A 1-9 choose, Ctrl-A q log out, Ctrl-A ? list | {}]\r\n",
         active + 1,
         consoles.len(),
         consoles[active].name,
@@ -99,6 +113,7 @@ enum Action {
     Select(usize),
     Next,
     List,
+    Logout,
 }
 
 impl KeyRouter {
@@ -115,6 +130,7 @@ impl KeyRouter {
             b'n' => Some(Action::Next),
             b'1'..=b'9' => Some(Action::Select(usize::from(byte - b'1'))),
             b'?' => Some(Action::List),
+            b'q' | b'Q' => Some(Action::Logout),
             ESCAPE => Some(Action::Send(vec![ESCAPE])),
             // The VMM's own escapes (Ctrl-A x stops it) pass through.
             other => Some(Action::Send(vec![ESCAPE, other])),
@@ -122,8 +138,142 @@ impl KeyRouter {
     }
 }
 
+/// Shows one of several consoles and routes the person's keys to it. Threads copy each
+/// guest's output (to the screen when active, always to its backlog) and the keys.
+pub struct Switcher {
+    consoles: Arc<Vec<Arc<Console>>>,
+    out: Output,
+    drained: Vec<Mutex<Option<std::sync::mpsc::Receiver<()>>>>,
+}
+
+impl Switcher {
+    /// Starts showing `consoles[0]` on `output` and routing `input`. `on_logout` runs when
+    /// the person types the logout key (Ctrl-A q).
+    pub fn start(
+        consoles: Vec<ConsoleEnd>,
+        input: impl Read + Send + 'static,
+        output: Box<dyn Write + Send>,
+        on_logout: Box<dyn Fn() + Send>,
+    ) -> io::Result<Switcher> {
+        if consoles.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "an appliance set needs at least one member",
+            ));
+        }
+        let out: Output = Arc::new(Mutex::new(output));
+        let active = Arc::new(AtomicUsize::new(0));
+        let mut shared = Vec::new();
+        let mut readers = Vec::new();
+        for end in consoles {
+            shared.push(Arc::new(Console {
+                name: end.name,
+                to_guest: Mutex::new(end.to_guest),
+                backlog: Mutex::new(VecDeque::new()),
+            }));
+            readers.push(end.from_guest);
+        }
+        let consoles = Arc::new(shared);
+        show(&consoles, 0, &out);
+
+        let mut drained = Vec::new();
+        for (index, mut reader) in readers.into_iter().enumerate() {
+            let (console, out, active) = (consoles[index].clone(), out.clone(), active.clone());
+            let (done, done_rx) = std::sync::mpsc::channel::<()>();
+            drained.push(Mutex::new(Some(done_rx)));
+            std::thread::Builder::new()
+                .name(format!("console-out-{index}"))
+                .spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    // EOF or EIO: the appliance's console closed (its VM ended).
+                    while let Ok(n) = reader.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        if let Ok(mut backlog) = console.backlog.lock() {
+                            backlog.extend(&buf[..n]);
+                            let excess = backlog.len().saturating_sub(BACKLOG);
+                            backlog.drain(..excess);
+                        }
+                        if active.load(Ordering::SeqCst) == index {
+                            write_out(&out, &buf[..n]);
+                        }
+                    }
+                    let _ = done.send(());
+                })?;
+        }
+
+        let (keys_consoles, keys_out) = (consoles.clone(), out.clone());
+        let mut input = input;
+        std::thread::Builder::new()
+            .name("console-keys".into())
+            .spawn(move || {
+                let consoles = keys_consoles;
+                let mut router = KeyRouter { escaped: false };
+                let mut buf = [0u8; 256];
+                while let Ok(n) = input.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    for &byte in &buf[..n] {
+                        let current = active.load(Ordering::SeqCst);
+                        match router.feed(byte) {
+                            None => {}
+                            Some(Action::Send(bytes)) => {
+                                if let Ok(mut to) = consoles[current].to_guest.lock() {
+                                    let _ = to.write_all(&bytes);
+                                    let _ = to.flush();
+                                }
+                            }
+                            Some(Action::Next) => {
+                                let next = (current + 1) % consoles.len();
+                                active.store(next, Ordering::SeqCst);
+                                show(&consoles, next, &keys_out);
+                            }
+                            Some(Action::Select(i)) if i < consoles.len() => {
+                                active.store(i, Ordering::SeqCst);
+                                show(&consoles, i, &keys_out);
+                            }
+                            Some(Action::Select(_)) => {}
+                            Some(Action::List) => {
+                                write_out(&keys_out, banner(&consoles, current).as_bytes())
+                            }
+                            Some(Action::Logout) => {
+                                write_out(&keys_out, b"\r\n[logging out]\r\n");
+                                on_logout();
+                            }
+                        }
+                    }
+                }
+            })?;
+        Ok(Switcher {
+            consoles,
+            out,
+            drained,
+        })
+    }
+
+    /// Writes a line of the switcher's own (between consoles' output).
+    pub fn say(&self, text: &str) {
+        write_out(&self.out, format!("\r\n[{text}]\r\n").as_bytes());
+    }
+
+    /// Says that console `index` ended, after its last words reached the screen (a
+    /// process it left behind may hold the console open: this waits at most 2 s).
+    pub fn ended(&self, index: usize, how: &str) {
+        if let Some(slot) = self.drained.get(index) {
+            if let Some(rx) = slot.lock().ok().and_then(|mut s| s.take()) {
+                let _ = rx.recv_timeout(std::time::Duration::from_secs(2));
+            }
+        }
+        if let Some(c) = self.consoles.get(index) {
+            self.say(&format!("{} ended: {how}", c.name));
+        }
+    }
+}
+
 /// Runs every member, shows the first one's console on `output`, routes `input`, and
-/// returns each member's exit status once all have exited.
+/// returns each member's exit status once all have exited. The logout key stops them all.
 pub fn run_set(
     members: &[Member],
     input: impl Read + Send + 'static,
@@ -135,9 +285,7 @@ pub fn run_set(
             "an appliance set needs at least one member",
         ));
     }
-    let out: Output = Arc::new(Mutex::new(output));
-    let active = Arc::new(AtomicUsize::new(0));
-    let mut consoles = Vec::new();
+    let mut ends = Vec::new();
     let mut children: Vec<Child> = Vec::new();
     for member in members {
         let (program, args) = member.command.split_first().ok_or_else(|| {
@@ -161,93 +309,30 @@ pub fn run_set(
                 )
             })?;
         children.push(child);
-        consoles.push(Arc::new(Console {
+        let master = File::from(master);
+        ends.push(ConsoleEnd {
             name: member.name.clone(),
-            master: Mutex::new(File::from(master)),
-            backlog: Mutex::new(VecDeque::new()),
-        }));
-    }
-    let consoles = Arc::new(consoles);
-    show(&consoles, 0, &out);
-
-    let mut drained = Vec::new();
-    for (index, console) in consoles.iter().enumerate() {
-        let (console, out, active) = (console.clone(), out.clone(), active.clone());
-        let (done, done_rx) = std::sync::mpsc::channel::<()>();
-        drained.push(done_rx);
-        let mut reader = console
-            .master
-            .lock()
-            .map_err(|_| io::Error::other("pty lock"))?
-            .try_clone()?;
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            // EIO: the pty's last slave closed (the appliance's VMM exited).
-            while let Ok(n) = reader.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                if let Ok(mut backlog) = console.backlog.lock() {
-                    backlog.extend(&buf[..n]);
-                    let excess = backlog.len().saturating_sub(BACKLOG);
-                    backlog.drain(..excess);
-                }
-                if active.load(Ordering::SeqCst) == index {
-                    write_out(&out, &buf[..n]);
-                }
-            }
-            let _ = done.send(());
+            from_guest: Box::new(master.try_clone()?),
+            to_guest: Box::new(master),
         });
     }
-
-    {
-        let (consoles, out, active) = (consoles.clone(), out.clone(), active.clone());
-        let mut input = input;
-        std::thread::spawn(move || {
-            let mut router = KeyRouter { escaped: false };
-            let mut buf = [0u8; 256];
-            while let Ok(n) = input.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                for &byte in &buf[..n] {
-                    let current = active.load(Ordering::SeqCst);
-                    match router.feed(byte) {
-                        None => {}
-                        Some(Action::Send(bytes)) => {
-                            if let Ok(mut master) = consoles[current].master.lock() {
-                                let _ = master.write_all(&bytes);
-                            }
-                        }
-                        Some(Action::Next) => {
-                            let next = (current + 1) % consoles.len();
-                            active.store(next, Ordering::SeqCst);
-                            show(&consoles, next, &out);
-                        }
-                        Some(Action::Select(i)) if i < consoles.len() => {
-                            active.store(i, Ordering::SeqCst);
-                            show(&consoles, i, &out);
-                        }
-                        Some(Action::Select(_)) => {}
-                        Some(Action::List) => {
-                            write_out(&out, banner(&consoles, current).as_bytes())
-                        }
-                    }
-                }
+    let pids: Vec<i32> = children.iter().map(|c| c.id() as i32).collect();
+    let switcher = Switcher::start(
+        ends,
+        input,
+        output,
+        Box::new(move || {
+            for pid in &pids {
+                // SAFETY: kill(2) on our own children's pids; they are not reaped before
+                // every wait below has returned, so the pids cannot be reused meanwhile.
+                unsafe { libc::kill(*pid, libc::SIGTERM) };
             }
-        });
-    }
-
+        }),
+    )?;
     let mut statuses = Vec::new();
-    for ((member, mut child), drained) in members.iter().zip(children).zip(drained) {
+    for (index, (member, mut child)) in members.iter().zip(children).enumerate() {
         let status = child.wait()?;
-        // Let the console's last words reach the screen before saying it ended (a
-        // process it left behind may hold the pty open: do not wait for that forever).
-        let _ = drained.recv_timeout(std::time::Duration::from_secs(2));
-        write_out(
-            &out,
-            format!("\r\n[{} ended: {status}]\r\n", member.name).as_bytes(),
-        );
+        switcher.ended(index, &status.to_string());
         statuses.push((member.name.clone(), status));
     }
     Ok(statuses)
@@ -345,6 +430,8 @@ mod tests {
         assert!(matches!(r.feed(b'x'), Some(Action::Send(v)) if v == [ESCAPE, b'x']));
         assert!(r.feed(ESCAPE).is_none());
         assert!(matches!(r.feed(b'n'), Some(Action::Next)));
+        assert!(r.feed(ESCAPE).is_none());
+        assert!(matches!(r.feed(b'q'), Some(Action::Logout)));
     }
 
     #[test]

@@ -108,7 +108,7 @@ pub struct Machine {
     mmio: Bus,
     exit: Arc<ExitSignal>,
     mmio_devices: Vec<MmioDeviceInfo>,
-    stdin_input: bool,
+    console_input: console::ConsoleInput,
     // Kept open for the VM's lifetime: closing it would destroy the VM under the vCPUs.
     _vm: VmFd,
     _kvm: Kvm,
@@ -164,11 +164,21 @@ impl Machine {
         let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("serial eventfd"))?;
         vm.register_irqfd(&serial_irq, SERIAL_GSI)
             .map_err(kvm_err("register_irqfd (serial)"))?;
-        let (out, stdin_input): (Box<dyn std::io::Write + Send>, bool) = match config.console {
-            ConsoleConfig::Stdio { input } => (Box::new(FlushingWriter(std::io::stdout())), input),
-            ConsoleConfig::Writer(w) => (w, false),
-            ConsoleConfig::Null => (Box::new(std::io::sink()), false),
-        };
+        use console::ConsoleInput;
+        let (out, console_input): (Box<dyn std::io::Write + Send>, ConsoleInput) =
+            match config.console {
+                ConsoleConfig::Stdio { input } => (
+                    Box::new(FlushingWriter(std::io::stdout())),
+                    if input {
+                        ConsoleInput::Stdin
+                    } else {
+                        ConsoleInput::None
+                    },
+                ),
+                ConsoleConfig::Stream { input, output } => (output, ConsoleInput::Stream(input)),
+                ConsoleConfig::Writer(w) => (w, ConsoleInput::None),
+                ConsoleConfig::Null => (Box::new(std::io::sink()), ConsoleInput::None),
+            };
         let serial_irq2 = serial_irq.try_clone().map_err(io_err("serial eventfd"))?;
         let serial = Arc::new(Mutex::new(Serial::new(serial_irq2, out)));
         let bus_err = |e: crate::bus::BusError| Error::Device(e.to_string());
@@ -281,7 +291,7 @@ impl Machine {
             mmio,
             exit,
             mmio_devices,
-            stdin_input,
+            console_input,
             _vm: vm,
             _kvm: kvm,
             mem,
@@ -397,12 +407,21 @@ impl Machine {
             exit: self.exit.clone(),
             stop: stop.clone(),
         };
-        let _raw = if self.stdin_input {
-            let raw = console::RawMode::enter();
-            console::spawn_stdin_forwarder(self.serial.clone(), self.exit.clone());
-            Some(raw)
-        } else {
-            None
+        let _raw = match std::mem::take(&mut self.console_input) {
+            console::ConsoleInput::None => None,
+            console::ConsoleInput::Stdin => {
+                let raw = console::RawMode::enter();
+                console::spawn_input_forwarder(
+                    std::io::stdin(),
+                    self.serial.clone(),
+                    self.exit.clone(),
+                );
+                Some(raw)
+            }
+            console::ConsoleInput::Stream(input) => {
+                console::spawn_input_forwarder(input, self.serial.clone(), self.exit.clone());
+                None
+            }
         };
         let mut threads = Vec::new();
         for (id, fd) in std::mem::take(&mut self.vcpus).into_iter().enumerate() {

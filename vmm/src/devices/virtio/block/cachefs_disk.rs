@@ -18,7 +18,7 @@ pub struct CachefsDisk {
     name: String,
     view: Arc<DiskView>,
     /// `None` for a read-only disk: the guest reads the chunks and nothing else.
-    overlay: Option<Overlay>,
+    overlay: Option<Arc<Overlay>>,
 }
 
 fn to_io(e: cachefs::Error) -> io::Error {
@@ -52,13 +52,25 @@ impl CachefsDisk {
         let overlay = if read_only {
             None
         } else {
-            Some(Overlay::system(view.clone()).map_err(to_io)?)
+            Some(Arc::new(Overlay::system(view.clone()).map_err(to_io)?))
         };
         Ok(CachefsDisk {
             name: name.to_string(),
             view,
             overlay,
         })
+    }
+}
+
+impl CachefsDisk {
+    /// A disk over an overlay its owner keeps: a user disk, whose changes the session
+    /// writes back to the repository after the VM has ended.
+    pub fn over(name: &str, overlay: Arc<Overlay>) -> CachefsDisk {
+        CachefsDisk {
+            name: name.to_string(),
+            view: overlay.view().clone(),
+            overlay: Some(overlay),
+        }
     }
 }
 
