@@ -34,6 +34,11 @@ pub const PROGRAMS: &[FirmwareProgram] = &[
         bin: "vmm",
         install_path: "bin/vmm",
     },
+    FirmwareProgram {
+        package: "collective-session",
+        bin: "session",
+        install_path: "bin/session",
+    },
 ];
 
 /// The workspace this builder was compiled from, when it still exists: the default source

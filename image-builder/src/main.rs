@@ -32,12 +32,22 @@ enum Command {
         /// Download cache (default: $COLLECTIVE_CACHE or ~/.cache/collective).
         #[arg(long)]
         cache_dir: Option<PathBuf>,
-        /// Prebuilt static `init` and `vmm` instead of building them from this workspace
-        /// (both or neither).
-        #[arg(long, requires = "vmm")]
+        /// Prebuilt static `init`, `vmm` and `session` instead of building them from
+        /// this workspace (all three or none).
+        #[arg(long, requires_all = ["vmm", "session"])]
         init: Option<PathBuf>,
-        #[arg(long, requires = "init")]
+        #[arg(long, requires_all = ["init", "session"])]
         vmm: Option<PathBuf>,
+        #[arg(long, requires_all = ["init", "vmm"])]
+        session: Option<PathBuf>,
+        /// The publishers' public keys the terminal trusts (`collective-repo keygen`
+        /// output, one per line); installed as /etc/collective/trusted-keys.
+        #[arg(long)]
+        trusted_keys: Option<PathBuf>,
+        /// The CA certificate (PEM) of an https repository whose certificate no public CA
+        /// signed; installed as /etc/collective/ca.pem.
+        #[arg(long)]
+        ca: Option<PathBuf>,
         /// Repository URL built into the kernel command line (collective.repo=).
         #[arg(long)]
         repo: Option<String>,
@@ -68,11 +78,14 @@ fn run(cli: Cli) -> Result<()> {
             cache_dir,
             init,
             vmm,
+            session,
+            trusted_keys,
+            ca,
             repo,
             cmdline,
             add,
         } => {
-            let extra_files = add
+            let mut extra_files = add
                 .iter()
                 .map(|a| match a.split_once(':') {
                     Some((src, dest)) if !src.is_empty() && !dest.is_empty() => {
@@ -81,8 +94,18 @@ fn run(cli: Cli) -> Result<()> {
                     _ => Err(anyhow::anyhow!("--add {a:?}: expected SRC:PATH")),
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let programs = match (init, vmm) {
-                (Some(init), Some(vmm)) => ProgramSource::Prebuilt(vec![init, vmm]),
+            if let Some(keys) = trusted_keys {
+                extra_files.push((keys, "etc/collective/trusted-keys".into()));
+            } else {
+                log::warn!("no --trusted-keys: terminals booted from this image cannot verify any appliance, so no one can log in");
+            }
+            if let Some(ca) = ca {
+                extra_files.push((ca, "etc/collective/ca.pem".into()));
+            }
+            let programs = match (init, vmm, session) {
+                (Some(init), Some(vmm), Some(session)) => {
+                    ProgramSource::Prebuilt(vec![init, vmm, session])
+                }
                 _ => ProgramSource::Workspace(binaries::default_workspace().ok_or_else(|| {
                     anyhow::anyhow!("not run from a checkout of the project: pass --init with a static init binary")
                 })?),

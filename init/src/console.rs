@@ -5,7 +5,7 @@
 //! work. A console that cannot be opened is retried slowly; an error never ends the
 //! thread, because a terminal without a prompt is a brick.
 
-use crate::login::{Authenticator, LoginOutcome};
+use crate::login::{LoginOutcome, Sessions};
 use crate::power::{request, PowerAction};
 use crate::settings::KEYS;
 use crate::status::StatusBoard;
@@ -33,10 +33,22 @@ fn write_locked(tty: &mut File, bytes: &[u8]) -> std::io::Result<()> {
     tty.write_all(bytes)
 }
 
+/// The console a session runs on: it belongs to the person's appliances, so
+/// announcements skip it and no second session starts.
+static SESSION_ON: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+fn session_console() -> Option<String> {
+    SESSION_ON.lock().ok().and_then(|s| s.clone())
+}
+
 /// Tells every console something changed, and prompts again.
 pub fn announce(consoles: &[String], text: &str) {
     let _guard = OUTPUT.lock();
+    let busy = session_console();
     for name in consoles {
+        if busy.as_deref() == Some(name.as_str()) {
+            continue;
+        }
         if let Ok(mut tty) = open_tty(name) {
             let _ = tty.write_all(format!("\r\n{text}login: ").as_bytes());
         }
@@ -44,7 +56,7 @@ pub fn announce(consoles: &[String], text: &str) {
 }
 
 /// Starts the login thread for `/dev/<name>`.
-pub fn spawn(name: String, board: Arc<StatusBoard>, auth: Arc<dyn Authenticator>) {
+pub fn spawn(name: String, board: Arc<StatusBoard>, sessions: Arc<dyn Sessions>) {
     let thread_name = format!("console-{name}");
     let result = std::thread::Builder::new()
         .name(thread_name)
@@ -52,7 +64,7 @@ pub fn spawn(name: String, board: Arc<StatusBoard>, auth: Arc<dyn Authenticator>
             let mut warned = false;
             loop {
                 let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    serve(&name, &board, auth.as_ref())
+                    serve(&name, &board, sessions.as_ref())
                 }));
                 match outcome {
                     Ok(Err(e)) if !warned => {
@@ -71,7 +83,7 @@ pub fn spawn(name: String, board: Arc<StatusBoard>, auth: Arc<dyn Authenticator>
     }
 }
 
-fn open_tty(name: &str) -> std::io::Result<File> {
+pub fn open_tty(name: &str) -> std::io::Result<File> {
     OpenOptions::new()
         .read(true)
         .write(true)
@@ -139,7 +151,7 @@ fn help_text() -> String {
 }
 
 /// Runs the prompt until the console fails.
-fn serve(name: &str, board: &StatusBoard, auth: &dyn Authenticator) -> std::io::Result<()> {
+fn serve(name: &str, board: &StatusBoard, sessions: &dyn Sessions) -> std::io::Result<()> {
     let mut tty = open_tty(name)?;
     if let Err(e) = configure(&tty) {
         debug!("console {name}: termios: {e}");
@@ -181,18 +193,50 @@ fn serve(name: &str, board: &StatusBoard, auth: &dyn Authenticator) -> std::io::
                 let password = read_line(&mut tty);
                 set_echo(&tty, true);
                 let password = password?.unwrap_or_default();
-                match auth.login(&user, &password) {
-                    LoginOutcome::Accepted => {
-                        failures = 0;
-                        tty.write_all(format!("Welcome, {user}.\r\n").as_bytes())?;
+                let taken = SESSION_ON.lock().ok().and_then(|mut on| match on.as_ref() {
+                    Some(other) => Some(other.clone()),
+                    None => {
+                        *on = Some(name.to_string());
+                        None
                     }
-                    LoginOutcome::Refused(reason) => {
+                });
+                if let Some(other) = taken {
+                    tty.write_all(
+                        format!("A session is running on {other}; log out there first.\r\n")
+                            .as_bytes(),
+                    )?;
+                    continue;
+                }
+                let outcome = sessions.run(name, &user, &password);
+                drop(password);
+                if let Ok(mut on) = SESSION_ON.lock() {
+                    *on = None;
+                }
+                match outcome {
+                    LoginOutcome::Ended => {
+                        failures = 0;
+                        info!("session of {user:?} on {name} ended");
+                        write_locked(&mut tty, board.snapshot().banner().as_bytes())?;
+                    }
+                    LoginOutcome::Refused { reason } => {
                         failures = failures.saturating_add(1);
-                        info!("login refused for {user:?} on {name}: {reason}");
-                        tty.write_all(format!("Login failed: {reason}\r\n").as_bytes())?;
+                        info!("login refused for {user:?} on {name}");
+                        if let Some(reason) = reason {
+                            tty.write_all(format!("Login failed: {reason}\r\n").as_bytes())?;
+                        }
                         // A growing delay makes guessing passwords slow.
                         std::thread::sleep(failure_delay(failures));
                     }
+                    LoginOutcome::Failed { reason } => {
+                        info!("session of {user:?} on {name} could not run");
+                        if let Some(reason) = reason {
+                            tty.write_all(format!("{reason}\r\n").as_bytes())?;
+                        }
+                    }
+                }
+                // The session may have left the line in raw mode.
+                if let Err(e) = configure(&tty) {
+                    debug!("console {name}: termios: {e}");
                 }
             }
         }

@@ -1,30 +1,116 @@
-//! Checking a user's credentials.
+//! Running a user's session once the console has the user name and password.
 //!
-//! The console asks an [`Authenticator`]; the receiver (repository login, offline login
-//! from the cache) plugs in here. Until a firmware carries it, the terminal refuses every
-//! login with a message that says what is missing, rather than pretending.
+//! The session is its own program (`/bin/session`, crate `session`): it logs in through
+//! the receiver, fills the cache, runs the appliances and writes the user disks back. init
+//! starts it on the console where the person sits, hands it the password on a pipe
+//! (never on the command line or in the environment, which other processes can read),
+//! waits for it, and shows the login prompt again. When it exits, everything of the
+//! session goes with it.
 
+use crate::status::StatusBoard;
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// How a login attempt ended.
+#[derive(Debug, PartialEq, Eq)]
 pub enum LoginOutcome {
-    #[allow(dead_code)] // until the receiver's authenticator is part of the firmware
-    Accepted,
-    /// Why, in words for the person at the terminal.
-    Refused(String),
+    /// The person worked and logged out.
+    Ended,
+    /// Wrong user name or password (the session already said so, unless `reason`).
+    Refused { reason: Option<String> },
+    /// The session could not run (the session already said why, unless `reason`).
+    Failed { reason: Option<String> },
 }
 
-pub trait Authenticator: Send + Sync {
-    fn login(&self, user: &str, password: &str) -> LoginOutcome;
+/// Runs sessions; the console asks it after reading a user name and a password.
+pub trait Sessions: Send + Sync {
+    fn run(&self, console: &str, user: &str, password: &str) -> LoginOutcome;
 }
 
-/// The authenticator of a firmware without a repository client.
-pub struct NoRepositoryClient {
-    pub repo: Option<String>,
+/// Where the firmware keeps what it trusts, put there by `collective-image build`.
+pub const TRUSTED_KEYS: &str = "/etc/collective/trusted-keys";
+pub const REPOSITORY_CA: &str = "/etc/collective/ca.pem";
+
+/// The session program of the firmware.
+pub struct SessionProgram {
+    pub program: PathBuf,
+    pub board: Arc<StatusBoard>,
 }
 
-impl Authenticator for NoRepositoryClient {
-    fn login(&self, _user: &str, _password: &str) -> LoginOutcome {
-        LoginOutcome::Refused(match &self.repo {
-            None => "this terminal has no repository configured; add collective.repo=URL to the kernel command line (boot.ipxe)".into(),
-            Some(url) => format!("this firmware cannot log in to {url} yet: it has no repository client"),
-        })
+impl SessionProgram {
+    fn arguments(&self, user: &str) -> Vec<String> {
+        let status = self.board.snapshot();
+        let mut args = vec!["--user".to_string(), user.to_string()];
+        if let Some(repo) = status.repo {
+            args.extend(["--repo".to_string(), repo]);
+        }
+        args.push("--cache".into());
+        args.push(match &status.cache_device {
+            Some(dev) => dev.display().to_string(),
+            None => "memory".into(),
+        });
+        args.extend(["--trusted-keys".to_string(), TRUSTED_KEYS.to_string()]);
+        if std::path::Path::new(REPOSITORY_CA).exists() {
+            args.extend(["--ca".to_string(), REPOSITORY_CA.to_string()]);
+        }
+        args.extend(["--password-fd".to_string(), "3".to_string()]);
+        args
+    }
+}
+
+impl Sessions for SessionProgram {
+    fn run(&self, console: &str, user: &str, password: &str) -> LoginOutcome {
+        let failed = |reason: String| LoginOutcome::Failed {
+            reason: Some(reason),
+        };
+        let tty = || crate::console::open_tty(console);
+        let (Ok(stdin), Ok(stdout), Ok(stderr)) = (tty(), tty(), tty()) else {
+            return failed(format!("cannot open /dev/{console} for the session"));
+        };
+        let (pw_read, mut pw_write) = match std::io::pipe() {
+            Ok(p) => p,
+            Err(e) => return failed(format!("cannot create a pipe: {e}")),
+        };
+        let pw_fd = std::os::fd::AsRawFd::as_raw_fd(&pw_read);
+        let mut command = std::process::Command::new(&self.program);
+        command
+            .args(self.arguments(user))
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(stderr);
+        // SAFETY: between fork and exec only async-signal-safe calls: dup2 and setsid.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::dup2(pw_fd, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let child = match command.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                return failed(format!(
+                    "cannot start the session ({}): {e}",
+                    self.program.display()
+                ))
+            }
+        };
+        drop(pw_read);
+        let _ = pw_write.write_all(format!("{password}\n").as_bytes());
+        drop(pw_write);
+        log::info!("session of {user} started on {console} (pid {})", child.id());
+        match crate::children::wait(child.id() as i32, None) {
+            Some(0) => LoginOutcome::Ended,
+            Some(3) => LoginOutcome::Refused { reason: None },
+            Some(1) | Some(2) => LoginOutcome::Failed { reason: None },
+            Some(code) => failed(format!(
+                "the session ended unexpectedly (code {code}); your user data stays in the cache"
+            )),
+            None => failed("lost track of the session".into()),
+        }
     }
 }

@@ -117,11 +117,12 @@ fn bring_up() -> Vec<String> {
         problems: problems.clone(),
         ..TerminalStatus::default()
     }));
-    let auth: Arc<dyn login::Authenticator> = Arc::new(login::NoRepositoryClient {
-        repo: settings.repo.clone(),
+    let sessions: Arc<dyn login::Sessions> = Arc::new(login::SessionProgram {
+        program: PathBuf::from("/bin/session"),
+        board: board.clone(),
     });
     for name in &settings.consoles {
-        console::spawn(name.clone(), board.clone(), auth.clone());
+        console::spawn(name.clone(), board.clone(), sessions.clone());
     }
 
     // Listen before the coldplug walk, so a device that appears during it is not missed.
@@ -211,6 +212,7 @@ fn bring_up() -> Vec<String> {
         s.kvm = kvm_status;
         s.problems = problems;
         s.cache = cache.line;
+        s.cache_device = cache.device;
         s.boot_seconds = boot_seconds;
         s.complete = true;
     });

@@ -15,6 +15,8 @@ pub struct TerminalStatus {
     pub nics: Vec<Nic>,
     pub kvm: KvmStatus,
     pub cache: String,
+    /// The cache disk init checked, for the session; `None`: run from memory.
+    pub cache_device: Option<std::path::PathBuf>,
     pub repo: Option<String>,
     /// Things that went wrong during bring-up, each a line a person can act on.
     pub problems: Vec<String>,
@@ -34,6 +36,7 @@ impl Default for TerminalStatus {
             nics: Vec::new(),
             kvm: KvmStatus::Pending,
             cache: String::new(),
+            cache_device: None,
             repo: None,
             problems: Vec::new(),
             boot_seconds: None,

@@ -106,6 +106,10 @@ pub fn spawn_input_forwarder(
                     Ok(0) | Err(_) => return,
                     Ok(n) => n,
                 };
+                if exit.reason().is_some() {
+                    // The VM ended while we waited: these keys are for whatever runs next.
+                    return;
+                }
                 let (bytes, stop) = filter_input(&buf[..n], &mut escaped);
                 let mut rest = &bytes[..];
                 while !rest.is_empty() {

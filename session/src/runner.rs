@@ -1,0 +1,156 @@
+//! Runs one appliance of the set: its VM in a thread of the session (the session owns the
+//! cache, so the VMs must read it through the session's handle), rebooted when the guest
+//! resets, stopped when the person logs out.
+
+use appliance::{DiskRole, Manifest};
+use cachefs::{Cache, ChunkSource, Overlay};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use vmm::devices::virtio::block::cachefs_disk::CachefsDisk;
+use vmm::{BlockBackend, ConsoleConfig, ExitReason, ExitSignal};
+
+/// What an appliance's VM needs, prepared before it starts.
+pub struct Prepared {
+    pub name: String,
+    pub manifest: Manifest,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// The user disks' overlays, by disk name; they outlive the VM for write-back.
+    pub user_disks: Vec<(String, Arc<Overlay>)>,
+}
+
+/// Writes a chunked blob (kernel, initrd) from the cache to a file the VMM loads.
+pub fn materialize(
+    cache: &Arc<Cache>,
+    blob: &appliance::ChunkedBlob,
+    source: Arc<dyn ChunkSource>,
+    path: &Path,
+) -> Result<(), String> {
+    let view = receiver::disks::view(cache, blob, source).map_err(|e| e.to_string())?;
+    let len = usize::try_from(blob.size).map_err(|_| "image too large".to_string())?;
+    let mut bytes = vec![0u8; len];
+    view.read_at(0, &mut bytes).map_err(|e| e.to_string())?;
+    std::fs::write(path, &bytes).map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+/// The person's logout and the guests' ends, seen by every appliance thread.
+#[derive(Default)]
+pub struct StopAll {
+    stopping: AtomicBool,
+    signals: Mutex<Vec<Arc<ExitSignal>>>,
+}
+
+impl StopAll {
+    /// Stops every running VM and keeps the others from starting or rebooting.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        if let Ok(signals) = self.signals.lock() {
+            for s in signals.iter() {
+                s.request(ExitReason::Stopped);
+            }
+        }
+    }
+
+    /// Whether logout was asked for.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    fn register(&self, signal: Arc<ExitSignal>) {
+        if let Ok(mut signals) = self.signals.lock() {
+            signals.push(signal.clone());
+        }
+        // A logout that came between the check and the registration still counts.
+        if self.stopping() {
+            signal.request(ExitReason::Stopped);
+        }
+    }
+}
+
+/// The console pipes' VM ends.
+pub struct GuestConsole {
+    pub keys: File,
+    pub output: File,
+}
+
+/// Starts the appliance's VM in a thread; the thread returns how it ended.
+pub fn start(
+    prepared: Prepared,
+    cache: Arc<Cache>,
+    source: Arc<dyn ChunkSource>,
+    console: GuestConsole,
+    stop: Arc<StopAll>,
+) -> std::io::Result<JoinHandle<Result<ExitReason, String>>> {
+    std::thread::Builder::new()
+        .name(format!("vm-{}", prepared.name))
+        .spawn(move || {
+            let mut boots = 0u32;
+            loop {
+                if stop.stopping() {
+                    return Ok(ExitReason::Stopped);
+                }
+                boots += 1;
+                log::info!("{}: booting (boot {boots})", prepared.name);
+                let reason = boot_once(&prepared, &cache, &source, &console, &stop)?;
+                log::info!("{}: VM ended: {reason:?}", prepared.name);
+                if reason != ExitReason::Reset || stop.stopping() {
+                    return Ok(reason);
+                }
+            }
+        })
+}
+
+/// One boot: fresh system-disk overlays (a reboot forgets system changes, as a power
+/// cycle of a real appliance would), the same user disks.
+fn boot_once(
+    p: &Prepared,
+    cache: &Arc<Cache>,
+    source: &Arc<dyn ChunkSource>,
+    console: &GuestConsole,
+    stop: &StopAll,
+) -> Result<ExitReason, String> {
+    let mut disks: Vec<Arc<dyn BlockBackend>> = Vec::new();
+    for disk in &p.manifest.disks {
+        let backend: Arc<dyn BlockBackend> = match disk.role {
+            DiskRole::System => Arc::new(
+                CachefsDisk::new(&disk.name, cache.clone(), &disk.image, source.clone(), false)
+                    .map_err(|e| format!("disk {}: {e}", disk.name))?,
+            ),
+            DiskRole::User => {
+                let overlay = p
+                    .user_disks
+                    .iter()
+                    .find(|(name, _)| *name == disk.name)
+                    .map(|(_, o)| o.clone())
+                    .ok_or_else(|| format!("user disk {} was not opened", disk.name))?;
+                Arc::new(CachefsDisk::over(&disk.name, overlay))
+            }
+        };
+        disks.push(backend);
+    }
+    let clone = |f: &File, what: &str| {
+        f.try_clone()
+            .map_err(|e| format!("console {what}: {e}"))
+    };
+    let console = ConsoleConfig::Stream {
+        input: Box::new(clone(&console.keys, "input")?),
+        output: Box::new(clone(&console.output, "output")?),
+    };
+    let config = vmm::appliance_vm::vm_config(
+        &p.manifest,
+        p.kernel.clone(),
+        p.initrd.clone(),
+        disks,
+        console,
+    )
+    .map_err(|e| e.to_string())?;
+    let mut machine = vmm::Machine::new(config.machine).map_err(|e| e.to_string())?;
+    stop.register(machine.exit_signal());
+    machine
+        .load_kernel(&config.kernel)
+        .map_err(|e| e.to_string())?;
+    machine.run().map_err(|e| e.to_string())
+}

@@ -1,0 +1,341 @@
+//! The appliances on the person's console: fill with progress bars, start each appliance
+//! when its boot chunks are in, switch consoles, and end the session when they have all
+//! ended.
+
+use crate::runner::{self, GuestConsole, Prepared, StopAll};
+use crate::screen::{self, Gate, LiveBlock};
+use crate::{logout, Outcome, Screen, Settings, REDRAW};
+use cachefs::{Cache, ChunkSource};
+use receiver::{FillOptions, Session};
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::sync::Arc;
+use vmm::console_switch::{ConsoleEnd, Switcher};
+
+/// A pipe: (read end, write end).
+fn pipe() -> std::io::Result<(File, File)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two new fds into the array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both fds were just created and belong to nobody else.
+    Ok(unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) })
+}
+
+/// Puts the console in raw mode for the session (every key reaches the appliance) and
+/// restores it afterwards.
+struct RawConsole {
+    fd: i32,
+    saved: Option<libc::termios>,
+}
+
+impl RawConsole {
+    fn enter(tty: &File) -> RawConsole {
+        let fd = tty.as_raw_fd();
+        // SAFETY: tcgetattr/tcsetattr on an fd we own, with a zeroed termios to fill.
+        unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::isatty(fd) != 1 || libc::tcgetattr(fd, &mut t) != 0 {
+                return RawConsole { fd, saved: None };
+            }
+            let saved = t;
+            libc::cfmakeraw(&mut t);
+            t.c_oflag |= libc::OPOST | libc::ONLCR;
+            libc::tcsetattr(fd, libc::TCSANOW, &t);
+            RawConsole {
+                fd,
+                saved: Some(saved),
+            }
+        }
+    }
+}
+
+impl Drop for RawConsole {
+    fn drop(&mut self) {
+        if let Some(t) = self.saved {
+            // SAFETY: restoring the settings read from the same fd.
+            unsafe { libc::tcsetattr(self.fd, libc::TCSANOW, &t) };
+        }
+    }
+}
+
+/// The networks the set joins become bridges; the drivers are loaded on first use.
+fn bring_up_networks(apps: &[Prepared], screen: &mut Screen) -> Vec<String> {
+    let mut bridges: Vec<String> = Vec::new();
+    for a in apps {
+        for n in &a.manifest.networks {
+            let b = vmm::appliance_vm::bridge_for_network(&n.network);
+            if !bridges.contains(&b) {
+                bridges.push(b);
+            }
+        }
+    }
+    if bridges.is_empty() {
+        return bridges;
+    }
+    for module in ["tun", "bridge"] {
+        // init answers modprobe; outside the firmware the modules are usually there.
+        let _ = std::process::Command::new("/sbin/modprobe")
+            .args(["-q", module])
+            .status();
+    }
+    bridges.retain(|b| match crate::bridges::ensure(b) {
+        Ok(()) => true,
+        Err(e) => {
+            screen.line(&format!("  network {b}: {e}; appliances on it start without it"));
+            false
+        }
+    });
+    bridges
+}
+
+/// Whether the kernel, initrd and system disks of `m` are all in the cache.
+fn system_complete(cache: &Cache, m: &appliance::Manifest) -> bool {
+    let mut blobs = vec![&m.kernel];
+    blobs.extend(m.initrd.iter());
+    blobs.extend(
+        m.disks
+            .iter()
+            .filter(|d| d.role == appliance::DiskRole::System)
+            .map(|d| &d.image),
+    );
+    blobs
+        .iter()
+        .flat_map(|b| b.chunks.iter().flatten())
+        .all(|id| cache.contains(&receiver::set::cid(id)))
+}
+
+/// Chooses what to run of each appliance and opens its user disks.
+fn prepare(
+    settings: &Settings,
+    session: &Session,
+    cache: &Arc<Cache>,
+    source: &Arc<dyn ChunkSource>,
+    screen: &mut Screen,
+) -> Vec<Prepared> {
+    let mut out = Vec::new();
+    for a in &session.set.appliances {
+        let manifest = if session.is_offline() && !receiver::set::is_complete(cache, a) {
+            // Offline, only what is in the cache can run: the previous version if the
+            // update never finished arriving.
+            match &a.previous {
+                Some((m, _)) if system_complete(cache, m) => {
+                    screen.line(&format!(
+                        "  {}: v{} is not complete in the cache; running v{} (offline)",
+                        a.name(),
+                        a.manifest.version,
+                        m.version
+                    ));
+                    m.clone()
+                }
+                _ => {
+                    screen.line(&format!(
+                        "  {}: not complete in the cache and the repository is unreachable; it cannot start",
+                        a.name()
+                    ));
+                    continue;
+                }
+            }
+        } else {
+            a.manifest.clone()
+        };
+        let dir = settings.run_dir.join(a.name());
+        let kernel = dir.join("vmlinuz");
+        let initrd = manifest.initrd.as_ref().map(|_| dir.join("initrd.img"));
+        let mut user_disks = Vec::new();
+        let mut ok = true;
+        for d in &a.user_disks {
+            match receiver::open_session_user_disk(session, a.name(), &d.disk, source.clone()) {
+                Ok(o) => user_disks.push((d.disk.clone(), Arc::new(o))),
+                Err(e) => {
+                    screen.line(&format!(
+                        "  {}: user disk {}: {e}; the appliance does not start, its data stays in the cache",
+                        a.name(),
+                        d.disk
+                    ));
+                    ok = false;
+                }
+            }
+        }
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            screen.line(&format!("  {}: {e}", a.name()));
+            ok = false;
+        }
+        if ok {
+            out.push(Prepared {
+                name: a.name().to_string(),
+                manifest,
+                kernel,
+                initrd,
+                user_disks,
+            });
+        }
+    }
+    out
+}
+
+/// Runs the set on the console until it has ended, then logs out.
+pub fn run_appliances(
+    settings: &Settings,
+    mut session: Session,
+    cache: Arc<Cache>,
+    options: FillOptions,
+    tty_in: File,
+    screen: &mut Screen,
+) -> Outcome {
+    let fetcher = session.client.clone().map(receiver::Fetcher::new);
+    let source: Arc<dyn ChunkSource> = match &fetcher {
+        Some(f) => f.clone(),
+        None => Arc::new(cachefs::NoSource),
+    };
+    let fill = fetcher
+        .as_ref()
+        .map(|f| receiver::fill::start(cache.clone(), f.clone(), &session.set, options));
+    let apps = prepare(settings, &session, &cache, &source, screen);
+    let user_disks: Vec<(String, String, Arc<cachefs::Overlay>)> = apps
+        .iter()
+        .flat_map(|a| {
+            a.user_disks
+                .iter()
+                .map(|(d, o)| (a.name.clone(), d.clone(), o.clone()))
+        })
+        .collect();
+    let bridges = bring_up_networks(&apps, screen);
+
+    let raw = RawConsole::enter(&tty_in);
+    let stop = Arc::new(StopAll::default());
+    let gate = match screen.writer().try_clone() {
+        Ok(f) => Gate::new(Box::new(f)),
+        Err(e) => {
+            return logout::finish(
+                &mut session, fill, &user_disks, &bridges, screen,
+                Some(format!("cannot share the console: {e}")),
+            )
+        }
+    };
+    let mut ends = Vec::new();
+    let mut guest_sides = Vec::new();
+    for a in &apps {
+        let (Ok((out_r, out_w)), Ok((keys_r, keys_w))) = (pipe(), pipe()) else {
+            return logout::finish(
+                &mut session, fill, &user_disks, &bridges, screen,
+                Some("cannot create console pipes".into()),
+            );
+        };
+        ends.push(ConsoleEnd {
+            name: a.name.clone(),
+            from_guest: Box::new(out_r),
+            to_guest: Box::new(keys_w),
+        });
+        guest_sides.push(GuestConsole {
+            keys: keys_r,
+            output: out_w,
+        });
+    }
+    let switcher = if apps.is_empty() {
+        None
+    } else {
+        let stop = stop.clone();
+        match Switcher::start(ends, tty_in, Box::new(gate.clone()), Box::new(move || stop.stop())) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                return logout::finish(
+                    &mut session, fill, &user_disks, &bridges, screen,
+                    Some(format!("cannot start the console switcher: {e}")),
+                )
+            }
+        }
+    };
+
+    // Start each appliance as soon as its boot chunks are in; draw the bars meanwhile.
+    let mut pending: Vec<Option<(Prepared, GuestConsole)>> =
+        apps.into_iter().zip(guest_sides).map(Some).collect();
+    let mut threads: Vec<(usize, std::thread::JoinHandle<Result<vmm::ExitReason, String>>)> =
+        Vec::new();
+    let mut bars = LiveBlock::default();
+    let names: Vec<String> = pending
+        .iter()
+        .map(|p| p.as_ref().map(|(a, _)| a.name.clone()).unwrap_or_default())
+        .collect();
+    loop {
+        let progress = fill.as_ref().map(|f| f.progress());
+        if let Some(p) = &progress {
+            bars.draw(screen.writer(), &screen::progress_lines(p));
+        }
+        for (index, slot) in pending.iter_mut().enumerate() {
+            let ready = match &progress {
+                None => true,
+                Some(p) => {
+                    p.finished
+                        || p.appliances
+                            .iter()
+                            .find(|ap| Some(&ap.name) == slot.as_ref().map(|(a, _)| &a.name))
+                            .is_none_or(|ap| ap.boot_ready())
+                }
+            };
+            if !ready || slot.is_none() {
+                continue;
+            }
+            let Some((app, console)) = slot.take() else {
+                continue;
+            };
+            let name = app.name.clone();
+            let materialized = runner::materialize(&cache, &app.manifest.kernel, source.clone(), &app.kernel)
+                .and_then(|()| match (&app.manifest.initrd, &app.initrd) {
+                    (Some(blob), Some(path)) => runner::materialize(&cache, blob, source.clone(), path),
+                    _ => Ok(()),
+                });
+            if let Err(e) = materialized {
+                screen.line(&format!("  {name}: cannot read its kernel: {e}"));
+                if let Some(s) = &switcher {
+                    s.ended(index, &format!("not started: {e}"));
+                }
+                continue;
+            }
+            match runner::start(app, cache.clone(), source.clone(), console, stop.clone()) {
+                Ok(t) => {
+                    log::info!("{name}: started");
+                    threads.push((index, t));
+                }
+                Err(e) => screen.line(&format!("  {name}: cannot start: {e}")),
+            }
+        }
+        if pending.iter().all(Option::is_none) || stop.stopping() {
+            break;
+        }
+        std::thread::sleep(REDRAW);
+    }
+    screen.line(&format!(
+        "Appliances: {}. Keys: Ctrl-A n next console, Ctrl-A 1-9 choose, Ctrl-A q log out.",
+        names.join(", ")
+    ));
+    gate.open();
+
+    let mut problems = None;
+    for (index, thread) in threads {
+        let how = match thread.join() {
+            Ok(Ok(reason)) => describe(&reason),
+            Ok(Err(e)) => {
+                problems.get_or_insert_with(String::new).push_str(&format!("{}: {e}; ", names[index]));
+                format!("failed: {e}")
+            }
+            Err(_) => "crashed".to_string(),
+        };
+        if let Some(s) = &switcher {
+            s.ended(index, &how);
+        }
+    }
+    drop(raw);
+    logout::finish(&mut session, fill, &user_disks, &bridges, screen, problems)
+}
+
+fn describe(reason: &vmm::ExitReason) -> String {
+    match reason {
+        vmm::ExitReason::PowerOff => "powered off".into(),
+        vmm::ExitReason::Reset => "reset".into(),
+        vmm::ExitReason::Halt => "halted".into(),
+        vmm::ExitReason::Stopped => "stopped at logout".into(),
+        vmm::ExitReason::Crash(why) => format!("crashed: {why}"),
+    }
+}
