@@ -93,6 +93,41 @@ pub fn fetch_kernel(
     })
 }
 
+/// Downloads (if not cached) and unpacks any Debian package (busybox-static for test
+/// appliances, say); returns the folder it was unpacked into.
+pub fn fetch_package(cache_dir: &Path, package: &str) -> Result<PathBuf> {
+    let debs = cache_dir.join("debs");
+    fs::create_dir_all(&debs)
+        .with_context(|| format!("creating download cache {}", debs.display()))?;
+    let version = candidate_version(package)?;
+    let deb = download(&debs, package, &version)?;
+    let root = cache_dir
+        .join("unpacked")
+        .join(format!("{package}_{}", version.replace(':', "%3a")));
+    if root.join(".complete").exists() {
+        return Ok(root);
+    }
+    let tmp = root.with_extension(format!("tmp-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir_all(&tmp)?;
+    let status = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&tmp)
+        .status()
+        .context("running dpkg-deb")?;
+    if !status.success() {
+        bail!(
+            "dpkg-deb -x {} failed; delete the file so it is downloaded again",
+            deb.display()
+        );
+    }
+    fs::write(tmp.join(".complete"), b"")?;
+    let _ = fs::remove_dir_all(&root);
+    fs::rename(&tmp, &root)?;
+    Ok(root)
+}
+
 /// The version apt would install now.
 fn candidate_version(package: &str) -> Result<String> {
     let out = run_capture(Command::new("apt-cache").args(["policy", package]))?;

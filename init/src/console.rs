@@ -188,8 +188,10 @@ fn serve(name: &str, board: &StatusBoard, sessions: &dyn Sessions) -> std::io::R
                 return Ok(());
             }
             _ => {
-                tty.write_all(b"Password: ")?;
+                // Echo off before the prompt: whoever types on seeing it must not be
+                // echoed.
                 set_echo(&tty, false);
+                tty.write_all(b"Password: ")?;
                 let password = read_line(&mut tty);
                 set_echo(&tty, true);
                 let password = password?.unwrap_or_default();

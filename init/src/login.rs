@@ -102,7 +102,10 @@ impl Sessions for SessionProgram {
         drop(pw_read);
         let _ = pw_write.write_all(format!("{password}\n").as_bytes());
         drop(pw_write);
-        log::info!("session of {user} started on {console} (pid {})", child.id());
+        log::info!(
+            "session of {user} started on {console} (pid {})",
+            child.id()
+        );
         match crate::children::wait(child.id() as i32, None) {
             Some(0) => LoginOutcome::Ended,
             Some(3) => LoginOutcome::Refused { reason: None },

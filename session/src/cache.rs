@@ -79,8 +79,9 @@ pub fn open(location: &CacheLocation) -> Result<Arc<Cache>, String> {
         }
         CacheLocation::Memory { file, bytes } => {
             let _ = std::fs::remove_file(file);
-            let storage = FileStorage::create_file(file, *bytes)
-                .map_err(|e| format!("cannot create a cache in memory ({}): {e}", file.display()))?;
+            let storage = FileStorage::create_file(file, *bytes).map_err(|e| {
+                format!("cannot create a cache in memory ({}): {e}", file.display())
+            })?;
             drop(
                 Cache::create(Box::new(storage), CreateOptions { force: true })
                     .map_err(|e| format!("cannot create a cache in memory: {e}"))?,

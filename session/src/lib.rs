@@ -103,10 +103,7 @@ pub fn run(settings: &Settings, password: &str, tty_in: File, tty_out: File) -> 
         Err(e) => return Outcome::Failed(e),
     };
     if let Err(e) = std::fs::create_dir_all(&settings.run_dir) {
-        return Outcome::Failed(format!(
-            "cannot create {}: {e}",
-            settings.run_dir.display()
-        ));
+        return Outcome::Failed(format!("cannot create {}: {e}", settings.run_dir.display()));
     }
     let cache = match cache::open(&settings.cache) {
         Ok(c) => c,

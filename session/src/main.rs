@@ -20,7 +20,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "session", version, about = "Run a user's appliance set on this terminal")]
+#[command(
+    name = "session",
+    version,
+    about = "Run a user's appliance set on this terminal"
+)]
 struct Cli {
     /// The user logging in.
     #[arg(long)]

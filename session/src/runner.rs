@@ -116,8 +116,14 @@ fn boot_once(
     for disk in &p.manifest.disks {
         let backend: Arc<dyn BlockBackend> = match disk.role {
             DiskRole::System => Arc::new(
-                CachefsDisk::new(&disk.name, cache.clone(), &disk.image, source.clone(), false)
-                    .map_err(|e| format!("disk {}: {e}", disk.name))?,
+                CachefsDisk::new(
+                    &disk.name,
+                    cache.clone(),
+                    &disk.image,
+                    source.clone(),
+                    false,
+                )
+                .map_err(|e| format!("disk {}: {e}", disk.name))?,
             ),
             DiskRole::User => {
                 let overlay = p
@@ -131,10 +137,7 @@ fn boot_once(
         };
         disks.push(backend);
     }
-    let clone = |f: &File, what: &str| {
-        f.try_clone()
-            .map_err(|e| format!("console {what}: {e}"))
-    };
+    let clone = |f: &File, what: &str| f.try_clone().map_err(|e| format!("console {what}: {e}"));
     let console = ConsoleConfig::Stream {
         input: Box::new(clone(&console.keys, "input")?),
         output: Box::new(clone(&console.output, "output")?),

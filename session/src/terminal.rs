@@ -83,7 +83,9 @@ fn bring_up_networks(apps: &[Prepared], screen: &mut Screen) -> Vec<String> {
     bridges.retain(|b| match crate::bridges::ensure(b) {
         Ok(()) => true,
         Err(e) => {
-            screen.line(&format!("  network {b}: {e}; appliances on it start without it"));
+            screen.line(&format!(
+                "  network {b}: {e}; appliances on it start without it"
+            ));
             false
         }
     });
@@ -209,7 +211,11 @@ pub fn run_appliances(
         Ok(f) => Gate::new(Box::new(f)),
         Err(e) => {
             return logout::finish(
-                &mut session, fill, &user_disks, &bridges, screen,
+                &mut session,
+                fill,
+                &user_disks,
+                &bridges,
+                screen,
                 Some(format!("cannot share the console: {e}")),
             )
         }
@@ -219,7 +225,11 @@ pub fn run_appliances(
     for a in &apps {
         let (Ok((out_r, out_w)), Ok((keys_r, keys_w))) = (pipe(), pipe()) else {
             return logout::finish(
-                &mut session, fill, &user_disks, &bridges, screen,
+                &mut session,
+                fill,
+                &user_disks,
+                &bridges,
+                screen,
                 Some("cannot create console pipes".into()),
             );
         };
@@ -237,11 +247,20 @@ pub fn run_appliances(
         None
     } else {
         let stop = stop.clone();
-        match Switcher::start(ends, tty_in, Box::new(gate.clone()), Box::new(move || stop.stop())) {
+        match Switcher::start(
+            ends,
+            tty_in,
+            Box::new(gate.clone()),
+            Box::new(move || stop.stop()),
+        ) {
             Ok(s) => Some(s),
             Err(e) => {
                 return logout::finish(
-                    &mut session, fill, &user_disks, &bridges, screen,
+                    &mut session,
+                    fill,
+                    &user_disks,
+                    &bridges,
+                    screen,
                     Some(format!("cannot start the console switcher: {e}")),
                 )
             }
@@ -251,8 +270,10 @@ pub fn run_appliances(
     // Start each appliance as soon as its boot chunks are in; draw the bars meanwhile.
     let mut pending: Vec<Option<(Prepared, GuestConsole)>> =
         apps.into_iter().zip(guest_sides).map(Some).collect();
-    let mut threads: Vec<(usize, std::thread::JoinHandle<Result<vmm::ExitReason, String>>)> =
-        Vec::new();
+    let mut threads: Vec<(
+        usize,
+        std::thread::JoinHandle<Result<vmm::ExitReason, String>>,
+    )> = Vec::new();
     let mut bars = LiveBlock::default();
     let names: Vec<String> = pending
         .iter()
@@ -281,11 +302,14 @@ pub fn run_appliances(
                 continue;
             };
             let name = app.name.clone();
-            let materialized = runner::materialize(&cache, &app.manifest.kernel, source.clone(), &app.kernel)
-                .and_then(|()| match (&app.manifest.initrd, &app.initrd) {
-                    (Some(blob), Some(path)) => runner::materialize(&cache, blob, source.clone(), path),
-                    _ => Ok(()),
-                });
+            let materialized =
+                runner::materialize(&cache, &app.manifest.kernel, source.clone(), &app.kernel)
+                    .and_then(|()| match (&app.manifest.initrd, &app.initrd) {
+                        (Some(blob), Some(path)) => {
+                            runner::materialize(&cache, blob, source.clone(), path)
+                        }
+                        _ => Ok(()),
+                    });
             if let Err(e) = materialized {
                 screen.line(&format!("  {name}: cannot read its kernel: {e}"));
                 if let Some(s) = &switcher {
@@ -317,7 +341,9 @@ pub fn run_appliances(
         let how = match thread.join() {
             Ok(Ok(reason)) => describe(&reason),
             Ok(Err(e)) => {
-                problems.get_or_insert_with(String::new).push_str(&format!("{}: {e}; ", names[index]));
+                problems
+                    .get_or_insert_with(String::new)
+                    .push_str(&format!("{}: {e}; ", names[index]));
                 format!("failed: {e}")
             }
             Err(_) => "crashed".to_string(),

@@ -237,6 +237,14 @@ impl Machine {
         Ok(())
     }
 
+    /// Types raw bytes (control keys: Ctrl-A is `\x01`).
+    pub fn send_bytes(&mut self, bytes: &[u8]) -> Result<()> {
+        let stdin = self.stdin.as_mut().context("serial input already closed")?;
+        stdin.write_all(bytes)?;
+        stdin.flush()?;
+        Ok(())
+    }
+
     /// Runs a QEMU monitor (HMP) command, for example `sendkey ctrl-alt-delete`.
     pub fn monitor(&mut self, command: &str) -> Result<String> {
         let mut stream = UnixStream::connect(&self.monitor_path)

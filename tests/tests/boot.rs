@@ -127,7 +127,7 @@ fn login_without_repository_fails_clearly_and_prompts_again() {
     m.send_line("secret").unwrap();
     let reply = m.expect("login:", SHORT).unwrap();
     assert!(
-        reply.contains("Login failed: this terminal has no repository configured"),
+        reply.contains("this terminal has no repository configured"),
         "{reply}"
     );
     assert!(

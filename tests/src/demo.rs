@@ -1,0 +1,423 @@
+//! The demo world the end-to-end tests and `make demo` share: a repository with two
+//! appliances on one appliance network, a user, `collective-repo serve` on loopback, and
+//! a firmware that trusts the repository's publisher key and boots over PXE.
+//!
+//! The appliances are small but real: Debian's cloud kernel, an initramfs that loads the
+//! virtio drivers and switches to the system disk, and a system disk (ext4) with
+//! busybox. `desk` gives a shell and keeps the user's files on its user disk; `web` serves
+//! a page on the `office` network that `desk` can fetch.
+
+use anyhow::{bail, Context, Result};
+use image_builder::initramfs::{self, Tree};
+use image_builder::{binaries, debian, image};
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+
+use crate::firmware::{build_variant, workspace, Firmware};
+
+/// The demo user.
+pub const USER: &str = "alice";
+pub const PASSWORD: &str = "walk-up-and-work";
+/// The appliance network both appliances join.
+pub const NETWORK: &str = "office";
+/// What the desk appliance prints when its shell is ready, and its prompt.
+pub const DESK_READY: &str = "desk appliance ready";
+pub const DESK_PROMPT: &str = "desk:";
+/// The web appliance's page.
+pub const WEB_PAGE: &str = "Hello from the web appliance";
+
+/// The appliance command line: the VMM's defaults, quiet.
+const APPLIANCE_CMDLINE: &str = "console=ttyS0 reboot=a panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd 8250.nr_uarts=1 cryptomgr.notests swiotlb=noforce tsc=reliable pci=off quiet";
+
+/// Tools built once per run: the repository command, the publisher key, the appliance
+/// kernel, initramfs and busybox.
+pub struct DemoTools {
+    pub repo_bin: PathBuf,
+    pub secret_key: PathBuf,
+    pub public_key: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub busybox: PathBuf,
+    pub dir: PathBuf,
+}
+
+/// Builds (or reuses) the demo tools in `target/system-tests/demo-tools`.
+pub fn tools() -> Result<&'static DemoTools> {
+    static TOOLS: OnceLock<DemoTools> = OnceLock::new();
+    if let Some(t) = TOOLS.get() {
+        return Ok(t);
+    }
+    let t = build_tools()?;
+    Ok(TOOLS.get_or_init(|| t))
+}
+
+fn build_tools() -> Result<DemoTools> {
+    let ws = workspace();
+    let dir = ws.join("target/system-tests/demo-tools");
+    fs::create_dir_all(&dir)?;
+    let lock = File::create(dir.join("build.lock"))?;
+    // SAFETY: flock on an fd we own; released when `lock` is dropped.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        bail!("cannot lock {}", dir.display());
+    }
+    let repo_bin = binaries::build_static(&ws, &[], &[("repository", "collective-repo")])?
+        .pop()
+        .context("no collective-repo binary")?;
+    let secret_key = dir.join("publisher.key");
+    let public_key = dir.join("publisher.pub");
+    if !secret_key.exists() || !public_key.exists() {
+        run(Command::new(&repo_bin)
+            .arg("keygen")
+            .arg("--out")
+            .arg(dir.join("publisher")))?;
+    }
+    let cache = image::default_cache_dir();
+    let kernel = debian::fetch_kernel(&cache, "linux-image-cloud-amd64", None)?;
+    let busybox = debian::fetch_package(&cache, "busybox-static")?.join("bin/busybox");
+    anyhow::ensure!(busybox.exists(), "busybox-static has no bin/busybox");
+
+    let initrd = dir.join("appliance-initrd.img");
+    let mut tree = Tree::new();
+    for d in ["bin", "proc", "sys", "dev", "newroot"] {
+        tree.dir(d);
+    }
+    tree.char_device("dev/console", 0o600, 5, 1);
+    tree.file("bin/busybox", 0o755, fs::read(&busybox)?);
+    tree.file("init", 0o755, INITRD_INIT.as_bytes().to_vec());
+    image::add_modules(
+        &mut tree,
+        &kernel,
+        &[
+            "virtio_mmio",
+            "virtio_blk",
+            "virtio_net",
+            "virtio_rng",
+            "ext4",
+        ],
+    )?;
+    fs::write(&initrd, initramfs::compress(&tree.to_cpio()?)?)?;
+    Ok(DemoTools {
+        repo_bin,
+        secret_key,
+        public_key,
+        kernel: kernel.vmlinuz(),
+        initrd,
+        busybox,
+        dir,
+    })
+}
+
+/// The appliances' initramfs: drivers, then the system disk becomes the root.
+const INITRD_INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+for m in virtio_mmio virtio_blk virtio_net virtio_rng ext4; do modprobe $m 2>/dev/null; done
+n=0
+while [ ! -b /dev/vda ] && [ $n -lt 200 ]; do sleep 0.05; n=$((n+1)); done
+if ! mount -t ext4 -o ro /dev/vda /newroot; then
+    echo "appliance: cannot mount the system disk /dev/vda"
+    poweroff -f
+fi
+mount --move /dev /newroot/dev
+umount /proc /sys
+exec switch_root /newroot /sbin/init
+"#;
+
+const DESK_INIT: &str = r#"#!/bin/sh
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /run
+hostname desk
+ip link set lo up
+ip link set eth0 up && ip addr add 10.0.0.2/24 dev eth0
+if ! mount -t ext4 /dev/vdb /home 2>/dev/null; then
+    echo "desk: preparing your user disk"
+    mke2fs -q -L home /dev/vdb >/dev/null 2>&1 && mount -t ext4 /dev/vdb /home
+fi
+echo "desk appliance ready (version $(cat /etc/appliance-version))"
+cd /home
+setsid cttyhack sh -l
+cd /
+sync
+umount /home
+echo "desk: powering off"
+poweroff -f
+"#;
+
+const WEB_INIT: &str = r#"#!/bin/sh
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t tmpfs tmpfs /tmp
+hostname web
+ip link set lo up
+ip link set eth0 up && ip addr add 10.0.0.1/24 dev eth0
+httpd -p 80 -h /www
+echo "web appliance ready (version $(cat /etc/appliance-version)), serving http://10.0.0.1/"
+setsid cttyhack sh -l
+poweroff -f
+"#;
+
+/// A system disk's directory: busybox with a link per applet, an init, a version file.
+fn system_tree(tools: &DemoTools, dir: &Path, name: &str, init: &str, version: u32) -> Result<()> {
+    let _ = fs::remove_dir_all(dir);
+    for d in [
+        "bin", "sbin", "etc", "proc", "sys", "dev", "tmp", "run", "home", "www",
+    ] {
+        fs::create_dir_all(dir.join(d))?;
+    }
+    fs::copy(&tools.busybox, dir.join("bin/busybox"))?;
+    let list = Command::new(&tools.busybox).arg("--list").output()?;
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" && !applet.is_empty() {
+            let _ = std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet));
+        }
+    }
+    write_exec(&dir.join("sbin/init"), init)?;
+    fs::write(dir.join("etc/appliance-version"), format!("{version}\n"))?;
+    fs::write(
+        dir.join("etc/profile"),
+        format!("export PATH=/bin\nexport PS1='{name}:$PWD# '\n"),
+    )?;
+    fs::write(
+        dir.join("www/index.html"),
+        format!("{WEB_PAGE} (version {version})\n"),
+    )?;
+    Ok(())
+}
+
+fn write_exec(path: &Path, text: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::write(path, text)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A demo repository in a folder.
+pub struct DemoRepo {
+    pub dir: PathBuf,
+    work: PathBuf,
+    tools: &'static DemoTools,
+}
+
+impl DemoRepo {
+    /// Creates the repository with `desk` v1 and `web` v1, and the demo user.
+    pub fn create(work: &Path) -> Result<DemoRepo> {
+        let tools = tools()?;
+        fs::create_dir_all(work)?;
+        let dir = work.join("repo");
+        let _ = fs::remove_dir_all(&dir);
+        run(Command::new(&tools.repo_bin).arg("init").arg(&dir))?;
+        let repo = DemoRepo {
+            dir,
+            work: work.to_path_buf(),
+            tools,
+        };
+        repo.publish("desk", DESK_INIT, 1, true)?;
+        repo.publish("web", WEB_INIT, 1, false)?;
+        let mut add = Command::new(&tools.repo_bin)
+            .args(["user", "add", USER, "--repo"])
+            .arg(&repo.dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        if let Some(mut stdin) = add.stdin.take() {
+            writeln!(stdin, "{PASSWORD}")?;
+        }
+        let out = add.wait_with_output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "user add: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        run(Command::new(&tools.repo_bin)
+            .args(["set", "assign", USER, "desk", "web", "--repo"])
+            .arg(&repo.dir))?;
+        Ok(repo)
+    }
+
+    fn image_path(&self, name: &str, version: u32) -> PathBuf {
+        self.work.join(format!("{name}-v{version}.img"))
+    }
+
+    /// Publishes `name` at `version`. Version 1 is made from a directory; later versions
+    /// update the previous image in place (unchanged files keep their blocks, so only
+    /// the changed chunks are new), as docs/repository.md recommends.
+    fn publish(&self, name: &str, init: &str, version: u32, user_disk: bool) -> Result<String> {
+        let img = self.image_path(name, version);
+        let tree = self.work.join(format!("{name}-v{version}-root"));
+        system_tree(self.tools, &tree, name, init, version)?;
+        if version == 1 {
+            let _ = fs::remove_file(&img);
+            run(Command::new(&self.tools.repo_bin)
+                .args(["image", "create", "--size", "24M", "--out"])
+                .arg(&img)
+                .arg(&tree))?;
+        } else {
+            fs::copy(self.image_path(name, version - 1), &img)?;
+            for file in ["etc/appliance-version", "www/index.html"] {
+                run(Command::new(&self.tools.repo_bin)
+                    .args(["image", "update"])
+                    .arg(&img)
+                    .arg("--add")
+                    .arg(format!("{}=/{file}", tree.join(file).display())))?;
+            }
+        }
+        let mut cmd = Command::new(&self.tools.repo_bin);
+        cmd.arg("publish")
+            .arg(&self.dir)
+            .args(["--name", name, "--kernel"])
+            .arg(&self.tools.kernel)
+            .arg("--initrd")
+            .arg(&self.tools.initrd)
+            .args(["--cmdline", APPLIANCE_CMDLINE])
+            .arg("--disk")
+            .arg(format!("system={}", img.display()));
+        if user_disk {
+            cmd.args(["--disk", "user=16M"]);
+        }
+        cmd.args(["--memory", if user_disk { "192" } else { "128" }])
+            .args(["--vcpus", "1", "--network", NETWORK, "--key"])
+            .arg(&self.tools.secret_key);
+        run(&mut cmd)
+    }
+
+    /// Publishes the next version of `desk` (its version file changes).
+    pub fn publish_desk(&self, version: u32) -> Result<String> {
+        self.publish("desk", DESK_INIT, version, true)
+    }
+
+    /// Starts `collective-repo serve` on a free loopback port.
+    pub fn serve(&self) -> Result<RepoServer> {
+        RepoServer::start(&self.tools.repo_bin, &self.dir)
+    }
+}
+
+/// A running `collective-repo serve`.
+pub struct RepoServer {
+    child: Child,
+    pub port: u16,
+    pub access_log: PathBuf,
+}
+
+impl RepoServer {
+    fn start(repo_bin: &Path, dir: &Path) -> Result<RepoServer> {
+        let mut child = Command::new(repo_bin)
+            .arg("serve")
+            .arg(dir)
+            .args(["--listen", "0.0.0.0:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let port = line
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim_end_matches('/').parse().ok())
+            .with_context(|| format!("unexpected first line from serve: {line:?}"))?;
+        Ok(RepoServer {
+            child,
+            port,
+            access_log: dir.join("logs/access.log"),
+        })
+    }
+
+    /// The URL a QEMU guest (user-mode network) uses.
+    pub fn guest_url(&self) -> String {
+        format!("http://10.0.2.2:{}/", self.port)
+    }
+
+    /// Chunk ids fetched so far, in order.
+    pub fn chunk_gets(&self) -> Vec<String> {
+        fs::read_to_string(&self.access_log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() >= 5 && f[2] == "GET" && f[3].starts_with("/chunks/") && f[4] == "200")
+                    .then(|| f[3].rsplit('/').next().unwrap_or("").to_owned())
+            })
+            .collect()
+    }
+
+    /// Stops the server (the repository becomes unreachable).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RepoServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The terminal firmware for the demo: trusts the demo publisher, finds or formats its
+/// cache disk by itself.
+pub fn terminal_firmware() -> Result<Firmware> {
+    let tools = tools()?;
+    build_variant(
+        "terminal",
+        &["collective.cache=auto".to_string()],
+        &[(
+            tools.public_key.clone(),
+            "etc/collective/trusted-keys".to_string(),
+        )],
+    )
+}
+
+/// A PXE folder for one terminal: the firmware's files and a `boot.ipxe` whose command
+/// line names `repo_url` (what an office's boot server would hold).
+pub fn pxe_folder(firmware: &Firmware, dir: &Path, repo_url: &str) -> Result<Firmware> {
+    fs::create_dir_all(dir)?;
+    for f in ["vmlinuz", "initrd.img"] {
+        let dst = dir.join(f);
+        let _ = fs::remove_file(&dst);
+        if fs::hard_link(firmware.dir.join(f), &dst).is_err() {
+            fs::copy(firmware.dir.join(f), &dst)?;
+        }
+    }
+    let cmdline = format!("{} collective.repo={repo_url}", firmware.cmdline);
+    let script =
+        fs::read_to_string(firmware.dir.join("boot.ipxe"))?.replace(&firmware.cmdline, &cmdline);
+    anyhow::ensure!(
+        script.contains(&cmdline),
+        "boot.ipxe does not carry the command line"
+    );
+    fs::write(dir.join("boot.ipxe"), script)?;
+    fs::write(dir.join("cmdline"), &cmdline)?;
+    Firmware::from_dir(dir)
+}
+
+/// An empty cache disk for a terminal.
+pub fn empty_disk(path: &Path, bytes: u64) -> Result<PathBuf> {
+    let f = File::create(path)?;
+    f.set_len(bytes)?;
+    Ok(path.to_path_buf())
+}

