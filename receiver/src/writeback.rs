@@ -320,6 +320,16 @@ pub fn open_session_user_disk(
         )));
     };
     let overlay = open_user_disk(cache, &session.user, appliance, disk, &old, source.clone())?;
+    if overlay.changed_chunks().is_empty() {
+        // Nothing local: another terminal moved the disk on, and this one simply follows.
+        log::info!(
+            "{appliance}/{disk}: moving from version {old_version} to version {}",
+            ud.version
+        );
+        drop(overlay);
+        Overlay::delete_user(cache, &name)?;
+        return open_user_disk(cache, &session.user, appliance, disk, &ud.image, source);
+    }
     let wb = overlay.prepare_write_back()?;
     if wb.chunks == target {
         log::warn!("{appliance}/{disk}: finishing a write-back interrupted after the repository acknowledged version {}", ud.version);

@@ -522,6 +522,65 @@ fn user_disk_write_back_and_conflict_keeps_local_data() {
 }
 
 #[test]
+fn a_terminal_without_local_changes_follows_a_version_written_elsewhere() {
+    let f = Fixture::new();
+    f.publish("desk", &image(10, 1), &[0]);
+    f.assign("alice", &["desk"]);
+    let srv = f.serve();
+    let cfg = f.config(&srv.url());
+    let user_disk = |s: &receiver::Session| {
+        s.set
+            .get("desk")
+            .unwrap()
+            .user_disk("user")
+            .unwrap()
+            .clone()
+    };
+
+    // Terminal A writes version 1 and logs out; its overlay is clean afterwards.
+    let cache_a = f.cache("a.img");
+    let mut sa = receiver::login(cache_a.clone(), &cfg, "alice", PASSWORD).unwrap();
+    let fa = receiver::Fetcher::new(sa.client.clone().unwrap());
+    let ov = receiver::open_session_user_disk(&sa, "desk", "user", fa).unwrap();
+    ov.write_at(0, &[1u8; 512]).unwrap();
+    assert_eq!(
+        receiver::write_back(&mut sa, "desk", "user", &ov)
+            .unwrap()
+            .version,
+        1
+    );
+    drop(ov);
+    sa.logout();
+
+    // Terminal B moves the disk to version 2.
+    let cache_b = f.cache("b.img");
+    let mut sb = receiver::login(cache_b.clone(), &cfg, "alice", PASSWORD).unwrap();
+    let fb = receiver::Fetcher::new(sb.client.clone().unwrap());
+    let ov = receiver::open_session_user_disk(&sb, "desk", "user", fb).unwrap();
+    ov.write_at(512, &[2u8; 512]).unwrap();
+    assert_eq!(
+        receiver::write_back(&mut sb, "desk", "user", &ov)
+            .unwrap()
+            .version,
+        2
+    );
+    drop(ov);
+    sb.logout();
+
+    // A logs in again: nothing local, so it opens version 2 instead of a conflict.
+    let sa = receiver::login(cache_a.clone(), &cfg, "alice", PASSWORD).unwrap();
+    assert_eq!(user_disk(&sa).version, 2);
+    let fa = receiver::Fetcher::new(sa.client.clone().unwrap());
+    let ov = receiver::open_session_user_disk(&sa, "desk", "user", fa)
+        .expect("a clean overlay follows the newer version");
+    let mut buf = [0u8; 1024];
+    ov.read_at(0, &mut buf).unwrap();
+    assert_eq!(&buf[..512], &[1u8; 512][..]);
+    assert_eq!(&buf[512..], &[2u8; 512][..], "B's write is seen on A");
+    assert!(ov.changed_chunks().is_empty());
+}
+
+#[test]
 fn https_login_with_a_built_in_ca() {
     let have_openssl = std::process::Command::new("openssl")
         .arg("version")

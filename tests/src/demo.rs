@@ -311,7 +311,24 @@ impl DemoRepo {
 
     /// Starts `collective-repo serve` on a free loopback port.
     pub fn serve(&self) -> Result<RepoServer> {
-        RepoServer::start(&self.tools.repo_bin, &self.dir)
+        RepoServer::start(&self.tools.repo_bin, &self.dir, 0)
+    }
+
+    /// Starts `collective-repo serve` again on `port` (after [`RepoServer::stop`]).
+    pub fn serve_on(&self, port: u16) -> Result<RepoServer> {
+        RepoServer::start(&self.tools.repo_bin, &self.dir, port)
+    }
+
+    /// The verified manifest of `name` at `version`.
+    pub fn manifest(&self, name: &str, version: u64) -> Result<appliance::Manifest> {
+        let bytes = fs::read(
+            self.dir
+                .join("public")
+                .join(appliance::wire::manifest_path(name, version).trim_start_matches('/')),
+        )?;
+        let keys =
+            appliance::PublicKey::parse_trusted(&fs::read_to_string(&self.tools.public_key)?)?;
+        Ok(appliance::SignedManifest::verify_bytes(&bytes, &keys)?)
     }
 }
 
@@ -323,11 +340,12 @@ pub struct RepoServer {
 }
 
 impl RepoServer {
-    fn start(repo_bin: &Path, dir: &Path) -> Result<RepoServer> {
+    fn start(repo_bin: &Path, dir: &Path, port: u16) -> Result<RepoServer> {
         let mut child = Command::new(repo_bin)
             .arg("serve")
             .arg(dir)
-            .args(["--listen", "0.0.0.0:0"])
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()?;

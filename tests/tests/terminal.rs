@@ -150,3 +150,147 @@ fn walk_up_log_in_work_log_out_over_pxe_with_virtio_net() {
 fn walk_up_log_in_work_log_out_over_pxe_with_e1000e() {
     walk_up_and_work(Nic::E1000e, "e1000e");
 }
+
+/// Hex ids of the chunks of the kernel, initrd and system disks of `m`.
+fn system_chunks(m: &appliance::Manifest) -> std::collections::BTreeSet<String> {
+    let mut blobs = vec![&m.kernel];
+    blobs.extend(m.initrd.iter());
+    blobs.extend(
+        m.disks
+            .iter()
+            .filter(|d| d.role == appliance::manifest::DiskRole::System)
+            .map(|d| &d.image),
+    );
+    blobs
+        .iter()
+        .flat_map(|b| b.distinct_chunks())
+        .map(|id| id.to_hex())
+        .collect()
+}
+
+#[test]
+fn another_terminal_finds_the_file_a_reboot_fetches_nothing_and_an_update_only_new_chunks() {
+    let world = World::new("roaming");
+    let (disk1, disk2) = (world.disk("cache1.img"), world.disk("cache2.img"));
+
+    let mut t1 = world.boot(Nic::VirtioNet, &disk1);
+    log_in(&mut t1);
+    desk(&mut t1, "echo 'written on terminal one' > notes.txt");
+    log_out(&mut t1);
+    power_off(&mut t1);
+
+    // Another terminal with an empty cache: same appliances, same file.
+    let mut t2 = world.boot(Nic::E1000e, &disk2);
+    log_in(&mut t2);
+    let out = desk(&mut t2, "cat /home/notes.txt");
+    assert!(out.contains("written on terminal one"), "{out}");
+    log_out(&mut t2);
+    power_off(&mut t2);
+
+    // The first terminal boots again: the appliances come from its cache.
+    let desk1 = world.repo.manifest("desk", 1).unwrap();
+    let web1 = world.repo.manifest("web", 1).unwrap();
+    let mut v1_system = system_chunks(&desk1);
+    v1_system.extend(system_chunks(&web1));
+    let before = world.server.chunk_gets().len();
+    let mut t1 = world.boot(Nic::VirtioNet, &disk1);
+    log_in(&mut t1);
+    let out = desk(&mut t1, "cat /home/notes.txt");
+    assert!(out.contains("written on terminal one"), "{out}");
+    log_out(&mut t1);
+    let refetched: Vec<String> = world.server.chunk_gets()[before..]
+        .iter()
+        .filter(|id| v1_system.contains(*id))
+        .cloned()
+        .collect();
+    assert!(
+        refetched.is_empty(),
+        "system chunks fetched again after a reboot: {refetched:?}"
+    );
+
+    // A new version of desk: the next login fetches only its new chunks.
+    world.repo.publish_desk(2).unwrap();
+    let desk2 = world.repo.manifest("desk", 2).unwrap();
+    let new_chunks: std::collections::BTreeSet<String> = system_chunks(&desk2)
+        .difference(&v1_system)
+        .cloned()
+        .collect();
+    assert!(!new_chunks.is_empty());
+    let before = world.server.chunk_gets().len();
+    let screen = log_in(&mut t1);
+    assert!(screen.contains("desk         v2"), "{screen}");
+    assert!(screen.contains("version 2"), "{screen}");
+    let out = desk(&mut t1, "cat /home/notes.txt");
+    assert!(out.contains("written on terminal one"), "{out}");
+    log_out(&mut t1);
+    let fetched: std::collections::BTreeSet<String> = world.server.chunk_gets()[before..]
+        .iter()
+        .cloned()
+        .collect();
+    let fetched_system: std::collections::BTreeSet<String> = fetched
+        .iter()
+        .filter(|id| system_chunks(&desk2).contains(*id) || v1_system.contains(*id))
+        .cloned()
+        .collect();
+    assert_eq!(
+        fetched_system, new_chunks,
+        "the update fetched other chunks than the new ones"
+    );
+    eprintln!(
+        "update: {} new system chunk(s) of {} fetched",
+        new_chunks.len(),
+        system_chunks(&desk2).len()
+    );
+    power_off(&mut t1);
+}
+
+#[test]
+fn wrong_password_power_loss_mid_fill_and_offline_work() {
+    let mut world = World::new("failures");
+    let disk = world.disk("cache.img");
+    let mut m = world.boot(Nic::E1000e, &disk);
+
+    m.send_line(demo::USER).unwrap();
+    m.expect("Password:", SHORT).unwrap();
+    m.send_line("not-the-password").unwrap();
+    let reply = m.expect("login:", SHORT).unwrap();
+    assert!(
+        reply.contains("Login failed: wrong user name or password"),
+        "{reply}"
+    );
+
+    // Power lost while the cache fills.
+    m.send_line(demo::USER).unwrap();
+    m.expect("Password:", SHORT).unwrap();
+    m.send_line(demo::PASSWORD).unwrap();
+    m.expect("alice logged in", APPLIANCE).unwrap();
+    drop(m);
+
+    let mut m = world.boot(Nic::E1000e, &disk);
+    log_in(&mut m);
+    desk(&mut m, "echo 'online line' > notes.txt");
+    log_out(&mut m);
+
+    // The repository goes away: offline login from the cache.
+    let port = world.server.port;
+    world.server.stop();
+    let screen = log_in(&mut m);
+    assert!(screen.contains("OFFLINE"), "{screen}");
+    let out = desk(&mut m, "cat notes.txt; echo 'offline line' >> notes.txt");
+    assert!(out.contains("online line"), "{out}");
+    let screen = log_out(&mut m);
+    assert!(
+        screen.contains("your changes stay in this terminal's cache"),
+        "{screen}"
+    );
+
+    // Back online: the offline work is there and reaches the repository.
+    world.server = world.repo.serve_on(port).unwrap();
+    let screen = log_in(&mut m);
+    assert!(!screen.contains("OFFLINE"), "{screen}");
+    let out = desk(&mut m, "cat notes.txt");
+    assert!(out.contains("offline line"), "{out}");
+    let screen = log_out(&mut m);
+    assert!(screen.contains("desk/user: saved as version 2"), "{screen}");
+    power_off(&mut m);
+}
