@@ -18,11 +18,13 @@ build:
 firmware: deps
 	$(CARGO) run --release --locked -p image-builder -- build --out $(FIRMWARE_DIR)
 
-# Boots the firmware in QEMU on this terminal (serial console; Ctrl-A X quits QEMU).
-# DEMO_SCRIPT=1 drives it without a person: waits for the login screen, checks KVM,
-# powers off, and exits 0 only if all of that happened.
-demo: firmware
-	$(CARGO) run --release --locked -p system-tests --bin collective-demo -- --firmware $(FIRMWARE_DIR) $(if $(DEMO_SCRIPT),--script)
+# The whole terminal on loopback: builds the firmware, a demo repository (appliances
+# desk and web, user alice), serves it, and PXE-boots the firmware in QEMU on this
+# terminal (serial console; Ctrl-] x quits QEMU). DEMO_SCRIPT=1 drives it without a
+# person: logs in, works in the desk appliance, logs out, powers off, and exits 0 only
+# if all of that happened.
+demo: deps
+	$(CARGO) run --release --locked -p system-tests --bin collective-demo -- --dir out/demo $(if $(DEMO_SCRIPT),--script)
 
 # Every test: unit tests of each crate and the system tests that boot the firmware.
 test: deps
