@@ -159,7 +159,15 @@ pub fn run(settings: &Settings, password: &str, tty_in: File, tty_out: File) -> 
         connections: config.connections,
         ..Default::default()
     };
-    terminal::run_appliances(settings, session, cache, options, tty_in, &mut screen)
+    terminal::run_appliances(
+        settings,
+        session,
+        cache,
+        options,
+        tty_in,
+        &mut screen,
+        started,
+    )
 }
 
 /// Gives the switcher `Duration` for its progress redraw; shared with tests.

@@ -185,6 +185,7 @@ pub fn run_appliances(
     options: FillOptions,
     tty_in: File,
     screen: &mut Screen,
+    login_started: std::time::Instant,
 ) -> Outcome {
     let fetcher = session.client.clone().map(receiver::Fetcher::new);
     let source: Arc<dyn ChunkSource> = match &fetcher {
@@ -275,6 +276,7 @@ pub fn run_appliances(
         std::thread::JoinHandle<Result<vmm::ExitReason, String>>,
     )> = Vec::new();
     let mut bars = LiveBlock::default();
+    let mut started_after: Vec<String> = Vec::new();
     let names: Vec<String> = pending
         .iter()
         .map(|p| p.as_ref().map(|(a, _)| a.name.clone()).unwrap_or_default())
@@ -319,7 +321,9 @@ pub fn run_appliances(
             }
             match runner::start(app, cache.clone(), source.clone(), console, stop.clone()) {
                 Ok(t) => {
-                    log::info!("{name}: started");
+                    let after = login_started.elapsed().as_secs_f64();
+                    log::info!("{name}: started {after:.2} s after the password");
+                    started_after.push(format!("{name} started {after:.1} s after login"));
                     threads.push((index, t));
                 }
                 Err(e) => screen.line(&format!("  {name}: cannot start: {e}")),
@@ -332,7 +336,7 @@ pub fn run_appliances(
     }
     screen.line(&format!(
         "Appliances: {}. Keys: Ctrl-A n next console, Ctrl-A 1-9 choose, Ctrl-A q log out.",
-        names.join(", ")
+        started_after.join(", ")
     ));
     gate.open();
 

@@ -143,7 +143,7 @@ if ! mount -t ext4 /dev/vdb /home 2>/dev/null; then
     echo "desk: preparing your user disk"
     mke2fs -q -L home /dev/vdb >/dev/null 2>&1 && mount -t ext4 /dev/vdb /home
 fi
-echo "desk appliance ready (version $(cat /etc/appliance-version))"
+echo "desk appliance ready (version $(cat /etc/appliance-version), $(cut -d' ' -f1 /proc/uptime) s after its kernel started)"
 cd /home
 setsid cttyhack sh -l
 cd /
@@ -372,13 +372,26 @@ impl RepoServer {
 
     /// Chunk ids fetched so far, in order.
     pub fn chunk_gets(&self) -> Vec<String> {
+        self.chunk_transfers()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// Chunks fetched so far, in order, with the bytes sent for each.
+    pub fn chunk_transfers(&self) -> Vec<(String, u64)> {
         fs::read_to_string(&self.access_log)
             .unwrap_or_default()
             .lines()
             .filter_map(|l| {
                 let f: Vec<&str> = l.split_whitespace().collect();
-                (f.len() >= 5 && f[2] == "GET" && f[3].starts_with("/chunks/") && f[4] == "200")
-                    .then(|| f[3].rsplit('/').next().unwrap_or("").to_owned())
+                (f.len() >= 6 && f[2] == "GET" && f[3].starts_with("/chunks/") && f[4] == "200")
+                    .then(|| {
+                        (
+                            f[3].rsplit('/').next().unwrap_or("").to_owned(),
+                            f[5].parse().unwrap_or(0),
+                        )
+                    })
             })
             .collect()
     }

@@ -1,0 +1,206 @@
+//! End-to-end benchmark: a PXE-booted terminal logs in to the demo repository (served on
+//! loopback) and works in the `desk` appliance.
+//!
+//! Figures, each against a baseline from the same run (these machines are shared and
+//! noisy; ratios hold, absolute times do not):
+//! - cold cache: time from the password to desk's ready marker, and the bytes fetched
+//!   until then against the size of what the appliances' system disks, kernel and initrd
+//!   hold;
+//! - warm cache: the same time on the same terminal at the next login, against cold;
+//! - update: the bytes a login fetches after `desk` v2 is published, against the stored
+//!   size of the chunks v2 added.
+
+use anyhow::Result;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+use system_tests::demo::{self, DemoRepo, RepoServer};
+use system_tests::{Machine, MachineConfig, Nic};
+
+const RUNS: usize = 3;
+const BOOT: Duration = Duration::from_secs(300);
+const SHORT: Duration = Duration::from_secs(90);
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn human(bytes: u64) -> String {
+    if bytes >= 1 << 20 {
+        format!("{:.2} MiB", bytes as f64 / (1 << 20) as f64)
+    } else {
+        format!("{:.1} KiB", bytes as f64 / 1024.0)
+    }
+}
+
+/// Logs in; returns the seconds from the password to desk's marker and the chunk bytes
+/// fetched meanwhile.
+fn login_to_marker(m: &mut Machine, server: &RepoServer) -> Result<(f64, u64)> {
+    let before = server.chunk_transfers().len();
+    m.send_line(demo::USER)?;
+    m.expect("Password:", SHORT)?;
+    let start = Instant::now();
+    m.send_line(demo::PASSWORD)?;
+    let screen = m.expect(demo::DESK_READY, BOOT)?;
+    let secs = start.elapsed().as_secs_f64();
+    let guest = m.expect("after its kernel started", SHORT)?;
+    if let Some(line) = screen.lines().find(|l| l.starts_with("Appliances:")) {
+        let line = line.split(". Keys").next().unwrap_or(line);
+        println!(
+            "    {}; desk ready{}",
+            line.trim(),
+            guest.trim_end_matches(' ')
+        );
+    }
+    let bytes = server.chunk_transfers()[before..]
+        .iter()
+        .map(|(_, b)| b)
+        .sum();
+    m.expect(demo::DESK_PROMPT, SHORT)?;
+    Ok((secs, bytes))
+}
+
+fn log_out(m: &mut Machine) -> Result<()> {
+    m.send_line("exit")?;
+    m.expect("desk ended: powered off", SHORT)?;
+    m.send_bytes(b"\x01q")?;
+    m.expect("Logged out.", SHORT)?;
+    m.expect("login:", SHORT)?;
+    Ok(())
+}
+
+fn boot(pxe: &system_tests::Firmware, disk: &std::path::Path) -> Result<Machine> {
+    let config = MachineConfig {
+        nic: Nic::VirtioNet,
+        pxe: true,
+        disks: vec![disk.to_path_buf()],
+        ..Default::default()
+    };
+    let mut m = Machine::boot(pxe, &config)?;
+    m.expect("ready in", BOOT)?;
+    m.expect("address: 10.0.2.15/24", BOOT)?;
+    m.expect("login:", SHORT)?;
+    Ok(m)
+}
+
+fn system_chunks(m: &appliance::Manifest) -> BTreeSet<String> {
+    let mut blobs = vec![&m.kernel];
+    blobs.extend(m.initrd.iter());
+    blobs.extend(
+        m.disks
+            .iter()
+            .filter(|d| d.role == appliance::manifest::DiskRole::System)
+            .map(|d| &d.image),
+    );
+    blobs
+        .iter()
+        .flat_map(|b| b.distinct_chunks())
+        .map(|id| id.to_hex())
+        .collect()
+}
+
+fn main() -> Result<()> {
+    let dir =
+        std::env::temp_dir().join(format!("collective-bench-terminal-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let repo = DemoRepo::create(&dir)?;
+    let server = repo.serve()?;
+    let fw = demo::terminal_firmware()?;
+    let pxe = demo::pxe_folder(&fw, &dir.join("pxe"), &server.guest_url())?;
+    let (desk1, web1) = (repo.manifest("desk", 1)?, repo.manifest("web", 1)?);
+    let mut set_chunks = system_chunks(&desk1);
+    set_chunks.extend(system_chunks(&web1));
+    let set_bytes: u64 = {
+        let mut sizes = std::collections::BTreeMap::new();
+        for m in [&desk1, &web1] {
+            let mut blobs = vec![&m.kernel];
+            blobs.extend(m.initrd.iter());
+            blobs.extend(
+                m.disks
+                    .iter()
+                    .filter(|d| d.role == appliance::manifest::DiskRole::System)
+                    .map(|d| &d.image),
+            );
+            for b in blobs {
+                for (i, c) in b.chunks.iter().enumerate() {
+                    if let Some(id) = c {
+                        sizes.insert(id.to_hex(), b.chunk_len(i as u64));
+                    }
+                }
+            }
+        }
+        sizes.values().map(|l| *l as u64).sum()
+    };
+
+    let (mut cold, mut warm, mut cold_bytes) = (Vec::new(), Vec::new(), Vec::new());
+    let mut last_disk = None;
+    for run in 0..RUNS {
+        let disk = demo::empty_disk(&dir.join(format!("cache{run}.img")), 1 << 30)?;
+        let mut m = boot(&pxe, &disk)?;
+        let (c, bytes) = login_to_marker(&mut m, &server)?;
+        log_out(&mut m)?;
+        let (w, _) = login_to_marker(&mut m, &server)?;
+        log_out(&mut m)?;
+        m.send_line("poweroff")?;
+        m.wait_exit(SHORT)?;
+        println!(
+            "run {}: cold {c:.2} s ({} fetched before the marker), warm {w:.2} s",
+            run + 1,
+            human(bytes)
+        );
+        cold.push(c);
+        warm.push(w);
+        cold_bytes.push(bytes as f64);
+        last_disk = Some(disk);
+    }
+
+    // An update on the last terminal.
+    repo.publish_desk(2)?;
+    let desk2 = repo.manifest("desk", 2)?;
+    let added: BTreeSet<String> = system_chunks(&desk2)
+        .difference(&set_chunks)
+        .cloned()
+        .collect();
+    let added_bytes: u64 = added
+        .iter()
+        .filter_map(|id| {
+            std::fs::metadata(repo.dir.join("public/chunks").join(&id[..2]).join(id)).ok()
+        })
+        .map(|md| md.len())
+        .sum();
+    let disk = last_disk.expect("at least one run");
+    let mut m = boot(&pxe, &disk)?;
+    let before = server.chunk_transfers().len();
+    let (u, _) = login_to_marker(&mut m, &server)?;
+    log_out(&mut m)?;
+    m.send_line("poweroff")?;
+    m.wait_exit(SHORT)?;
+    let update_bytes: u64 = server.chunk_transfers()[before..]
+        .iter()
+        .filter(|(id, _)| !id.is_empty() && system_chunks(&desk2).contains(id))
+        .map(|(_, b)| b)
+        .sum();
+
+    let (cold_m, warm_m) = (median(cold), median(warm));
+    println!("\nterminal benchmark ({RUNS} runs, medians; QEMU TCG with nested KVM, repository on loopback)");
+    println!(
+        "  cold cache: login to desk ready {cold_m:.2} s; fetched before the marker {} of {} the set's system images hold ({:.2})",
+        human(median(cold_bytes.clone()) as u64),
+        human(set_bytes),
+        median(cold_bytes) / set_bytes as f64
+    );
+    println!(
+        "  warm cache: {warm_m:.2} s, {:.2} of cold",
+        warm_m / cold_m
+    );
+    println!(
+        "  update to desk v2: login to ready {u:.2} s; fetched {} for {} new chunk(s) holding {} ({:.3} of the new chunks' bytes)",
+        human(update_bytes),
+        added.len(),
+        human(added_bytes),
+        update_bytes as f64 / added_bytes.max(1) as f64
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
