@@ -110,18 +110,7 @@ pub fn fetch_package(cache_dir: &Path, package: &str) -> Result<PathBuf> {
     let tmp = root.with_extension(format!("tmp-{}", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp)?;
-    let status = Command::new("dpkg-deb")
-        .arg("-x")
-        .arg(&deb)
-        .arg(&tmp)
-        .status()
-        .context("running dpkg-deb")?;
-    if !status.success() {
-        bail!(
-            "dpkg-deb -x {} failed; delete the file so it is downloaded again",
-            deb.display()
-        );
-    }
+    extract(&deb, &tmp)?;
     fs::write(tmp.join(".complete"), b"")?;
     let _ = fs::remove_dir_all(&root);
     fs::rename(&tmp, &root)?;
@@ -222,10 +211,21 @@ fn unpack(deb: &Path, root: &Path, release: &str) -> Result<()> {
     let tmp = root.with_extension(format!("tmp-{}", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp)?;
+    extract(deb, &tmp)?;
+    // The package's postinst makes modules.dep; we have no postinst, so run depmod.
+    depmod(&tmp, release)?;
+    fs::write(tmp.join(".complete"), b"")?;
+    let _ = fs::remove_dir_all(root);
+    fs::rename(&tmp, root)?;
+    Ok(())
+}
+
+/// `dpkg-deb -x DEB DIR`: a package's files, without running any of its scripts.
+fn extract(deb: &Path, dir: &Path) -> Result<()> {
     let status = Command::new("dpkg-deb")
         .arg("-x")
         .arg(deb)
-        .arg(&tmp)
+        .arg(dir)
         .status()
         .context("running dpkg-deb")?;
     if !status.success() {
@@ -234,11 +234,6 @@ fn unpack(deb: &Path, root: &Path, release: &str) -> Result<()> {
             deb.display()
         );
     }
-    // The package's postinst makes modules.dep; we have no postinst, so run depmod.
-    depmod(&tmp, release)?;
-    fs::write(tmp.join(".complete"), b"")?;
-    let _ = fs::remove_dir_all(root);
-    fs::rename(&tmp, root)?;
     Ok(())
 }
 

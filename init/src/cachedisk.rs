@@ -134,6 +134,13 @@ fn describe(cache: &Cache) -> String {
     )
 }
 
+/// The login screen's cache line for `device` as it is now (after a session filled it).
+pub fn current_line(device: &Path) -> Option<String> {
+    let storage = FileStorage::open(device).ok()?;
+    let cache = Cache::open(Box::new(storage)).ok()?;
+    Some(format!("{}: {}", device.display(), describe(&cache)))
+}
+
 /// Opens the cache on `device`, formatting it if it is empty (or if `force`).
 pub fn open_or_format(device: &Path, force: bool) -> Result<(String, bool), String> {
     let storage = || FileStorage::open(device).map_err(|e| format!("{}: {e}", device.display()));

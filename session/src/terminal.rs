@@ -177,6 +177,37 @@ fn prepare(
     out
 }
 
+/// The console switcher (none for an empty set) and each appliance's end of its console.
+fn connect_consoles(
+    apps: &[Prepared],
+    tty_in: File,
+    gate: Gate,
+    stop: Arc<StopAll>,
+) -> Result<(Option<Switcher>, Vec<GuestConsole>), String> {
+    let mut ends = Vec::new();
+    let mut guest_sides = Vec::new();
+    for a in apps {
+        let (Ok((out_r, out_w)), Ok((keys_r, keys_w))) = (pipe(), pipe()) else {
+            return Err("cannot create console pipes".into());
+        };
+        ends.push(ConsoleEnd {
+            name: a.name.clone(),
+            from_guest: Box::new(out_r),
+            to_guest: Box::new(keys_w),
+        });
+        guest_sides.push(GuestConsole {
+            keys: keys_r,
+            output: out_w,
+        });
+    }
+    if apps.is_empty() {
+        return Ok((None, guest_sides));
+    }
+    let switcher = Switcher::start(ends, tty_in, Box::new(gate), Box::new(move || stop.stop()))
+        .map_err(|e| format!("cannot start the console switcher: {e}"))?;
+    Ok((Some(switcher), guest_sides))
+}
+
 /// Runs the set on the console until it has ended, then logs out.
 pub fn run_appliances(
     settings: &Settings,
@@ -208,63 +239,18 @@ pub fn run_appliances(
 
     let raw = RawConsole::enter(&tty_in);
     let stop = Arc::new(StopAll::default());
-    let gate = match screen.writer().try_clone() {
-        Ok(f) => Gate::new(Box::new(f)),
+    let plumbing = screen
+        .writer()
+        .try_clone()
+        .map_err(|e| format!("cannot share the console: {e}"))
+        .and_then(|f| {
+            let gate = Gate::new(Box::new(f));
+            connect_consoles(&apps, tty_in, gate.clone(), stop.clone()).map(|c| (gate, c))
+        });
+    let (gate, (switcher, guest_sides)) = match plumbing {
+        Ok(p) => p,
         Err(e) => {
-            return logout::finish(
-                &mut session,
-                fill,
-                &user_disks,
-                &bridges,
-                screen,
-                Some(format!("cannot share the console: {e}")),
-            )
-        }
-    };
-    let mut ends = Vec::new();
-    let mut guest_sides = Vec::new();
-    for a in &apps {
-        let (Ok((out_r, out_w)), Ok((keys_r, keys_w))) = (pipe(), pipe()) else {
-            return logout::finish(
-                &mut session,
-                fill,
-                &user_disks,
-                &bridges,
-                screen,
-                Some("cannot create console pipes".into()),
-            );
-        };
-        ends.push(ConsoleEnd {
-            name: a.name.clone(),
-            from_guest: Box::new(out_r),
-            to_guest: Box::new(keys_w),
-        });
-        guest_sides.push(GuestConsole {
-            keys: keys_r,
-            output: out_w,
-        });
-    }
-    let switcher = if apps.is_empty() {
-        None
-    } else {
-        let stop = stop.clone();
-        match Switcher::start(
-            ends,
-            tty_in,
-            Box::new(gate.clone()),
-            Box::new(move || stop.stop()),
-        ) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                return logout::finish(
-                    &mut session,
-                    fill,
-                    &user_disks,
-                    &bridges,
-                    screen,
-                    Some(format!("cannot start the console switcher: {e}")),
-                )
-            }
+            return logout::finish(&mut session, fill, &user_disks, &bridges, screen, Some(e))
         }
     };
 

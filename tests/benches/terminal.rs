@@ -14,7 +14,7 @@ use anyhow::Result;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 use system_tests::demo::{self, DemoRepo, RepoServer};
-use system_tests::{Machine, MachineConfig, Nic};
+use system_tests::{Machine, Nic};
 
 const RUNS: usize = 3;
 const BOOT: Duration = Duration::from_secs(300);
@@ -70,33 +70,7 @@ fn log_out(m: &mut Machine) -> Result<()> {
 }
 
 fn boot(pxe: &system_tests::Firmware, disk: &std::path::Path) -> Result<Machine> {
-    let config = MachineConfig {
-        nic: Nic::VirtioNet,
-        pxe: true,
-        disks: vec![disk.to_path_buf()],
-        ..Default::default()
-    };
-    let mut m = Machine::boot(pxe, &config)?;
-    m.expect("ready in", BOOT)?;
-    m.expect("address: 10.0.2.15/24", BOOT)?;
-    m.expect("login:", SHORT)?;
-    Ok(m)
-}
-
-fn system_chunks(m: &appliance::Manifest) -> BTreeSet<String> {
-    let mut blobs = vec![&m.kernel];
-    blobs.extend(m.initrd.iter());
-    blobs.extend(
-        m.disks
-            .iter()
-            .filter(|d| d.role == appliance::manifest::DiskRole::System)
-            .map(|d| &d.image),
-    );
-    blobs
-        .iter()
-        .flat_map(|b| b.distinct_chunks())
-        .map(|id| id.to_hex())
-        .collect()
+    demo::boot_terminal(pxe, Nic::VirtioNet, Some(disk))
 }
 
 fn main() -> Result<()> {
@@ -109,29 +83,10 @@ fn main() -> Result<()> {
     let fw = demo::terminal_firmware()?;
     let pxe = demo::pxe_folder(&fw, &dir.join("pxe"), &server.guest_url())?;
     let (desk1, web1) = (repo.manifest("desk", 1)?, repo.manifest("web", 1)?);
-    let mut set_chunks = system_chunks(&desk1);
-    set_chunks.extend(system_chunks(&web1));
-    let set_bytes: u64 = {
-        let mut sizes = std::collections::BTreeMap::new();
-        for m in [&desk1, &web1] {
-            let mut blobs = vec![&m.kernel];
-            blobs.extend(m.initrd.iter());
-            blobs.extend(
-                m.disks
-                    .iter()
-                    .filter(|d| d.role == appliance::manifest::DiskRole::System)
-                    .map(|d| &d.image),
-            );
-            for b in blobs {
-                for (i, c) in b.chunks.iter().enumerate() {
-                    if let Some(id) = c {
-                        sizes.insert(id.to_hex(), b.chunk_len(i as u64));
-                    }
-                }
-            }
-        }
-        sizes.values().map(|l| *l as u64).sum()
-    };
+    let mut set_lengths = demo::system_chunk_lengths(&desk1);
+    set_lengths.extend(demo::system_chunk_lengths(&web1));
+    let set_bytes: u64 = set_lengths.values().sum();
+    let set_chunks: BTreeSet<String> = set_lengths.into_keys().collect();
 
     let (mut cold, mut warm, mut cold_bytes) = (Vec::new(), Vec::new(), Vec::new());
     let mut last_disk = None;
@@ -158,7 +113,7 @@ fn main() -> Result<()> {
     // An update on the last terminal.
     repo.publish_desk(2)?;
     let desk2 = repo.manifest("desk", 2)?;
-    let added: BTreeSet<String> = system_chunks(&desk2)
+    let added: BTreeSet<String> = demo::system_chunks(&desk2)
         .difference(&set_chunks)
         .cloned()
         .collect();
@@ -178,7 +133,7 @@ fn main() -> Result<()> {
     m.wait_exit(SHORT)?;
     let update_bytes: u64 = server.chunk_transfers()[before..]
         .iter()
-        .filter(|(id, _)| !id.is_empty() && system_chunks(&desk2).contains(id))
+        .filter(|(id, _)| !id.is_empty() && demo::system_chunks(&desk2).contains(id))
         .map(|(_, b)| b)
         .sum();
 

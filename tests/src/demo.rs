@@ -452,3 +452,52 @@ pub fn empty_disk(path: &Path, bytes: u64) -> Result<PathBuf> {
     f.set_len(bytes)?;
     Ok(path.to_path_buf())
 }
+
+/// Hex ids of the chunks of the kernel, initrd and system disks of `m`: what a terminal
+/// must fetch once and never again.
+pub fn system_chunks(m: &appliance::Manifest) -> std::collections::BTreeSet<String> {
+    system_chunk_lengths(m).into_keys().collect()
+}
+
+/// [`system_chunks`] with each chunk's plaintext length.
+pub fn system_chunk_lengths(m: &appliance::Manifest) -> std::collections::BTreeMap<String, u64> {
+    let mut blobs = vec![&m.kernel];
+    blobs.extend(m.initrd.iter());
+    blobs.extend(
+        m.disks
+            .iter()
+            .filter(|d| d.role == appliance::manifest::DiskRole::System)
+            .map(|d| &d.image),
+    );
+    let mut out = std::collections::BTreeMap::new();
+    for b in blobs {
+        for (i, c) in b.chunks.iter().enumerate() {
+            if let Some(id) = c {
+                out.insert(id.to_hex(), b.chunk_len(i as u64) as u64);
+            }
+        }
+    }
+    out
+}
+
+/// PXE-boots a terminal (with `disk` as its cache disk, or none) and waits for its login
+/// screen and its DHCP address.
+pub fn boot_terminal(
+    pxe: &Firmware,
+    nic: crate::Nic,
+    disk: Option<&Path>,
+) -> Result<crate::Machine> {
+    let boot = std::time::Duration::from_secs(240);
+    let config = crate::MachineConfig {
+        nic,
+        pxe: true,
+        disks: disk.into_iter().map(Path::to_path_buf).collect(),
+        memory_mib: 2048,
+        ..Default::default()
+    };
+    let mut m = crate::Machine::boot(pxe, &config)?;
+    m.expect("ready in", boot)?;
+    m.expect("address: 10.0.2.15/24 via 10.0.2.2", boot)?;
+    m.expect("login:", std::time::Duration::from_secs(60))?;
+    Ok(m)
+}

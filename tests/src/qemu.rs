@@ -237,6 +237,20 @@ impl Machine {
         Ok(())
     }
 
+    /// Types `status` at the login prompt and returns the screen it draws.
+    pub fn status_screen(&mut self) -> Result<String> {
+        self.send_line("status")?;
+        self.expect("login:", Duration::from_secs(60))
+    }
+
+    /// Types `poweroff` at the login prompt and checks that QEMU exits 0.
+    pub fn power_off(&mut self) -> Result<()> {
+        self.send_line("poweroff")?;
+        let status = self.wait_exit(Duration::from_secs(60))?;
+        anyhow::ensure!(status.success(), "QEMU exited with {status} after poweroff");
+        Ok(())
+    }
+
     /// Types raw bytes (control keys: Ctrl-A is `\x01`).
     pub fn send_bytes(&mut self, bytes: &[u8]) -> Result<()> {
         let stdin = self.stdin.as_mut().context("serial input already closed")?;

@@ -18,16 +18,12 @@ fn boot_to_ready(config: &MachineConfig) -> Machine {
     m
 }
 
-/// Types `status` and returns the screen it draws.
 fn status_screen(m: &mut Machine) -> String {
-    m.send_line("status").unwrap();
-    m.expect("login:", SHORT).unwrap()
+    m.status_screen().unwrap()
 }
 
-/// Types `poweroff` and checks that QEMU exits 0.
 fn power_off(m: &mut Machine) {
-    m.send_line("poweroff").unwrap();
-    assert!(m.wait_exit(SHORT).unwrap().success());
+    m.power_off().unwrap()
 }
 
 fn wait_ready(m: &mut Machine) {

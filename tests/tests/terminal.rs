@@ -7,9 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use system_tests::demo::{self, DemoRepo, RepoServer};
-use system_tests::{Firmware, Machine, MachineConfig, Nic};
+use system_tests::{Firmware, Machine, Nic};
 
-const BOOT: Duration = Duration::from_secs(240);
 const SHORT: Duration = Duration::from_secs(60);
 /// Login to a running desk: fill (cold or warm) plus a nested appliance boot.
 const APPLIANCE: Duration = Duration::from_secs(300);
@@ -50,20 +49,8 @@ impl World {
 
     /// PXE-boots a terminal with `disk` as its cache and waits for its login screen and
     /// DHCP address.
-    fn boot(&self, nic: Nic, disk: &Path) -> Machine {
-        let config = MachineConfig {
-            nic,
-            pxe: true,
-            disks: vec![disk.to_path_buf()],
-            memory_mib: 2048,
-            ..Default::default()
-        };
-        let mut m = Machine::boot(&self.pxe, &config).expect("start QEMU");
-        m.expect("ready in", BOOT).unwrap();
-        m.expect("address: 10.0.2.15/24 via 10.0.2.2", BOOT)
-            .unwrap();
-        m.expect("login:", SHORT).unwrap();
-        m
+    fn boot(&self, nic: Nic, disk: Option<&Path>) -> Machine {
+        demo::boot_terminal(&self.pxe, nic, disk).unwrap()
     }
 }
 
@@ -102,14 +89,26 @@ fn log_out(m: &mut Machine) -> String {
     screen
 }
 
-fn power_off(m: &mut Machine) {
-    m.send_line("poweroff").unwrap();
-    assert!(m.wait_exit(SHORT).unwrap().success());
+fn status_screen(m: &mut Machine) -> String {
+    m.status_screen().unwrap()
 }
 
-fn walk_up_and_work(nic: Nic, name: &str) {
+fn power_off(m: &mut Machine) {
+    m.power_off().unwrap()
+}
+
+/// `disk`: the terminal's cache disk; `None` runs the terminal from memory.
+fn walk_up_and_work(nic: Nic, name: &str, with_disk: bool) {
     let world = World::new(name);
-    let mut m = world.boot(nic, &world.disk("cache.img"));
+    let mut m = if with_disk {
+        world.boot(nic, Some(&world.disk("cache.img")))
+    } else {
+        world.boot(nic, None)
+    };
+    let status = status_screen(&mut m);
+    if !with_disk {
+        assert!(status.contains("running from memory"), "{status}");
+    }
     let screen = log_in(&mut m);
     assert!(
         screen.contains("alice logged in; 2 appliance(s)"),
@@ -143,29 +142,12 @@ fn walk_up_and_work(nic: Nic, name: &str) {
 
 #[test]
 fn walk_up_log_in_work_log_out_over_pxe_with_virtio_net() {
-    walk_up_and_work(Nic::VirtioNet, "virtio");
+    walk_up_and_work(Nic::VirtioNet, "virtio", true);
 }
 
 #[test]
-fn walk_up_log_in_work_log_out_over_pxe_with_e1000e() {
-    walk_up_and_work(Nic::E1000e, "e1000e");
-}
-
-/// Hex ids of the chunks of the kernel, initrd and system disks of `m`.
-fn system_chunks(m: &appliance::Manifest) -> std::collections::BTreeSet<String> {
-    let mut blobs = vec![&m.kernel];
-    blobs.extend(m.initrd.iter());
-    blobs.extend(
-        m.disks
-            .iter()
-            .filter(|d| d.role == appliance::manifest::DiskRole::System)
-            .map(|d| &d.image),
-    );
-    blobs
-        .iter()
-        .flat_map(|b| b.distinct_chunks())
-        .map(|id| id.to_hex())
-        .collect()
+fn walk_up_log_in_work_log_out_over_pxe_with_e1000e_and_no_cache_disk() {
+    walk_up_and_work(Nic::E1000e, "e1000e", false);
 }
 
 #[test]
@@ -173,14 +155,14 @@ fn another_terminal_finds_the_file_a_reboot_fetches_nothing_and_an_update_only_n
     let world = World::new("roaming");
     let (disk1, disk2) = (world.disk("cache1.img"), world.disk("cache2.img"));
 
-    let mut t1 = world.boot(Nic::VirtioNet, &disk1);
+    let mut t1 = world.boot(Nic::VirtioNet, Some(&disk1));
     log_in(&mut t1);
     desk(&mut t1, "echo 'written on terminal one' > notes.txt");
     log_out(&mut t1);
     power_off(&mut t1);
 
     // Another terminal with an empty cache: same appliances, same file.
-    let mut t2 = world.boot(Nic::E1000e, &disk2);
+    let mut t2 = world.boot(Nic::E1000e, Some(&disk2));
     log_in(&mut t2);
     let out = desk(&mut t2, "cat /home/notes.txt");
     assert!(out.contains("written on terminal one"), "{out}");
@@ -190,10 +172,10 @@ fn another_terminal_finds_the_file_a_reboot_fetches_nothing_and_an_update_only_n
     // The first terminal boots again: the appliances come from its cache.
     let desk1 = world.repo.manifest("desk", 1).unwrap();
     let web1 = world.repo.manifest("web", 1).unwrap();
-    let mut v1_system = system_chunks(&desk1);
-    v1_system.extend(system_chunks(&web1));
+    let mut v1_system = demo::system_chunks(&desk1);
+    v1_system.extend(demo::system_chunks(&web1));
     let before = world.server.chunk_gets().len();
-    let mut t1 = world.boot(Nic::VirtioNet, &disk1);
+    let mut t1 = world.boot(Nic::VirtioNet, Some(&disk1));
     log_in(&mut t1);
     let out = desk(&mut t1, "cat /home/notes.txt");
     assert!(out.contains("written on terminal one"), "{out}");
@@ -211,7 +193,7 @@ fn another_terminal_finds_the_file_a_reboot_fetches_nothing_and_an_update_only_n
     // A new version of desk: the next login fetches only its new chunks.
     world.repo.publish_desk(2).unwrap();
     let desk2 = world.repo.manifest("desk", 2).unwrap();
-    let new_chunks: std::collections::BTreeSet<String> = system_chunks(&desk2)
+    let new_chunks: std::collections::BTreeSet<String> = demo::system_chunks(&desk2)
         .difference(&v1_system)
         .cloned()
         .collect();
@@ -229,7 +211,7 @@ fn another_terminal_finds_the_file_a_reboot_fetches_nothing_and_an_update_only_n
         .collect();
     let fetched_system: std::collections::BTreeSet<String> = fetched
         .iter()
-        .filter(|id| system_chunks(&desk2).contains(*id) || v1_system.contains(*id))
+        .filter(|id| demo::system_chunks(&desk2).contains(*id) || v1_system.contains(*id))
         .cloned()
         .collect();
     assert_eq!(
@@ -239,7 +221,7 @@ fn another_terminal_finds_the_file_a_reboot_fetches_nothing_and_an_update_only_n
     eprintln!(
         "update: {} new system chunk(s) of {} fetched",
         new_chunks.len(),
-        system_chunks(&desk2).len()
+        demo::system_chunks(&desk2).len()
     );
     power_off(&mut t1);
 }
@@ -248,7 +230,7 @@ fn another_terminal_finds_the_file_a_reboot_fetches_nothing_and_an_update_only_n
 fn wrong_password_power_loss_mid_fill_and_offline_work() {
     let mut world = World::new("failures");
     let disk = world.disk("cache.img");
-    let mut m = world.boot(Nic::E1000e, &disk);
+    let mut m = world.boot(Nic::E1000e, Some(&disk));
 
     m.send_line(demo::USER).unwrap();
     m.expect("Password:", SHORT).unwrap();
@@ -266,7 +248,7 @@ fn wrong_password_power_loss_mid_fill_and_offline_work() {
     m.expect("alice logged in", APPLIANCE).unwrap();
     drop(m);
 
-    let mut m = world.boot(Nic::E1000e, &disk);
+    let mut m = world.boot(Nic::E1000e, Some(&disk));
     log_in(&mut m);
     desk(&mut m, "echo 'online line' > notes.txt");
     log_out(&mut m);
