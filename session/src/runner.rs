@@ -112,6 +112,7 @@ fn boot_once(
     console: &GuestConsole,
     stop: &StopAll,
 ) -> Result<ExitReason, String> {
+    let t_start = std::time::Instant::now();
     let mut disks: Vec<Arc<dyn BlockBackend>> = Vec::new();
     for disk in &p.manifest.disks {
         let backend: Arc<dyn BlockBackend> = match disk.role {
@@ -150,10 +151,20 @@ fn boot_once(
         console,
     )
     .map_err(|e| e.to_string())?;
+    let t0 = std::time::Instant::now();
     let mut machine = vmm::Machine::new(config.machine).map_err(|e| e.to_string())?;
     stop.register(machine.exit_signal());
+    let t1 = t0.elapsed();
     machine
         .load_kernel(&config.kernel)
         .map_err(|e| e.to_string())?;
+    let t2 = t0.elapsed();
+    log::info!(
+        "{}: disks ready in {:.2} s, VM built in {:.2} s, kernel loaded in {:.2} s",
+        p.name,
+        (t0 - t_start).as_secs_f64(),
+        t1.as_secs_f64(),
+        (t2 - t1).as_secs_f64()
+    );
     machine.run().map_err(|e| e.to_string())
 }
