@@ -80,10 +80,15 @@ impl Sessions for SessionProgram {
             .stdin(stdin)
             .stdout(stdout)
             .stderr(stderr);
-        // SAFETY: between fork and exec only async-signal-safe calls: dup2 and setsid.
+        // SAFETY: between fork and exec only async-signal-safe calls: dup2, fcntl, setsid.
         unsafe {
             command.pre_exec(move || {
-                if libc::dup2(pw_fd, 3) < 0 {
+                if pw_fd == 3 {
+                    // dup2 onto itself keeps close-on-exec: clear it instead.
+                    if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                } else if libc::dup2(pw_fd, 3) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 libc::setsid();

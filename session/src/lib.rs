@@ -170,5 +170,5 @@ pub fn run(settings: &Settings, password: &str, tty_in: File, tty_out: File) -> 
     )
 }
 
-/// Gives the switcher `Duration` for its progress redraw; shared with tests.
+/// How often the progress bars are redrawn and the appliances checked for a start.
 pub const REDRAW: Duration = Duration::from_millis(500);

@@ -235,6 +235,10 @@ pub fn run_appliances(
                 .map(|(d, o)| (a.name.clone(), d.clone(), o.clone()))
         })
         .collect();
+    if apps.is_empty() {
+        screen.line("None of your appliances can run on this terminal now.");
+        return logout::finish(&mut session, fill, &[], &[], screen, None);
+    }
     let bridges = bring_up_networks(&apps, screen);
 
     let raw = RawConsole::enter(&tty_in);
