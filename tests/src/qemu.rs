@@ -43,6 +43,8 @@ pub struct MachineConfig {
     pub memory_mib: u32,
     /// Raw disk images attached as virtio-blk (`/dev/vda`, `/dev/vdb`, ... in the firmware).
     pub disks: Vec<PathBuf>,
+    /// More QEMU arguments (more NICs, say).
+    pub extra_args: Vec<String>,
 }
 
 impl Default for MachineConfig {
@@ -54,6 +56,7 @@ impl Default for MachineConfig {
             extra_cmdline: Vec::new(),
             memory_mib: 2048,
             disks: Vec::new(),
+            extra_args: Vec::new(),
         }
     }
 }
@@ -116,6 +119,7 @@ impl Machine {
                 "unix:{},server=on,wait=off",
                 monitor_path.display()
             ));
+        cmd.args(&config.extra_args);
         for disk in &config.disks {
             cmd.arg("-drive")
                 .arg(format!("file={},if=virtio,format=raw", disk.display()));
@@ -261,8 +265,20 @@ impl Machine {
 
     /// Runs a QEMU monitor (HMP) command, for example `sendkey ctrl-alt-delete`.
     pub fn monitor(&mut self, command: &str) -> Result<String> {
-        let mut stream = UnixStream::connect(&self.monitor_path)
-            .with_context(|| format!("connecting to {}", self.monitor_path.display()))?;
+        // QEMU creates the socket shortly after it starts.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut stream = loop {
+            match UnixStream::connect(&self.monitor_path) {
+                Ok(s) => break s,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("connecting to {}", self.monitor_path.display()))
+                }
+            }
+        };
         stream.set_read_timeout(Some(Duration::from_millis(500)))?;
         stream.write_all(format!("{command}\n").as_bytes())?;
         let mut reply = Vec::new();

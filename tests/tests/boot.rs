@@ -237,3 +237,70 @@ fn a_disk_holding_other_data_is_refused_not_formatted() {
         b"precious office data"
     );
 }
+
+/// The line of the status screen that names `mac`.
+fn nic_line(status: &str, mac: &str) -> String {
+    status
+        .lines()
+        .find(|l| l.contains(mac))
+        .unwrap_or_else(|| panic!("no line for {mac}: {status}"))
+        .to_string()
+}
+
+#[test]
+fn several_nics_one_without_link_one_without_dhcp_and_one_plugged_in_late() {
+    let lonely = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = lonely.local_addr().unwrap().port();
+    drop(lonely);
+    let config = MachineConfig {
+        extra_args: [
+            // A network with nobody on it: link up, no DHCP server.
+            "-netdev",
+            &format!("socket,id=quiet,udp=127.0.0.1:9,localaddr=127.0.0.1:{port}"),
+            "-device",
+            "e1000,netdev=quiet,mac=52:54:00:00:00:02",
+            // A cable not plugged in (yet).
+            "-netdev",
+            "user,id=later",
+            "-device",
+            "e1000,netdev=later,id=unplugged,mac=52:54:00:00:00:03",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..MachineConfig::default()
+    };
+    let mut m = Machine::boot(firmware(), &config).expect("start QEMU");
+    m.monitor("set_link unplugged off").unwrap();
+    m.expect("ready in", BOOT).unwrap();
+    m.expect("login:", SHORT).unwrap();
+    m.expect("no DHCP offer yet", BOOT).unwrap();
+    m.expect("login:", SHORT).unwrap();
+    let status = status_screen(&mut m);
+    assert!(
+        nic_line(&status, "52:54:00:12:34:56").contains("address: 10.0.2.15/24 via 10.0.2.2"),
+        "{status}"
+    );
+    assert!(
+        nic_line(&status, "52:54:00:00:00:02").contains("no DHCP offer yet"),
+        "{status}"
+    );
+    assert!(
+        nic_line(&status, "52:54:00:00:00:03").contains("no link yet"),
+        "{status}"
+    );
+
+    // The cable goes in: that NIC gets its address.
+    m.monitor("set_link unplugged on").unwrap();
+    m.expect("52:54:00:00:00:03, link up, address: 10.0.2.15/24", BOOT)
+        .unwrap();
+    m.expect("login:", SHORT).unwrap();
+
+    // A NIC plugged in while the terminal runs (PCI hotplug) is brought up too.
+    m.monitor("netdev_add user,id=hot").unwrap();
+    m.monitor("device_add virtio-net-pci,netdev=hot,mac=52:54:00:00:00:04")
+        .unwrap();
+    m.expect("52:54:00:00:00:04, link up, address: 10.0.2.15/24", BOOT)
+        .unwrap();
+    m.expect("login:", SHORT).unwrap();
+    power_off(&mut m);
+}
