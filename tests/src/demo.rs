@@ -195,6 +195,20 @@ fn system_tree(tools: &DemoTools, dir: &Path, name: &str, init: &str, version: u
     Ok(())
 }
 
+/// Deterministic incompressible bytes (xorshift), so every build makes the same image.
+fn write_ballast(path: &Path, bytes: u64) -> Result<()> {
+    let mut out = std::io::BufWriter::new(File::create(path)?);
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    for _ in 0..bytes / 8 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.write_all(&x.to_le_bytes())?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
 fn write_exec(path: &Path, text: &str) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     fs::write(path, text)?;
@@ -219,11 +233,20 @@ pub struct DemoRepo {
     pub dir: PathBuf,
     work: PathBuf,
     tools: &'static DemoTools,
+    /// MiB of data on desk's system disk that its boot never reads (applications a
+    /// person may start later): what the fill brings in behind the running appliance.
+    ballast_mib: u64,
 }
 
 impl DemoRepo {
     /// Creates the repository with `desk` v1 and `web` v1, and the demo user.
     pub fn create(work: &Path) -> Result<DemoRepo> {
+        Self::create_with_ballast(work, 0)
+    }
+
+    /// [`DemoRepo::create`] with `ballast_mib` MiB of incompressible data on desk's system
+    /// disk that its boot does not read.
+    pub fn create_with_ballast(work: &Path, ballast_mib: u64) -> Result<DemoRepo> {
         let tools = tools()?;
         fs::create_dir_all(work)?;
         let dir = work.join("repo");
@@ -233,6 +256,7 @@ impl DemoRepo {
             dir,
             work: work.to_path_buf(),
             tools,
+            ballast_mib,
         };
         repo.publish("desk", DESK_INIT, 1, true)?;
         repo.publish("web", WEB_INIT, 1, false)?;
@@ -269,10 +293,16 @@ impl DemoRepo {
         let img = self.image_path(name, version);
         let tree = self.work.join(format!("{name}-v{version}-root"));
         system_tree(self.tools, &tree, name, init, version)?;
+        let ballast = if name == "desk" { self.ballast_mib } else { 0 };
+        if ballast > 0 {
+            write_ballast(&tree.join("ballast.bin"), ballast << 20)?;
+        }
         if version == 1 {
             let _ = fs::remove_file(&img);
             run(Command::new(&self.tools.repo_bin)
-                .args(["image", "create", "--size", "24M", "--out"])
+                .args(["image", "create", "--size"])
+                .arg(format!("{}M", 24 + ballast + ballast / 8))
+                .arg("--out")
                 .arg(&img)
                 .arg(&tree))?;
         } else {
@@ -500,4 +530,69 @@ pub fn boot_terminal(
     m.expect("address: 10.0.2.15/24 via 10.0.2.2", boot)?;
     m.expect("login:", std::time::Duration::from_secs(60))?;
     Ok(m)
+}
+
+/// A TCP proxy that passes the server's replies at most `bytes_per_sec` (shared by every
+/// connection, like one office link), for measuring what a terminal fetches before its
+/// appliance runs when the network is not loopback-fast.
+pub struct Throttle {
+    pub port: u16,
+}
+
+impl Throttle {
+    /// Listens on a free loopback port and forwards to `127.0.0.1:target`.
+    pub fn start(target: u16, bytes_per_sec: u64) -> Result<Throttle> {
+        use std::io::Read;
+        use std::net::{TcpListener, TcpStream};
+        use std::sync::{Arc, Mutex};
+        use std::time::{Duration, Instant};
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let link: Arc<Mutex<Instant>> = Arc::new(Mutex::new(Instant::now()));
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                let (Ok(mut c_in), Ok(mut s_out)) = (client.try_clone(), server.try_clone()) else {
+                    continue;
+                };
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c_in, &mut s_out);
+                    let _ = s_out.shutdown(std::net::Shutdown::Write);
+                });
+                let (mut s_in, mut c_out) = (server, client);
+                let link = link.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16 * 1024];
+                    while let Ok(n) = s_in.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        // Reserve the link for n bytes, then wait for our turn to end.
+                        let done = {
+                            let Ok(mut free_at) = link.lock() else { break };
+                            let start = (*free_at).max(Instant::now());
+                            *free_at =
+                                start + Duration::from_secs_f64(n as f64 / bytes_per_sec as f64);
+                            *free_at
+                        };
+                        std::thread::sleep(done.saturating_duration_since(Instant::now()));
+                        if c_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = c_out.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Ok(Throttle { port })
+    }
+
+    /// The URL a QEMU guest uses to reach the repository through the throttle.
+    pub fn guest_url(&self) -> String {
+        format!("http://10.0.2.2:{}/", self.port)
+    }
 }
