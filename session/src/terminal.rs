@@ -330,8 +330,15 @@ pub fn run_appliances(
     ));
     gate.open();
 
+    // Say how each appliance ended as it ends, in whatever order that is.
     let mut problems = None;
-    for (index, thread) in threads {
+    let mut running = threads;
+    while !running.is_empty() {
+        let Some(pos) = running.iter().position(|(_, t)| t.is_finished()) else {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            continue;
+        };
+        let (index, thread) = running.swap_remove(pos);
         let how = match thread.join() {
             Ok(Ok(reason)) => describe(&reason),
             Ok(Err(e)) => {

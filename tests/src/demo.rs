@@ -195,6 +195,42 @@ fn system_tree(tools: &DemoTools, dir: &Path, name: &str, init: &str, version: u
     Ok(())
 }
 
+/// The chunk size the demo publishes with (`collective-repo publish`'s default).
+const CHUNK: u64 = 64 << 10;
+
+/// A boot profile for an appliance with ballast: kernel, initrd, then every chunk of the
+/// system disk that holds anything but `/ballast.bin`, in disk order. A stand-in for a
+/// trace of a real boot (recording one needs the VMM to log first reads, not written
+/// yet): the demo's system disk holds nothing else its boot could skip.
+fn write_boot_profile(path: &Path, kernel: &Path, initrd: &Path, system: &Path) -> Result<()> {
+    let mut lines = String::new();
+    for (blob, file) in [("kernel", kernel), ("initrd", initrd)] {
+        for off in (0..fs::metadata(file)?.len()).step_by(CHUNK as usize) {
+            lines.push_str(&format!("{blob} {off}\n"));
+        }
+    }
+    let out = run(Command::new("debugfs")
+        .args(["-R", "blocks /ballast.bin"])
+        .arg(system))?;
+    let ballast: std::collections::HashSet<u64> = out
+        .split_whitespace()
+        .filter_map(|b| b.parse().ok())
+        .collect();
+    anyhow::ensure!(
+        !ballast.is_empty(),
+        "debugfs found no blocks of /ballast.bin"
+    );
+    let blocks_per_chunk = CHUNK / 4096;
+    for chunk in 0..fs::metadata(system)?.len().div_ceil(CHUNK) {
+        let first = chunk * blocks_per_chunk;
+        if (first..first + blocks_per_chunk).any(|b| !ballast.contains(&b)) {
+            lines.push_str(&format!("system {}\n", chunk * CHUNK));
+        }
+    }
+    fs::write(path, lines)?;
+    Ok(())
+}
+
 /// Deterministic incompressible bytes (xorshift), so every build makes the same image.
 fn write_ballast(path: &Path, bytes: u64) -> Result<()> {
     let mut out = std::io::BufWriter::new(File::create(path)?);
@@ -327,6 +363,11 @@ impl DemoRepo {
             .arg(format!("system={}", img.display()));
         if user_disk {
             cmd.args(["--disk", "user=16M"]);
+        }
+        if ballast > 0 {
+            let trace = self.work.join(format!("{name}-v{version}.boot-trace"));
+            write_boot_profile(&trace, &self.tools.kernel, &self.tools.initrd, &img)?;
+            cmd.arg("--boot-trace").arg(&trace);
         }
         cmd.args(["--memory", if user_disk { "192" } else { "128" }])
             .args(["--vcpus", "1", "--network", NETWORK, "--key"])
