@@ -177,13 +177,13 @@ fn prepare(
     out
 }
 
-/// The console switcher (none for an empty set) and each appliance's end of its console.
+/// The console switcher and each appliance's end of its console.
 fn connect_consoles(
     apps: &[Prepared],
     tty_in: File,
     gate: Gate,
     stop: Arc<StopAll>,
-) -> Result<(Option<Switcher>, Vec<GuestConsole>), String> {
+) -> Result<(Switcher, Vec<GuestConsole>), String> {
     let mut ends = Vec::new();
     let mut guest_sides = Vec::new();
     for a in apps {
@@ -200,12 +200,9 @@ fn connect_consoles(
             output: out_w,
         });
     }
-    if apps.is_empty() {
-        return Ok((None, guest_sides));
-    }
     let switcher = Switcher::start(ends, tty_in, Box::new(gate), Box::new(move || stop.stop()))
         .map_err(|e| format!("cannot start the console switcher: {e}"))?;
-    Ok((Some(switcher), guest_sides))
+    Ok((switcher, guest_sides))
 }
 
 /// Runs the set on the console until it has ended, then logs out.
@@ -304,9 +301,7 @@ pub fn run_appliances(
                     });
             if let Err(e) = materialized {
                 screen.line(&format!("  {name}: cannot read its kernel: {e}"));
-                if let Some(s) = &switcher {
-                    s.ended(index, &format!("not started: {e}"));
-                }
+                switcher.ended(index, &format!("not started: {e}"));
                 continue;
             }
             match runner::start(app, cache.clone(), source.clone(), console, stop.clone()) {
@@ -349,9 +344,7 @@ pub fn run_appliances(
             }
             Err(_) => "crashed".to_string(),
         };
-        if let Some(s) = &switcher {
-            s.ended(index, &how);
-        }
+        switcher.ended(index, &how);
     }
     drop(raw);
     logout::finish(&mut session, fill, &user_disks, &bridges, screen, problems)
