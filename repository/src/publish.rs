@@ -455,6 +455,15 @@ fn store_file(
     })
 }
 
+/// `vda` is the first disk, `vdb` the second, ...: the names `vmm run --trace-reads` writes,
+/// the guest's device names in `--disk` order.
+fn guest_device_index(name: &str) -> Option<usize> {
+    match name.as_bytes() {
+        [b'v', b'd', c @ b'a'..=b'z'] => Some(usize::from(c - b'a')),
+        _ => None,
+    }
+}
+
 /// Turns a boot trace (`BLOB OFFSET` per line) into an ordered, de-duplicated chunk list.
 fn profile_from_trace(
     path: &Path,
@@ -489,7 +498,11 @@ fn profile_from_trace(
         let blob = match blob_name {
             "kernel" => Some(kernel),
             "initrd" => initrd,
-            disk => disks.iter().find(|d| d.name == disk).map(|d| &d.image),
+            disk => disks
+                .iter()
+                .find(|d| d.name == disk)
+                .or_else(|| guest_device_index(disk).and_then(|i| disks.get(i)))
+                .map(|d| &d.image),
         }
         .ok_or_else(|| bad(&format!("no blob named {blob_name:?}")))?;
         if offset >= blob.size {

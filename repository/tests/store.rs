@@ -479,10 +479,11 @@ fn boot_trace_orders_the_boot_profile() {
     let (k, img, trace) = (f.path("k"), f.path("s.img"), f.path("trace"));
     std::fs::write(&k, &f.kernel).unwrap();
     std::fs::write(&img, &f.system).unwrap();
-    // System chunk 6 first, then the kernel, then chunk 0 twice (kept once), a zero chunk.
+    // System chunk 6 first, then the kernel, then chunk 0 twice (kept once; once by the
+    // guest's device name, as `vmm run --trace-reads` writes it), a zero chunk.
     std::fs::write(
         &trace,
-        "# boot\nsystem 400000\nkernel 0\nsystem 10\nsystem 20\nsystem 900000\n",
+        "# boot\nsystem 400000\nkernel 0\nvda 10\nsystem 20\nsystem 900000\n",
     )
     .unwrap();
     let mut req = request("traced", &k, &img);

@@ -23,7 +23,7 @@ pub mod vstate;
 pub use config::{
     ConsoleConfig, DiskConfig, DiskSource, KernelConfig, MachineConfig, NetConfig, VmConfig,
 };
-pub use devices::virtio::block::BlockBackend;
+pub use devices::virtio::block::{BlockBackend, RawFile};
 pub use exit::{ExitReason, ExitSignal};
 pub use machine::{Error, Machine};
 

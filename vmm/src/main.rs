@@ -73,6 +73,10 @@ struct RunArgs {
     /// Do not forward stdin to the guest's serial console.
     #[arg(long)]
     no_input: bool,
+    /// Record the order in which the guest first reads its disks, and write it to FILE
+    /// when the VM ends: a boot trace for `collective-repo publish --boot-trace`.
+    #[arg(long, value_name = "FILE")]
+    trace_reads: Option<PathBuf>,
 }
 
 /// The caches `cachefs=` disks use, each opened once.
@@ -228,6 +232,50 @@ fn init_logger() {
     }
 }
 
+/// Every disk as a backend whose reads go into `trace`.
+fn traced(
+    disks: Vec<DiskConfig>,
+    trace: &std::sync::Arc<vmm::devices::virtio::block::read_trace::ReadTrace>,
+) -> Result<Vec<DiskConfig>, String> {
+    use vmm::devices::virtio::block::read_trace::TracedDisk;
+    disks
+        .into_iter()
+        .enumerate()
+        .map(|(index, d)| {
+            let inner: std::sync::Arc<dyn vmm::BlockBackend> = match d.source {
+                DiskSource::Backend(b) => b,
+                DiskSource::Path(p) => std::sync::Arc::new(
+                    vmm::RawFile::open(&p, d.read_only)
+                        .map_err(|e| format!("disk {}: {e}", p.display()))?,
+                ),
+            };
+            Ok(DiskConfig {
+                source: DiskSource::Backend(std::sync::Arc::new(TracedDisk::new(
+                    inner,
+                    index,
+                    trace.clone(),
+                ))),
+                read_only: d.read_only,
+            })
+        })
+        .collect()
+}
+
+fn write_trace(
+    trace: &vmm::devices::virtio::block::read_trace::ReadTrace,
+    path: &std::path::Path,
+    kernel: &KernelConfig,
+) -> std::io::Result<()> {
+    let kernel_len = std::fs::metadata(&kernel.kernel)?.len();
+    let initrd_len = match &kernel.initrd {
+        Some(p) => Some(std::fs::metadata(p)?.len()),
+        None => None,
+    };
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    trace.write_to(&mut out, kernel_len, initrd_len)?;
+    out.flush()
+}
+
 fn main() {
     init_logger();
     let args = match Cli::parse().command {
@@ -257,6 +305,19 @@ fn main() {
             eprintln!("vmm: {e}");
             std::process::exit(1);
         }
+    };
+    let trace = args.trace_reads.as_ref().map(|_| {
+        std::sync::Arc::new(vmm::devices::virtio::block::read_trace::ReadTrace::default())
+    });
+    let disks = match &trace {
+        None => disks,
+        Some(trace) => match traced(disks, trace) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("vmm: {e}");
+                std::process::exit(1);
+            }
+        },
     };
     let kernel = KernelConfig {
         kernel: args.kernel,
@@ -297,6 +358,11 @@ fn main() {
             other => break other,
         }
     };
+    if let (Some(trace), Some(path)) = (&trace, &args.trace_reads) {
+        if let Err(e) = write_trace(trace, path, &kernel) {
+            eprintln!("vmm: writing the boot trace {}: {e}", path.display());
+        }
+    }
     match result {
         Ok(reason) => {
             log::info!("guest exited: {reason:?}");

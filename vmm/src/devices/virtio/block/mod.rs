@@ -2,6 +2,7 @@
 
 pub mod backend;
 pub mod cachefs_disk;
+pub mod read_trace;
 
 use std::sync::Arc;
 
