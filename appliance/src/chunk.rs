@@ -1,4 +1,4 @@
-//! Chunk ids and the stored encoding of one chunk.
+//! The stored encoding of one chunk (ids are the `chunk` crate's, re-exported here).
 //!
 //! A chunk's id is the sha256 of its plaintext. Stored (on the repository, on the wire)
 //! a chunk is an 8-byte header followed by either the raw bytes or one lz4 block:
@@ -15,98 +15,14 @@
 //! data (already compressed files, encrypted user data) costs no decompression. Zero chunks
 //! are never encoded: chunk lists record them as absent (see [`crate::chunking`]).
 
-use std::fmt;
-use std::str::FromStr;
-
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use sha2::{Digest, Sha256};
-
 use crate::error::{Error, Result};
+
+pub use ::chunk::{is_zero, ChunkId, Error as ChunkError, MAX_CHUNK_SIZE};
 
 /// Version byte of the stored chunk encoding.
 pub const CHUNK_FORMAT: u8 = 1;
 /// Size of the stored chunk header.
 pub const CHUNK_HEADER_LEN: usize = 8;
-/// Largest plaintext chunk any reader accepts (guards decompression against bombs).
-pub const MAX_CHUNK_SIZE: usize = 4 << 20;
-
-/// The sha256 of a chunk's plaintext. Displayed and serialized as 64 lowercase hex digits.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ChunkId(pub [u8; 32]);
-
-impl ChunkId {
-    /// The id of `data`.
-    pub fn of(data: &[u8]) -> ChunkId {
-        ChunkId(Sha256::digest(data).into())
-    }
-
-    /// The raw 32 bytes.
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-
-    /// 64 lowercase hex digits.
-    pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
-    }
-
-    /// Checks that `data` hashes to this id.
-    pub fn verify(&self, data: &[u8]) -> Result<()> {
-        let actual = ChunkId::of(data);
-        if actual == *self {
-            Ok(())
-        } else {
-            Err(Error::ChunkMismatch {
-                expected: self.to_hex(),
-                actual: actual.to_hex(),
-            })
-        }
-    }
-}
-
-impl fmt::Display for ChunkId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
-    }
-}
-
-impl fmt::Debug for ChunkId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ChunkId({})", self.to_hex())
-    }
-}
-
-impl FromStr for ChunkId {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<ChunkId> {
-        if s.len() != 64
-            || !s
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
-            return Err(Error::invalid(
-                "chunk id",
-                format!("{s:?} is not 64 lowercase hex digits"),
-            ));
-        }
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(s, &mut out).map_err(|e| Error::invalid("chunk id", e.to_string()))?;
-        Ok(ChunkId(out))
-    }
-}
-
-impl Serialize for ChunkId {
-    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_hex())
-    }
-}
-
-impl<'de> Deserialize<'de> for ChunkId {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<ChunkId, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
 
 /// How a stored chunk's payload is encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,19 +31,6 @@ pub enum ChunkEncoding {
     Raw = 0,
     /// One lz4 block.
     Lz4 = 1,
-}
-
-/// True if every byte is zero. Zero chunks are not stored or fetched.
-pub fn is_zero(data: &[u8]) -> bool {
-    // OR-fold 64-byte blocks without early exit inside a block: the compiler vectorizes
-    // this, and a non-zero chunk usually fails in the first block anyway.
-    let mut blocks = data.chunks_exact(64);
-    for block in &mut blocks {
-        if block.iter().fold(0u8, |acc, &b| acc | b) != 0 {
-            return false;
-        }
-    }
-    blocks.remainder().iter().all(|&b| b == 0)
 }
 
 /// Encodes a plaintext chunk for storage: lz4 if it saves at least 1/16, raw otherwise.
@@ -233,25 +136,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn id_hex_roundtrip_and_known_value() {
-        let id = ChunkId::of(b"abc");
-        assert_eq!(
-            id.to_string(),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-        assert_eq!(id.to_string().parse::<ChunkId>().unwrap(), id);
-        let json = serde_json::to_string(&id).unwrap();
-        assert_eq!(serde_json::from_str::<ChunkId>(&json).unwrap(), id);
-        assert!(
-            "BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD"
-                .parse::<ChunkId>()
-                .is_err()
-        );
-        assert!("abc".parse::<ChunkId>().is_err());
-        assert!(id.verify(b"abd").is_err());
-    }
-
-    #[test]
     fn encoding_picks_lz4_or_raw_and_roundtrips() {
         let text: Vec<u8> = (0..65536u32)
             .map(|i| b"hello world "[(i % 12) as usize])
@@ -299,15 +183,5 @@ mod tests {
         let last = enc.len() - 1;
         enc[last] ^= 1;
         assert!(decode_chunk(&id, &enc).is_err());
-    }
-
-    #[test]
-    fn zero_detection() {
-        assert!(is_zero(&[0u8; 65536]));
-        let mut v = vec![0u8; 65537];
-        assert!(is_zero(&v[1..]));
-        v[65536] = 1;
-        assert!(!is_zero(&v[1..]));
-        assert!(is_zero(&[]));
     }
 }

@@ -19,111 +19,10 @@
 
 use std::io::Read;
 
-use serde::{Deserialize, Serialize};
+pub use ::chunk::{validate_chunk_size, ChunkList, DEFAULT_CHUNK_SIZE, MIN_CHUNK_SIZE};
 
-use crate::chunk::{is_zero, ChunkId, MAX_CHUNK_SIZE};
+use crate::chunk::{is_zero, ChunkId};
 use crate::error::{Error, Result};
-
-/// Default chunk size: 64 KiB.
-pub const DEFAULT_CHUNK_SIZE: u32 = 64 * 1024;
-/// Smallest allowed chunk size: one filesystem block.
-pub const MIN_CHUNK_SIZE: u32 = 4096;
-
-/// Checks that `chunk_size` is a power of two between 4 KiB and 4 MiB.
-pub fn validate_chunk_size(chunk_size: u32) -> Result<()> {
-    if !chunk_size.is_power_of_two()
-        || chunk_size < MIN_CHUNK_SIZE
-        || chunk_size as usize > MAX_CHUNK_SIZE
-    {
-        return Err(Error::invalid(
-            "chunk size",
-            format!(
-                "{chunk_size} must be a power of two between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE}"
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// An image described as a list of chunks. `chunks[i]` is `None` for an all-zero chunk.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ChunkedBlob {
-    /// Size of the image in bytes.
-    pub size: u64,
-    /// Chunk size in bytes (power of two).
-    pub chunk_size: u32,
-    /// One entry per chunk, in offset order; `None` (JSON `null`) is an all-zero chunk.
-    pub chunks: Vec<Option<ChunkId>>,
-}
-
-impl ChunkedBlob {
-    /// An all-zero image of `size` bytes (for example a fresh user disk).
-    pub fn zeros(size: u64, chunk_size: u32) -> Result<ChunkedBlob> {
-        validate_chunk_size(chunk_size)?;
-        let n = size.div_ceil(chunk_size as u64);
-        Ok(ChunkedBlob {
-            size,
-            chunk_size,
-            chunks: vec![None; n as usize],
-        })
-    }
-
-    /// Number of chunks `size` needs.
-    pub fn expected_chunks(&self) -> u64 {
-        self.size.div_ceil(self.chunk_size as u64)
-    }
-
-    /// Checks chunk size and that the list length matches the size.
-    pub fn validate(&self) -> Result<()> {
-        validate_chunk_size(self.chunk_size)?;
-        if self.chunks.len() as u64 != self.expected_chunks() {
-            return Err(Error::invalid(
-                "chunk list",
-                format!(
-                    "{} chunks listed, but a {}-byte image in {}-byte chunks has {}",
-                    self.chunks.len(),
-                    self.size,
-                    self.chunk_size,
-                    self.expected_chunks()
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Index of the chunk holding byte `offset`.
-    pub fn chunk_index(&self, offset: u64) -> u64 {
-        offset / self.chunk_size as u64
-    }
-
-    /// Indices of the chunks covering bytes `[offset, offset + len)`, clipped to the image
-    /// (what a block device read of that range needs).
-    pub fn chunks_covering(&self, offset: u64, len: u64) -> std::ops::Range<u64> {
-        let end = offset.saturating_add(len).min(self.size);
-        if len == 0 || offset >= end {
-            return 0..0;
-        }
-        self.chunk_index(offset)..(end - 1) / self.chunk_size as u64 + 1
-    }
-
-    /// Length of chunk `index` (the last one may be short).
-    pub fn chunk_len(&self, index: u64) -> usize {
-        let start = index * self.chunk_size as u64;
-        (self.size.saturating_sub(start)).min(self.chunk_size as u64) as usize
-    }
-
-    /// The distinct non-zero chunk ids, in first-use order.
-    pub fn distinct_chunks(&self) -> Vec<ChunkId> {
-        let mut seen = std::collections::HashSet::new();
-        self.chunks
-            .iter()
-            .flatten()
-            .filter(|id| seen.insert(**id))
-            .copied()
-            .collect()
-    }
-}
 
 /// Cuts a byte stream into fixed-size chunks. Yields `(index, Option<ChunkId>, data)`; the
 /// data of zero chunks is still yielded so callers can count bytes.
@@ -206,12 +105,12 @@ impl<R: Read> Chunker<R> {
     }
 
     /// Reads the whole stream and returns its chunk list (ids only).
-    pub fn into_blob(mut self) -> Result<ChunkedBlob> {
+    pub fn into_blob(mut self) -> Result<ChunkList> {
         let mut chunks = Vec::new();
         while let Some(c) = self.next_chunk()? {
             chunks.push(c.id);
         }
-        Ok(ChunkedBlob {
+        Ok(ChunkList {
             size: self.size,
             chunk_size: self.chunk_size as u32,
             chunks,
@@ -246,13 +145,9 @@ mod tests {
     }
 
     #[test]
-    fn rejects_bad_sizes_and_lengths() {
+    fn rejects_bad_sizes_and_empty_streams() {
         assert!(Chunker::new(&[][..], 1000).is_err());
         assert!(Chunker::new(&[][..], 8 << 20).is_err());
-        let mut blob = ChunkedBlob::zeros(10 * 65536, DEFAULT_CHUNK_SIZE).unwrap();
-        blob.validate().unwrap();
-        blob.chunks.pop();
-        assert!(blob.validate().is_err());
         let empty = Chunker::new(&[][..], 4096).unwrap().into_blob().unwrap();
         assert_eq!((empty.size, empty.chunks.len()), (0, 0));
     }

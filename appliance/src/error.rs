@@ -52,3 +52,14 @@ impl Error {
         }
     }
 }
+
+impl From<::chunk::Error> for Error {
+    fn from(e: ::chunk::Error) -> Self {
+        match e {
+            ::chunk::Error::Invalid { what, why } => Error::Invalid { what, why },
+            ::chunk::Error::Mismatch { expected, actual } => {
+                Error::ChunkMismatch { expected, actual }
+            }
+        }
+    }
+}

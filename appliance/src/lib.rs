@@ -16,8 +16,9 @@ pub mod sign;
 pub mod user;
 pub mod wire;
 
+pub use ::chunk::boot_trace;
 pub use chunk::{decode_chunk, encode_chunk, is_zero, ChunkEncoding, ChunkId};
-pub use chunking::{ChunkedBlob, Chunker, DEFAULT_CHUNK_SIZE};
+pub use chunking::{ChunkList, Chunker, DEFAULT_CHUNK_SIZE};
 pub use error::{Error, Result};
 pub use manifest::{Disk, DiskRole, Manifest, NetworkAttachment, MANIFEST_FORMAT};
 pub use sign::{PublicKey, SecretKey, SignedManifest};

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::chunk::ChunkId;
-use crate::chunking::ChunkedBlob;
+use crate::chunking::ChunkList;
 use crate::error::{Error, Result};
 use crate::names::validate_name;
 
@@ -47,7 +47,7 @@ pub struct Disk {
     /// System or user.
     pub role: DiskRole,
     /// Content (for a user disk: the initial content).
-    pub image: ChunkedBlob,
+    pub image: ChunkList,
 }
 
 /// An appliance network the appliance joins: one virtio-net device per attachment, in order.
@@ -79,10 +79,10 @@ pub struct Manifest {
     /// Guest memory in MiB.
     pub memory_mib: u64,
     /// The guest kernel (bzImage), chunked.
-    pub kernel: ChunkedBlob,
+    pub kernel: ChunkList,
     /// The guest initrd, chunked, if any.
     #[serde(default)]
-    pub initrd: Option<ChunkedBlob>,
+    pub initrd: Option<ChunkList>,
     /// The guest kernel command line.
     pub cmdline: String,
     /// Virtual disks, in guest order.
@@ -165,23 +165,60 @@ impl Manifest {
         Ok(())
     }
 
+    /// Every blob the terminal needs locally, in fetch order: kernel, initrd, every disk (a
+    /// user disk's initial content included: it is what a never-committed disk starts from).
+    pub fn blobs(&self) -> Vec<&ChunkList> {
+        self.blobs_with(|d| &d.image)
+    }
+
+    /// [`Manifest::blobs`] with each user disk's content chosen by `user_disk` (a session
+    /// uses the user's own committed version instead of the initial content).
+    pub fn blobs_with<'a>(
+        &'a self,
+        user_disk: impl Fn(&'a Disk) -> &'a ChunkList,
+    ) -> Vec<&'a ChunkList> {
+        let mut v = vec![&self.kernel];
+        v.extend(self.initrd.iter());
+        v.extend(self.disks.iter().map(|d| match d.role {
+            DiskRole::System => &d.image,
+            DiskRole::User => user_disk(d),
+        }));
+        v
+    }
+
+    /// The blobs every user of this version shares: kernel, initrd and system disks.
+    pub fn system_blobs(&self) -> Vec<&ChunkList> {
+        let mut v = vec![&self.kernel];
+        v.extend(self.initrd.iter());
+        v.extend(
+            self.disks
+                .iter()
+                .filter(|d| d.role == DiskRole::System)
+                .map(|d| &d.image),
+        );
+        v
+    }
+
     /// Every distinct non-zero chunk the appliance uses (kernel, initrd, all disks).
     pub fn all_chunks(&self) -> Vec<ChunkId> {
-        let mut seen = std::collections::HashSet::new();
-        let blobs = std::iter::once(&self.kernel)
-            .chain(self.initrd.iter())
-            .chain(self.disks.iter().map(|d| &d.image));
-        blobs
-            .flat_map(|b| b.chunks.iter().flatten())
-            .filter(|id| seen.insert(**id))
-            .copied()
-            .collect()
+        distinct_chunks(self.blobs())
     }
 
     /// The disk named `name`.
     pub fn disk(&self, name: &str) -> Option<&Disk> {
         self.disks.iter().find(|d| d.name == name)
     }
+}
+
+/// The distinct non-zero chunk ids of `blobs`, in first-use order.
+pub fn distinct_chunks<'a>(blobs: impl IntoIterator<Item = &'a ChunkList>) -> Vec<ChunkId> {
+    let mut seen = std::collections::HashSet::new();
+    blobs
+        .into_iter()
+        .flat_map(|b| b.chunks.iter().flatten())
+        .filter(|id| seen.insert(**id))
+        .copied()
+        .collect()
 }
 
 fn validate_mac(mac: &str) -> Result<()> {
@@ -233,7 +270,7 @@ pub(crate) mod tests {
                 Disk {
                     name: "user".into(),
                     role: DiskRole::User,
-                    image: ChunkedBlob::zeros(1 << 20, 65536).unwrap(),
+                    image: ChunkList::zeros(1 << 20, 65536).unwrap(),
                 },
             ],
             networks: vec![NetworkAttachment {

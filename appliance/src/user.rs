@@ -8,7 +8,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::{Algorithm, Argon2, Params, Version};
 use serde::{Deserialize, Serialize};
 
-use crate::chunking::ChunkedBlob;
+use crate::chunking::ChunkList;
 use crate::error::{Error, Result};
 use crate::names::validate_name;
 
@@ -151,7 +151,7 @@ pub struct UserDiskManifest {
     /// 1 for the first commit, then +1 per commit.
     pub version: u64,
     /// The disk's content.
-    pub image: ChunkedBlob,
+    pub image: ChunkList,
 }
 
 impl UserDiskManifest {
@@ -173,7 +173,7 @@ impl UserDiskManifest {
                 "version must be 1 or more",
             ));
         }
-        self.image.validate()
+        Ok(self.image.validate()?)
     }
 }
 

@@ -7,7 +7,9 @@
 //! cachefs verified plaintext with its id (hashing is the receiver's cost).
 
 use cachefs::fault::Rng;
-use cachefs::{Cache, ChunkId, CreateOptions, DiskView, FileStorage, NoSource, OpenOptions};
+use cachefs::{
+    Cache, ChunkId, ChunkList, CreateOptions, DiskView, FileStorage, NoSource, OpenOptions,
+};
 use std::fs::OpenOptions as FileOpenOptions;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -197,9 +199,7 @@ fn main() {
     // --- Random 4 KiB reads ---
     let view = DiskView::new(
         cache.clone(),
-        ids.to_vec(),
-        CS as u32,
-        img.len() as u64,
+        ChunkList::of_ids(ids.to_vec(), CS as u32, img.len() as u64),
         Arc::new(NoSource),
     )
     .unwrap();

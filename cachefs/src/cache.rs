@@ -22,8 +22,8 @@ use crate::format::{
     MAX_CHUNK,
 };
 use crate::frames;
-use crate::id::ChunkId;
 use crate::storage::Storage;
+use chunk::ChunkId;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};

@@ -3,7 +3,7 @@
 //! when the input is short, so corrupt metadata can never crash the cache.
 
 use crate::error::{Error, Result};
-use crate::id::ChunkId;
+use chunk::ChunkId;
 
 #[derive(Default)]
 pub struct Writer {

@@ -1,6 +1,6 @@
 //! The crate's error type: every failure a caller can act on has its own variant.
 
-use crate::id::ChunkId;
+use chunk::ChunkId;
 use std::io;
 
 #[derive(Debug, thiserror::Error)]

@@ -11,7 +11,7 @@
 
 use crate::codec::{crc32, Reader, Writer};
 use crate::error::{Error, Result};
-use crate::id::ChunkId;
+use chunk::ChunkId;
 
 /// Allocation and alignment unit of the arena and of journal commits.
 pub const BLOCK: u64 = 4096;

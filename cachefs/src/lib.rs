@@ -18,15 +18,14 @@ pub mod error;
 pub mod fault;
 pub mod format;
 pub mod frames;
-pub mod id;
 pub mod lz4dec;
 pub mod overlay;
 pub mod storage;
 pub mod view;
 
 pub use cache::{Cache, CreateOptions, OpenOptions, RecoveryReport, Stats, VerifyReport};
+pub use chunk::{ChunkId, ChunkList};
 pub use error::{Error, Result};
-pub use id::ChunkId;
 pub use overlay::{Overlay, OverlayKind, WriteBack};
 pub use storage::{FileStorage, MemStorage, Storage};
-pub use view::{list_digest, ChunkSource, DirSource, DiskView, MemSource, NoSource, SourceError};
+pub use view::{ChunkSource, DirSource, DiskView, MemSource, NoSource, SourceError};

@@ -17,8 +17,8 @@ use crate::cache::Cache;
 use crate::codec::crc32;
 use crate::error::{Error, Result};
 use crate::format::{OvBlock, Record, BLOCK};
-use crate::id::ChunkId;
-use crate::view::{list_digest, DiskView};
+use crate::view::DiskView;
+use chunk::{is_zero, ChunkId, ChunkList};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 
@@ -56,8 +56,9 @@ pub enum OverlayKind {
 #[derive(Clone, Debug)]
 pub struct WriteBack {
     /// The disk's full new chunk list.
-    pub chunks: Vec<ChunkId>,
-    /// Changed chunks: (index, id, plaintext). Upload these.
+    pub chunks: ChunkList,
+    /// Changed chunks that are not all zero: (index, id, plaintext). Upload these; a chunk
+    /// written to all zeros is `None` in `chunks` and has nothing to upload.
     pub changed: Vec<(usize, ChunkId, Vec<u8>)>,
     snapshot: Vec<(u64, u64)>,
 }
@@ -98,7 +99,7 @@ impl Overlay {
 
     fn open_user(view: Arc<DiskView>, name: &str) -> Result<Overlay> {
         let cache = view.cache().clone();
-        let digest = list_digest(&view.chunk_list());
+        let digest = view.chunk_list().digest();
         let mut st = new_state();
         let existing = cache.read_state().overlays.get(name).cloned();
         match existing {
@@ -323,13 +324,17 @@ impl Overlay {
     pub fn prepare_write_back(&self) -> Result<WriteBack> {
         self.flush()?;
         let changed_idx = self.changed_chunks();
-        let mut chunks = self.view.chunk_list().to_vec();
+        let mut chunks = ChunkList::clone(&self.view.chunk_list());
         let mut changed = Vec::new();
         for idx in changed_idx {
             let mut data = vec![0u8; self.view.chunk_len(idx)];
             self.read_at(idx as u64 * self.view.chunk_size() as u64, &mut data)?;
+            if is_zero(&data) {
+                chunks.chunks[idx] = None;
+                continue;
+            }
             let id = ChunkId::of(&data);
-            chunks[idx] = id;
+            chunks.chunks[idx] = Some(id);
             changed.push((idx, id, data));
         }
         let snapshot = self
@@ -387,7 +392,7 @@ impl Overlay {
                         name.clone(),
                         drop_blocks.iter().map(|(d, _)| *d).collect(),
                     ));
-                    cs.apply_overlay(Record::OvRebase(name.clone(), list_digest(&wb.chunks)));
+                    cs.apply_overlay(Record::OvRebase(name.clone(), wb.chunks.digest()));
                     cs.defer_free(&frees);
                 }
                 drop(st);

@@ -7,9 +7,7 @@
 
 use crate::cache::Cache;
 use crate::error::{Error, Result};
-use crate::format::{BLOCK, MAX_CHUNK};
-use crate::id::ChunkId;
-use sha2::{Digest, Sha256};
+use chunk::{ChunkId, ChunkList};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -95,24 +93,13 @@ pub struct ViewStats {
     pub fetched_bytes: u64,
 }
 
-/// sha256 over a chunk list: names the exact base an overlay applies to.
-pub fn list_digest(chunks: &[ChunkId]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    for c in chunks {
-        h.update(c.0);
-    }
-    h.finalize().into()
-}
-
 /// A read-only disk image made of chunks.
 pub struct DiskView {
     cache: Arc<Cache>,
     source: Arc<dyn ChunkSource>,
     chunk_size: u32,
     size: u64,
-    chunks: RwLock<Arc<Vec<ChunkId>>>,
-    zero_full: ChunkId,
-    zero_last: ChunkId,
+    chunks: RwLock<Arc<ChunkList>>,
     inflight: Mutex<HashMap<ChunkId, Arc<Inflight>>>,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -120,39 +107,20 @@ pub struct DiskView {
 }
 
 impl DiskView {
-    /// A view of a `size`-byte disk cut into `chunk_size`-byte chunks (the
-    /// last may be shorter). `chunk_size` is a per-image parameter: a
-    /// multiple of 4 KiB, at most 16 MiB (64 KiB recommended).
+    /// A view of the disk `list` describes. Zero chunks (`None`) read as zeros and never
+    /// touch the cache or the source.
     pub fn new(
         cache: Arc<Cache>,
-        chunks: Vec<ChunkId>,
-        chunk_size: u32,
-        size: u64,
+        list: ChunkList,
         source: Arc<dyn ChunkSource>,
     ) -> Result<DiskView> {
-        if chunk_size == 0 || chunk_size as u64 % BLOCK != 0 || chunk_size > MAX_CHUNK {
-            return Err(Error::Invalid(format!(
-                "chunk size {chunk_size}: want a multiple of 4096 up to 16 MiB"
-            )));
-        }
-        if (chunks.len() as u64) != size.div_ceil(chunk_size as u64) {
-            return Err(Error::Invalid(format!(
-                "{} chunks of {chunk_size} bytes do not make a {size}-byte disk",
-                chunks.len()
-            )));
-        }
-        let last_len = match size % chunk_size as u64 {
-            0 => chunk_size as usize,
-            r => r as usize,
-        };
+        list.validate().map_err(|e| Error::Invalid(e.to_string()))?;
         Ok(DiskView {
             cache,
             source,
-            chunk_size,
-            size,
-            chunks: RwLock::new(Arc::new(chunks)),
-            zero_full: ChunkId::zero(chunk_size as usize),
-            zero_last: ChunkId::zero(last_len),
+            chunk_size: list.chunk_size,
+            size: list.size,
+            chunks: RwLock::new(Arc::new(list)),
             inflight: Mutex::new(HashMap::new()),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -169,16 +137,17 @@ impl DiskView {
     pub fn cache(&self) -> &Arc<Cache> {
         &self.cache
     }
-    pub fn chunk_list(&self) -> Arc<Vec<ChunkId>> {
+    pub fn chunk_list(&self) -> Arc<ChunkList> {
         self.chunks
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
-    pub(crate) fn set_chunk_list(&self, list: Vec<ChunkId>) -> Result<()> {
-        if list.len() != self.chunk_list().len() {
+    pub(crate) fn set_chunk_list(&self, list: ChunkList) -> Result<()> {
+        if list.size != self.size || list.chunk_size != self.chunk_size || list.validate().is_err()
+        {
             return Err(Error::Invalid(
-                "new chunk list has a different length".into(),
+                "new chunk list describes a different disk".into(),
             ));
         }
         *self.chunks.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(list);
@@ -226,17 +195,16 @@ impl DiskView {
 
     fn read_chunk_range(
         &self,
-        list: &[ChunkId],
+        list: &ChunkList,
         idx: usize,
         within: usize,
         dst: &mut [u8],
     ) -> Result<()> {
-        let id = list[idx];
         let len = self.chunk_len(idx);
-        if id == self.zero_full || id == self.zero_last {
+        let Some(id) = list.chunks[idx] else {
             dst.fill(0);
             return Ok(());
-        }
+        };
         if self.cache.read_range(&id, within, dst)? {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(());
@@ -250,7 +218,7 @@ impl DiskView {
     /// The whole plaintext of chunk `idx` (verified).
     pub fn chunk(&self, idx: usize) -> Result<Vec<u8>> {
         let list = self.chunk_list();
-        if idx >= list.len() {
+        if idx >= list.chunks.len() {
             return Err(Error::Invalid(format!("chunk index {idx} out of range")));
         }
         let mut v = vec![0u8; self.chunk_len(idx)];
@@ -261,10 +229,13 @@ impl DiskView {
     /// Makes sure chunk `idx` is in the cache (background fill).
     pub fn prefetch(&self, idx: usize) -> Result<()> {
         let list = self.chunk_list();
-        let Some(id) = list.get(idx) else {
+        let Some(entry) = list.chunks.get(idx) else {
             return Err(Error::Invalid(format!("chunk index {idx} out of range")));
         };
-        if *id == self.zero_full || *id == self.zero_last || self.cache.contains(id) {
+        let Some(id) = entry else {
+            return Ok(());
+        };
+        if self.cache.contains(id) {
             return Ok(());
         }
         self.fetch(id, self.chunk_len(idx)).map(|_| ())

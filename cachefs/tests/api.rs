@@ -2,8 +2,8 @@
 
 use cachefs::fault::Rng;
 use cachefs::{
-    Cache, ChunkId, CreateOptions, DirSource, DiskView, Error, FileStorage, MemSource, MemStorage,
-    NoSource, Overlay, Storage,
+    Cache, ChunkId, ChunkList, CreateOptions, DirSource, DiskView, Error, FileStorage, MemSource,
+    MemStorage, NoSource, Overlay, Storage,
 };
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -196,9 +196,7 @@ fn view_reads_any_range_and_fetches_verified_chunks() {
     let cache = Arc::new(Cache::create(Box::new(st), CreateOptions::default()).unwrap());
     let view = DiskView::new(
         cache.clone(),
-        ids.clone(),
-        cs as u32,
-        size as u64,
+        ChunkList::of_ids(ids.clone(), cs as u32, size as u64),
         Arc::new(DirSource {
             dir: chunks_dir.clone(),
         }),
@@ -222,9 +220,7 @@ fn view_reads_any_range_and_fetches_verified_chunks() {
     // Offline: a miss is an error, hits still work.
     let off = DiskView::new(
         cache.clone(),
-        ids.clone(),
-        cs as u32,
-        size as u64,
+        ChunkList::of_ids(ids.clone(), cs as u32, size as u64),
         Arc::new(NoSource),
     )
     .unwrap();
@@ -234,9 +230,7 @@ fn view_reads_any_range_and_fetches_verified_chunks() {
     assert_eq!(b, disk[..10]);
     assert!(DiskView::new(
         cache,
-        ids[..2].to_vec(),
-        cs as u32,
-        size as u64,
+        ChunkList::of_ids(ids[..2].to_vec(), cs as u32, size as u64),
         Arc::new(NoSource)
     )
     .is_err());
@@ -267,9 +261,7 @@ fn concurrent_readers_while_a_filler_fills() {
     let view = Arc::new(
         DiskView::new(
             cache.clone(),
-            ids,
-            cs as u32,
-            disk.len() as u64,
+            ChunkList::of_ids(ids, cs as u32, disk.len() as u64),
             src.clone(),
         )
         .unwrap(),
@@ -322,8 +314,14 @@ fn system_overlay_is_discarded_user_overlay_persists_and_writes_back() {
     let used0 = cache.stats().used_bytes;
 
     // System disk: writes visible, gone after close, space returned.
-    let view =
-        Arc::new(DiskView::new(cache.clone(), ids.clone(), cs as u32, size, src.clone()).unwrap());
+    let view = Arc::new(
+        DiskView::new(
+            cache.clone(),
+            ChunkList::of_ids(ids.clone(), cs as u32, size),
+            src.clone(),
+        )
+        .unwrap(),
+    );
     let sys = Overlay::system(view.clone()).unwrap();
     sys.write_at(1024, &[9u8; 2048]).unwrap();
     assert!(
@@ -356,8 +354,14 @@ fn system_overlay_is_discarded_user_overlay_persists_and_writes_back() {
     drop(view);
     drop(cache);
     let cache = Arc::new(Cache::open(Box::new(m.clone())).unwrap());
-    let view =
-        Arc::new(DiskView::new(cache.clone(), ids.clone(), cs as u32, size, src.clone()).unwrap());
+    let view = Arc::new(
+        DiskView::new(
+            cache.clone(),
+            ChunkList::of_ids(ids.clone(), cs as u32, size),
+            src.clone(),
+        )
+        .unwrap(),
+    );
     let ov = Overlay::user(view.clone(), "alice/home").unwrap();
     let mut all = vec![0u8; size as usize];
     ov.read_at(0, &mut all).unwrap();
@@ -387,12 +391,19 @@ fn system_overlay_is_discarded_user_overlay_persists_and_writes_back() {
     drop(cache);
     // After restart the overlay only opens against the new base.
     let cache = Arc::new(Cache::open(Box::new(m)).unwrap());
-    let old = Arc::new(DiskView::new(cache.clone(), ids, cs as u32, size, src.clone()).unwrap());
+    let old = Arc::new(
+        DiskView::new(
+            cache.clone(),
+            ChunkList::of_ids(ids, cs as u32, size),
+            src.clone(),
+        )
+        .unwrap(),
+    );
     assert!(matches!(
         Overlay::user(old, "alice/home"),
         Err(Error::Invalid(_))
     ));
-    let view = Arc::new(DiskView::new(cache.clone(), new_list, cs as u32, size, src).unwrap());
+    let view = Arc::new(DiskView::new(cache.clone(), new_list, src).unwrap());
     let ov = Overlay::user(view, "alice/home").unwrap();
     ov.read_at(0, &mut all).unwrap();
     assert_eq!(all, disk);
@@ -415,8 +426,14 @@ fn readers_never_see_wrong_bytes_while_eviction_reuses_blocks() {
     let ids: Vec<ChunkId> = disk.chunks(cs).map(|c| src.add(c.to_vec())).collect();
     let (_, cache) = mem_cache(600 * 1024); // ~ 400 KiB arena
     let cache = Arc::new(cache);
-    let view =
-        Arc::new(DiskView::new(cache.clone(), ids, cs as u32, disk.len() as u64, src).unwrap());
+    let view = Arc::new(
+        DiskView::new(
+            cache.clone(),
+            ChunkList::of_ids(ids, cs as u32, disk.len() as u64),
+            src,
+        )
+        .unwrap(),
+    );
     let disk = Arc::new(disk);
     let hs: Vec<_> = (0..3u64)
         .map(|t| {

@@ -8,7 +8,7 @@
 
 use cachefs::fault::{CutMode, FaultStorage, Rng};
 use cachefs::{
-    list_digest, Cache, ChunkId, CreateOptions, DiskView, Error, MemSource, MemStorage, Overlay,
+    Cache, ChunkId, ChunkList, CreateOptions, DiskView, Error, MemSource, MemStorage, Overlay,
 };
 use std::sync::Arc;
 
@@ -50,8 +50,14 @@ fn setup(source: &Arc<MemSource>, base: &[u8]) -> (Vec<u8>, Vec<ChunkId>) {
         .collect();
     let mem = Arc::new(MemStorage::new(DEVICE));
     let cache = Arc::new(Cache::create(Box::new(mem.clone()), CreateOptions::default()).unwrap());
-    let view =
-        Arc::new(DiskView::new(cache.clone(), ids.clone(), CHUNK, DISK, source.clone()).unwrap());
+    let view = Arc::new(
+        DiskView::new(
+            cache.clone(),
+            ChunkList::of_ids(ids.clone(), CHUNK, DISK),
+            source.clone(),
+        )
+        .unwrap(),
+    );
     let ov = Overlay::user(view, NAME).unwrap();
     ov.close().unwrap();
     // Fill 3/4 of the journal, so that checkpoints come early in the workloads.
@@ -105,11 +111,16 @@ fn crash_anywhere_in_overlay_workload() {
             current: base.clone(),
             since: vec![Vec::new(); DISK as usize / SECTOR],
         };
-        let mut lists = vec![ids0.clone()];
+        let mut lists = vec![ChunkList::of_ids(ids0.clone(), CHUNK, DISK)];
         {
             let cache = Arc::new(Cache::open(Box::new(dev.clone())).expect("open"));
             let view = Arc::new(
-                DiskView::new(cache.clone(), ids0.clone(), CHUNK, DISK, source.clone()).unwrap(),
+                DiskView::new(
+                    cache.clone(),
+                    ChunkList::of_ids(ids0.clone(), CHUNK, DISK),
+                    source.clone(),
+                )
+                .unwrap(),
             );
             let ov = Overlay::user(view.clone(), NAME).unwrap();
             for _ in 0..60 {
@@ -179,11 +190,10 @@ fn crash_anywhere_in_overlay_workload() {
             .unwrap_or_else(|| panic!("{ctx}: overlay lost"));
         let list = lists
             .iter()
-            .find(|l| list_digest(l) == digest)
+            .find(|l| l.digest() == digest)
             .unwrap_or_else(|| panic!("{ctx}: overlay names an unknown base"))
             .clone();
-        let view =
-            Arc::new(DiskView::new(cache.clone(), list, CHUNK, DISK, source.clone()).unwrap());
+        let view = Arc::new(DiskView::new(cache.clone(), list, source.clone()).unwrap());
         let ov = Overlay::user(view, NAME).unwrap_or_else(|e| panic!("{ctx}: open overlay: {e}"));
         let mut disk = vec![0u8; DISK as usize];
         ov.read_at(0, &mut disk)

@@ -9,7 +9,9 @@
 
 use cachefs::fault::Rng;
 use cachefs::format::{self, Checkpoint, Record, SbSlot, Superblock, BLOCK};
-use cachefs::{Cache, ChunkId, CreateOptions, DiskView, MemSource, MemStorage, Overlay, Storage};
+use cachefs::{
+    Cache, ChunkId, ChunkList, CreateOptions, DiskView, MemSource, MemStorage, Overlay, Storage,
+};
 use std::sync::Arc;
 
 const DEVICE: usize = 400 * 1024;
@@ -43,7 +45,12 @@ fn valid_image() -> Valid {
     cache.checkpoint().unwrap();
     cache.pin("app@2", &ids[2..]).unwrap();
     let view = Arc::new(
-        DiskView::new(cache.clone(), ids.clone(), CS, CS as u64 * 8, src.clone()).unwrap(),
+        DiskView::new(
+            cache.clone(),
+            ChunkList::of_ids(ids.clone(), CS, CS as u64 * 8),
+            src.clone(),
+        )
+        .unwrap(),
     );
     let ov = Overlay::user(view, "u").unwrap();
     ov.write_at(4096, &[7u8; 1024]).unwrap();
@@ -264,9 +271,7 @@ fn exercise(img: Vec<u8>, v: &Valid) -> usize {
     let _ = cache.verify_all();
     if let Ok(view) = DiskView::new(
         cache.clone(),
-        v.ids.clone(),
-        CS,
-        CS as u64 * 8,
+        ChunkList::of_ids(v.ids.clone(), CS, CS as u64 * 8),
         v.src.clone(),
     ) {
         if let Ok(ov) = Overlay::user(Arc::new(view), "u") {

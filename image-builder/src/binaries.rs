@@ -30,7 +30,7 @@ pub const PROGRAMS: &[FirmwareProgram] = &[
         install_path: "init",
     },
     FirmwareProgram {
-        package: "vmm",
+        package: "launcher",
         bin: "vmm",
         install_path: "bin/vmm",
     },

@@ -12,12 +12,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use appliance::{ChunkId, ChunkedBlob, DiskRole};
+use appliance::ChunkId;
 use cachefs::Cache;
 
 use crate::error::{Error, Result};
 use crate::fetch::{FetchCounts, Fetcher};
-use crate::set::{cid, ApplianceSet};
+use crate::set::ApplianceSet;
 
 /// How to fill.
 #[derive(Clone, Debug)]
@@ -138,19 +138,6 @@ pub struct FillHandle {
     workers: Vec<JoinHandle<()>>,
 }
 
-/// Kernel, initrd and disks (user disks at their session content) of each appliance.
-fn appliance_blobs(a: &crate::set::Appliance) -> Vec<&ChunkedBlob> {
-    let mut v: Vec<&ChunkedBlob> = vec![&a.manifest.kernel];
-    v.extend(a.manifest.initrd.iter());
-    for d in &a.manifest.disks {
-        match d.role {
-            DiskRole::System => v.push(&d.image),
-            DiskRole::User => v.push(a.user_disk(&d.name).map(|u| &u.image).unwrap_or(&d.image)),
-        }
-    }
-    v
-}
-
 /// Builds the ordered job list and the per-appliance totals.
 fn plan(
     cache: &Cache,
@@ -166,7 +153,7 @@ fn plan(
         std::collections::HashMap::new();
     let mut lens: std::collections::HashMap<ChunkId, usize> = std::collections::HashMap::new();
     for a in &set.appliances {
-        for b in appliance_blobs(a) {
+        for b in a.session_blobs() {
             for (i, id) in b.chunks.iter().enumerate() {
                 if let Some(id) = id {
                     lens.entry(*id).or_insert(b.chunk_len(i as u64));
@@ -200,7 +187,7 @@ fn plan(
     for (ai, a) in set.appliances.iter().enumerate() {
         let mut seen = HashSet::new();
         let mut total = 0;
-        for b in appliance_blobs(a) {
+        for b in a.session_blobs() {
             for id in b.chunks.iter().flatten() {
                 if !seen.insert(*id) {
                     continue;
@@ -219,7 +206,7 @@ fn plan(
     let mut jobs = Vec::new();
     for id in order {
         let (len, owners, boot_owners) = info.remove(&id).unwrap_or_default();
-        if cache.contains(&cid(&id)) {
+        if cache.contains(&id) {
             for &o in &owners {
                 done[o] += len as u64;
             }
@@ -251,7 +238,7 @@ pub fn start(
         let mut seen = HashSet::new();
         let mut t = 0;
         for a in &set.appliances {
-            for b in appliance_blobs(a) {
+            for b in a.session_blobs() {
                 for (i, id) in b.chunks.iter().enumerate() {
                     if let Some(id) = id {
                         if seen.insert(*id) {
@@ -323,7 +310,7 @@ fn work(s: &Shared) {
         let i = s.next.fetch_add(1, Ordering::Relaxed);
         let Some(job) = s.jobs.get(i) else { return };
         s.fetcher.yield_to_demand(s.opts.max_demand_pause);
-        let id = cid(&job.id);
+        let id = job.id;
         if !s.cache.contains(&id) {
             let data = match s.fetcher.fetch_chunk(&job.id, Some(job.len)) {
                 Ok(d) => d,

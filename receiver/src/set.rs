@@ -8,7 +8,7 @@
 
 use std::collections::HashSet;
 
-use appliance::{ChunkId, ChunkedBlob, DiskRole, Manifest, SignedManifest, UserDiskManifest};
+use appliance::{ChunkId, ChunkList, DiskRole, Manifest, SignedManifest, UserDiskManifest};
 use cachefs::Cache;
 use sha2::{Digest, Sha256};
 
@@ -29,11 +29,6 @@ pub fn user_disk_pin(user: &str, appliance: &str, disk: &str) -> String {
     format!("{USERDISK_PIN_PREFIX}{user}/{appliance}/{disk}")
 }
 
-/// Converts an `appliance` chunk id to the cache's.
-pub fn cid(id: &ChunkId) -> cachefs::ChunkId {
-    cachefs::ChunkId(id.0)
-}
-
 /// One user disk of an appliance, at the version this login starts from.
 #[derive(Clone, Debug)]
 pub struct UserDisk {
@@ -42,7 +37,7 @@ pub struct UserDisk {
     /// Committed version the session starts from (0: never committed).
     pub version: u64,
     /// Its content (the appliance's initial content for version 0).
-    pub image: ChunkedBlob,
+    pub image: ChunkList,
 }
 
 /// A verified appliance of the set.
@@ -60,6 +55,15 @@ pub struct Appliance {
 }
 
 impl Appliance {
+    /// Kernel, initrd and disks, each user disk at this session's content of it.
+    pub fn session_blobs(&self) -> Vec<&ChunkList> {
+        self.manifest.blobs_with(|d| {
+            self.user_disk(&d.name)
+                .map(|u| &u.image)
+                .unwrap_or(&d.image)
+        })
+    }
+
     /// Appliance name.
     pub fn name(&self) -> &str {
         &self.manifest.name
@@ -129,42 +133,14 @@ pub fn verify_manifest(
     Ok(m)
 }
 
-/// Every blob of a manifest the terminal needs locally: kernel, initrd, every disk (a user
-/// disk's initial content included: it is what a never-committed disk starts from).
-pub fn blobs(m: &Manifest) -> Vec<&ChunkedBlob> {
-    let mut v = vec![&m.kernel];
-    v.extend(m.initrd.iter());
-    v.extend(m.disks.iter().map(|d| &d.image));
-    v
-}
-
 /// The distinct chunk ids an appliance version needs (user disks at their session state).
 pub fn needed_chunks(a: &Appliance) -> Vec<ChunkId> {
-    let mut seen = HashSet::new();
-    let mut out = Vec::new();
-    let mut blobs: Vec<&ChunkedBlob> = vec![&a.manifest.kernel];
-    blobs.extend(a.manifest.initrd.iter());
-    for d in &a.manifest.disks {
-        match d.role {
-            DiskRole::System => blobs.push(&d.image),
-            DiskRole::User => {
-                blobs.push(a.user_disk(&d.name).map(|u| &u.image).unwrap_or(&d.image))
-            }
-        }
-    }
-    for b in blobs {
-        for id in b.chunks.iter().flatten() {
-            if seen.insert(*id) {
-                out.push(*id);
-            }
-        }
-    }
-    out
+    appliance::manifest::distinct_chunks(a.session_blobs())
 }
 
 /// True if every chunk of `a` is in the cache.
 pub fn is_complete(cache: &Cache, a: &Appliance) -> bool {
-    needed_chunks(a).iter().all(|id| cache.contains(&cid(id)))
+    needed_chunks(a).iter().all(|id| cache.contains(id))
 }
 
 /// The user disks of `m` at the states `lookup` gives (version, committed manifest).
@@ -194,13 +170,7 @@ pub fn user_disks_of(
 pub fn pin_set(cache: &Cache, user: &str, set: &ApplianceSet) -> Result<()> {
     let mut keep = HashSet::new();
     for a in &set.appliances {
-        let ids: Vec<cachefs::ChunkId> = blobs(&a.manifest)
-            .iter()
-            .flat_map(|b| b.chunks.iter().flatten())
-            .map(cid)
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
+        let ids = a.manifest.all_chunks();
         let name = app_pin(a.name(), a.manifest.version);
         cache.pin(&name, &ids)?;
         keep.insert(name);
@@ -208,7 +178,7 @@ pub fn pin_set(cache: &Cache, user: &str, set: &ApplianceSet) -> Result<()> {
             keep.insert(app_pin(&prev.name, prev.version));
         }
         for d in &a.user_disks {
-            let ids: Vec<cachefs::ChunkId> = d.image.distinct_chunks().iter().map(cid).collect();
+            let ids = d.image.distinct_chunks();
             cache.pin(&user_disk_pin(user, a.name(), &d.disk), &ids)?;
         }
     }

@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use appliance::{ChunkedBlob, UserDiskManifest};
+use appliance::{ChunkList, UserDiskManifest};
 use cachefs::Cache;
 
 use crate::error::{Error, Result};
@@ -82,8 +82,8 @@ impl OfflineRecord {
         &'a self,
         appliance: &str,
         disk: &str,
-        initial: &'a ChunkedBlob,
-    ) -> &'a ChunkedBlob {
+        initial: &'a ChunkList,
+    ) -> &'a ChunkList {
         match self
             .user_disk(appliance, disk)
             .and_then(|d| d.manifest.as_ref())

@@ -21,10 +21,10 @@ use cachefs::Overlay;
 
 use std::sync::Arc;
 
-use appliance::ChunkedBlob;
+use appliance::ChunkList;
 use cachefs::ChunkSource;
 
-use crate::disks::{blob_of, chunk_list, open_user_disk, user_overlay_name};
+use crate::disks::{open_user_disk, user_overlay_name};
 use crate::error::{Error, Result};
 use crate::login::Session;
 use crate::store::{self, SavedUserDisk};
@@ -122,22 +122,24 @@ fn write_back_inner(
         .clone()
         .ok_or_else(|| offline_error(session))?;
     let wb = overlay.prepare_write_back()?;
+    let base = overlay.view().chunk_list();
     let mut report = WriteBackReport {
-        changed_chunks: wb.changed.len(),
+        // Chunks written to all zeros count too: they change the list, not the upload.
+        changed_chunks: base
+            .chunks
+            .iter()
+            .zip(&wb.chunks.chunks)
+            .filter(|(old, new)| old != new)
+            .count(),
         version: expected,
         ..Default::default()
     };
-    if wb.changed.is_empty() {
+    if report.changed_chunks == 0 {
         log::info!("{appliance}/{disk}: nothing changed, nothing to write back");
         return Ok(report);
     }
-    let view = overlay.view();
-    let data: std::collections::HashMap<ChunkId, &Vec<u8>> = wb
-        .changed
-        .iter()
-        .filter(|(_, _, d)| !appliance::is_zero(d))
-        .map(|(_, id, d)| (ChunkId(id.0), d))
-        .collect();
+    let data: std::collections::HashMap<ChunkId, &Vec<u8>> =
+        wb.changed.iter().map(|(_, id, d)| (*id, d)).collect();
     let mut ids: Vec<ChunkId> = data
         .keys()
         .copied()
@@ -155,7 +157,7 @@ fn write_back_inner(
     )?;
     upload(session, &missing.missing, &data, &mut report)?;
 
-    let image = blob_of(&wb.chunks, view.size(), view.chunk_size());
+    let image = wb.chunks.clone();
     let manifest = UserDiskManifest {
         format: appliance::user::USER_DISK_FORMAT,
         user: session.user.clone(),
@@ -243,12 +245,7 @@ fn write_back_inner(
         .user_disks
         .retain(|d| !(d.appliance == appliance && d.disk == disk));
     session.record.user_disks.push(saved);
-    let ids: Vec<cachefs::ChunkId> = manifest
-        .image
-        .distinct_chunks()
-        .iter()
-        .map(crate::set::cid)
-        .collect();
+    let ids = manifest.image.distinct_chunks();
     session.cache.pin(
         &crate::set::user_disk_pin(&session.user, appliance, disk),
         &ids,
@@ -283,12 +280,11 @@ pub fn open_session_user_disk(
         .user_disk(disk)
         .ok_or_else(|| Error::Config(format!("{appliance} has no user disk {disk}")))?;
     let name = user_overlay_name(&session.user, appliance, disk);
-    let target = chunk_list(&ud.image);
     let cache = &session.cache;
     let Some(base) = cache.overlay_base_digest(&name) else {
         return open_user_disk(cache, &session.user, appliance, disk, &ud.image, source);
     };
-    if base == cachefs::list_digest(&target) {
+    if base == ud.image.digest() {
         return open_user_disk(cache, &session.user, appliance, disk, &ud.image, source);
     }
     // Which content was it made on? The previous record's, or the appliance's initial one.
@@ -298,7 +294,7 @@ pub fn open_session_user_disk(
         .iter()
         .find(|d| d.name == disk)
         .map(|d| d.image.clone());
-    let mut candidates: Vec<(u64, ChunkedBlob)> = Vec::new();
+    let mut candidates: Vec<(u64, ChunkList)> = Vec::new();
     for rec in [session.previous_record.as_ref(), Some(&session.record)]
         .into_iter()
         .flatten()
@@ -311,10 +307,7 @@ pub fn open_session_user_disk(
         }
     }
     candidates.extend(initial.map(|b| (0, b)));
-    let Some((old_version, old)) = candidates
-        .into_iter()
-        .find(|(_, b)| cachefs::list_digest(&chunk_list(b)) == base)
-    else {
+    let Some((old_version, old)) = candidates.into_iter().find(|(_, b)| b.digest() == base) else {
         return Err(Error::Config(format!(
             "the local overlay of {appliance}/{disk} was made on a content this terminal no longer knows; it is kept in the cache (overlay {name})"
         )));
@@ -331,7 +324,7 @@ pub fn open_session_user_disk(
         return open_user_disk(cache, &session.user, appliance, disk, &ud.image, source);
     }
     let wb = overlay.prepare_write_back()?;
-    if wb.chunks == target {
+    if wb.chunks == ud.image {
         log::warn!("{appliance}/{disk}: finishing a write-back interrupted after the repository acknowledged version {}", ud.version);
         overlay.finish_write_back(wb)?;
         drop(overlay);

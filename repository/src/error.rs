@@ -50,3 +50,9 @@ fn enospc_hint(e: &std::io::Error) -> &'static str {
 
 /// Result with the repository's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
+
+impl From<appliance::chunk::ChunkError> for Error {
+    fn from(e: appliance::chunk::ChunkError) -> Self {
+        Error::Format(e.into())
+    }
+}

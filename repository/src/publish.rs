@@ -22,10 +22,11 @@ use std::sync::mpsc::sync_channel;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use appliance::boot_trace::{self, TraceBlob};
 use appliance::chunking::{validate_chunk_size, Chunker};
 use appliance::manifest::MANIFEST_FORMAT;
 use appliance::{
-    ChunkId, ChunkedBlob, Disk, DiskRole, Manifest, NetworkAttachment, SecretKey, SignedManifest,
+    ChunkId, ChunkList, Disk, DiskRole, Manifest, NetworkAttachment, SecretKey, SignedManifest,
 };
 
 use crate::error::{Error, Result};
@@ -238,7 +239,7 @@ pub fn publish(repo: &Repo, req: &PublishRequest, key: &SecretKey) -> Result<Pub
             DiskSource::Empty(size) => {
                 stats.image_bytes += size;
                 stats.zero_bytes += size;
-                ChunkedBlob::zeros(*size, req.chunk_size)?
+                ChunkList::zeros(*size, req.chunk_size)?
             }
         };
         disks.push(Disk {
@@ -381,7 +382,7 @@ fn store_file(
     seen: &mut HashSet<ChunkId>,
     stats: &mut PublishStats,
     counters: &Counters,
-) -> Result<ChunkedBlob> {
+) -> Result<ChunkList> {
     let file = File::open(path).map_err(|e| Error::Input {
         what,
         path: path.into(),
@@ -448,67 +449,50 @@ fn store_file(
         return Err(e);
     }
     stats.image_bytes += chunker.bytes_read();
-    Ok(ChunkedBlob {
+    Ok(ChunkList {
         size: chunker.bytes_read(),
         chunk_size,
         chunks,
     })
 }
 
-/// `vda` is the first disk, `vdb` the second, ...: the names `vmm run --trace-reads` writes,
-/// the guest's device names in `--disk` order.
-fn guest_device_index(name: &str) -> Option<usize> {
-    match name.as_bytes() {
-        [b'v', b'd', c @ b'a'..=b'z'] => Some(usize::from(c - b'a')),
-        _ => None,
-    }
-}
-
-/// Turns a boot trace (`BLOB OFFSET` per line) into an ordered, de-duplicated chunk list.
+/// Turns a boot trace (see [`appliance::boot_trace`]) into an ordered, de-duplicated
+/// chunk list. Disks are named by guest device (`vda` is the first) or by their name.
 fn profile_from_trace(
     path: &Path,
-    kernel: &ChunkedBlob,
-    initrd: Option<&ChunkedBlob>,
+    kernel: &ChunkList,
+    initrd: Option<&ChunkList>,
     disks: &[Disk],
 ) -> Result<Vec<ChunkId>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::Input {
+    let bad = |why: String| Error::Input {
         what: "boot trace",
         path: path.into(),
-        why: e.to_string(),
-    })?;
+        why,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let reads = boot_trace::parse(&text).map_err(|e| bad(e.to_string()))?;
     let mut seen = HashSet::new();
     let mut out = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let bad = |why: &str| Error::Input {
-            what: "boot trace",
-            path: path.into(),
-            why: format!("line {}: {why}; expected `BLOB OFFSET`", n + 1),
-        };
-        let (blob_name, offset) = line
-            .split_once(char::is_whitespace)
-            .ok_or_else(|| bad("no offset"))?;
-        let offset: u64 = offset
-            .trim()
-            .parse()
-            .map_err(|_| bad("offset is not a number"))?;
-        let blob = match blob_name {
-            "kernel" => Some(kernel),
-            "initrd" => initrd,
-            disk => disks
+    for read in reads {
+        let blob = match &read.blob {
+            TraceBlob::Kernel => Some(kernel),
+            TraceBlob::Initrd => initrd,
+            // A disk literally named like a device wins over the device of that name.
+            TraceBlob::Disk(i) => disks
                 .iter()
-                .find(|d| d.name == disk)
-                .or_else(|| guest_device_index(disk).and_then(|i| disks.get(i)))
+                .find(|d| d.name == boot_trace::device_name(*i))
+                .or_else(|| disks.get(*i))
                 .map(|d| &d.image),
+            TraceBlob::Named(name) => disks.iter().find(|d| &d.name == name).map(|d| &d.image),
         }
-        .ok_or_else(|| bad(&format!("no blob named {blob_name:?}")))?;
-        if offset >= blob.size {
-            return Err(bad("offset beyond the end of the blob"));
+        .ok_or_else(|| bad(format!("no blob named {:?}", read.blob.to_string())))?;
+        if read.offset >= blob.size {
+            return Err(bad(format!(
+                "{} {}: offset beyond the end of the blob",
+                read.blob, read.offset
+            )));
         }
-        if let Some(id) = blob.chunks[blob.chunk_index(offset) as usize] {
+        if let Some(id) = blob.chunks[blob.chunk_index(read.offset) as usize] {
             if seen.insert(id) {
                 out.push(id);
             }

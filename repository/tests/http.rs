@@ -9,7 +9,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use appliance::wire::*;
-use appliance::{encode_chunk, ChunkedBlob, SignedManifest, UserDiskManifest};
+use appliance::{encode_chunk, ChunkList, SignedManifest, UserDiskManifest};
 use common::*;
 use sha2::Digest;
 
@@ -202,7 +202,7 @@ fn user_disk_upload_and_compare_and_swap() {
     assert_eq!((code, err.unwrap().code.as_str()), (400, "chunk_mismatch"));
 
     // Commit before uploading: 400 missing_chunks, listing both.
-    let manifest = |version, image: ChunkedBlob| UserDiskManifest {
+    let manifest = |version, image: ChunkList| UserDiskManifest {
         format: 1,
         user: "alice".into(),
         appliance: "desk".into(),

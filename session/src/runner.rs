@@ -4,12 +4,11 @@
 
 use appliance::{DiskRole, Manifest};
 use cachefs::{Cache, ChunkSource, Overlay};
-use std::fs::File;
+use launcher::cachefs_disk::CachefsDisk;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use vmm::devices::virtio::block::cachefs_disk::CachefsDisk;
 use vmm::{BlockBackend, ConsoleConfig, ExitReason, ExitSignal};
 
 /// What an appliance's VM needs, prepared before it starts.
@@ -25,7 +24,7 @@ pub struct Prepared {
 /// Writes a chunked blob (kernel, initrd) from the cache to a file the VMM loads.
 pub fn materialize(
     cache: &Arc<Cache>,
-    blob: &appliance::ChunkedBlob,
+    blob: &appliance::ChunkList,
     source: Arc<dyn ChunkSource>,
     path: &Path,
 ) -> Result<(), String> {
@@ -72,8 +71,8 @@ impl StopAll {
 
 /// The console pipes' VM ends.
 pub struct GuestConsole {
-    pub keys: File,
-    pub output: File,
+    pub keys: std::io::PipeReader,
+    pub output: std::io::PipeWriter,
 }
 
 /// Starts the appliance's VM in a thread; the thread returns how it ended.
@@ -138,12 +137,12 @@ fn boot_once(
         };
         disks.push(backend);
     }
-    let clone = |f: &File, what: &str| f.try_clone().map_err(|e| format!("console {what}: {e}"));
+    let failed = |what: &'static str| move |e: std::io::Error| format!("console {what}: {e}");
     let console = ConsoleConfig::Stream {
-        input: Box::new(clone(&console.keys, "input")?),
-        output: Box::new(clone(&console.output, "output")?),
+        input: Box::new(console.keys.try_clone().map_err(failed("input"))?),
+        output: Box::new(console.output.try_clone().map_err(failed("output"))?),
     };
-    let config = vmm::appliance_vm::vm_config(
+    let config = launcher::manifest_vm::vm_config(
         &p.manifest,
         p.kernel.clone(),
         p.initrd.clone(),

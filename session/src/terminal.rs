@@ -6,66 +6,19 @@ use crate::runner::{self, GuestConsole, Prepared, StopAll};
 use crate::screen::{self, Gate, LiveBlock};
 use crate::{logout, Outcome, Screen, Settings, REDRAW};
 use cachefs::{Cache, ChunkSource};
+use launcher::console_switch::{ConsoleEnd, Switcher};
+use launcher::stdio::RawTerminal;
 use receiver::{FillOptions, Session};
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::AsFd;
 use std::sync::Arc;
-use vmm::console_switch::{ConsoleEnd, Switcher};
-
-/// A pipe: (read end, write end).
-fn pipe() -> std::io::Result<(File, File)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two new fds into the array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: both fds were just created and belong to nobody else.
-    Ok(unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) })
-}
-
-/// Puts the console in raw mode for the session (every key reaches the appliance) and
-/// restores it afterwards.
-struct RawConsole {
-    fd: i32,
-    saved: Option<libc::termios>,
-}
-
-impl RawConsole {
-    fn enter(tty: &File) -> RawConsole {
-        let fd = tty.as_raw_fd();
-        // SAFETY: tcgetattr/tcsetattr on an fd we own, with a zeroed termios to fill.
-        unsafe {
-            let mut t: libc::termios = std::mem::zeroed();
-            if libc::isatty(fd) != 1 || libc::tcgetattr(fd, &mut t) != 0 {
-                return RawConsole { fd, saved: None };
-            }
-            let saved = t;
-            libc::cfmakeraw(&mut t);
-            t.c_oflag |= libc::OPOST | libc::ONLCR;
-            libc::tcsetattr(fd, libc::TCSANOW, &t);
-            RawConsole {
-                fd,
-                saved: Some(saved),
-            }
-        }
-    }
-}
-
-impl Drop for RawConsole {
-    fn drop(&mut self) {
-        if let Some(t) = self.saved {
-            // SAFETY: restoring the settings read from the same fd.
-            unsafe { libc::tcsetattr(self.fd, libc::TCSANOW, &t) };
-        }
-    }
-}
 
 /// The networks the set joins become bridges; the drivers are loaded on first use.
 fn bring_up_networks(apps: &[Prepared], screen: &mut Screen) -> Vec<String> {
     let mut bridges: Vec<String> = Vec::new();
     for a in apps {
         for n in &a.manifest.networks {
-            let b = vmm::appliance_vm::bridge_for_network(&n.network);
+            let b = launcher::manifest_vm::bridge_for_network(&n.network);
             if !bridges.contains(&b) {
                 bridges.push(b);
             }
@@ -105,7 +58,7 @@ fn system_complete(cache: &Cache, m: &appliance::Manifest) -> bool {
     blobs
         .iter()
         .flat_map(|b| b.chunks.iter().flatten())
-        .all(|id| cache.contains(&receiver::set::cid(id)))
+        .all(|id| cache.contains(id))
 }
 
 /// Chooses what to run of each appliance and opens its user disks.
@@ -187,7 +140,7 @@ fn connect_consoles(
     let mut ends = Vec::new();
     let mut guest_sides = Vec::new();
     for a in apps {
-        let (Ok((out_r, out_w)), Ok((keys_r, keys_w))) = (pipe(), pipe()) else {
+        let (Ok((out_r, out_w)), Ok((keys_r, keys_w))) = (std::io::pipe(), std::io::pipe()) else {
             return Err("cannot create console pipes".into());
         };
         ends.push(ConsoleEnd {
@@ -238,7 +191,12 @@ pub fn run_appliances(
     }
     let bridges = bring_up_networks(&apps, screen);
 
-    let raw = RawConsole::enter(&tty_in);
+    // Every key reaches the appliances while they run; the mode comes back at logout.
+    let tty_mode = tty_in.try_clone();
+    let raw = tty_mode
+        .as_ref()
+        .ok()
+        .map(|tty| RawTerminal::enter(tty.as_fd(), true));
     let stop = Arc::new(StopAll::default());
     let plumbing = screen
         .writer()

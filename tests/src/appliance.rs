@@ -35,7 +35,7 @@ pub struct TestAppliance {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub root_img: PathBuf,
-    /// The root image's chunk list (`ChunkedBlob` JSON).
+    /// The root image's chunk list (`ChunkList` JSON).
     pub root_list: PathBuf,
     /// A cachefs cache file holding the root image's chunks.
     pub cache_disk: PathBuf,
@@ -104,7 +104,7 @@ impl TestAppliance {
                 if let Some(id) = id {
                     let start = i * CHUNK_SIZE as usize;
                     let end = (start + CHUNK_SIZE as usize).min(image_bytes.len());
-                    cache.insert(&cachefs::ChunkId(id.0), &image_bytes[start..end])?;
+                    cache.insert(&id, &image_bytes[start..end])?;
                 }
             }
             cache.sync()?;

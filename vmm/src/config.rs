@@ -57,12 +57,6 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
 
 /// Where the serial console goes.
 pub enum ConsoleConfig {
-    /// The VMM's stdout; with `input`, stdin feeds the guest (raw mode on a terminal,
-    /// Ctrl-A x stops the VM).
-    Stdio {
-        /// Forward stdin to the guest.
-        input: bool,
-    },
     /// Any sink (a pty, a log file, a test buffer); no input.
     Writer(Box<dyn Write + Send>),
     /// Input and output streams of the embedding program (the session's console
@@ -80,7 +74,6 @@ pub enum ConsoleConfig {
 impl std::fmt::Debug for ConsoleConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ConsoleConfig::Stdio { input } => write!(f, "Stdio {{ input: {input} }}"),
             ConsoleConfig::Writer(_) => write!(f, "Writer"),
             ConsoleConfig::Stream { .. } => write!(f, "Stream"),
             ConsoleConfig::Null => write!(f, "Null"),
@@ -113,7 +106,7 @@ impl Default for MachineConfig {
             disks: Vec::new(),
             nets: Vec::new(),
             rng: true,
-            console: ConsoleConfig::Stdio { input: false },
+            console: ConsoleConfig::Null,
         }
     }
 }

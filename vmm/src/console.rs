@@ -1,11 +1,9 @@
-//! The host side of the serial console: standard input/output, or a stream the embedding
-//! program hands over (the terminal's session switches several appliances' consoles).
-//!
-//! On a terminal, stdin is switched to raw mode (restored on drop) so every key reaches the
-//! guest; Ctrl-A then `x` stops the VM, Ctrl-A Ctrl-A sends a literal Ctrl-A.
+//! The host side of the serial console's input: a stream the embedding program hands over
+//! (the `vmm` command's terminal, the session's console switcher). Ctrl-A then `x` stops
+//! the VM, Ctrl-A Ctrl-A sends a literal Ctrl-A. Putting a terminal into raw mode is the
+//! embedding program's business.
 
 use std::io::Read;
-use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 
 use crate::bus::lock;
@@ -14,43 +12,6 @@ use crate::exit::{ExitReason, ExitSignal};
 
 /// Escape key: Ctrl-A.
 pub const ESCAPE: u8 = 0x01;
-
-/// Restores the terminal's previous mode when dropped.
-pub struct RawMode {
-    saved: Option<libc::termios>,
-}
-
-impl RawMode {
-    /// Puts stdin in raw mode if it is a terminal.
-    pub fn enter() -> Self {
-        let fd = std::io::stdin().as_raw_fd();
-        // SAFETY: isatty/tcgetattr/tcsetattr on our own stdin with a properly sized termios.
-        unsafe {
-            if libc::isatty(fd) != 1 {
-                return Self { saved: None };
-            }
-            let mut t: libc::termios = std::mem::zeroed();
-            if libc::tcgetattr(fd, &mut t) != 0 {
-                return Self { saved: None };
-            }
-            let saved = t;
-            libc::cfmakeraw(&mut t);
-            // Keep output post-processing so "\n" from the guest still returns the carriage.
-            t.c_oflag |= libc::OPOST;
-            libc::tcsetattr(fd, libc::TCSANOW, &t);
-            Self { saved: Some(saved) }
-        }
-    }
-}
-
-impl Drop for RawMode {
-    fn drop(&mut self) {
-        if let Some(t) = self.saved {
-            // SAFETY: restoring the termios we read from the same fd.
-            unsafe { libc::tcsetattr(std::io::stdin().as_raw_fd(), libc::TCSANOW, &t) };
-        }
-    }
-}
 
 /// Decodes the escape sequence: returns the bytes to forward and whether to stop.
 pub fn filter_input(bytes: &[u8], escaped: &mut bool) -> (Vec<u8>, bool) {
@@ -78,8 +39,6 @@ pub enum ConsoleInput {
     /// Nowhere: the guest's console is output only.
     #[default]
     None,
-    /// Standard input, in raw mode while the VM runs.
-    Stdin,
     /// A stream given by the embedding program.
     Stream(Box<dyn Read + Send>),
 }

@@ -9,12 +9,10 @@
 #![warn(missing_docs)]
 
 pub mod acpi;
-pub mod appliance_vm;
 pub mod arch;
 pub mod bus;
 pub mod config;
 pub mod console;
-pub mod console_switch;
 pub mod devices;
 pub mod exit;
 pub mod machine;

@@ -24,9 +24,7 @@ use crate::arch::{boot, cpuid, regs};
 use crate::bus::{Bus, BusDevice};
 use crate::config::{ConsoleConfig, DiskSource, KernelConfig, MachineConfig};
 use crate::console;
-use crate::devices::legacy::{
-    acpi_pm::AcpiPm, i8042::I8042, rtc::Rtc, serial::FlushingWriter, serial::Serial, AllOnes,
-};
+use crate::devices::legacy::{acpi_pm::AcpiPm, i8042::I8042, rtc::Rtc, serial::Serial, AllOnes};
 use crate::devices::virtio::block::{Block, BlockBackend, RawFile};
 use crate::devices::virtio::mmio::{reg, MmioTransport};
 use crate::devices::virtio::net::{Net, Tap};
@@ -167,14 +165,6 @@ impl Machine {
         use console::ConsoleInput;
         let (out, console_input): (Box<dyn std::io::Write + Send>, ConsoleInput) =
             match config.console {
-                ConsoleConfig::Stdio { input } => (
-                    Box::new(FlushingWriter(std::io::stdout())),
-                    if input {
-                        ConsoleInput::Stdin
-                    } else {
-                        ConsoleInput::None
-                    },
-                ),
                 ConsoleConfig::Stream { input, output } => (output, ConsoleInput::Stream(input)),
                 ConsoleConfig::Writer(w) => (w, ConsoleInput::None),
                 ConsoleConfig::Null => (Box::new(std::io::sink()), ConsoleInput::None),
@@ -407,22 +397,9 @@ impl Machine {
             exit: self.exit.clone(),
             stop: stop.clone(),
         };
-        let _raw = match std::mem::take(&mut self.console_input) {
-            console::ConsoleInput::None => None,
-            console::ConsoleInput::Stdin => {
-                let raw = console::RawMode::enter();
-                console::spawn_input_forwarder(
-                    std::io::stdin(),
-                    self.serial.clone(),
-                    self.exit.clone(),
-                );
-                Some(raw)
-            }
-            console::ConsoleInput::Stream(input) => {
-                console::spawn_input_forwarder(input, self.serial.clone(), self.exit.clone());
-                None
-            }
-        };
+        if let console::ConsoleInput::Stream(input) = std::mem::take(&mut self.console_input) {
+            console::spawn_input_forwarder(input, self.serial.clone(), self.exit.clone());
+        }
         let mut threads = Vec::new();
         for (id, fd) in std::mem::take(&mut self.vcpus).into_iter().enumerate() {
             match vcpu::spawn_vcpu(id as u64, fd, ctx.clone()) {

@@ -22,7 +22,7 @@ fn base() -> &'static (Vec<u8>, Vec<ChunkId>) {
         }
         cache.pin("p", &ids[..3]).unwrap();
         cache.checkpoint().unwrap();
-        let view = Arc::new(DiskView::new(cache.clone(), ids.clone(), 4096, 4096 * 8, src).unwrap());
+        let view = Arc::new(DiskView::new(cache.clone(), ChunkList::of_ids(ids.clone(), 4096, 4096 * 8), src).unwrap());
         let ov = Overlay::user(view, "u").unwrap();
         ov.write_at(512, &[1u8; 1024]).unwrap();
         ov.flush().unwrap();
@@ -57,7 +57,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = cache.verify_all();
     let src = Arc::new(MemSource::default());
-    if let Ok(view) = DiskView::new(cache.clone(), ids.clone(), 4096, 4096 * 8, src) {
+    if let Ok(view) = DiskView::new(cache.clone(), ChunkList::of_ids(ids.clone(), 4096, 4096 * 8), src) {
         if let Ok(ov) = Overlay::user(Arc::new(view), "u") {
             let mut b = vec![0u8; 4096 * 8];
             let _ = ov.read_at(0, &mut b);

@@ -184,7 +184,7 @@ impl Fixture {
 /// Reads a whole blob through a view over `cache` with `source` and returns it.
 pub fn read_blob(
     cache: &Arc<cachefs::Cache>,
-    blob: &appliance::ChunkedBlob,
+    blob: &appliance::ChunkList,
     source: Arc<dyn cachefs::ChunkSource>,
 ) -> Vec<u8> {
     let v = receiver::disks::view(cache, blob, source).unwrap();

@@ -134,7 +134,7 @@ pub fn get(base: &str, path: &str) -> Result<Vec<u8>, u16> {
 }
 
 /// Rebuilds a blob from chunks fetched over HTTP, verifying each.
-pub fn fetch_blob(base: &str, blob: &appliance::ChunkedBlob) -> Vec<u8> {
+pub fn fetch_blob(base: &str, blob: &appliance::ChunkList) -> Vec<u8> {
     let mut out = Vec::with_capacity(blob.size as usize);
     for (i, id) in blob.chunks.iter().enumerate() {
         match id {

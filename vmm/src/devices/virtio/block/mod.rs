@@ -1,8 +1,6 @@
 //! virtio-blk: read, write, flush, discard, write-zeroes, get-id; read-only disks.
 
 pub mod backend;
-pub mod cachefs_disk;
-pub mod read_trace;
 
 use std::sync::Arc;
 

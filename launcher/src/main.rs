@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use vmm::config::parse_mac;
+use vmm::devices::legacy::serial::FlushingWriter;
 use vmm::{ConsoleConfig, DiskConfig, DiskSource, KernelConfig, MachineConfig, NetConfig};
 
 #[derive(Parser)]
@@ -80,7 +81,7 @@ struct RunArgs {
 }
 
 /// The caches `cachefs=` disks use, each opened once.
-static CACHES: std::sync::OnceLock<vmm::devices::virtio::block::cachefs_disk::CacheRegistry> =
+static CACHES: std::sync::OnceLock<launcher::cachefs_disk::CacheRegistry> =
     std::sync::OnceLock::new();
 
 fn parse_disk(s: &str) -> Result<DiskConfig, String> {
@@ -90,8 +91,7 @@ fn parse_disk(s: &str) -> Result<DiskConfig, String> {
             None => (spec.strip_suffix(",rw").unwrap_or(spec), false),
         };
         let registry = CACHES.get_or_init(Default::default);
-        let disk =
-            vmm::devices::virtio::block::cachefs_disk::open_from_cli(registry, spec, read_only)?;
+        let disk = launcher::cachefs_disk::open_from_cli(registry, spec, read_only)?;
         return Ok(DiskConfig {
             source: DiskSource::Backend(std::sync::Arc::new(disk)),
             read_only,
@@ -141,7 +141,7 @@ fn parse_net(s: &str) -> Result<NetConfig, String> {
 
 /// `vmm set`: exit code 0 if every appliance powered off, else the first other code.
 fn run_set(file: &std::path::Path) -> i32 {
-    let members: Vec<vmm::console_switch::Member> = match std::fs::read_to_string(file)
+    let members: Vec<launcher::console_switch::Member> = match std::fs::read_to_string(file)
         .map_err(|e| e.to_string())
         .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
     {
@@ -151,9 +151,9 @@ fn run_set(file: &std::path::Path) -> i32 {
             return 1;
         }
     };
-    let raw = RawStdin::enable();
+    let raw = launcher::stdio::RawTerminal::stdin(false);
     let result =
-        vmm::console_switch::run_set(&members, std::io::stdin(), Box::new(std::io::stdout()));
+        launcher::console_switch::run_set(&members, std::io::stdin(), Box::new(std::io::stdout()));
     drop(raw);
     match result {
         Ok(statuses) => statuses
@@ -164,37 +164,6 @@ fn run_set(file: &std::path::Path) -> i32 {
         Err(e) => {
             eprintln!("vmm: {e}");
             1
-        }
-    }
-}
-
-/// Puts a terminal on stdin into raw mode (keys one at a time, no echo) until dropped.
-struct RawStdin(Option<libc::termios>);
-
-impl RawStdin {
-    fn enable() -> RawStdin {
-        // SAFETY: termios calls on fd 0 with a struct we own.
-        unsafe {
-            if libc::isatty(0) != 1 {
-                return RawStdin(None);
-            }
-            let mut t: libc::termios = std::mem::zeroed();
-            if libc::tcgetattr(0, &mut t) != 0 {
-                return RawStdin(None);
-            }
-            let saved = t;
-            libc::cfmakeraw(&mut t);
-            libc::tcsetattr(0, libc::TCSANOW, &t);
-            RawStdin(Some(saved))
-        }
-    }
-}
-
-impl Drop for RawStdin {
-    fn drop(&mut self) {
-        if let Some(saved) = self.0 {
-            // SAFETY: restores the settings we read.
-            unsafe { libc::tcsetattr(0, libc::TCSANOW, &saved) };
         }
     }
 }
@@ -235,9 +204,9 @@ fn init_logger() {
 /// Every disk as a backend whose reads go into `trace`.
 fn traced(
     disks: Vec<DiskConfig>,
-    trace: &std::sync::Arc<vmm::devices::virtio::block::read_trace::ReadTrace>,
+    trace: &std::sync::Arc<launcher::read_trace::ReadTrace>,
 ) -> Result<Vec<DiskConfig>, String> {
-    use vmm::devices::virtio::block::read_trace::TracedDisk;
+    use launcher::read_trace::TracedDisk;
     disks
         .into_iter()
         .enumerate()
@@ -262,7 +231,7 @@ fn traced(
 }
 
 fn write_trace(
-    trace: &vmm::devices::virtio::block::read_trace::ReadTrace,
+    trace: &launcher::read_trace::ReadTrace,
     path: &std::path::Path,
     kernel: &KernelConfig,
 ) -> std::io::Result<()> {
@@ -306,9 +275,10 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let trace = args.trace_reads.as_ref().map(|_| {
-        std::sync::Arc::new(vmm::devices::virtio::block::read_trace::ReadTrace::default())
-    });
+    let trace = args
+        .trace_reads
+        .as_ref()
+        .map(|_| std::sync::Arc::new(launcher::read_trace::ReadTrace::default()));
     let disks = match &trace {
         None => disks,
         Some(trace) => match traced(disks, trace) {
@@ -329,6 +299,8 @@ fn main() {
         .stop_after
         .filter(|s| s.is_finite() && *s >= 0.0)
         .map(|s| std::time::Instant::now() + std::time::Duration::from_secs_f64(s));
+    // Every key goes to the guest while it runs (Ctrl-A x stops it).
+    let _raw = (!args.no_input).then(|| launcher::stdio::RawTerminal::stdin(true));
     let result = loop {
         let machine = MachineConfig {
             memory_mib: args.memory,
@@ -336,8 +308,13 @@ fn main() {
             disks: disks.clone(),
             nets: nets.clone(),
             rng: !args.no_rng,
-            console: ConsoleConfig::Stdio {
-                input: !args.no_input,
+            console: if args.no_input {
+                ConsoleConfig::Writer(Box::new(FlushingWriter(std::io::stdout())))
+            } else {
+                ConsoleConfig::Stream {
+                    input: Box::new(std::io::stdin()),
+                    output: Box::new(FlushingWriter(std::io::stdout())),
+                }
             },
         };
         let r = vmm::Machine::new(machine).and_then(|mut m| {

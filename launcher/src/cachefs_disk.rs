@@ -5,13 +5,13 @@
 //! fetch) and block this device's worker thread only; every chunk is checked against its
 //! id before the guest sees it. A system disk's overlay is thrown away when the VM ends.
 
-use super::backend::BlockBackend;
-use appliance::ChunkedBlob;
-use cachefs::{Cache, ChunkId, ChunkSource, DiskView, FileStorage, NoSource, Overlay};
+use appliance::ChunkList;
+use cachefs::{Cache, ChunkSource, DiskView, FileStorage, NoSource, Overlay};
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use vmm::BlockBackend;
 
 /// A cachefs image as a block device, optionally with a throw-away overlay.
 pub struct CachefsDisk {
@@ -25,30 +25,16 @@ fn to_io(e: cachefs::Error) -> io::Error {
     io::Error::other(e.to_string())
 }
 
-/// The chunk list of an image as cachefs wants it: zero chunks (`None` in the
-/// repository's format) become the id of a zero chunk of their length.
-pub fn chunk_ids(blob: &ChunkedBlob) -> Vec<ChunkId> {
-    (0..blob.chunks.len())
-        .map(|i| match &blob.chunks[i] {
-            Some(id) => ChunkId(id.0),
-            None => ChunkId::zero(blob.chunk_len(i as u64) as usize),
-        })
-        .collect()
-}
-
 impl CachefsDisk {
     /// A disk over `blob`'s chunks in `cache`, missing chunks from `source`.
     pub fn new(
         name: &str,
         cache: Arc<Cache>,
-        blob: &ChunkedBlob,
+        blob: &ChunkList,
         source: Arc<dyn ChunkSource>,
         read_only: bool,
     ) -> io::Result<CachefsDisk> {
-        let view = Arc::new(
-            DiskView::new(cache, chunk_ids(blob), blob.chunk_size, blob.size, source)
-                .map_err(to_io)?,
-        );
+        let view = Arc::new(DiskView::new(cache, blob.clone(), source).map_err(to_io)?);
         let overlay = if read_only {
             None
         } else {
@@ -146,7 +132,7 @@ impl CacheRegistry {
 }
 
 /// `vmm run --disk cachefs=CACHE:LIST.json[,ro]`: a disk whose chunk list (the
-/// repository's `ChunkedBlob` JSON) is in LIST and whose chunks are in CACHE. No
+/// repository's `ChunkList` JSON) is in LIST and whose chunks are in CACHE. No
 /// repository is involved: a chunk missing from the cache is a read error.
 pub fn open_from_cli(
     registry: &CacheRegistry,
@@ -158,7 +144,7 @@ pub fn open_from_cli(
         .ok_or_else(|| format!("cachefs disk {spec:?}: expected CACHE:LIST.json"))?;
     let text = std::fs::read_to_string(list_path)
         .map_err(|e| format!("reading chunk list {list_path}: {e}"))?;
-    let blob: ChunkedBlob =
+    let blob: ChunkList =
         serde_json::from_str(&text).map_err(|e| format!("chunk list {list_path}: {e}"))?;
     blob.validate()
         .map_err(|e| format!("chunk list {list_path}: {e}"))?;
@@ -178,7 +164,7 @@ mod tests {
     use super::*;
     use cachefs::{CreateOptions, MemStorage};
 
-    fn cache_with(data: &[u8], chunk: u32) -> (Arc<Cache>, ChunkedBlob) {
+    fn cache_with(data: &[u8], chunk: u32) -> (Arc<Cache>, ChunkList) {
         let cache = Arc::new(
             Cache::create(Box::new(MemStorage::new(8 << 20)), CreateOptions::default()).unwrap(),
         );
@@ -190,7 +176,7 @@ mod tests {
             if let Some(id) = id {
                 let start = i * chunk as usize;
                 let end = (start + chunk as usize).min(data.len());
-                cache.insert(&ChunkId(id.0), &data[start..end]).unwrap();
+                cache.insert(id, &data[start..end]).unwrap();
             }
         }
         (cache, blob)

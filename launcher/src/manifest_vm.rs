@@ -5,14 +5,14 @@
 //! from the cache, a block backend per disk). Keeping this mapping in one place means the
 //! session and `vmm run` agree on device order and names.
 
-use crate::config::{
-    ConsoleConfig, DiskConfig, DiskSource, KernelConfig, MachineConfig, NetConfig, VmConfig,
-    DEFAULT_CMDLINE,
-};
-use crate::devices::virtio::block::BlockBackend;
 use appliance::Manifest;
 use std::path::PathBuf;
 use std::sync::Arc;
+use vmm::config::{
+    ConsoleConfig, DiskConfig, DiskSource, KernelConfig, MachineConfig, NetConfig, VmConfig,
+    DEFAULT_CMDLINE,
+};
+use vmm::BlockBackend;
 
 /// Why a manifest cannot become a VM here.
 #[allow(missing_docs)] // the messages say it
@@ -102,7 +102,7 @@ pub fn vm_config(
         .map(|n| {
             let mac = match &n.mac {
                 Some(text) => {
-                    crate::config::parse_mac(text).ok_or_else(|| ApplianceVmError::BadMac {
+                    vmm::config::parse_mac(text).ok_or_else(|| ApplianceVmError::BadMac {
                         name: manifest.name.clone(),
                         network: n.network.clone(),
                         mac: text.clone(),
@@ -143,7 +143,7 @@ pub fn vm_config(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::virtio::block::RawFile;
+    use vmm::RawFile;
 
     fn manifest() -> Manifest {
         let text = r#"{"format":1,"name":"desk","version":3,"created_unix":0,"vcpus":2,"memory_mib":1024,

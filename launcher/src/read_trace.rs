@@ -1,18 +1,16 @@
-//! A boot trace: the order in which a guest first reads each block of its disks.
+//! Recording a boot trace: the order in which a guest first reads each block of its
+//! disks (the format is [`appliance::boot_trace`]).
 //!
 //! Publishers record one with `vmm run --trace-reads FILE` and hand it to
 //! `collective-repo publish --boot-trace FILE`, which turns it into the appliance's boot
 //! profile: the chunks a terminal fetches first, in the order the guest wants them, so the
 //! appliance starts as soon as they are in and boots without waiting on demand fetches.
 
-use super::backend::BlockBackend;
+use appliance::boot_trace::{self, TRACE_BLOCK};
 use std::collections::HashSet;
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
-
-/// Granularity of the trace: one line per 4 KiB block first read. Publishing maps blocks
-/// to whatever chunk size it uses.
-pub const TRACE_BLOCK: u64 = 4096;
+use vmm::BlockBackend;
 
 /// First reads of every traced disk, in order.
 #[derive(Default)]
@@ -43,37 +41,18 @@ impl ReadTrace {
         }
     }
 
-    /// The guest device name of disk `index`: `vda`, `vdb`, ...
-    pub fn device_name(index: usize) -> String {
-        format!("vd{}", char::from(b'a' + (index % 26) as u8))
-    }
-
-    /// Writes the trace as `collective-repo publish --boot-trace` reads it: the kernel and
-    /// initrd first (the VMM loads them whole before the guest runs), then `vdX OFFSET`
-    /// per block in first-read order.
+    /// Writes the trace as `collective-repo publish --boot-trace` reads it.
     pub fn write_to(
         &self,
         out: &mut dyn Write,
         kernel_len: u64,
         initrd_len: Option<u64>,
     ) -> io::Result<()> {
-        writeln!(out, "# boot trace written by vmm run --trace-reads")?;
-        let blobs = [("kernel", Some(kernel_len)), ("initrd", initrd_len)];
-        for (name, len) in blobs {
-            if let Some(len) = len {
-                for off in (0..len).step_by(TRACE_BLOCK as usize) {
-                    writeln!(out, "{name} {off}")?;
-                }
-            }
-        }
         let st = self
             .inner
             .lock()
             .map_err(|_| io::Error::other("trace lock poisoned"))?;
-        for (disk, block) in &st.order {
-            writeln!(out, "{} {}", Self::device_name(*disk), block * TRACE_BLOCK)?;
-        }
-        Ok(())
+        boot_trace::write(out, kernel_len, initrd_len, &st.order)
     }
 }
 
