@@ -63,6 +63,8 @@ pub struct TraceRead {
     pub blob: TraceBlob,
     /// Byte offset of the block (a multiple of [`TRACE_BLOCK`] when written by the VMM).
     pub offset: u64,
+    /// 1-based line number, for messages about this read.
+    pub line: usize,
 }
 
 /// A line of a trace that does not parse.
@@ -103,7 +105,11 @@ pub fn parse(text: &str) -> Result<Vec<TraceRead>, TraceError> {
                 None => TraceBlob::Named(other.to_string()),
             },
         };
-        reads.push(TraceRead { blob, offset });
+        reads.push(TraceRead {
+            blob,
+            offset,
+            line: n + 1,
+        });
     }
     Ok(reads)
 }

@@ -485,11 +485,17 @@ fn profile_from_trace(
                 .map(|d| &d.image),
             TraceBlob::Named(name) => disks.iter().find(|d| &d.name == name).map(|d| &d.image),
         }
-        .ok_or_else(|| bad(format!("no blob named {:?}", read.blob.to_string())))?;
+        .ok_or_else(|| {
+            bad(format!(
+                "line {}: no blob named {:?}",
+                read.line,
+                read.blob.to_string()
+            ))
+        })?;
         if read.offset >= blob.size {
             return Err(bad(format!(
-                "{} {}: offset beyond the end of the blob",
-                read.blob, read.offset
+                "line {}: offset {} is beyond the end of {}",
+                read.line, read.offset, read.blob
             )));
         }
         if let Some(id) = blob.chunks[blob.chunk_index(read.offset) as usize] {

@@ -47,15 +47,7 @@ fn bring_up_networks(apps: &[Prepared], screen: &mut Screen) -> Vec<String> {
 
 /// Whether the kernel, initrd and system disks of `m` are all in the cache.
 fn system_complete(cache: &Cache, m: &appliance::Manifest) -> bool {
-    let mut blobs = vec![&m.kernel];
-    blobs.extend(m.initrd.iter());
-    blobs.extend(
-        m.disks
-            .iter()
-            .filter(|d| d.role == appliance::DiskRole::System)
-            .map(|d| &d.image),
-    );
-    blobs
+    m.system_blobs()
         .iter()
         .flat_map(|b| b.chunks.iter().flatten())
         .all(|id| cache.contains(id))

@@ -532,16 +532,8 @@ pub fn system_chunks(m: &appliance::Manifest) -> std::collections::BTreeSet<Stri
 
 /// [`system_chunks`] with each chunk's plaintext length.
 pub fn system_chunk_lengths(m: &appliance::Manifest) -> std::collections::BTreeMap<String, u64> {
-    let mut blobs = vec![&m.kernel];
-    blobs.extend(m.initrd.iter());
-    blobs.extend(
-        m.disks
-            .iter()
-            .filter(|d| d.role == appliance::manifest::DiskRole::System)
-            .map(|d| &d.image),
-    );
     let mut out = std::collections::BTreeMap::new();
-    for b in blobs {
+    for b in m.system_blobs() {
         for (i, c) in b.chunks.iter().enumerate() {
             if let Some(id) = c {
                 out.insert(id.to_hex(), b.chunk_len(i as u64) as u64);
