@@ -1,19 +1,24 @@
 //! The stored encoding of one chunk (ids are the `chunk` crate's, re-exported here).
 //!
 //! A chunk's id is the sha256 of its plaintext. Stored (on the repository, on the wire)
-//! a chunk is an 8-byte header followed by either the raw bytes or one lz4 block:
+//! a chunk is an 8-byte header followed by the raw bytes, one lz4 block, or 4 KiB lz4
+//! frames:
 //!
 //! ```text
 //! offset 0: b"CK"           magic
 //! offset 2: u8  version     CHUNK_FORMAT (1)
-//! offset 3: u8  encoding    0 = raw, 1 = lz4 block (lz4_flex, no size prefix)
+//! offset 3: u8  encoding    0 = raw, 1 = lz4 block (lz4_flex, no size prefix),
+//!                           2 = 4 KiB frames (chunk::frames: u16 lengths, then frames)
 //! offset 4: u32 plain_len   little-endian length of the plaintext
 //! offset 8: payload
 //! ```
 //!
-//! The encoder picks lz4 only when it saves at least 1/16 of the chunk, so incompressible
-//! data (already compressed files, encrypted user data) costs no decompression. Zero chunks
-//! are never encoded: chunk lists record them as absent (see [`crate::chunking`]).
+//! The encoder writes frames (2) when they save at least one 4 KiB block, raw (0)
+//! otherwise, so incompressible data (already compressed files, encrypted user data)
+//! costs no decompression. Frames are what the terminal's cache stores, so a terminal
+//! keeps a chunk as it arrived instead of compressing it again; encoding 1 is still
+//! read (chunks published before frames). Zero chunks are never encoded: chunk lists
+//! record them as absent (see [`crate::chunking`]).
 
 use crate::error::{Error, Result};
 
@@ -29,23 +34,34 @@ pub const CHUNK_HEADER_LEN: usize = 8;
 pub enum ChunkEncoding {
     /// The plaintext as is.
     Raw = 0,
-    /// One lz4 block.
+    /// One lz4 block (no longer written; read for chunks published before frames).
     Lz4 = 1,
+    /// Independent 4 KiB lz4 frames behind a table of their lengths ([`::chunk::frames`]).
+    Frames = 2,
 }
 
-/// Encodes a plaintext chunk for storage: lz4 if it saves at least 1/16, raw otherwise.
+/// A stored chunk checked against its id: its plaintext, and its frames when it arrived
+/// in them (the cache stores those as they are).
+#[derive(Debug)]
+pub struct VerifiedChunk {
+    /// The plaintext; it hashes to the id.
+    pub plain: Vec<u8>,
+    /// The encoding-2 payload, if that is how it was stored.
+    pub frames: Option<Vec<u8>>,
+}
+
+/// Encodes a plaintext chunk for storage: 4 KiB lz4 frames if they save at least one
+/// 4 KiB block, raw otherwise.
 pub fn encode_chunk(plain: &[u8]) -> Vec<u8> {
     assert!(
         plain.len() <= MAX_CHUNK_SIZE,
         "chunk larger than MAX_CHUNK_SIZE"
     );
-    let compressed = lz4_flex::block::compress(plain);
-    let (encoding, payload): (ChunkEncoding, &[u8]) =
-        if compressed.len() + plain.len() / 16 <= plain.len() {
-            (ChunkEncoding::Lz4, &compressed)
-        } else {
-            (ChunkEncoding::Raw, plain)
-        };
+    let framed = ::chunk::frames::compress(plain);
+    let (encoding, payload): (ChunkEncoding, &[u8]) = match &framed {
+        Some(f) => (ChunkEncoding::Frames, f),
+        None => (ChunkEncoding::Raw, plain),
+    };
     let mut out = Vec::with_capacity(CHUNK_HEADER_LEN + payload.len());
     out.extend_from_slice(b"CK");
     out.push(CHUNK_FORMAT);
@@ -73,6 +89,7 @@ pub fn chunk_header(stored: &[u8]) -> Result<(ChunkEncoding, usize)> {
     let encoding = match stored[3] {
         0 => ChunkEncoding::Raw,
         1 => ChunkEncoding::Lz4,
+        2 => ChunkEncoding::Frames,
         other => {
             return Err(Error::invalid(
                 "stored chunk",
@@ -96,6 +113,17 @@ pub fn decode_chunk(id: &ChunkId, stored: &[u8]) -> Result<Vec<u8>> {
     let plain = decode_chunk_unverified(stored)?;
     id.verify(&plain)?;
     Ok(plain)
+}
+
+/// Decodes a stored chunk, checks it against `id`, and keeps its frames when it came in
+/// them: what a terminal hands its cache.
+pub fn decode_chunk_keeping_frames(id: &ChunkId, mut stored: Vec<u8>) -> Result<VerifiedChunk> {
+    let plain = decode_chunk(id, &stored)?;
+    let frames = match chunk_header(&stored)?.0 {
+        ChunkEncoding::Frames => Some(stored.split_off(CHUNK_HEADER_LEN)),
+        ChunkEncoding::Raw | ChunkEncoding::Lz4 => None,
+    };
+    Ok(VerifiedChunk { plain, frames })
 }
 
 /// Decodes a stored chunk without checking its id. Only for tools that compute the id
@@ -128,6 +156,9 @@ pub fn decode_chunk_unverified(stored: &[u8]) -> Result<Vec<u8>> {
             }
             Ok(plain)
         }
+        ChunkEncoding::Frames => ::chunk::frames::decompress_all(payload, len)
+            .map(|(plain, _)| plain)
+            .map_err(|e| Error::invalid("stored chunk", format!("frames do not decompress: {e}"))),
     }
 }
 
@@ -136,12 +167,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn encoding_picks_lz4_or_raw_and_roundtrips() {
+    fn chunks_published_as_one_lz4_block_still_decode() {
+        let text: Vec<u8> = (0..65536u32).map(|i| (i % 7) as u8).collect();
+        let mut stored = b"CK\x01\x01".to_vec();
+        stored.extend_from_slice(&(text.len() as u32).to_le_bytes());
+        stored.extend_from_slice(&lz4_flex::block::compress(&text));
+        let id = ChunkId::of(&text);
+        assert_eq!(decode_chunk(&id, &stored).unwrap(), text);
+        let kept = decode_chunk_keeping_frames(&id, stored).unwrap();
+        assert_eq!((kept.plain, kept.frames), (text, None));
+    }
+
+    #[test]
+    fn frames_are_kept_as_they_arrived() {
+        let text: Vec<u8> = (0..65536u32).map(|i| (i / 5 % 11) as u8).collect();
+        let enc = encode_chunk(&text);
+        let kept = decode_chunk_keeping_frames(&ChunkId::of(&text), enc.clone()).unwrap();
+        assert_eq!(kept.plain, text);
+        assert_eq!(kept.frames.as_deref(), Some(&enc[CHUNK_HEADER_LEN..]));
+        assert!(decode_chunk_keeping_frames(&ChunkId::of(b"other"), enc).is_err());
+    }
+
+    #[test]
+    fn encoding_picks_frames_or_raw_and_roundtrips() {
         let text: Vec<u8> = (0..65536u32)
             .map(|i| b"hello world "[(i % 12) as usize])
             .collect();
         let enc = encode_chunk(&text);
-        assert_eq!(enc[3], ChunkEncoding::Lz4 as u8);
+        assert_eq!(enc[3], ChunkEncoding::Frames as u8);
         assert!(enc.len() < text.len() / 4);
         assert_eq!(decode_chunk(&ChunkId::of(&text), &enc).unwrap(), text);
 

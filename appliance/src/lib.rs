@@ -17,7 +17,10 @@ pub mod user;
 pub mod wire;
 
 pub use ::chunk::boot_trace;
-pub use chunk::{decode_chunk, encode_chunk, is_zero, ChunkEncoding, ChunkId};
+pub use chunk::{
+    decode_chunk, decode_chunk_keeping_frames, encode_chunk, is_zero, ChunkEncoding, ChunkId,
+    VerifiedChunk,
+};
 pub use chunking::{ChunkList, Chunker, DEFAULT_CHUNK_SIZE};
 pub use error::{Error, Result};
 pub use manifest::{Disk, DiskRole, Manifest, NetworkAttachment, MANIFEST_FORMAT};

@@ -21,8 +21,8 @@ use crate::format::{
     self, Checkpoint, Geometry, Loc, OverlayMeta, Record, SbSlot, Superblock, BLOCK, JOURNAL_HDR,
     MAX_CHUNK,
 };
-use crate::frames;
 use crate::storage::Storage;
+use chunk::frames;
 use chunk::ChunkId;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -456,6 +456,19 @@ impl Cache {
     /// `id`. Compressed with lz4 if that saves at least one block; all-zero
     /// chunks are stored as nothing. Durable after the next [`Cache::sync`].
     pub fn insert(&self, id: &ChunkId, data: &[u8]) -> Result<()> {
+        self.insert_with_frames(id, data, None)
+    }
+
+    /// [`Cache::insert`] for a chunk that arrived in 4 KiB frames (the repository's
+    /// encoding 2, [`chunk::frames`]): the frames are stored as they are, so the fill does
+    /// not compress what the publisher already compressed. `frames` must be the record of
+    /// `data` (the caller decoded it to verify `data`); a table that does not fit, or
+    /// frames that save no block, store `data` raw instead.
+    pub fn insert_framed(&self, id: &ChunkId, data: &[u8], frames: &[u8]) -> Result<()> {
+        self.insert_with_frames(id, data, Some(frames))
+    }
+
+    fn insert_with_frames(&self, id: &ChunkId, data: &[u8], arrived: Option<&[u8]>) -> Result<()> {
         if data.is_empty() || data.len() > MAX_CHUNK as usize {
             return Err(Error::Invalid(format!(
                 "chunk length {} out of range",
@@ -477,10 +490,20 @@ impl Cache {
         if self.touch(id) {
             return Ok(());
         }
-        let mut compressed = if self.opts.compress {
-            frames::compress(data)
-        } else {
-            None
+        let blocks = |len: usize| len.div_ceil(BLOCK as usize);
+        let mut compressed = match arrived {
+            Some(f)
+                if self.opts.compress
+                    && blocks(f.len()) < blocks(data.len())
+                    && frames::parse_table(f, data.len(), f.len()).is_ok() =>
+            {
+                let mut record = Vec::with_capacity(blocks(f.len()) * BLOCK as usize);
+                record.extend_from_slice(f);
+                Some(record)
+            }
+            Some(_) => None,
+            None if self.opts.compress => frames::compress(data),
+            None => None,
         };
         let (stored, is_compressed): (&[u8], bool) = match &compressed {
             Some(c) => (c, true),

@@ -17,8 +17,6 @@ pub mod codec;
 pub mod error;
 pub mod fault;
 pub mod format;
-pub mod frames;
-pub mod lz4dec;
 pub mod overlay;
 pub mod storage;
 pub mod view;

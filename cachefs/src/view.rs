@@ -25,6 +25,17 @@ pub type SourceError = Box<dyn std::error::Error + Send + Sync>;
 pub trait ChunkSource: Send + Sync {
     /// Returns the plaintext of chunk `id`, expected to be `len` bytes.
     fn fetch(&self, id: &ChunkId, len: usize) -> std::result::Result<Vec<u8>, SourceError>;
+
+    /// The plaintext and, when the chunk came as 4 KiB frames ([`chunk::frames`]), those
+    /// frames, which the cache then stores without compressing again. A source that only
+    /// has plaintext need not implement it.
+    fn fetch_with_frames(
+        &self,
+        id: &ChunkId,
+        len: usize,
+    ) -> std::result::Result<(Vec<u8>, Option<Vec<u8>>), SourceError> {
+        Ok((self.fetch(id, len)?, None))
+    }
 }
 
 /// Reads chunks from files named by their hex id in a directory (tests,
@@ -285,16 +296,20 @@ impl DiskView {
         if let Some(d) = self.cache.read(id)? {
             return Ok(Arc::new(d));
         }
-        let d = self
+        let (d, frames) = self
             .source
-            .fetch(id, len)
+            .fetch_with_frames(id, len)
             .map_err(|e| Error::Source(*id, e.to_string()))?;
         if d.len() != len || ChunkId::of(&d) != *id {
             log::warn!("source returned wrong data for chunk {id}");
             return Err(Error::HashMismatch(*id));
         }
         self.fetched.fetch_add(d.len() as u64, Ordering::Relaxed);
-        match self.cache.insert(id, &d) {
+        let inserted = match &frames {
+            Some(f) => self.cache.insert_framed(id, &d, f),
+            None => self.cache.insert(id, &d),
+        };
+        match inserted {
             Ok(()) => {}
             // Full of pinned chunks: serve from memory without caching.
             Err(Error::Full { .. }) => log::warn!("cache full; serving chunk {id} uncached"),

@@ -344,8 +344,8 @@ fn decoders_reject_garbage_without_panicking() {
         let _ = format::decode_records(&b);
         let _ = format::decode_commit_header(&b);
         let raw = 1 + rng.below(20000) as usize;
-        let _ = cachefs::frames::decompress_all(&b, raw);
-        let _ = cachefs::lz4dec::decompress_into(&b, &mut vec![0u8; raw]);
+        let _ = chunk::frames::decompress_all(&b, raw);
+        let _ = chunk::lz4dec::decompress_into(&b, &mut vec![0u8; raw]);
         let _ = b
             .len()
             .checked_sub(0)

@@ -3,6 +3,9 @@
 //! * [`ChunkId`]: a chunk's name, the sha256 of its plaintext.
 //! * [`ChunkList`]: an image (disk, kernel, initrd) as fixed-size chunks, with the one
 //!   zero-chunk rule: an all-zero chunk is `None`, never stored, fetched or cached.
+//! * [`frames`]: a chunk as independent 4 KiB lz4 frames behind a table of lengths, the
+//!   encoding the repository stores and the cache keeps as it arrived (one codec, so a
+//!   chunk is compressed once, by the publisher); [`lz4dec`] its fast decoder.
 //! * [`boot_trace`]: the order in which a guest first reads its blobs, as `vmm run
 //!   --trace-reads` writes it and `collective-repo publish --boot-trace` reads it.
 //!
@@ -12,8 +15,12 @@
 
 pub mod boot_trace;
 mod error;
+pub mod frames;
 mod id;
 mod list;
+pub mod lz4dec;
+#[cfg(test)]
+mod test_rng;
 
 pub use error::{Error, Result};
 pub use id::ChunkId;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use appliance::wire::chunk_path;
-use appliance::ChunkId;
+use appliance::{ChunkId, VerifiedChunk};
 
 use crate::client::{RepoClient, MAX_STORED_CHUNK};
 use crate::error::{Error, Result};
@@ -98,6 +98,12 @@ impl Fetcher {
     /// A corrupt body is counted, logged and fetched again; network failures are retried
     /// with exponential backoff; a 404 fails at once (the repository does not have it).
     pub fn fetch_chunk(&self, id: &ChunkId, len: Option<usize>) -> Result<Vec<u8>> {
+        Ok(self.fetch_verified(id, len)?.plain)
+    }
+
+    /// [`Fetcher::fetch_chunk`], keeping the chunk's 4 KiB frames when it came in them, so
+    /// the cache stores them as they are instead of compressing the plaintext again.
+    pub fn fetch_verified(&self, id: &ChunkId, len: Option<usize>) -> Result<VerifiedChunk> {
         let cfg = self.client.config();
         let attempts = cfg.attempts.max(1);
         let path = chunk_path(id);
@@ -130,19 +136,19 @@ impl Fetcher {
             self.stats
                 .wire_bytes
                 .fetch_add(stored.len() as u64, Ordering::Relaxed);
-            match appliance::decode_chunk(id, &stored) {
-                Ok(plain) if len.is_none_or(|l| l == plain.len()) => {
+            match appliance::decode_chunk_keeping_frames(id, stored) {
+                Ok(chunk) if len.is_none_or(|l| l == chunk.plain.len()) => {
                     self.stats
                         .plain_bytes
-                        .fetch_add(plain.len() as u64, Ordering::Relaxed);
+                        .fetch_add(chunk.plain.len() as u64, Ordering::Relaxed);
                     self.stats.chunks.fetch_add(1, Ordering::Relaxed);
-                    return Ok(plain);
+                    return Ok(chunk);
                 }
-                Ok(plain) => {
+                Ok(chunk) => {
                     self.stats.corrupt.fetch_add(1, Ordering::Relaxed);
                     last = format!(
                         "it has {} bytes where {} were expected",
-                        plain.len(),
+                        chunk.plain.len(),
                         len.unwrap_or(0)
                     );
                     log::warn!("chunk {id} arrived with the wrong length; fetching it again");
@@ -173,7 +179,19 @@ impl cachefs::ChunkSource for Fetcher {
         self.demand.fetch_add(1, Ordering::AcqRel);
         let _guard = DemandGuard(&self.demand);
         self.stats.demand_chunks.fetch_add(1, Ordering::Relaxed);
-        Ok(self.fetch_chunk(&ChunkId(id.0), Some(len))?)
+        Ok(self.fetch_chunk(id, Some(len))?)
+    }
+
+    fn fetch_with_frames(
+        &self,
+        id: &cachefs::ChunkId,
+        len: usize,
+    ) -> std::result::Result<(Vec<u8>, Option<Vec<u8>>), cachefs::SourceError> {
+        self.demand.fetch_add(1, Ordering::AcqRel);
+        let _guard = DemandGuard(&self.demand);
+        self.stats.demand_chunks.fetch_add(1, Ordering::Relaxed);
+        let chunk = self.fetch_verified(id, Some(len))?;
+        Ok((chunk.plain, chunk.frames))
     }
 }
 

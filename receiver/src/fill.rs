@@ -312,8 +312,8 @@ fn work(s: &Shared) {
         s.fetcher.yield_to_demand(s.opts.max_demand_pause);
         let id = job.id;
         if !s.cache.contains(&id) {
-            let data = match s.fetcher.fetch_chunk(&job.id, Some(job.len)) {
-                Ok(d) => d,
+            let chunk = match s.fetcher.fetch_verified(&job.id, Some(job.len)) {
+                Ok(c) => c,
                 Err(e) => {
                     log::warn!("fill: {e}");
                     if let Ok(mut f) = s.failures.lock() {
@@ -322,7 +322,12 @@ fn work(s: &Shared) {
                     continue;
                 }
             };
-            match s.cache.insert(&id, &data) {
+            // Frames as they arrived: the fill does not compress again.
+            let stored = match &chunk.frames {
+                Some(frames) => s.cache.insert_framed(&id, &chunk.plain, frames),
+                None => s.cache.insert(&id, &chunk.plain),
+            };
+            match stored {
                 Ok(()) => {}
                 Err(e @ cachefs::Error::Full { .. }) => {
                     // Everything is pinned: the rest cannot be stored either.

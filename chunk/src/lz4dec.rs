@@ -94,7 +94,7 @@ pub fn decompress_into(src: &[u8], out: &mut [u8]) -> Result<(), &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fault::Rng;
+    use crate::test_rng::Rng;
 
     #[test]
     fn matches_lz4_flex_on_varied_inputs_and_rejects_garbage() {

@@ -2,6 +2,10 @@
 //! compressed with lz4 (block format) on its own, behind a table of frame
 //! lengths.
 //!
+//! One record, two places: it is the payload of a stored chunk with encoding 2 on the
+//! repository (docs/formats.md), and the cache (cachefs) keeps it exactly as it arrived.
+//! The publisher compresses a chunk once; no terminal compresses it again.
+//!
 //! Why frames: a guest's 4 KiB read inside a compressed 64 KiB chunk then
 //! decompresses one frame (about 1 µs) instead of the whole chunk (about
 //! 30 µs). Costs some ratio against whole-chunk lz4, keeps random reads fast.
@@ -187,7 +191,7 @@ mod tests {
             assert_eq!(buf, data[off..off + len]);
         }
         let mut rnd = vec![0u8; 65536];
-        crate::fault::Rng(1).fill(&mut rnd);
+        crate::test_rng::Rng(1).fill(&mut rnd);
         assert!(compress(&rnd).is_none());
         assert!(decompress_all(&rec[..rec.len() - 1], data.len()).is_err());
     }
