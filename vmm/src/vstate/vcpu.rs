@@ -253,7 +253,8 @@ mod tests {
         let (_kvm, vm) = vm::create_vm().unwrap();
         let mem = memory::create_guest_memory(16 << 20).unwrap();
         memory::register_with_kvm(&vm, &mem).unwrap();
-        mem.write_slice(&[0xeb, 0xfe], GuestAddress(0x1000)).unwrap();
+        mem.write_slice(&[0xeb, 0xfe], GuestAddress(0x1000))
+            .unwrap();
         let mut vcpu = vm.create_vcpu(0).unwrap();
         let mut sregs = vcpu.get_sregs().unwrap();
         sregs.cs.base = 0;
@@ -290,7 +291,10 @@ mod tests {
         let _ = done.send(());
         watchdog.join().unwrap();
         assert_eq!(r.unwrap_err().errno(), libc::EINTR);
-        assert!(took < Duration::from_secs(1), "KVM_RUN returned after {took:?}");
+        assert!(
+            took < Duration::from_secs(1),
+            "KVM_RUN returned after {took:?}"
+        );
         vcpu.set_kvm_immediate_exit(0);
     }
 }
