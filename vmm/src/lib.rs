@@ -15,6 +15,7 @@ pub mod bus;
 pub mod config;
 pub mod console;
 pub mod console_switch;
+pub mod device_manager;
 pub mod devices;
 pub mod exit;
 pub mod machine;

@@ -108,6 +108,12 @@ impl MmioTransport {
         &self.queue_evts
     }
 
+    /// Stops the device's worker for good (the VM is shutting down); unlike a driver
+    /// reset, the registers are left as they are.
+    pub fn stop_device(&mut self) {
+        self.device.reset();
+    }
+
     /// The device's interrupt state.
     pub fn interrupt(&self) -> &Arc<Interrupt> {
         &self.interrupt
