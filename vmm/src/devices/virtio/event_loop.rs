@@ -52,12 +52,14 @@ impl Watch<'_> {
         if *watched == on {
             return;
         }
-        let events = if on { EventSet::IN } else { EventSet::empty() };
-        match self.epoll.ctl(
-            ControlOperation::Modify,
-            *fd,
-            EpollEvent::new(events, token),
-        ) {
+        // Removed rather than given an empty event mask: epoll reports hang-ups and errors
+        // whatever the mask, and a paused fd must not wake the loop at all.
+        let (op, events) = if on {
+            (ControlOperation::Add, EventSet::IN)
+        } else {
+            (ControlOperation::Delete, EventSet::empty())
+        };
+        match self.epoll.ctl(op, *fd, EpollEvent::new(events, token)) {
             Ok(()) => *watched = on,
             Err(e) => log::error!("cannot change the watch on fd {fd}: {e}"),
         }
@@ -149,7 +151,8 @@ mod tests {
 
     use super::*;
 
-    /// Reports each readable source, and stops watching source 1 after its first event.
+    /// Reports each readable source; stops watching source 1 on each of its events, and
+    /// watches it again on each event of source 0.
     struct Recorder {
         evts: Vec<EventFd>,
         seen: mpsc::Sender<Token>,
@@ -172,6 +175,7 @@ mod tests {
                 watch.set(1, false);
             } else {
                 let _ = self.evts[token as usize].read();
+                watch.set(1, true);
             }
             let _ = self.seen.send(token);
         }
@@ -195,10 +199,11 @@ mod tests {
             0,
             "a paused, still-readable fd does not starve the others"
         );
+        assert_eq!(next(), 1, "watched again, the unread fd is reported again");
         lp.stop();
         assert!(
             rx.try_recv().is_err(),
-            "nothing after the pause and the stop"
+            "paused again, then stopped: nothing more"
         );
     }
 }

@@ -382,16 +382,17 @@ fn advertised_limits_keep_legitimate_requests_under_the_cap() {
     let dev = Block::new(Arc::new(MemDisk::new(4096, false)), "t".into());
     assert_ne!(dev.features() & feature::SIZE_MAX, 0);
     assert_ne!(dev.features() & feature::SEG_MAX, 0);
-    let c = dev.config_space();
-    let size_max = u32::from_le_bytes(c[8..12].try_into().unwrap());
-    let seg_max = u32::from_le_bytes(c[12..16].try_into().unwrap());
+    let c = abi::BlockConfig::from_slice(&dev.config_space())
+        .copied()
+        .unwrap()
+        .0;
+    let (size_max, seg_max, capacity) = (c.size_max, c.seg_max, c.capacity);
     assert!(u64::from(size_max) * u64::from(seg_max) <= MAX_REQUEST_BYTES);
     assert!(size_max >= 4096, "Linux needs at least a page per segment");
-    assert_eq!(
-        u64::from_le_bytes(c[0..8].try_into().unwrap()),
-        8,
-        "capacity in sectors"
-    );
+    assert_eq!(capacity, 8, "capacity in sectors");
+    let (max_discard_seg, alignment) = (c.max_discard_seg, c.discard_sector_alignment);
+    assert_eq!(max_discard_seg, MAX_DISCARD_SEGMENTS);
+    assert_eq!(alignment, 8, "4 KiB discard granularity");
 }
 
 #[test]
