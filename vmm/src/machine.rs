@@ -1,10 +1,15 @@
 //! Builds a VM from a [`MachineConfig`] and runs it: KVM VM and irqchip, guest memory,
 //! vCPUs, the buses with legacy and virtio devices, ACPI tables, then the boot payload.
 //!
+//! Building reads as a list: KVM VM, memory, vCPUs, then devices added to the device
+//! managers ([`crate::device_manager`]), which own bus placement, GSIs, irqfds and
+//! ioeventfds.
+//!
 //! Threads while running: one per vCPU (serving port/MMIO exits synchronously through the
 //! buses), one worker per active virtio device (woken by ioeventfds, interrupting through
 //! irqfds), the optional console input thread, and the caller's thread waiting for the
-//! [`ExitSignal`].
+//! [`ExitSignal`]. Stopping kicks each vCPU once (see [`vcpu::stop_vcpus`]), joins it, then
+//! stops the device workers.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
