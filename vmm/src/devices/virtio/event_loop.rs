@@ -26,8 +26,9 @@ const EVENTS_PER_WAIT: usize = 8;
 
 /// What a worker thread does.
 pub trait EventHandler: Send + 'static {
-    /// The fds to wait on, each with the token it is reported under. Called once, on the
-    /// worker thread, before the first wait; the fds must stay open while the handler lives.
+    /// The fds to wait on, each with the token it is reported under. Called once, by
+    /// [`EventLoop::spawn`]; the fds must stay open as long as the handler lives (the
+    /// handler owns them or shares their ownership).
     fn sources(&self) -> Vec<(RawFd, Token)>;
     /// Runs once before the first wait (work may already be pending: a driver can notify
     /// a queue before it sets DRIVER_OK).
