@@ -407,14 +407,57 @@ mod tests {
         n == 1
     }
 
+    /// CPU time (clock ticks, user + system) of this process's "net" worker thread.
+    fn net_thread_cpu_ticks() -> u64 {
+        for task in std::fs::read_dir("/proc/self/task").unwrap() {
+            let dir = task.unwrap().path();
+            let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+            if comm.trim_end() != "net" {
+                continue;
+            }
+            let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
+            // Fields after "(comm)": state is field 3, utime 14 and stime 15.
+            let rest = &stat[stat.rfind(')').unwrap() + 2..];
+            let f: Vec<&str> = rest.split(' ').collect();
+            return f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+        }
+        panic!("no net worker thread");
+    }
+
+    /// A socket pair end that counts receive attempts.
+    struct CountingIo {
+        inner: UnixDatagram,
+        recvs: std::sync::atomic::AtomicUsize,
+    }
+
+    impl PacketIo for CountingIo {
+        fn send(&self, frame: &[u8]) -> io::Result<usize> {
+            self.inner.send(frame)
+        }
+        fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+            self.recvs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.inner.recv(buf)
+        }
+        fn raw_fd(&self) -> RawFd {
+            self.inner.as_raw_fd()
+        }
+    }
+
     /// The whole card on its event loop: a frame that arrives before any receive buffer
-    /// waits; buffers added later (and notified) receive it; transmit works meanwhile.
+    /// waits, and the tap is left alone meanwhile; buffers added later (and notified)
+    /// receive it; transmit works meanwhile.
     #[test]
     fn worker_delivers_a_waiting_frame_once_buffers_come() {
+        use std::sync::atomic::Ordering;
         use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
         let m = Arc::new(mem());
-        let (dev_side, host) = pair();
+        let (dev_side, host) = UnixDatagram::pair().unwrap();
+        dev_side.set_nonblocking(true).unwrap();
+        let dev_side = Arc::new(CountingIo {
+            inner: dev_side,
+            recvs: Default::default(),
+        });
         let rx_mock = MockSplitQueue::create(m.as_ref(), GuestAddress(0x1_0000), 16);
         let tx_mock = MockSplitQueue::create(m.as_ref(), GuestAddress(0x2_0000), 16);
         let evts: Vec<EventFd> = (0..2)
@@ -423,7 +466,11 @@ mod tests {
         let kicks: Vec<EventFd> = evts.iter().map(|e| e.try_clone().unwrap()).collect();
         let irq_evt = EventFd::new(EFD_NONBLOCK).unwrap();
         let irq = Arc::new(Interrupt::new(irq_evt.try_clone().unwrap()));
-        let mut card = Net::new(dev_side, [2, 0, 0, 0, 0, 1]);
+        // The frame is there before the card starts: its first receive pass reads it.
+        let mut frame = vec![0u8; VNET_HDR_LEN];
+        frame.extend_from_slice(b"early-frame");
+        host.send(&frame).unwrap();
+        let mut card = Net::new(dev_side.clone(), [2, 0, 0, 0, 0, 1]);
         card.activate(ActivateContext {
             mem: m.clone(),
             queues: vec![
@@ -436,9 +483,6 @@ mod tests {
         })
         .unwrap();
 
-        let mut frame = vec![0u8; VNET_HDR_LEN];
-        frame.extend_from_slice(b"early-frame");
-        host.send(&frame).unwrap();
         // Transmit still works while the frame waits.
         m.write_slice(&[0u8; 12], GuestAddress(0x10_0000)).unwrap();
         m.write_slice(b"out", GuestAddress(0x10_0000 + 12)).unwrap();
@@ -453,6 +497,23 @@ mod tests {
             used(&m, rx_mock.used_addr(), 0).0,
             0,
             "nothing received yet"
+        );
+        // A second frame makes the tap readable, but the card has nowhere to put it: its
+        // worker must sleep, not spin on the tap.
+        assert_eq!(
+            dev_side.recvs.load(Ordering::SeqCst),
+            1,
+            "the first frame, read"
+        );
+        host.send(&frame).unwrap();
+        let before = net_thread_cpu_ticks();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let spent = net_thread_cpu_ticks() - before;
+        assert!(spent <= 5, "the worker spun ({spent} ticks in 300 ms)");
+        assert_eq!(
+            dev_side.recvs.load(Ordering::SeqCst),
+            1,
+            "the second frame stays in the tap"
         );
 
         rx_mock
