@@ -186,7 +186,7 @@ impl BlockHandler {
         };
         match request {
             Request::Read(DiskRange { offset, len }) => {
-                // The range lies on the disk, so its length fits in memory-sized units.
+                // `len` is at most the chain's writable bytes, so at most max_chain_bytes.
                 self.buf.resize(*len as usize, 0);
                 if let Err(e) = self.backend.read_at(&mut self.buf, *offset) {
                     log::warn!("virtio-blk read at {offset:#x}+{len:#x}: {e}");
@@ -198,6 +198,7 @@ impl BlockHandler {
                 }
             }
             Request::Write(DiskRange { offset, len }) => {
+                // `len` is at most the chain's readable bytes, so at most max_chain_bytes.
                 self.buf.resize(*len as usize, 0);
                 chain.read_at(mem, request::HEADER_BYTES, &mut self.buf);
                 io_result("write", self.backend.write_at(&self.buf, *offset))
@@ -213,24 +214,18 @@ impl BlockHandler {
                     written: chain.write_at(mem, 0, &id[..*len]) as u64,
                 }
             }
-            Request::Discard(ranges) => {
-                for r in ranges {
-                    let c = io_result("discard", self.backend.discard(r.offset, r.len));
-                    if c.status != Status::Ok {
-                        return c;
-                    }
-                }
-                Completion::status(Status::Ok)
-            }
-            Request::WriteZeroes(ranges) => {
-                for r in ranges {
-                    let c = io_result("write-zeroes", self.backend.write_zeroes(r.offset, r.len));
-                    if c.status != Status::Ok {
-                        return c;
-                    }
-                }
-                Completion::status(Status::Ok)
-            }
+            Request::Discard(ranges) => io_result(
+                "discard",
+                ranges
+                    .iter()
+                    .try_for_each(|r| self.backend.discard(r.offset, r.len)),
+            ),
+            Request::WriteZeroes(ranges) => io_result(
+                "write-zeroes",
+                ranges
+                    .iter()
+                    .try_for_each(|r| self.backend.write_zeroes(r.offset, r.len)),
+            ),
         }
     }
 }
