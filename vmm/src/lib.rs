@@ -13,6 +13,7 @@ pub mod arch;
 pub mod bus;
 pub mod config;
 pub mod console;
+pub mod device_manager;
 pub mod devices;
 pub mod exit;
 pub mod machine;

@@ -1,35 +1,41 @@
 //! Builds a VM from a [`MachineConfig`] and runs it: KVM VM and irqchip, guest memory,
 //! vCPUs, the buses with legacy and virtio devices, ACPI tables, then the boot payload.
 //!
+//! Building reads as a list: KVM VM, memory, vCPUs, then devices added to the device
+//! managers ([`crate::device_manager`]), which own bus placement, GSIs, irqfds and
+//! ioeventfds.
+//!
 //! Threads while running: one per vCPU (serving port/MMIO exits synchronously through the
 //! buses), one worker per active virtio device (woken by ioeventfds, interrupting through
 //! irqfds), the optional console input thread, and the caller's thread waiting for the
-//! [`ExitSignal`].
+//! [`ExitSignal`]. Stopping kicks each vCPU once (see [`vcpu::stop_vcpus`]), joins it, then
+//! stops the device workers.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
-use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use linux_loader::loader::Cmdline;
 use vm_memory::{Bytes, GuestAddress};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::acpi::{self, MmioDeviceInfo};
 use crate::arch::layout::*;
 use crate::arch::regs::EntryMode;
 use crate::arch::{boot, cpuid, regs};
-use crate::bus::{Bus, BusDevice};
-use crate::config::{ConsoleConfig, DiskSource, KernelConfig, MachineConfig};
+use crate::config::{
+    ConsoleConfig, DiskConfig, DiskSource, KernelConfig, MachineConfig, NetConfig,
+};
 use crate::console;
-use crate::devices::legacy::{acpi_pm::AcpiPm, i8042::I8042, rtc::Rtc, serial::Serial, AllOnes};
+use crate::device_manager::legacy::LegacyDevices;
+use crate::device_manager::mmio::MmioDeviceManager;
+use crate::device_manager::DeviceManagerError;
 use crate::devices::virtio::block::{Block, BlockBackend, RawFile};
-use crate::devices::virtio::mmio::{reg, MmioTransport};
 use crate::devices::virtio::net::{Net, Tap};
 use crate::devices::virtio::rng::Rng;
-use crate::devices::virtio::VirtioDevice;
 use crate::exit::{ExitReason, ExitSignal};
 use crate::vstate::memory::{self, GuestMemoryMmap};
 use crate::vstate::{vcpu, vm};
@@ -85,6 +91,9 @@ pub enum Error {
     /// A device could not be set up.
     #[error("device setup: {0}")]
     Device(String),
+    /// A device could not be placed on a bus or wired to KVM.
+    #[error("device setup: {0}")]
+    Devices(#[from] DeviceManagerError),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
@@ -99,13 +108,10 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
 /// A built VM, ready to load a payload and run.
 pub struct Machine {
     // Field order matters for drop: devices and vCPUs go before the VM and memory.
-    transports: Vec<Arc<Mutex<MmioTransport>>>,
+    virtio: MmioDeviceManager,
     vcpus: Vec<VcpuFd>,
-    serial: Arc<Mutex<Serial>>,
-    pio: Bus,
-    mmio: Bus,
+    legacy: LegacyDevices,
     exit: Arc<ExitSignal>,
-    mmio_devices: Vec<MmioDeviceInfo>,
     console_input: console::ConsoleInput,
     // Kept open for the VM's lifetime: closing it would destroy the VM under the vCPUs.
     _vm: VmFd,
@@ -119,168 +125,45 @@ impl Machine {
     /// Creates the VM, its memory, vCPUs and devices.
     pub fn new(config: MachineConfig) -> Result<Machine, Error> {
         let created = std::time::Instant::now();
-        if config.vcpus == 0 || config.vcpus > 254 {
-            return Err(Error::Config(format!(
-                "{} vCPUs: need 1..=254",
-                config.vcpus
-            )));
-        }
-        let mem_size = config
-            .memory_mib
-            .checked_mul(1 << 20)
-            .filter(|&s| s >= 16 << 20)
-            .ok_or_else(|| {
-                Error::Config(format!(
-                    "{} MiB of memory: need at least 16",
-                    config.memory_mib
-                ))
-            })?;
+        let mem_size = check_config(&config)?;
         let (kvm, vm) = vm::create_vm()?;
         let mem = Arc::new(memory::create_guest_memory(mem_size)?);
         memory::register_with_kvm(&vm, &mem)?;
         let exit = Arc::new(ExitSignal::new().map_err(io_err("exit eventfd"))?);
+        let vcpus = create_vcpus(&kvm, &vm, config.vcpus)?;
 
-        // vCPUs: CPUID, MSRs, FPU and LAPIC for all; registers for the boot CPU come with the payload.
-        let supported = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(kvm_err("get_supported_cpuid"))?;
-        let mut vcpus = Vec::new();
-        for id in 0..config.vcpus {
-            let fd = vm
-                .create_vcpu(u64::from(id))
-                .map_err(kvm_err("create_vcpu"))?;
-            fd.set_cpuid2(&cpuid::vcpu_cpuid(&supported, id, config.vcpus))
-                .map_err(kvm_err("set_cpuid2"))?;
-            regs::setup_msrs(&fd)?;
-            regs::setup_fpu(&fd)?;
-            regs::setup_lapic(&fd)?;
-            vcpus.push(fd);
-        }
+        let MachineConfig {
+            disks,
+            nets,
+            rng,
+            console,
+            ..
+        } = config;
+        let (console_out, console_input) = console_io(console);
+        let legacy = LegacyDevices::new(&vm, &exit, console_out)?;
 
-        // Legacy devices on port I/O.
-        let mut pio = Bus::new();
-        let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("serial eventfd"))?;
-        vm.register_irqfd(&serial_irq, SERIAL_GSI)
-            .map_err(kvm_err("register_irqfd (serial)"))?;
-        use console::ConsoleInput;
-        let (out, console_input): (Box<dyn std::io::Write + Send>, ConsoleInput) =
-            match config.console {
-                ConsoleConfig::Stream { input, output } => (output, ConsoleInput::Stream(input)),
-                ConsoleConfig::Writer(w) => (w, ConsoleInput::None),
-                ConsoleConfig::Null => (Box::new(std::io::sink()), ConsoleInput::None),
-            };
-        let serial_irq2 = serial_irq.try_clone().map_err(io_err("serial eventfd"))?;
-        let serial = Arc::new(Mutex::new(Serial::new(serial_irq2, out)));
-        let bus_err = |e: crate::bus::BusError| Error::Device(e.to_string());
-        pio.insert(serial.clone(), u64::from(SERIAL_PORT), 8)
-            .map_err(bus_err)?;
-        pio.insert(
-            Arc::new(Mutex::new(I8042::new(exit.clone()))),
-            u64::from(I8042_DATA_PORT),
-            5,
-        )
-        .map_err(bus_err)?;
-        pio.insert(Arc::new(Mutex::new(Rtc::new())), u64::from(RTC_PORT), 2)
-            .map_err(bus_err)?;
-        pio.insert(
-            Arc::new(Mutex::new(AcpiPm::new(exit.clone()))),
-            u64::from(ACPI_SLEEP_CONTROL_PORT),
-            3,
-        )
-        .map_err(bus_err)?;
-        pio.insert(
-            Arc::new(Mutex::new(AllOnes)),
-            u64::from(PCI_CONFIG_PORT_START),
-            8,
-        )
-        .map_err(bus_err)?;
-
-        // virtio devices on MMIO, disks first so the first disk is /dev/vda.
-        let mut devices: Vec<(Box<dyn VirtioDevice>, String)> = Vec::new();
-        for (i, disk) in config.disks.iter().enumerate() {
-            let backend: Arc<dyn BlockBackend> = match &disk.source {
-                DiskSource::Path(p) => Arc::new(RawFile::open(p, disk.read_only).map_err(
-                    |source| Error::Disk {
-                        path: p.display().to_string(),
-                        source,
-                    },
-                )?),
-                DiskSource::Backend(b) => {
-                    if disk.read_only && !b.read_only() {
-                        return Err(Error::Config(format!(
-                            "disk {i} must be read-only but its backend is writable"
-                        )));
-                    }
-                    b.clone()
-                }
-            };
+        // Disks first so the first disk is /dev/vda.
+        let mut virtio = MmioDeviceManager::new();
+        for (i, disk) in disks.iter().enumerate() {
             let name = format!("vd{}", (b'a' + (i as u8 % 26)) as char);
-            devices.push((Box::new(Block::new(backend, name.clone())), name));
+            let device = Block::new(disk_backend(i, disk)?, name.clone());
+            virtio.add(&vm, &mem, Box::new(device), &name)?;
         }
-        for (i, net) in config.nets.iter().enumerate() {
-            let tap = Tap::open(net.tap.as_deref().unwrap_or("vmtap%d"))
-                .map_err(|e| Error::Device(format!("net {i}: cannot open tap: {e}")))?;
-            if let Some(br) = &net.bridge {
-                tap.attach_to_bridge(br).map_err(|e| {
-                    Error::Device(format!(
-                        "net {i}: cannot attach {} to bridge {br}: {e}",
-                        tap.name()
-                    ))
-                })?;
-            }
-            let mac = net.mac.unwrap_or_else(random_mac);
+        for (i, net) in nets.iter().enumerate() {
+            let tap = open_tap(i, net)?;
             let name = format!("net{i} ({})", tap.name());
-            devices.push((Box::new(Net::new(Arc::new(tap), mac)), name));
+            let device = Net::new(Arc::new(tap), net.mac.unwrap_or_else(random_mac));
+            virtio.add(&vm, &mem, Box::new(device), &name)?;
         }
-        if config.rng {
-            devices.push((Box::new(Rng::new()), "rng".into()));
-        }
-        if devices.len() > VIRTIO_GSIS.len() {
-            return Err(Error::Config(format!(
-                "{} virtio devices: at most {}",
-                devices.len(),
-                VIRTIO_GSIS.len()
-            )));
-        }
-        let mut mmio = Bus::new();
-        let mut transports = Vec::new();
-        let mut mmio_devices = Vec::new();
-        for (i, (dev, name)) in devices.into_iter().enumerate() {
-            let base = VIRTIO_MMIO_START + i as u64 * VIRTIO_MMIO_SIZE;
-            let gsi = VIRTIO_GSIS[i];
-            let irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("virtio irq eventfd"))?;
-            vm.register_irqfd(&irq, gsi)
-                .map_err(kvm_err("register_irqfd (virtio)"))?;
-            let t = MmioTransport::new(dev, mem.clone(), irq)
-                .map_err(|e| Error::Device(format!("{name}: {e}")))?;
-            for (q, evt) in t.queue_evts().iter().enumerate() {
-                vm.register_ioevent(
-                    evt,
-                    &IoEventAddress::Mmio(base + reg::QUEUE_NOTIFY),
-                    q as u32,
-                )
-                .map_err(kvm_err("register_ioevent"))?;
-            }
-            let t = Arc::new(Mutex::new(t));
-            mmio.insert(
-                t.clone() as Arc<Mutex<dyn BusDevice>>,
-                base,
-                VIRTIO_MMIO_SIZE,
-            )
-            .map_err(bus_err)?;
-            log::info!("virtio {name} at {base:#x}, GSI {gsi}");
-            transports.push(t);
-            mmio_devices.push(MmioDeviceInfo { base, gsi });
+        if rng {
+            virtio.add(&vm, &mem, Box::new(Rng::new()), "rng")?;
         }
 
         Ok(Machine {
-            transports,
+            virtio,
             vcpus,
-            serial,
-            pio,
-            mmio,
+            legacy,
             exit,
-            mmio_devices,
             console_input,
             _vm: vm,
             _kvm: kvm,
@@ -303,13 +186,13 @@ impl Machine {
 
     /// The virtio-mmio devices, in DSDT order.
     pub fn mmio_devices(&self) -> &[MmioDeviceInfo] {
-        &self.mmio_devices
+        self.virtio.devices()
     }
 
     /// Writes the ACPI tables, loads kernel, initrd and command line, and points the boot
     /// vCPU at the kernel's entry.
     pub fn load_kernel(&mut self, k: &KernelConfig) -> Result<(), Error> {
-        acpi::write_tables(&self.mem, self.vcpus.len(), &self.mmio_devices)?;
+        acpi::write_tables(&self.mem, self.vcpus.len(), self.virtio.devices())?;
         let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE)
             .map_err(|e| Error::Config(format!("command line: {e}")))?;
         let text = if k.cmdline.trim().is_empty() {
@@ -321,7 +204,7 @@ impl Machine {
             .insert_str(text)
             .map_err(|e| Error::Config(format!("command line: {e}")))?;
         if k.cmdline_mmio_devices {
-            for d in &self.mmio_devices {
+            for d in self.virtio.devices() {
                 cmdline
                     .add_virtio_mmio_device(VIRTIO_MMIO_SIZE, GuestAddress(d.base), d.gsi, None)
                     .map_err(|e| Error::Config(format!("command line: {e}")))?;
@@ -364,7 +247,7 @@ impl Machine {
         self.mem
             .write_slice(code, GuestAddress(addr))
             .map_err(|e| Error::Config(format!("code does not fit at {addr:#x}: {e}")))?;
-        acpi::write_tables(&self.mem, self.vcpus.len(), &self.mmio_devices)?;
+        acpi::write_tables(&self.mem, self.vcpus.len(), self.virtio.devices())?;
         let bsp = &self.vcpus[0];
         match mode {
             Some(m) => {
@@ -392,13 +275,13 @@ impl Machine {
     pub fn run(mut self) -> Result<ExitReason, Error> {
         let stop = Arc::new(AtomicBool::new(false));
         let ctx = vcpu::VcpuContext {
-            pio: Arc::new(std::mem::take(&mut self.pio)),
-            mmio: Arc::new(std::mem::take(&mut self.mmio)),
+            pio: Arc::new(self.legacy.take_bus()),
+            mmio: Arc::new(self.virtio.take_bus()),
             exit: self.exit.clone(),
             stop: stop.clone(),
         };
         if let console::ConsoleInput::Stream(input) = std::mem::take(&mut self.console_input) {
-            console::spawn_input_forwarder(input, self.serial.clone(), self.exit.clone());
+            console::spawn_input_forwarder(input, self.legacy.serial().clone(), self.exit.clone());
         }
         let mut threads = Vec::new();
         for (id, fd) in std::mem::take(&mut self.vcpus).into_iter().enumerate() {
@@ -420,14 +303,106 @@ impl Machine {
             self.created.elapsed().as_secs_f64()
         );
         vcpu::stop_vcpus(&stop, threads);
-        // Dropping the transports stops the device workers (each joins its thread).
-        self.transports.clear();
+        self.virtio.stop_devices();
         log::info!(
             "vCPUs and devices stopped in {:.3} s",
             t.elapsed().as_secs_f64()
         );
         Ok(self.exit.reason().unwrap_or(ExitReason::Stopped))
     }
+}
+
+/// Checks the vCPU count, the number of virtio devices and the memory size; returns the memory size in bytes.
+fn check_config(config: &MachineConfig) -> Result<u64, Error> {
+    if config.vcpus == 0 || config.vcpus > 254 {
+        return Err(Error::Config(format!(
+            "{} vCPUs: need 1..=254",
+            config.vcpus
+        )));
+    }
+    let virtio_devices = config.disks.len() + config.nets.len() + usize::from(config.rng);
+    if virtio_devices > VIRTIO_GSIS.len() {
+        return Err(Error::Config(format!(
+            "{virtio_devices} virtio devices: at most {}",
+            VIRTIO_GSIS.len()
+        )));
+    }
+    config
+        .memory_mib
+        .checked_mul(1 << 20)
+        .filter(|&s| s >= 16 << 20)
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "{} MiB of memory: need at least 16",
+                config.memory_mib
+            ))
+        })
+}
+
+/// Creates the vCPUs with CPUID, MSRs, FPU and LAPIC set up; registers for the boot CPU
+/// come with the payload.
+fn create_vcpus(kvm: &Kvm, vm: &VmFd, count: u8) -> Result<Vec<VcpuFd>, Error> {
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("get_supported_cpuid"))?;
+    let mut vcpus = Vec::new();
+    for id in 0..count {
+        let fd = vm
+            .create_vcpu(u64::from(id))
+            .map_err(kvm_err("create_vcpu"))?;
+        fd.set_cpuid2(&cpuid::vcpu_cpuid(&supported, id, count))
+            .map_err(kvm_err("set_cpuid2"))?;
+        regs::setup_msrs(&fd)?;
+        regs::setup_fpu(&fd)?;
+        regs::setup_lapic(&fd)?;
+        vcpus.push(fd);
+    }
+    Ok(vcpus)
+}
+
+/// Where the serial console writes, and where its input comes from.
+fn console_io(console: ConsoleConfig) -> (Box<dyn std::io::Write + Send>, console::ConsoleInput) {
+    use console::ConsoleInput;
+    match console {
+        ConsoleConfig::Stream { input, output } => (output, ConsoleInput::Stream(input)),
+        ConsoleConfig::Writer(w) => (w, ConsoleInput::None),
+        ConsoleConfig::Null => (Box::new(std::io::sink()), ConsoleInput::None),
+    }
+}
+
+/// The storage behind disk `i`.
+fn disk_backend(i: usize, disk: &DiskConfig) -> Result<Arc<dyn BlockBackend>, Error> {
+    match &disk.source {
+        DiskSource::Path(p) => Ok(Arc::new(RawFile::open(p, disk.read_only).map_err(
+            |source| Error::Disk {
+                path: p.display().to_string(),
+                source,
+            },
+        )?)),
+        DiskSource::Backend(b) => {
+            if disk.read_only && !b.read_only() {
+                return Err(Error::Config(format!(
+                    "disk {i} must be read-only but its backend is writable"
+                )));
+            }
+            Ok(b.clone())
+        }
+    }
+}
+
+/// Opens the tap of network card `i`, attached to its bridge if it names one.
+fn open_tap(i: usize, net: &NetConfig) -> Result<Tap, Error> {
+    let tap = Tap::open(net.tap.as_deref().unwrap_or("vmtap%d"))
+        .map_err(|e| Error::Device(format!("net {i}: cannot open tap: {e}")))?;
+    if let Some(br) = &net.bridge {
+        tap.attach_to_bridge(br).map_err(|e| {
+            Error::Device(format!(
+                "net {i}: cannot attach {} to bridge {br}: {e}",
+                tap.name()
+            ))
+        })?;
+    }
+    Ok(tap)
 }
 
 /// A random MAC in QEMU's 52:54:00 range (unicast, so the guest accepts it).

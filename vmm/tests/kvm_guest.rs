@@ -300,3 +300,32 @@ fn elf_pvh_entry_gets_the_start_info() {
     assert_eq!(String::from_utf8_lossy(&out.0.lock().unwrap()), "Y1P");
     assert_eq!(reason, ExitReason::PowerOff);
 }
+
+/// A guest spinning in `jmp $` never exits to the VMM on its own, so only the kick can stop
+/// it. Stops are requested at different moments, including before the vCPU threads reach
+/// `KVM_RUN` (the window a lone signal without `immediate_exit` could miss).
+#[test]
+fn spinning_guest_stops_promptly_on_one_kick() {
+    if !kvm_available() {
+        return;
+    }
+    for delay_ms in [0u64, 1, 50] {
+        let out = Capture::default();
+        let mut m = machine(&out, 2);
+        m.load_raw(&[0xeb, 0xfe], 0x1000, None).unwrap();
+        let exit = m.exit_signal();
+        let stopper = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(delay_ms));
+            exit.request(ExitReason::Stopped);
+            Instant::now()
+        });
+        let reason = m.run().unwrap();
+        let requested = stopper.join().unwrap();
+        assert_eq!(reason, ExitReason::Stopped, "stop after {delay_ms} ms");
+        assert!(
+            requested.elapsed() < Duration::from_secs(2),
+            "stop after {delay_ms} ms took {:?}",
+            requested.elapsed()
+        );
+    }
+}

@@ -1,14 +1,16 @@
 //! vCPU threads: each runs `KVM_RUN` in a loop and serves port/MMIO exits through the buses.
 //!
-//! Stopping: the VM's owner sets the shared stop flag and signals the thread with
-//! [`VCPU_KICK_SIGNAL`] until it has returned; the (empty) handler makes `KVM_RUN` return
-//! `EINTR`, after which the loop sees the flag. Kicking repeatedly closes the race where
-//! the signal lands between the flag check and the next `KVM_RUN`.
+//! Stopping ([`stop_vcpus`]): the VM's owner sets the shared stop flag, sends each vCPU
+//! thread one [`VCPU_KICK_SIGNAL`] and joins it. The signal handler sets
+//! `kvm_run.immediate_exit` of the thread it interrupts, which makes `KVM_RUN` return
+//! `EINTR` at once whether the signal came during the call or just before it: a kick that
+//! lands between the loop's flag check and the next `KVM_RUN` is therefore not lost, and
+//! one signal is enough (no resend loop). The loop clears the flag after each `EINTR`.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
@@ -22,7 +24,42 @@ pub fn VCPU_KICK_SIGNAL() -> i32 {
     SIGRTMIN()
 }
 
-extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+thread_local! {
+    /// This thread's `kvm_run.immediate_exit` byte, while the thread runs a vCPU; null
+    /// otherwise. Const-initialised and without a destructor, so reading it from a signal
+    /// handler neither allocates nor takes locks.
+    static IMMEDIATE_EXIT: Cell<*mut u8> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let flag = IMMEDIATE_EXIT.with(Cell::get);
+    if !flag.is_null() {
+        // SAFETY: `flag` points into this thread's kvm_run mapping, which stays mapped
+        // while the pointer is set (`ImmediateExitGuard` clears it before the vCPU fd, and
+        // with it the mapping, can be dropped). The handler runs on the thread that owns
+        // the vCPU, so nothing else writes the byte concurrently except the kernel, which
+        // only reads it on entry to KVM_RUN. A volatile store keeps the compiler from
+        // eliding a write it cannot see being read.
+        unsafe { std::ptr::write_volatile(flag, 1) };
+    }
+}
+
+/// Publishes a vCPU's `immediate_exit` byte to the kick handler for as long as it lives.
+struct ImmediateExitGuard;
+
+impl ImmediateExitGuard {
+    fn publish(vcpu: &mut VcpuFd) -> Self {
+        let flag: *mut u8 = &mut vcpu.get_kvm_run().immediate_exit;
+        IMMEDIATE_EXIT.with(|c| c.set(flag));
+        ImmediateExitGuard
+    }
+}
+
+impl Drop for ImmediateExitGuard {
+    fn drop(&mut self) {
+        IMMEDIATE_EXIT.with(|c| c.set(std::ptr::null_mut()));
+    }
+}
 
 fn install_kick_handler() {
     static ONCE: Once = Once::new();
@@ -133,6 +170,7 @@ fn handle_exit(id: u64, exit: VcpuExit<'_>, ctx: &VcpuContext) -> Option<ExitRea
 pub fn run_vcpu(id: u64, mut vcpu: VcpuFd, ctx: VcpuContext) {
     let mut stats = ExitStats::default();
     let counting = log::log_enabled!(log::Level::Debug);
+    let kick_target = ImmediateExitGuard::publish(&mut vcpu);
     while !ctx.stop.load(Ordering::Acquire) {
         match vcpu.run() {
             Ok(exit) => {
@@ -144,7 +182,10 @@ pub fn run_vcpu(id: u64, mut vcpu: VcpuFd, ctx: VcpuContext) {
                     break;
                 }
             }
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+            // A kick (or another signal): clear the flag so the next KVM_RUN enters the
+            // guest, then look at the stop flag again.
+            Err(e) if e.errno() == libc::EINTR => vcpu.set_kvm_immediate_exit(0),
+            Err(e) if e.errno() == libc::EAGAIN => {}
             Err(e) => {
                 ctx.exit
                     .request(ExitReason::Crash(format!("vCPU {id}: KVM_RUN failed: {e}")));
@@ -152,6 +193,7 @@ pub fn run_vcpu(id: u64, mut vcpu: VcpuFd, ctx: VcpuContext) {
             }
         }
     }
+    drop(kick_target);
     stats.log(id);
     match vcpu.get_regs() {
         Ok(r) => log::debug!("vCPU {id} stopped at rip {:#x} rsp {:#x}", r.rip, r.rsp),
@@ -167,19 +209,92 @@ pub fn spawn_vcpu(id: u64, vcpu: VcpuFd, ctx: VcpuContext) -> std::io::Result<Jo
         .spawn(move || run_vcpu(id, vcpu, ctx))
 }
 
-/// Sets `stop` and kicks every vCPU thread until it has returned, then joins it.
+/// Sets `stop`, kicks every vCPU thread once and joins them.
+///
+/// One kick suffices: the flag is set before the signal is sent, and the signal handler
+/// sets `immediate_exit`, so the thread either sees the flag before its next `KVM_RUN` or
+/// has that `KVM_RUN` return at once.
 pub fn stop_vcpus(stop: &AtomicBool, threads: Vec<JoinHandle<()>>) {
     stop.store(true, Ordering::Release);
-    for t in threads {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !t.is_finished() && Instant::now() < deadline {
-            let _ = t.kill(VCPU_KICK_SIGNAL());
-            std::thread::sleep(Duration::from_millis(2));
-        }
+    for t in &threads {
         if t.is_finished() {
-            let _ = t.join();
-        } else {
-            log::error!("a vCPU thread did not stop; leaving it behind");
+            continue;
         }
+        if let Err(e) = t.kill(VCPU_KICK_SIGNAL()) {
+            // ESRCH: the thread ended between the check and the signal.
+            log::debug!("kicking a vCPU thread: {e}");
+        }
+    }
+    for t in threads {
+        if t.join().is_err() {
+            log::error!("a vCPU thread panicked");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+    use crate::vstate::{memory, vm};
+
+    /// A kick delivered *before* `KVM_RUN` (the window between the stop-flag check and the
+    /// ioctl) must still make the next `KVM_RUN` return at once, although the guest spins
+    /// in `jmp $` and would never exit on its own.
+    #[test]
+    fn kick_before_kvm_run_is_not_lost() {
+        if std::fs::metadata("/dev/kvm").is_err() {
+            eprintln!("SKIPPED: /dev/kvm is absent on this machine");
+            return;
+        }
+        let (_kvm, vm) = vm::create_vm().unwrap();
+        let mem = memory::create_guest_memory(16 << 20).unwrap();
+        memory::register_with_kvm(&vm, &mem).unwrap();
+        mem.write_slice(&[0xeb, 0xfe], GuestAddress(0x1000))
+            .unwrap();
+        let mut vcpu = vm.create_vcpu(0).unwrap();
+        let mut sregs = vcpu.get_sregs().unwrap();
+        sregs.cs.base = 0;
+        sregs.cs.selector = 0;
+        vcpu.set_sregs(&sregs).unwrap();
+        vcpu.set_regs(&kvm_bindings::kvm_regs {
+            rip: 0x1000,
+            rflags: 2,
+            ..Default::default()
+        })
+        .unwrap();
+
+        install_kick_handler();
+        let guard = ImmediateExitGuard::publish(&mut vcpu);
+        // SAFETY: pthread_self is always valid for the calling thread.
+        let me = unsafe { libc::pthread_self() };
+        // SAFETY: signalling our own live thread; the handler is installed.
+        assert_eq!(unsafe { libc::pthread_kill(me, VCPU_KICK_SIGNAL()) }, 0);
+        // A safety net so a broken kick fails the test instead of hanging it: a second
+        // signal after 3 s interrupts KVM_RUN the ordinary way.
+        let me_addr = me as usize;
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        let watchdog = std::thread::spawn(move || {
+            if finished.recv_timeout(Duration::from_secs(3)).is_err() {
+                // SAFETY: the test thread is still alive: it joins this thread before
+                // ending.
+                unsafe { libc::pthread_kill(me_addr as libc::pthread_t, VCPU_KICK_SIGNAL()) };
+            }
+        });
+        let t = Instant::now();
+        let r = vcpu.run().map(|_| ());
+        let took = t.elapsed();
+        drop(guard);
+        let _ = done.send(());
+        watchdog.join().unwrap();
+        assert_eq!(r.unwrap_err().errno(), libc::EINTR);
+        assert!(
+            took < Duration::from_secs(1),
+            "KVM_RUN returned after {took:?}"
+        );
+        vcpu.set_kvm_immediate_exit(0);
     }
 }

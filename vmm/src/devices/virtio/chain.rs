@@ -13,13 +13,13 @@
 //! A rejected chain puts the device into the failed state (`DEVICE_NEEDS_RESET`): a driver
 //! that writes such chains is broken or hostile, and the spec lets the device stop there.
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use virtio_queue::desc::split::Descriptor;
+use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::vstate::memory::GuestMemoryMmap;
 
-const VRING_DESC_F_NEXT: u16 = 1;
-const VRING_DESC_F_WRITE: u16 = 2;
-const VRING_DESC_F_INDIRECT: u16 = 4;
+/// Bytes per entry of a split virtqueue's descriptor table (`struct vring_desc`).
+const DESCRIPTOR_SIZE: u64 = std::mem::size_of::<Descriptor>() as u64;
 
 /// Why a chain was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -99,19 +99,14 @@ impl Chain {
             }
             let at = table
                 .0
-                .checked_add(u64::from(index) * 16)
+                .checked_add(u64::from(index) * DESCRIPTOR_SIZE)
                 .ok_or(ChainError::TableOutOfMemory(table.0))?;
-            let mut raw = [0u8; 16];
-            mem.read_slice(&mut raw, GuestAddress(at))
+            let desc: Descriptor = mem
+                .read_obj(GuestAddress(at))
                 .map_err(|_| ChainError::TableOutOfMemory(at))?;
-            let addr = u64::from_le_bytes([
-                raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6], raw[7],
-            ]);
-            let len = u32::from_le_bytes([raw[8], raw[9], raw[10], raw[11]]);
-            let flags = u16::from_le_bytes([raw[12], raw[13]]);
-            let next = u16::from_le_bytes([raw[14], raw[15]]);
+            let (addr, len) = (desc.addr().0, desc.len());
 
-            if flags & VRING_DESC_F_INDIRECT != 0 {
+            if desc.refers_to_indirect_table() {
                 return Err(ChainError::Indirect);
             }
             if addr.checked_add(u64::from(len)).is_none()
@@ -127,17 +122,17 @@ impl Chain {
                 addr: GuestAddress(addr),
                 len,
             };
-            if flags & VRING_DESC_F_WRITE != 0 {
+            if desc.is_write_only() {
                 chain.writable.push(buf);
             } else if chain.writable.is_empty() {
                 chain.readable.push(buf);
             } else {
                 return Err(ChainError::ReadableAfterWritable);
             }
-            if flags & VRING_DESC_F_NEXT == 0 {
+            if !desc.has_next() {
                 return Ok(chain);
             }
-            index = next;
+            index = desc.next();
         }
         Err(ChainError::Loop(size))
     }
@@ -158,6 +153,18 @@ impl Chain {
         copy(&self.readable, offset, out.len(), |buf_addr, range| {
             mem.read_slice(&mut out[range.clone()], buf_addr).is_ok()
         })
+    }
+
+    /// Reads a guest structure from the readable stream at `offset`; `None` if the stream
+    /// ends first (a short read never yields a half-filled object).
+    pub fn read_obj<T: ByteValued + Default>(
+        &self,
+        mem: &GuestMemoryMmap,
+        offset: u64,
+    ) -> Option<T> {
+        let mut obj = T::default();
+        let want = obj.as_slice().len();
+        (self.read_at(mem, offset, obj.as_mut_slice()) == want).then_some(obj)
     }
 
     /// Copies `data` into the writable stream at `offset`; returns how many bytes fitted.
@@ -199,20 +206,24 @@ fn copy(
 
 #[cfg(test)]
 mod tests {
+    use virtio_bindings::virtio_ring;
+
     use super::*;
+
+    const VRING_DESC_F_NEXT: u16 = virtio_ring::VRING_DESC_F_NEXT as u16;
+    const VRING_DESC_F_WRITE: u16 = virtio_ring::VRING_DESC_F_WRITE as u16;
+    const VRING_DESC_F_INDIRECT: u16 = virtio_ring::VRING_DESC_F_INDIRECT as u16;
 
     fn mem() -> GuestMemoryMmap {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
     }
 
     fn put(mem: &GuestMemoryMmap, table: u64, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let mut raw = [0u8; 16];
-        raw[..8].copy_from_slice(&addr.to_le_bytes());
-        raw[8..12].copy_from_slice(&len.to_le_bytes());
-        raw[12..14].copy_from_slice(&flags.to_le_bytes());
-        raw[14..16].copy_from_slice(&next.to_le_bytes());
-        mem.write_slice(&raw, GuestAddress(table + u64::from(i) * 16))
-            .unwrap();
+        mem.write_obj(
+            Descriptor::new(addr, len, flags, next),
+            GuestAddress(table + u64::from(i) * DESCRIPTOR_SIZE),
+        )
+        .unwrap();
     }
 
     const T: GuestAddress = GuestAddress(0x1000);

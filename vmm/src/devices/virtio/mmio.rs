@@ -19,33 +19,35 @@ pub const MMIO_VERSION: u32 = 2;
 /// Our vendor id ("CLTV").
 pub const VENDOR_ID: u32 = 0x5654_4c43;
 
-/// Register offsets.
+/// Register offsets (`VIRTIO_MMIO_*`), as `u64` to match bus offsets.
 pub mod reg {
     #![allow(missing_docs)]
-    pub const MAGIC: u64 = 0x000;
-    pub const VERSION: u64 = 0x004;
-    pub const DEVICE_ID: u64 = 0x008;
-    pub const VENDOR_ID: u64 = 0x00c;
-    pub const DEVICE_FEATURES: u64 = 0x010;
-    pub const DEVICE_FEATURES_SEL: u64 = 0x014;
-    pub const DRIVER_FEATURES: u64 = 0x020;
-    pub const DRIVER_FEATURES_SEL: u64 = 0x024;
-    pub const QUEUE_SEL: u64 = 0x030;
-    pub const QUEUE_NUM_MAX: u64 = 0x034;
-    pub const QUEUE_NUM: u64 = 0x038;
-    pub const QUEUE_READY: u64 = 0x044;
-    pub const QUEUE_NOTIFY: u64 = 0x050;
-    pub const INTERRUPT_STATUS: u64 = 0x060;
-    pub const INTERRUPT_ACK: u64 = 0x064;
-    pub const STATUS: u64 = 0x070;
-    pub const QUEUE_DESC_LOW: u64 = 0x080;
-    pub const QUEUE_DESC_HIGH: u64 = 0x084;
-    pub const QUEUE_AVAIL_LOW: u64 = 0x090;
-    pub const QUEUE_AVAIL_HIGH: u64 = 0x094;
-    pub const QUEUE_USED_LOW: u64 = 0x0a0;
-    pub const QUEUE_USED_HIGH: u64 = 0x0a4;
-    pub const CONFIG_GENERATION: u64 = 0x0fc;
-    pub const CONFIG: u64 = 0x100;
+    use virtio_bindings::virtio_mmio::*;
+
+    pub const MAGIC: u64 = VIRTIO_MMIO_MAGIC_VALUE as u64;
+    pub const VERSION: u64 = VIRTIO_MMIO_VERSION as u64;
+    pub const DEVICE_ID: u64 = VIRTIO_MMIO_DEVICE_ID as u64;
+    pub const VENDOR_ID: u64 = VIRTIO_MMIO_VENDOR_ID as u64;
+    pub const DEVICE_FEATURES: u64 = VIRTIO_MMIO_DEVICE_FEATURES as u64;
+    pub const DEVICE_FEATURES_SEL: u64 = VIRTIO_MMIO_DEVICE_FEATURES_SEL as u64;
+    pub const DRIVER_FEATURES: u64 = VIRTIO_MMIO_DRIVER_FEATURES as u64;
+    pub const DRIVER_FEATURES_SEL: u64 = VIRTIO_MMIO_DRIVER_FEATURES_SEL as u64;
+    pub const QUEUE_SEL: u64 = VIRTIO_MMIO_QUEUE_SEL as u64;
+    pub const QUEUE_NUM_MAX: u64 = VIRTIO_MMIO_QUEUE_NUM_MAX as u64;
+    pub const QUEUE_NUM: u64 = VIRTIO_MMIO_QUEUE_NUM as u64;
+    pub const QUEUE_READY: u64 = VIRTIO_MMIO_QUEUE_READY as u64;
+    pub const QUEUE_NOTIFY: u64 = VIRTIO_MMIO_QUEUE_NOTIFY as u64;
+    pub const INTERRUPT_STATUS: u64 = VIRTIO_MMIO_INTERRUPT_STATUS as u64;
+    pub const INTERRUPT_ACK: u64 = VIRTIO_MMIO_INTERRUPT_ACK as u64;
+    pub const STATUS: u64 = VIRTIO_MMIO_STATUS as u64;
+    pub const QUEUE_DESC_LOW: u64 = VIRTIO_MMIO_QUEUE_DESC_LOW as u64;
+    pub const QUEUE_DESC_HIGH: u64 = VIRTIO_MMIO_QUEUE_DESC_HIGH as u64;
+    pub const QUEUE_AVAIL_LOW: u64 = VIRTIO_MMIO_QUEUE_AVAIL_LOW as u64;
+    pub const QUEUE_AVAIL_HIGH: u64 = VIRTIO_MMIO_QUEUE_AVAIL_HIGH as u64;
+    pub const QUEUE_USED_LOW: u64 = VIRTIO_MMIO_QUEUE_USED_LOW as u64;
+    pub const QUEUE_USED_HIGH: u64 = VIRTIO_MMIO_QUEUE_USED_HIGH as u64;
+    pub const CONFIG_GENERATION: u64 = VIRTIO_MMIO_CONFIG_GENERATION as u64;
+    pub const CONFIG: u64 = VIRTIO_MMIO_CONFIG as u64;
 }
 
 /// Errors while creating a transport.
@@ -104,6 +106,12 @@ impl MmioTransport {
     /// queue index as datamatch.
     pub fn queue_evts(&self) -> &[EventFd] {
         &self.queue_evts
+    }
+
+    /// Stops the device's worker for good (the VM is shutting down); unlike a driver
+    /// reset, the registers are left as they are.
+    pub fn stop_device(&mut self) {
+        self.device.reset();
     }
 
     /// The device's interrupt state.
@@ -310,7 +318,7 @@ impl BusDevice for MmioTransport {
             read_config_bytes(&config, offset - reg::CONFIG, data);
             return;
         }
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || !offset.is_multiple_of(4) {
             data.fill(0);
             return;
         }
@@ -322,7 +330,7 @@ impl BusDevice for MmioTransport {
             self.device.write_config(offset - reg::CONFIG, data);
             return;
         }
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || !offset.is_multiple_of(4) {
             log::debug!(
                 "virtio-mmio: ignoring {}-byte write at {offset:#x}",
                 data.len()
@@ -348,9 +356,11 @@ mod tests {
     use vm_memory::{Bytes, GuestAddress};
 
     use super::*;
+    use crate::devices::virtio::block::abi::RequestHeader;
     use crate::devices::virtio::block::tests::{d, mem, used, MemDisk, N, W};
-    use crate::devices::virtio::block::{req, Block};
+    use crate::devices::virtio::block::Block;
     use crate::devices::virtio::{INT_CONFIG, INT_VRING};
+    use virtio_bindings::virtio_blk::VIRTIO_BLK_T_IN;
 
     fn w(t: &mut MmioTransport, off: u64, v: u32) {
         t.write(off, &v.to_le_bytes());
@@ -473,10 +483,11 @@ mod tests {
         assert_eq!(t.status() & status::DEVICE_NEEDS_RESET, 0);
 
         // A good read request.
-        let mut hdr = [0u8; 16];
-        hdr[..4].copy_from_slice(&req::IN.to_le_bytes());
-        hdr[8..].copy_from_slice(&5u64.to_le_bytes());
-        m.write_slice(&hdr, GuestAddress(0x10_0000)).unwrap();
+        m.write_obj(
+            RequestHeader::new(VIRTIO_BLK_T_IN, 5),
+            GuestAddress(0x10_0000),
+        )
+        .unwrap();
         mock.add_desc_chains(
             &[
                 d(0x10_0000, 16, N, 1),

@@ -4,13 +4,19 @@
 //!   device status; it is what vCPU threads call on MMIO exits.
 //! * A [`VirtioDevice`] (block, rng, ...) describes itself (type, features, queues, config
 //!   space) and, when the driver sets DRIVER_OK, is *activated*: it starts a
-//!   [`worker::Worker`] thread that waits on the queues' ioeventfds, pulls validated chains
-//!   ([`chain::Chain`]) and hands each to the device's [`worker::ChainHandler`].
+//!   worker thread ([`event_loop::EventLoop`]) that waits on the queues' ioeventfds (and
+//!   on fds of the device's own, such as the network card's tap) and hands each event to
+//!   the device's [`event_loop::EventHandler`]. Block and rng use
+//!   [`worker::serve_queues`], which pulls validated chains ([`chain::Chain`]) and hands
+//!   each to the device's [`worker::ChainHandler`].
 //! * A worker per device (not one event loop for all) because a block read may block for a
 //!   long time while cachefs fetches a missing chunk; it must stall only that disk.
+//! * Guest-visible structures and constants come from `virtio-bindings`; what the device
+//!   reads from guest memory is read as a `ByteValued` type, never by byte index.
 
 pub mod block;
 pub mod chain;
+pub mod event_loop;
 pub mod mmio;
 pub mod net;
 pub mod rng;
@@ -24,44 +30,42 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::vstate::memory::GuestMemoryMmap;
 
-/// virtio device ids.
-pub mod ids {
-    /// Network card.
-    pub const NET: u32 = 1;
-    /// Block device.
-    pub const BLOCK: u32 = 2;
-    /// Entropy source.
-    pub const RNG: u32 = 4;
-}
-
-/// Feature bits common to all devices.
+/// Feature bits common to all devices (`1 << VIRTIO_F_*`).
 pub mod features {
+    use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+    use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+
     /// The device conforms to virtio 1.0+ (required by the modern transport).
-    pub const VERSION_1: u64 = 1 << 32;
+    pub const VERSION_1: u64 = 1 << VIRTIO_F_VERSION_1;
     /// used_event / avail_event notification suppression.
-    pub const RING_EVENT_IDX: u64 = 1 << 29;
+    pub const RING_EVENT_IDX: u64 = 1 << VIRTIO_RING_F_EVENT_IDX;
 }
 
 /// Device status bits (virtio spec 2.1).
 pub mod status {
+    use virtio_bindings::virtio_config::{
+        VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
+        VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
+    };
+
     /// Guest OS found the device.
-    pub const ACKNOWLEDGE: u32 = 1;
+    pub const ACKNOWLEDGE: u32 = VIRTIO_CONFIG_S_ACKNOWLEDGE;
     /// Guest has a driver for it.
-    pub const DRIVER: u32 = 2;
+    pub const DRIVER: u32 = VIRTIO_CONFIG_S_DRIVER;
     /// Driver is ready.
-    pub const DRIVER_OK: u32 = 4;
+    pub const DRIVER_OK: u32 = VIRTIO_CONFIG_S_DRIVER_OK;
     /// Feature negotiation is complete.
-    pub const FEATURES_OK: u32 = 8;
+    pub const FEATURES_OK: u32 = VIRTIO_CONFIG_S_FEATURES_OK;
     /// The device hit an error it cannot recover from without a reset.
-    pub const DEVICE_NEEDS_RESET: u32 = 0x40;
+    pub const DEVICE_NEEDS_RESET: u32 = VIRTIO_CONFIG_S_NEEDS_RESET;
     /// The driver gave up on the device.
-    pub const FAILED: u32 = 0x80;
+    pub const FAILED: u32 = VIRTIO_CONFIG_S_FAILED;
 }
 
 /// InterruptStatus bit: a used buffer was added.
-pub const INT_VRING: u32 = 1;
+pub const INT_VRING: u32 = virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_VRING;
 /// InterruptStatus bit: the configuration (or the device status) changed.
-pub const INT_CONFIG: u32 = 2;
+pub const INT_CONFIG: u32 = virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_CONFIG;
 
 /// A device's interrupt line (an irqfd) and the state the driver reads back through the
 /// transport: InterruptStatus and the "needs reset" flag.
@@ -158,7 +162,7 @@ pub struct ActivateContext {
 
 /// A virtio device behind a transport.
 pub trait VirtioDevice: Send {
-    /// virtio device id ([`ids`]).
+    /// virtio device id (`virtio_bindings::virtio_ids::VIRTIO_ID_*`).
     fn device_type(&self) -> u32;
     /// Maximum size of each queue (powers of two); the length is the number of queues.
     fn queue_max_sizes(&self) -> Vec<u16>;

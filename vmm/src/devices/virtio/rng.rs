@@ -1,8 +1,11 @@
 //! virtio-rng: fills the guest's buffers from the host kernel's CSPRNG (getrandom).
 
 use super::chain::Chain;
-use super::worker::{ChainHandler, DeviceError, Worker};
-use super::{features, ids, ActivateContext, ActivateError, VirtioDevice};
+use super::event_loop::EventLoop;
+use super::worker::{serve_queues, ChainHandler, DeviceError};
+use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
+
+use super::{features, ActivateContext, ActivateError, VirtioDevice};
 use crate::vstate::memory::GuestMemoryMmap;
 
 /// Bytes served per request at most; the guest asks again for more.
@@ -11,7 +14,7 @@ pub const MAX_BYTES_PER_REQUEST: usize = 64 * 1024;
 /// The entropy device.
 #[derive(Default)]
 pub struct Rng {
-    worker: Option<Worker>,
+    worker: Option<EventLoop>,
 }
 
 impl Rng {
@@ -23,7 +26,7 @@ impl Rng {
 
 impl VirtioDevice for Rng {
     fn device_type(&self) -> u32 {
-        ids::RNG
+        VIRTIO_ID_RNG
     }
     fn queue_max_sizes(&self) -> Vec<u16> {
         vec![64]
@@ -42,14 +45,7 @@ impl VirtioDevice for Rng {
             });
         }
         self.reset();
-        self.worker = Some(Worker::spawn(
-            "rng".into(),
-            RngHandler::default(),
-            ctx.queues,
-            ctx.queue_evts,
-            ctx.mem,
-            ctx.interrupt,
-        )?);
+        self.worker = Some(serve_queues("rng".into(), RngHandler::default(), ctx)?);
         Ok(())
     }
     fn reset(&mut self) {

@@ -1,16 +1,17 @@
-//! The per-device worker thread: waits on queue notifications, pulls validated chains,
-//! hands them to the device, returns them to the used ring and interrupts the driver.
+//! Queue processing shared by the devices: pull validated chains, hand each to the
+//! device's [`ChainHandler`], return it to the used ring and interrupt the driver; and the
+//! worker that does this for every queue of a device on an [`EventLoop`].
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestAddress;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::chain::{Chain, ChainError};
-use super::Interrupt;
+use super::event_loop::{EventHandler, EventLoop, Token, Watch};
+use super::{ActivateContext, Interrupt};
 use crate::vstate::memory::GuestMemoryMmap;
 
 /// Why a queue could not be processed; each puts the device into the failed state.
@@ -87,94 +88,81 @@ pub fn process_queue<H: ChainHandler>(
     Ok(used_any && q.needs_notification(mem)?)
 }
 
-/// A running worker thread.
-pub struct Worker {
-    kill: EventFd,
-    thread: Option<JoinHandle<()>>,
+/// Starts worker thread `name` serving every queue of `ctx` with `handler` (the devices
+/// whose queues need nothing but chains: block, rng).
+pub fn serve_queues<H: ChainHandler>(
+    name: String,
+    handler: H,
+    ctx: ActivateContext,
+) -> std::io::Result<EventLoop> {
+    let queues = QueueWorker {
+        name: name.clone(),
+        handler,
+        queues: ctx.queues,
+        evts: ctx.queue_evts,
+        mem: ctx.mem,
+        irq: ctx.interrupt,
+        failed: false,
+    };
+    EventLoop::spawn(name, queues)
 }
 
-impl Worker {
-    /// Starts a thread serving `queues` (notified through `evts`) with `handler`.
-    pub fn spawn<H: ChainHandler>(
-        name: String,
-        mut handler: H,
-        mut queues: Vec<Queue>,
-        evts: Vec<EventFd>,
-        mem: Arc<GuestMemoryMmap>,
-        irq: Arc<Interrupt>,
-    ) -> std::io::Result<Worker> {
-        let kill = EventFd::new(EFD_NONBLOCK)?;
-        let kill_rx = kill.try_clone()?;
-        let thread = std::thread::Builder::new()
-            .name(name.clone())
-            .spawn(move || {
-                let mut fds: Vec<libc::pollfd> = std::iter::once(kill_rx.as_raw_fd())
-                    .chain(evts.iter().map(|e| e.as_raw_fd()))
-                    .map(|fd| libc::pollfd {
-                        fd,
-                        events: libc::POLLIN,
-                        revents: 0,
-                    })
-                    .collect();
-                let mut failed = false;
-                // Chains may already be waiting (the driver can kick before DRIVER_OK).
-                let mut pending: Vec<bool> = vec![true; queues.len()];
-                loop {
-                    for (i, p) in pending.iter_mut().enumerate() {
-                        if !std::mem::take(p) || failed {
-                            continue;
-                        }
-                        match process_queue(&mut handler, i, &mut queues[i], &mem) {
-                            Ok(true) => irq.signal_used_queue(),
-                            Ok(false) => {}
-                            Err(e) => {
-                                log::error!("{name}: queue {i}: {e}; device needs reset");
-                                failed = true;
-                                irq.fail();
-                            }
-                        }
-                    }
-                    for f in fds.iter_mut() {
-                        f.revents = 0;
-                    }
-                    // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
-                    let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-                    if r < 0 {
-                        if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
-                        {
-                            continue;
-                        }
-                        log::error!("{name}: poll failed: {}", std::io::Error::last_os_error());
-                        return;
-                    }
-                    if fds[0].revents != 0 {
-                        return;
-                    }
-                    for (i, f) in fds[1..].iter().enumerate() {
-                        if f.revents != 0 {
-                            let _ = evts[i].read();
-                            pending[i] = true;
-                        }
-                    }
-                }
-            })?;
-        Ok(Worker {
-            kill,
-            thread: Some(thread),
-        })
-    }
+/// Serves every queue of a device through one [`ChainHandler`]; the queue index is the
+/// event token.
+struct QueueWorker<H> {
+    name: String,
+    handler: H,
+    queues: Vec<Queue>,
+    evts: Vec<EventFd>,
+    mem: Arc<GuestMemoryMmap>,
+    irq: Arc<Interrupt>,
+    /// Set on the first error: the device serves nothing more until the driver resets it.
+    failed: bool,
+}
 
-    /// Stops the thread and waits for it (finishing the request it is serving, if any).
-    pub fn stop(&mut self) {
-        let _ = self.kill.write(1);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+impl<H: ChainHandler> QueueWorker<H> {
+    fn serve(&mut self, index: usize) {
+        if self.failed {
+            return;
+        }
+        let Some(q) = self.queues.get_mut(index) else {
+            return;
+        };
+        match process_queue(&mut self.handler, index, q, &self.mem) {
+            Ok(true) => self.irq.signal_used_queue(),
+            Ok(false) => {}
+            Err(e) => {
+                log::error!("{}: queue {index}: {e}; device needs reset", self.name);
+                self.failed = true;
+                self.irq.fail();
+            }
         }
     }
 }
 
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.stop();
+impl<H: ChainHandler> EventHandler for QueueWorker<H> {
+    fn sources(&self) -> Vec<(RawFd, Token)> {
+        self.evts
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.as_raw_fd(), i as Token))
+            .collect()
+    }
+
+    fn start(&mut self, _: &mut Watch<'_>) {
+        for i in 0..self.queues.len() {
+            self.serve(i);
+        }
+    }
+
+    fn ready(&mut self, token: Token, _: &mut Watch<'_>) {
+        let Ok(index) = usize::try_from(token) else {
+            return;
+        };
+        if let Some(evt) = self.evts.get(index) {
+            // Drained even once failed, or the level-triggered wait would spin.
+            let _ = evt.read();
+        }
+        self.serve(index);
     }
 }

@@ -3,14 +3,20 @@
 
 use std::sync::{Arc, Mutex};
 
+use virtio_bindings::bindings::virtio_blk::{
+    VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
+    VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
+};
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress};
 
+use super::abi::{DiscardSegment, RequestHeader};
+use super::request::Status;
 use super::*;
-use crate::devices::virtio::worker::process_queue;
+use crate::devices::virtio::worker::{process_queue, DeviceError};
 
 /// An in-memory disk that records what was done to it.
 pub struct MemDisk {
@@ -77,10 +83,8 @@ pub fn d(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
 }
 
 fn header(m: &GuestMemoryMmap, kind: u32, sector: u64) {
-    let mut h = [0u8; 16];
-    h[..4].copy_from_slice(&kind.to_le_bytes());
-    h[8..].copy_from_slice(&sector.to_le_bytes());
-    m.write_slice(&h, GuestAddress(HDR)).unwrap();
+    m.write_obj(RequestHeader::new(kind, sector), GuestAddress(HDR))
+        .unwrap();
     m.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
 }
 
@@ -96,6 +100,10 @@ pub fn used(m: &GuestMemoryMmap, used_ring: GuestAddress, i: u64) -> (u16, u32, 
 fn status(m: &GuestMemoryMmap) -> u8 {
     m.read_obj(GuestAddress(STATUS)).unwrap()
 }
+
+const OK: u8 = Status::Ok as u8;
+const IOERR: u8 = Status::IoErr as u8;
+const UNSUPP: u8 = Status::Unsupp as u8;
 
 struct Rig {
     mem: GuestMemoryMmap,
@@ -126,14 +134,14 @@ impl Rig {
 #[test]
 fn read_sectors() {
     let mut rig = Rig::new(false);
-    header(&rig.mem, req::IN, 3);
+    header(&rig.mem, VIRTIO_BLK_T_IN, 3);
     let (r, mock) = rig.run(&[
         d(HDR, 16, N, 1),
         d(DATA, 1024, W | N, 2),
         d(STATUS, 1, W, 0),
     ]);
     assert!(r.unwrap(), "driver must be interrupted");
-    assert_eq!(status(&rig.mem), status::OK);
+    assert_eq!(status(&rig.mem), OK);
     let mut buf = vec![0u8; 1024];
     rig.mem.read_slice(&mut buf, GuestAddress(DATA)).unwrap();
     assert!(buf[..512].iter().all(|&b| b == 3) && buf[512..].iter().all(|&b| b == 4));
@@ -143,13 +151,13 @@ fn read_sectors() {
 #[test]
 fn write_then_read_back_and_flush() {
     let mut rig = Rig::new(false);
-    header(&rig.mem, req::OUT, 10);
+    header(&rig.mem, VIRTIO_BLK_T_OUT, 10);
     rig.mem
         .write_slice(&[0xabu8; 512], GuestAddress(DATA))
         .unwrap();
     let (r, mock) = rig.run(&[d(HDR, 16, N, 1), d(DATA, 512, N, 2), d(STATUS, 1, W, 0)]);
     r.unwrap();
-    assert_eq!(status(&rig.mem), status::OK);
+    assert_eq!(status(&rig.mem), OK);
     assert_eq!(
         used(&rig.mem, mock, 0).2,
         1,
@@ -164,17 +172,17 @@ fn write_then_read_back_and_flush() {
         "next sector untouched"
     );
 
-    header(&rig.mem, req::FLUSH, 0);
+    header(&rig.mem, VIRTIO_BLK_T_FLUSH, 0);
     let (r, _) = rig.run(&[d(HDR, 16, N, 1), d(STATUS, 1, W, 0)]);
     r.unwrap();
-    assert_eq!(status(&rig.mem), status::OK);
+    assert_eq!(status(&rig.mem), OK);
     assert_eq!(*rig.disk.flushes.lock().unwrap(), 1);
 }
 
 #[test]
 fn header_and_data_split_across_descriptors() {
     let mut rig = Rig::new(false);
-    header(&rig.mem, req::IN, 1);
+    header(&rig.mem, VIRTIO_BLK_T_IN, 1);
     let (r, _) = rig.run(&[
         d(HDR, 8, N, 1),
         d(HDR + 8, 8, N, 2),
@@ -183,7 +191,7 @@ fn header_and_data_split_across_descriptors() {
         d(STATUS, 1, W, 0),
     ]);
     r.unwrap();
-    assert_eq!(status(&rig.mem), status::OK);
+    assert_eq!(status(&rig.mem), OK);
     let b: u8 = rig.mem.read_obj(GuestAddress(DATA + 0x1000 + 411)).unwrap();
     assert_eq!(b, 1);
 }
@@ -191,7 +199,7 @@ fn header_and_data_split_across_descriptors() {
 #[test]
 fn get_id_discard_and_write_zeroes() {
     let mut rig = Rig::new(false);
-    header(&rig.mem, req::GET_ID, 0);
+    header(&rig.mem, VIRTIO_BLK_T_GET_ID, 0);
     let (r, mock) = rig.run(&[d(HDR, 16, N, 1), d(DATA, 20, W | N, 2), d(STATUS, 1, W, 0)]);
     r.unwrap();
     let mut id = [0u8; 16];
@@ -199,47 +207,35 @@ fn get_id_discard_and_write_zeroes() {
     assert_eq!(&id, b"test-disk-serial");
     assert_eq!(used(&rig.mem, mock, 0).2, 21);
 
-    let seg = |sector: u64, n: u32, flags: u32| {
-        let mut s = [0u8; 16];
-        s[..8].copy_from_slice(&sector.to_le_bytes());
-        s[8..12].copy_from_slice(&n.to_le_bytes());
-        s[12..].copy_from_slice(&flags.to_le_bytes());
-        s
-    };
-    header(&rig.mem, req::DISCARD, 0);
-    rig.mem
-        .write_slice(&seg(8, 8, 0), GuestAddress(DATA))
-        .unwrap();
+    let seg = DiscardSegment::new;
+    header(&rig.mem, VIRTIO_BLK_T_DISCARD, 0);
+    rig.mem.write_obj(seg(8, 8, 0), GuestAddress(DATA)).unwrap();
     let (r, _) = rig.run(&[d(HDR, 16, N, 1), d(DATA, 16, N, 2), d(STATUS, 1, W, 0)]);
     r.unwrap();
-    assert_eq!(status(&rig.mem), status::OK);
+    assert_eq!(status(&rig.mem), OK);
     assert_eq!(*rig.disk.discards.lock().unwrap(), vec![(4096, 4096)]);
 
-    header(&rig.mem, req::WRITE_ZEROES, 0);
-    rig.mem
-        .write_slice(&seg(2, 1, 1), GuestAddress(DATA))
-        .unwrap();
+    header(&rig.mem, VIRTIO_BLK_T_WRITE_ZEROES, 0);
+    rig.mem.write_obj(seg(2, 1, 1), GuestAddress(DATA)).unwrap();
     let (r, _) = rig.run(&[d(HDR, 16, N, 1), d(DATA, 16, N, 2), d(STATUS, 1, W, 0)]);
     r.unwrap();
-    assert_eq!(status(&rig.mem), status::OK);
+    assert_eq!(status(&rig.mem), OK);
     assert!(rig.disk.data.lock().unwrap()[1024..1536]
         .iter()
         .all(|&b| b == 0));
 
     // Discard with a flag it may not carry, and past the end of the disk.
-    header(&rig.mem, req::DISCARD, 0);
+    header(&rig.mem, VIRTIO_BLK_T_DISCARD, 0);
+    rig.mem.write_obj(seg(0, 1, 1), GuestAddress(DATA)).unwrap();
+    let (r, _) = rig.run(&[d(HDR, 16, N, 1), d(DATA, 16, N, 2), d(STATUS, 1, W, 0)]);
+    r.unwrap();
+    assert_eq!(status(&rig.mem), UNSUPP);
     rig.mem
-        .write_slice(&seg(0, 1, 1), GuestAddress(DATA))
+        .write_obj(seg(u64::MAX / 2, 8, 0), GuestAddress(DATA))
         .unwrap();
     let (r, _) = rig.run(&[d(HDR, 16, N, 1), d(DATA, 16, N, 2), d(STATUS, 1, W, 0)]);
     r.unwrap();
-    assert_eq!(status(&rig.mem), status::UNSUPP);
-    rig.mem
-        .write_slice(&seg(u64::MAX / 2, 8, 0), GuestAddress(DATA))
-        .unwrap();
-    let (r, _) = rig.run(&[d(HDR, 16, N, 1), d(DATA, 16, N, 2), d(STATUS, 1, W, 0)]);
-    r.unwrap();
-    assert_eq!(status(&rig.mem), status::IOERR);
+    assert_eq!(status(&rig.mem), IOERR);
 }
 
 #[test]
@@ -248,13 +244,13 @@ fn read_only_disk_refuses_writes() {
     let dev = Block::new(rig.disk.clone(), "ro".into());
     assert_ne!(dev.features() & feature::RO, 0);
     assert_eq!(dev.features() & feature::DISCARD, 0);
-    header(&rig.mem, req::OUT, 0);
+    header(&rig.mem, VIRTIO_BLK_T_OUT, 0);
     rig.mem
         .write_slice(&[0x55u8; 512], GuestAddress(DATA))
         .unwrap();
     let (r, _) = rig.run(&[d(HDR, 16, N, 1), d(DATA, 512, N, 2), d(STATUS, 1, W, 0)]);
     r.unwrap();
-    assert_eq!(status(&rig.mem), status::IOERR);
+    assert_eq!(status(&rig.mem), IOERR);
     assert_eq!(rig.disk.data.lock().unwrap()[0], 0, "data unchanged");
 }
 
@@ -262,29 +258,29 @@ fn read_only_disk_refuses_writes() {
 fn out_of_range_and_odd_requests_get_error_status() {
     let mut rig = Rig::new(false);
     // Past the end (64 KiB = 128 sectors).
-    header(&rig.mem, req::IN, 127);
+    header(&rig.mem, VIRTIO_BLK_T_IN, 127);
     let (r, _) = rig.run(&[
         d(HDR, 16, N, 1),
         d(DATA, 1024, W | N, 2),
         d(STATUS, 1, W, 0),
     ]);
     r.unwrap();
-    assert_eq!(status(&rig.mem), status::IOERR);
+    assert_eq!(status(&rig.mem), IOERR);
     // Sector number whose byte offset overflows.
-    header(&rig.mem, req::IN, u64::MAX);
+    header(&rig.mem, VIRTIO_BLK_T_IN, u64::MAX);
     let (r, _) = rig.run(&[d(HDR, 16, N, 1), d(DATA, 512, W | N, 2), d(STATUS, 1, W, 0)]);
     r.unwrap();
-    assert_eq!(status(&rig.mem), status::IOERR);
+    assert_eq!(status(&rig.mem), IOERR);
     // Not a whole number of sectors.
-    header(&rig.mem, req::IN, 0);
+    header(&rig.mem, VIRTIO_BLK_T_IN, 0);
     let (r, _) = rig.run(&[d(HDR, 16, N, 1), d(DATA, 100, W | N, 2), d(STATUS, 1, W, 0)]);
     r.unwrap();
-    assert_eq!(status(&rig.mem), status::IOERR);
+    assert_eq!(status(&rig.mem), IOERR);
     // Unknown request type.
     header(&rig.mem, 0x4242, 0);
     let (r, _) = rig.run(&[d(HDR, 16, N, 1), d(STATUS, 1, W, 0)]);
     r.unwrap();
-    assert_eq!(status(&rig.mem), status::UNSUPP);
+    assert_eq!(status(&rig.mem), UNSUPP);
 }
 
 #[test]
@@ -336,7 +332,7 @@ fn malformed_chains_fail_the_device() {
     ];
     for (what, descs) in cases {
         let mut rig = Rig::new(false);
-        header(&rig.mem, req::IN, 0);
+        header(&rig.mem, VIRTIO_BLK_T_IN, 0);
         let (r, _) = rig.run(&descs);
         assert!(r.is_err(), "{what}: accepted");
         assert_eq!(
@@ -386,14 +382,35 @@ fn advertised_limits_keep_legitimate_requests_under_the_cap() {
     let dev = Block::new(Arc::new(MemDisk::new(4096, false)), "t".into());
     assert_ne!(dev.features() & feature::SIZE_MAX, 0);
     assert_ne!(dev.features() & feature::SEG_MAX, 0);
-    let c = dev.config_space();
-    let size_max = u32::from_le_bytes(c[8..12].try_into().unwrap());
-    let seg_max = u32::from_le_bytes(c[12..16].try_into().unwrap());
+    let c = abi::BlockConfig::from_slice(&dev.config_space())
+        .copied()
+        .unwrap()
+        .0;
+    let (size_max, seg_max, capacity) = (c.size_max, c.seg_max, c.capacity);
     assert!(u64::from(size_max) * u64::from(seg_max) <= MAX_REQUEST_BYTES);
     assert!(size_max >= 4096, "Linux needs at least a page per segment");
-    assert_eq!(
-        u64::from_le_bytes(c[0..8].try_into().unwrap()),
-        8,
-        "capacity in sectors"
+    assert_eq!(capacity, 8, "capacity in sectors");
+    let (max_discard_seg, alignment) = (c.max_discard_seg, c.discard_sector_alignment);
+    assert_eq!(max_discard_seg, MAX_DISCARD_SEGMENTS);
+    assert_eq!(alignment, 8, "4 KiB discard granularity");
+}
+
+#[test]
+fn discard_with_a_bad_later_segment_does_nothing() {
+    let mut rig = Rig::new(false);
+    header(&rig.mem, VIRTIO_BLK_T_DISCARD, 0);
+    rig.mem
+        .write_obj(DiscardSegment::new(0, 8, 0), GuestAddress(DATA))
+        .unwrap();
+    rig.mem
+        .write_obj(DiscardSegment::new(1000, 8, 0), GuestAddress(DATA + 16))
+        .unwrap();
+    let (r, mock) = rig.run(&[d(HDR, 16, N, 1), d(DATA, 32, N, 2), d(STATUS, 1, W, 0)]);
+    assert!(r.unwrap(), "driver must be interrupted");
+    assert_eq!(status(&rig.mem), IOERR);
+    assert_eq!(used(&rig.mem, mock, 0), (1, 0, 1));
+    assert!(
+        rig.disk.discards.lock().unwrap().is_empty(),
+        "the good first segment was not discarded either"
     );
 }

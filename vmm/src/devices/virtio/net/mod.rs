@@ -9,21 +9,24 @@
 pub mod tap;
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
+use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
+use virtio_bindings::virtio_net::{virtio_net_config, virtio_net_hdr_v1, VIRTIO_NET_F_MAC};
 use virtio_queue::{Queue, QueueT};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vm_memory::ByteValued;
+use vmm_sys_util::eventfd::EventFd;
 
 pub use tap::{PacketIo, Tap, VNET_HDR_LEN};
 
+use super::event_loop::{EventHandler, EventLoop, Token, Watch};
 use super::worker::{next_chain, DeviceError};
-use super::{features, ids, ActivateContext, ActivateError, Interrupt, VirtioDevice};
+use super::{features, ActivateContext, ActivateError, Interrupt, VirtioDevice};
 use crate::vstate::memory::GuestMemoryMmap;
 
 /// Feature: the device has a MAC address in its config space.
-pub const F_MAC: u64 = 1 << 5;
+pub const F_MAC: u64 = 1 << VIRTIO_NET_F_MAC;
 /// Queue size offered.
 pub const QUEUE_SIZE: u16 = 256;
 /// Largest frame plus header we move (64 KiB frames, as a tap may deliver with GSO off).
@@ -32,11 +35,24 @@ pub const MAX_FRAME: usize = 65_562;
 const RX: usize = 0;
 const TX: usize = 1;
 
+/// Where `num_buffers` sits in the header that starts every frame.
+const NUM_BUFFERS_AT: usize = std::mem::offset_of!(virtio_net_hdr_v1, num_buffers);
+const _: () = assert!(VNET_HDR_LEN == std::mem::size_of::<virtio_net_hdr_v1>());
+
+/// The card's configuration space (`struct virtio_net_config`).
+#[derive(Clone, Copy, Default)]
+#[repr(transparent)]
+struct NetConfig(virtio_net_config);
+
+// SAFETY: `virtio_net_config` is `#[repr(C, packed)]` with only integer fields and arrays
+// of them, so it has no padding and every byte pattern is valid.
+unsafe impl ByteValued for NetConfig {}
+
 /// The network card.
 pub struct Net {
     io: Arc<dyn PacketIo>,
     mac: [u8; 6],
-    worker: Option<NetWorker>,
+    worker: Option<EventLoop>,
 }
 
 impl Net {
@@ -52,7 +68,7 @@ impl Net {
 
 impl VirtioDevice for Net {
     fn device_type(&self) -> u32 {
-        ids::NET
+        VIRTIO_ID_NET
     }
     fn queue_max_sizes(&self) -> Vec<u16> {
         vec![QUEUE_SIZE, QUEUE_SIZE]
@@ -61,19 +77,18 @@ impl VirtioDevice for Net {
         features::VERSION_1 | features::RING_EVENT_IDX | F_MAC
     }
     fn config_space(&self) -> Vec<u8> {
-        let mut c = self.mac.to_vec();
-        c.extend_from_slice(&[0, 0, 0, 0]); // status (not offered), max_virtqueue_pairs
-        c
+        // Only `mac` is meaningful: no feature that gives the other fields a meaning
+        // (STATUS, MQ, MTU, ...) is offered.
+        let config = NetConfig(virtio_net_config {
+            mac: self.mac,
+            ..Default::default()
+        });
+        config.as_slice().to_vec()
     }
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        if ctx.queues.len() != 2 {
-            return Err(ActivateError::QueueCount {
-                need: 2,
-                got: ctx.queues.len(),
-            });
-        }
+        let worker = NetWorker::new(self.io.clone(), ctx)?;
         self.reset();
-        self.worker = Some(NetWorker::spawn(self.io.clone(), ctx)?);
+        self.worker = Some(EventLoop::spawn("net".into(), worker)?);
         Ok(())
     }
     fn reset(&mut self) {
@@ -178,7 +193,7 @@ impl NetQueues {
                 ));
             }
             // num_buffers = 1 (we do not offer mergeable buffers).
-            self.rx_buf[10..12].copy_from_slice(&1u16.to_le_bytes());
+            self.rx_buf[NUM_BUFFERS_AT..NUM_BUFFERS_AT + 2].copy_from_slice(&1u16.to_le_bytes());
             let written = chain.write_at(mem, 0, &self.rx_buf[..len]);
             if written < len {
                 log::debug!("virtio-net: {len}-byte frame truncated to a {written}-byte buffer");
@@ -190,140 +205,109 @@ impl NetQueues {
     }
 }
 
+/// Event tokens of the network card's worker.
+const RX_QUEUE: Token = RX as Token;
+const TX_QUEUE: Token = TX as Token;
+const TAP: Token = 2;
+
+/// The card's worker: the two queue notifications and the tap on one [`EventLoop`].
 struct NetWorker {
-    kill: EventFd,
-    thread: Option<JoinHandle<()>>,
+    nq: NetQueues,
+    rxq: Queue,
+    txq: Queue,
+    evts: [EventFd; 2],
+    tap_fd: RawFd,
+    mem: Arc<GuestMemoryMmap>,
+    irq: Arc<Interrupt>,
+    /// Set on the first error: nothing more is served until the driver resets the card.
+    failed: bool,
 }
 
 impl NetWorker {
-    fn spawn(io: Arc<dyn PacketIo>, ctx: ActivateContext) -> io::Result<NetWorker> {
-        let kill = EventFd::new(EFD_NONBLOCK)?;
-        let kill_rx = kill.try_clone()?;
-        let ActivateContext {
-            mem,
-            mut queues,
-            queue_evts,
-            interrupt,
-            ..
-        } = ctx;
-        let thread = std::thread::Builder::new()
-            .name("net".into())
-            .spawn(move || {
-                let mut nq = NetQueues::new(io.clone());
-                let mut rxq = queues.remove(0);
-                let mut txq = queues.remove(0);
-                run_net(
-                    &mut nq,
-                    &mut rxq,
-                    &mut txq,
-                    &queue_evts,
-                    &kill_rx,
-                    io.raw_fd(),
-                    &mem,
-                    &interrupt,
-                );
-            })?;
+    fn new(io: Arc<dyn PacketIo>, ctx: ActivateContext) -> Result<NetWorker, ActivateError> {
+        let got = ctx.queues.len();
+        let [rxq, txq]: [Queue; 2] = ctx
+            .queues
+            .try_into()
+            .map_err(|_| ActivateError::QueueCount { need: 2, got })?;
+        let got = ctx.queue_evts.len();
+        let evts: [EventFd; 2] = ctx
+            .queue_evts
+            .try_into()
+            .map_err(|_| ActivateError::QueueCount { need: 2, got })?;
         Ok(NetWorker {
-            kill,
-            thread: Some(thread),
+            tap_fd: io.raw_fd(),
+            nq: NetQueues::new(io),
+            rxq,
+            txq,
+            evts,
+            mem: ctx.mem,
+            irq: ctx.interrupt,
+            failed: false,
         })
     }
 
-    fn stop(&mut self) {
-        let _ = self.kill.write(1);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+    fn outcome(&mut self, r: Result<bool, DeviceError>) {
+        match r {
+            Ok(true) => self.irq.signal_used_queue(),
+            Ok(false) => {}
+            Err(e) => {
+                log::error!("virtio-net: {e}; device needs reset");
+                self.failed = true;
+                self.irq.fail();
+            }
         }
+    }
+
+    fn transmit(&mut self) {
+        if !self.failed {
+            let r = self.nq.process_tx(&mut self.txq, &self.mem);
+            self.outcome(r);
+        }
+    }
+
+    fn receive(&mut self) {
+        if !self.failed {
+            let r = self.nq.process_rx(&mut self.rxq, &self.mem);
+            self.outcome(r);
+        }
+    }
+
+    /// Watches the tap only while what it gives has somewhere to go.
+    fn watch_tap(&self, watch: &mut Watch<'_>) {
+        watch.set(TAP, !self.failed && !self.nq.has_pending());
     }
 }
 
-impl Drop for NetWorker {
-    fn drop(&mut self) {
-        self.stop();
+impl EventHandler for NetWorker {
+    fn sources(&self) -> Vec<(RawFd, Token)> {
+        vec![
+            (self.evts[RX].as_raw_fd(), RX_QUEUE),
+            (self.evts[TX].as_raw_fd(), TX_QUEUE),
+            (self.tap_fd, TAP),
+        ]
     }
-}
 
-#[allow(clippy::too_many_arguments)]
-fn run_net(
-    nq: &mut NetQueues,
-    rxq: &mut Queue,
-    txq: &mut Queue,
-    evts: &[EventFd],
-    kill: &EventFd,
-    tap_fd: i32,
-    mem: &GuestMemoryMmap,
-    irq: &Interrupt,
-) {
-    let mut failed = false;
-    let fail = |e: DeviceError, failed: &mut bool| {
-        log::error!("virtio-net: {e}; device needs reset");
-        *failed = true;
-        irq.fail();
-    };
-    let (mut do_rx, mut do_tx) = (true, true);
-    loop {
-        if !failed && do_tx {
-            match nq.process_tx(txq, mem) {
-                Ok(true) => irq.signal_used_queue(),
-                Ok(false) => {}
-                Err(e) => fail(e, &mut failed),
+    fn start(&mut self, watch: &mut Watch<'_>) {
+        self.transmit();
+        self.receive();
+        self.watch_tap(watch);
+    }
+
+    fn ready(&mut self, token: Token, watch: &mut Watch<'_>) {
+        match token {
+            RX_QUEUE => {
+                let _ = self.evts[RX].read();
+                self.receive();
             }
-        }
-        if !failed && do_rx {
-            match nq.process_rx(rxq, mem) {
-                Ok(true) => irq.signal_used_queue(),
-                Ok(false) => {}
-                Err(e) => fail(e, &mut failed),
+            TX_QUEUE => {
+                let _ = self.evts[TX].read();
+                self.transmit();
             }
+            TAP => self.receive(),
+            _ => {}
         }
-        // Poll the tap only while there is somewhere to put what it gives.
-        let tap_events = if failed || nq.has_pending() {
-            0
-        } else {
-            libc::POLLIN
-        };
-        let mut fds = [
-            libc::pollfd {
-                fd: kill.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: evts[RX].as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: evts[TX].as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: tap_fd,
-                events: tap_events,
-                revents: 0,
-            },
-        ];
-        // SAFETY: `fds` is a valid pollfd array for the duration of the call.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-        if r < 0 {
-            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            log::error!("virtio-net: poll failed: {}", io::Error::last_os_error());
-            return;
-        }
-        if fds[0].revents != 0 {
-            return;
-        }
-        if fds[1].revents != 0 {
-            let _ = evts[RX].read();
-        }
-        if fds[2].revents != 0 {
-            let _ = evts[TX].read();
-        }
-        do_rx = fds[1].revents != 0 || fds[3].revents != 0;
-        do_tx = fds[2].revents != 0;
+        self.watch_tap(watch);
     }
 }
 
@@ -409,5 +393,139 @@ mod tests {
             .unwrap();
         let mut q: Queue = mock.create_queue().unwrap();
         assert!(nq.process_rx(&mut q, &m).is_err());
+    }
+
+    fn wait(evt: &EventFd) -> bool {
+        let mut p = libc::pollfd {
+            fd: evt.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, live for the call.
+        let n = unsafe { libc::poll(&mut p, 1, 5000) };
+        let _ = evt.read();
+        n == 1
+    }
+
+    /// CPU time (clock ticks, user + system) of this process's "net" worker thread.
+    fn net_thread_cpu_ticks() -> u64 {
+        for task in std::fs::read_dir("/proc/self/task").unwrap() {
+            let dir = task.unwrap().path();
+            let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+            if comm.trim_end() != "net" {
+                continue;
+            }
+            let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
+            // Fields after "(comm)": state is field 3, utime 14 and stime 15.
+            let rest = &stat[stat.rfind(')').unwrap() + 2..];
+            let f: Vec<&str> = rest.split(' ').collect();
+            return f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+        }
+        panic!("no net worker thread");
+    }
+
+    /// A socket pair end that counts receive attempts.
+    struct CountingIo {
+        inner: UnixDatagram,
+        recvs: std::sync::atomic::AtomicUsize,
+    }
+
+    impl PacketIo for CountingIo {
+        fn send(&self, frame: &[u8]) -> io::Result<usize> {
+            self.inner.send(frame)
+        }
+        fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+            self.recvs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.inner.recv(buf)
+        }
+        fn raw_fd(&self) -> RawFd {
+            self.inner.as_raw_fd()
+        }
+    }
+
+    /// The whole card on its event loop: a frame that arrives before any receive buffer
+    /// waits, and the tap is left alone meanwhile; buffers added later (and notified)
+    /// receive it; transmit works meanwhile.
+    #[test]
+    fn worker_delivers_a_waiting_frame_once_buffers_come() {
+        use std::sync::atomic::Ordering;
+        use vmm_sys_util::eventfd::EFD_NONBLOCK;
+
+        let m = Arc::new(mem());
+        let (dev_side, host) = UnixDatagram::pair().unwrap();
+        dev_side.set_nonblocking(true).unwrap();
+        let dev_side = Arc::new(CountingIo {
+            inner: dev_side,
+            recvs: Default::default(),
+        });
+        let rx_mock = MockSplitQueue::create(m.as_ref(), GuestAddress(0x1_0000), 16);
+        let tx_mock = MockSplitQueue::create(m.as_ref(), GuestAddress(0x2_0000), 16);
+        let evts: Vec<EventFd> = (0..2)
+            .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
+            .collect();
+        let kicks: Vec<EventFd> = evts.iter().map(|e| e.try_clone().unwrap()).collect();
+        let irq_evt = EventFd::new(EFD_NONBLOCK).unwrap();
+        let irq = Arc::new(Interrupt::new(irq_evt.try_clone().unwrap()));
+        // The frame is there before the card starts: its first receive pass reads it.
+        let mut frame = vec![0u8; VNET_HDR_LEN];
+        frame.extend_from_slice(b"early-frame");
+        host.send(&frame).unwrap();
+        let mut card = Net::new(dev_side.clone(), [2, 0, 0, 0, 0, 1]);
+        card.activate(ActivateContext {
+            mem: m.clone(),
+            queues: vec![
+                rx_mock.create_queue().unwrap(),
+                tx_mock.create_queue().unwrap(),
+            ],
+            queue_evts: evts,
+            interrupt: irq.clone(),
+            acked_features: features::VERSION_1,
+        })
+        .unwrap();
+
+        // Transmit still works while the frame waits.
+        m.write_slice(&[0u8; 12], GuestAddress(0x10_0000)).unwrap();
+        m.write_slice(b"out", GuestAddress(0x10_0000 + 12)).unwrap();
+        tx_mock
+            .add_desc_chains(&[d(0x10_0000, 15, 0, 0)], 0)
+            .unwrap();
+        kicks[TX].write(1).unwrap();
+        assert!(wait(&irq_evt), "transmit interrupt");
+        let mut b = [0u8; 64];
+        assert_eq!(host.recv(&mut b).unwrap(), 15);
+        assert_eq!(
+            used(&m, rx_mock.used_addr(), 0).0,
+            0,
+            "nothing received yet"
+        );
+        // A second frame makes the tap readable, but the card has nowhere to put it: its
+        // worker must sleep, not spin on the tap.
+        assert_eq!(
+            dev_side.recvs.load(Ordering::SeqCst),
+            1,
+            "the first frame, read"
+        );
+        host.send(&frame).unwrap();
+        let before = net_thread_cpu_ticks();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let spent = net_thread_cpu_ticks() - before;
+        assert!(spent <= 5, "the worker spun ({spent} ticks in 300 ms)");
+        assert_eq!(
+            dev_side.recvs.load(Ordering::SeqCst),
+            1,
+            "the second frame stays in the tap"
+        );
+
+        rx_mock
+            .add_desc_chains(&[d(0x30_0000, 1526, W, 0)], 0)
+            .unwrap();
+        kicks[RX].write(1).unwrap();
+        assert!(wait(&irq_evt), "receive interrupt");
+        assert_eq!(used(&m, rx_mock.used_addr(), 0), (1, 0, 23));
+        let mut got = [0u8; 23];
+        m.read_slice(&mut got, GuestAddress(0x30_0000)).unwrap();
+        assert_eq!(&got[VNET_HDR_LEN..], b"early-frame");
+        assert!(!irq.is_failed());
+        card.reset();
     }
 }
