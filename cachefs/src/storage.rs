@@ -103,7 +103,7 @@ fn check_range(off: u64, len: usize, dev: u64) -> io::Result<()> {
 }
 
 /// An in-memory device where every write is immediately "durable". Used by
-/// tests and as the base of [`crate::fault::FaultStorage`].
+/// tests and as the base of the crash tests' `fault::FaultStorage`.
 pub struct MemStorage {
     data: RwLock<Vec<u8>>,
 }
