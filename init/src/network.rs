@@ -25,15 +25,6 @@ pub enum NetState {
 /// Leases held now, for the RELEASE at shutdown.
 static LEASES: Mutex<Vec<(String, [u8; 6], Lease)>> = Mutex::new(Vec::new());
 
-pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = text.split(':');
-    for byte in &mut mac {
-        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
-}
-
 /// Runs DHCP for `nic` forever, calling `report` on every change of state.
 pub fn run_dhcp(nic: String, mac: [u8; 6], hostname: String, report: impl Fn(NetState)) -> ! {
     let mut attempt: u32 = 0;
@@ -268,20 +259,4 @@ fn apply(nic: &str, lease: &Lease) -> Result<(), String> {
         resolv.push_str(&format!("nameserver {server}\n"));
     }
     fs::write("/etc/resolv.conf", resolv).map_err(|e| format!("writing /etc/resolv.conf: {e}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn macs_parse_strictly() {
-        assert_eq!(
-            parse_mac("52:54:00:12:34:56"),
-            Some([0x52, 0x54, 0, 0x12, 0x34, 0x56])
-        );
-        assert_eq!(parse_mac("52:54:00:12:34"), None);
-        assert_eq!(parse_mac("52:54:00:12:34:56:78"), None);
-        assert_eq!(parse_mac("zz:54:00:12:34:56"), None);
-    }
 }

@@ -1,6 +1,6 @@
 //! Network interface ioctls, on the kernel's own `struct ifreq` (`libc::ifreq`): bring an
 //! interface up or down, create, delete and fill bridges, set an IPv4 address, netmask
-//! and default route.
+//! and default route. Also [`parse_mac`].
 //!
 //! Every function opens its own control socket (an `AF_INET` datagram socket, closed on
 //! return): these calls are rare (boot, login, logout) and a socket costs microseconds.
@@ -18,6 +18,21 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 const SIOCBRADDBR: libc::c_ulong = 0x89a0;
 const SIOCBRDELBR: libc::c_ulong = 0x89a1;
 const SIOCBRADDIF: libc::c_ulong = 0x89a2;
+
+/// Parses a MAC address written `aa:bb:cc:dd:ee:ff`: six pairs of hex digits, either
+/// case, between colons.
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next()?;
+        if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
 
 /// A control socket for interface ioctls.
 pub fn control_socket() -> io::Result<OwnedFd> {
@@ -213,6 +228,31 @@ pub fn add_default_route(name: &str, gateway: Ipv4Addr) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn macs_parse_strictly() {
+        assert_eq!(
+            parse_mac("52:54:00:12:34:56"),
+            Some([0x52, 0x54, 0, 0x12, 0x34, 0x56])
+        );
+        assert_eq!(
+            parse_mac("52:54:00:0a:0B:ff"),
+            Some([0x52, 0x54, 0, 0x0a, 0x0b, 0xff])
+        );
+        for bad in [
+            "",
+            "52:54:00:12:34",
+            "52:54:00:12:34:56:78",
+            "52:54:00:12:34:56:",
+            "zz:54:00:12:34:56",
+            "5:54:00:12:34:56",
+            "052:54:00:12:34:56",
+            "+5:54:00:12:34:56",
+            "52-54-00-12-34-56",
+        ] {
+            assert_eq!(parse_mac(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn names_are_checked() {
