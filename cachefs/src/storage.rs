@@ -2,7 +2,7 @@
 //! positional reads and writes and a flush that makes earlier writes durable.
 //!
 //! The cache talks only to this trait so that tests can swap in an in-memory
-//! device and a fault-injecting wrapper (see [`crate::fault`]) that models a
+//! device and a fault-injecting wrapper (`fault.rs`, built for tests only) that models a
 //! disk with a volatile write cache.
 
 use std::fs::{File, OpenOptions};
