@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::Path;
 pub use support::kmod::{module_name_of_path, normalize};
+use support::kmod::{parse_builtin, parse_dep_line};
 
 /// The modules the terminal wants, by group, so the build report can say why each is there.
 pub const WANTED: &[(&str, &[&str])] = &[
@@ -62,11 +63,9 @@ impl DepIndex {
             if line.trim().is_empty() {
                 continue;
             }
-            let (path, deps) = line
-                .split_once(':')
+            let (name, path, deps) = parse_dep_line(line)
                 .with_context(|| format!("modules.dep line {}: no ':' in {line:?}", n + 1))?;
-            let deps = deps.split_whitespace().map(module_name_of_path).collect();
-            entries.insert(module_name_of_path(path), (path.to_string(), deps));
+            entries.insert(name, (path, deps));
         }
         Ok(DepIndex { entries })
     }
@@ -114,11 +113,7 @@ impl DepIndex {
 pub fn builtin_names(modules_dir: &Path) -> Result<BTreeSet<String>> {
     let path = modules_dir.join("modules.builtin");
     let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(text
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(module_name_of_path)
-        .collect())
+    Ok(parse_builtin(&text).collect())
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
-use support::kmod::{module_name_of_path, normalize};
+use support::kmod::{normalize, parse_builtin, parse_dep_line};
 
 /// The module indexes for one kernel release.
 #[derive(Debug, Default)]
@@ -60,14 +60,8 @@ impl ModuleIndex {
 
     pub fn parse(dep: &str, alias: &str, softdep: &str, builtin: &str) -> ModuleIndex {
         let mut index = ModuleIndex::default();
-        for line in dep.lines() {
-            let Some((path, deps)) = line.split_once(':') else {
-                continue;
-            };
-            let deps = deps.split_whitespace().map(module_name_of_path).collect();
-            index
-                .deps
-                .insert(module_name_of_path(path), (path.to_string(), deps));
+        for (name, path, deps) in dep.lines().filter_map(parse_dep_line) {
+            index.deps.insert(name, (path, deps));
         }
         for line in alias.lines() {
             let mut words = line.split_whitespace();
@@ -99,11 +93,7 @@ impl ModuleIndex {
             }
             index.soft_pre.insert(normalize(module), pre);
         }
-        index.builtin = builtin
-            .lines()
-            .filter(|l| !l.is_empty())
-            .map(module_name_of_path)
-            .collect();
+        index.builtin = parse_builtin(builtin).collect();
         index
     }
 
