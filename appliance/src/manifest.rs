@@ -222,12 +222,7 @@ pub fn distinct_chunks<'a>(blobs: impl IntoIterator<Item = &'a ChunkList>) -> Ve
 }
 
 fn validate_mac(mac: &str) -> Result<()> {
-    let parts: Vec<&str> = mac.split(':').collect();
-    if parts.len() != 6
-        || !parts
-            .iter()
-            .all(|p| p.len() == 2 && u8::from_str_radix(p, 16).is_ok())
-    {
+    if support::netif::parse_mac(mac).is_none() {
         return Err(Error::invalid(
             "MAC address",
             format!("{mac:?} is not xx:xx:xx:xx:xx:xx"),

@@ -15,6 +15,11 @@ pub mod alloc;
 pub mod cache;
 pub mod codec;
 pub mod error;
+/// Crash-test devices and a seeded PRNG: for cachefs's own tests and benches only, so not
+/// in the library other crates build (the `test-support` feature, which cachefs's
+/// dev-dependency on itself turns on).
+#[cfg(any(test, feature = "test-support"))]
+#[doc(hidden)]
 pub mod fault;
 pub mod format;
 pub mod overlay;

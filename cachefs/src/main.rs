@@ -4,6 +4,8 @@ use cachefs::{Cache, CreateOptions, Error, FileStorage};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use support::logger::{level_from_verbosity, Logger};
+use support::size::human;
 
 #[derive(Parser)]
 #[command(
@@ -26,7 +28,7 @@ enum Cmd {
     Format {
         dev: PathBuf,
         /// Size of the file to create: bytes, or with a K/M/G/T suffix (powers of 1024).
-        #[arg(long, value_parser = parse_size)]
+        #[arg(long, value_parser = support::size::parse)]
         size: Option<u64>,
         /// Format even if DEV already holds a cache or other data.
         #[arg(long)]
@@ -43,69 +45,9 @@ enum Cmd {
     },
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let m: u64 = match c.to_ascii_uppercase() {
-                'K' => 1 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                'T' => 1 << 40,
-                _ => return Err(format!("unknown size suffix in {s:?}")),
-            };
-            (&s[..i], m)
-        }
-        _ => (s, 1),
-    };
-    let n: u64 = num.parse().map_err(|_| format!("not a size: {s:?}"))?;
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("size too large: {s:?}"))
-}
-
-struct StderrLog;
-static LOGGER: StderrLog = StderrLog;
-impl log::Log for StderrLog {
-    fn enabled(&self, m: &log::Metadata) -> bool {
-        m.level() <= log::max_level()
-    }
-    fn log(&self, r: &log::Record) {
-        if self.enabled(r.metadata()) {
-            eprintln!(
-                "cachefs: {}: {}",
-                r.level().as_str().to_lowercase(),
-                r.args()
-            );
-        }
-    }
-    fn flush(&self) {}
-}
-
-fn human(n: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < units.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", units[u])
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let level = match cli.verbose {
-        0 => log::LevelFilter::Warn,
-        1 => log::LevelFilter::Info,
-        _ => log::LevelFilter::Debug,
-    };
-    if log::set_logger(&LOGGER).is_ok() {
-        log::set_max_level(level);
-    }
+    Logger::stderr("cachefs").install(level_from_verbosity(cli.verbose));
     let res = match cli.cmd {
         Cmd::Format { dev, size, force } => format(&dev, size, force),
         Cmd::Inspect { dev } => inspect(&dev),

@@ -2,7 +2,7 @@
 //! positional reads and writes and a flush that makes earlier writes durable.
 //!
 //! The cache talks only to this trait so that tests can swap in an in-memory
-//! device and a fault-injecting wrapper (see [`crate::fault`]) that models a
+//! device and a fault-injecting wrapper (`fault.rs`, built for tests only) that models a
 //! disk with a volatile write cache.
 
 use std::fs::{File, OpenOptions};
@@ -103,7 +103,7 @@ fn check_range(off: u64, len: usize, dev: u64) -> io::Result<()> {
 }
 
 /// An in-memory device where every write is immediately "durable". Used by
-/// tests and as the base of [`crate::fault::FaultStorage`].
+/// tests and as the base of the crash tests' `fault::FaultStorage`.
 pub struct MemStorage {
     data: RwLock<Vec<u8>>,
 }

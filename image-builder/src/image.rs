@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
+use support::size::human;
 
 /// Where the firmware's programs come from.
 #[derive(Debug, Clone)]
@@ -111,19 +112,19 @@ impl BuildReport {
         let _ = writeln!(
             s,
             "  vmlinuz    {:>10}  {}",
-            human_bytes(self.vmlinuz_bytes),
+            human(self.vmlinuz_bytes),
             self.vmlinuz.display()
         );
         let _ = writeln!(
             s,
             "  initrd.img {:>10}  {} (cpio {}, zstd)",
-            human_bytes(self.initrd_bytes),
+            human(self.initrd_bytes),
             self.initrd.display(),
-            human_bytes(self.cpio_bytes),
+            human(self.cpio_bytes),
         );
         let _ = writeln!(s, "  boot.ipxe             {}", self.ipxe.display());
         for (name, size) in &self.programs {
-            let _ = writeln!(s, "  program    {:>10}  /{name}", human_bytes(*size));
+            let _ = writeln!(s, "  program    {:>10}  /{name}", human(*size));
         }
         let _ = writeln!(
             s,
@@ -134,16 +135,6 @@ impl BuildReport {
         let _ = writeln!(s, "  cmdline    {}", self.cmdline);
         let _ = write!(s, "  initrd sha256 {}", self.initrd_sha256);
         s
-    }
-}
-
-pub fn human_bytes(n: u64) -> String {
-    if n >= 1 << 20 {
-        format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64)
-    } else if n >= 1 << 10 {
-        format!("{:.1} KiB", n as f64 / 1024.0)
-    } else {
-        format!("{n} B")
     }
 }
 

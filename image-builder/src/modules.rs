@@ -9,6 +9,8 @@ use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::Path;
+pub use support::kmod::{module_name_of_path, normalize};
+use support::kmod::{parse_builtin, parse_dep_line};
 
 /// The modules the terminal wants, by group, so the build report can say why each is there.
 pub const WANTED: &[(&str, &[&str])] = &[
@@ -46,11 +48,6 @@ pub fn wanted_names() -> Vec<&'static str> {
         .collect()
 }
 
-/// Module names are spelled with `-` or `_` interchangeably; the kernel uses `_`.
-pub fn normalize(name: &str) -> String {
-    name.replace('-', "_")
-}
-
 /// `modules.dep`: each module's path (relative to the modules folder) and its
 /// dependencies' paths.
 #[derive(Debug, Default)]
@@ -66,11 +63,9 @@ impl DepIndex {
             if line.trim().is_empty() {
                 continue;
             }
-            let (path, deps) = line
-                .split_once(':')
+            let (name, path, deps) = parse_dep_line(line)
                 .with_context(|| format!("modules.dep line {}: no ':' in {line:?}", n + 1))?;
-            let deps = deps.split_whitespace().map(module_name_of_path).collect();
-            entries.insert(module_name_of_path(path), (path.to_string(), deps));
+            entries.insert(name, (path, deps));
         }
         Ok(DepIndex { entries })
     }
@@ -114,25 +109,11 @@ impl DepIndex {
     }
 }
 
-/// `kernel/drivers/net/e1000/e1000.ko` -> `e1000`; compressed suffixes are stripped too.
-pub fn module_name_of_path(path: &str) -> String {
-    let file = path.rsplit('/').next().unwrap_or(path);
-    let stem = [".ko.xz", ".ko.zst", ".ko.gz", ".ko"]
-        .iter()
-        .find_map(|suffix| file.strip_suffix(suffix))
-        .unwrap_or(file);
-    normalize(stem)
-}
-
 /// Names listed in `modules.builtin` (drivers compiled into the kernel).
 pub fn builtin_names(modules_dir: &Path) -> Result<BTreeSet<String>> {
     let path = modules_dir.join("modules.builtin");
     let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(text
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(module_name_of_path)
-        .collect())
+    Ok(parse_builtin(&text).collect())
 }
 
 #[cfg(test)]
@@ -172,14 +153,5 @@ kernel/drivers/net/e1000/e1000.ko:
     #[test]
     fn malformed_dep_line_is_reported() {
         assert!(DepIndex::parse("kernel/foo.ko kernel/bar.ko\n").is_err());
-    }
-
-    #[test]
-    fn module_names_strip_compression_suffixes() {
-        assert_eq!(
-            module_name_of_path("kernel/a/usb-storage.ko.xz"),
-            "usb_storage"
-        );
-        assert_eq!(module_name_of_path("e1000e.ko"), "e1000e");
     }
 }

@@ -115,20 +115,12 @@ fn candidate_disks(sys_class_block: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-fn human(bytes: u64) -> String {
-    if bytes >= 1 << 30 {
-        format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
-    } else {
-        format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
-    }
-}
-
 fn describe(cache: &Cache) -> String {
     let s = cache.stats();
     format!(
         "{} of {} used, {} chunks, {} pinned sets",
-        human(s.used_bytes),
-        human(s.arena_bytes),
+        support::size::human(s.used_bytes),
+        support::size::human(s.arena_bytes),
         s.chunks,
         s.pins.len()
     )

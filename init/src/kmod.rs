@@ -16,6 +16,7 @@ use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
+use support::kmod::{normalize, parse_builtin, parse_dep_line};
 
 /// The module indexes for one kernel release.
 #[derive(Debug, Default)]
@@ -28,19 +29,6 @@ pub struct ModuleIndex {
     /// name -> modules to load before it
     soft_pre: HashMap<String, Vec<String>>,
     builtin: HashSet<String>,
-}
-
-pub fn normalize(name: &str) -> String {
-    name.replace('-', "_")
-}
-
-fn name_of_path(path: &str) -> String {
-    let file = path.rsplit('/').next().unwrap_or(path);
-    let stem = [".ko.xz", ".ko.zst", ".ko.gz", ".ko"]
-        .iter()
-        .find_map(|s| file.strip_suffix(s))
-        .unwrap_or(file);
-    normalize(stem)
 }
 
 fn bus_of(alias: &str) -> &str {
@@ -72,14 +60,8 @@ impl ModuleIndex {
 
     pub fn parse(dep: &str, alias: &str, softdep: &str, builtin: &str) -> ModuleIndex {
         let mut index = ModuleIndex::default();
-        for line in dep.lines() {
-            let Some((path, deps)) = line.split_once(':') else {
-                continue;
-            };
-            let deps = deps.split_whitespace().map(name_of_path).collect();
-            index
-                .deps
-                .insert(name_of_path(path), (path.to_string(), deps));
+        for (name, path, deps) in dep.lines().filter_map(parse_dep_line) {
+            index.deps.insert(name, (path, deps));
         }
         for line in alias.lines() {
             let mut words = line.split_whitespace();
@@ -111,11 +93,7 @@ impl ModuleIndex {
             }
             index.soft_pre.insert(normalize(module), pre);
         }
-        index.builtin = builtin
-            .lines()
-            .filter(|l| !l.is_empty())
-            .map(name_of_path)
-            .collect();
+        index.builtin = parse_builtin(builtin).collect();
         index
     }
 

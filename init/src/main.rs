@@ -338,7 +338,7 @@ fn start_dhcp(nic: &net::Nic, board: &Arc<StatusBoard>, settings: &Settings) {
         Ok(mut started) => started.push(nic.name.clone()),
         Err(_) => return,
     }
-    let Some(mac) = network::parse_mac(&nic.mac) else {
+    let Some(mac) = support::netif::parse_mac(&nic.mac) else {
         warn!(
             "{}: no usable MAC address ({:?}); no DHCP",
             nic.name, nic.mac

@@ -1,8 +1,8 @@
 //! The network as the login screen reports it: loopback up, and the terminal's NICs.
 //!
-//! Addresses come from DHCP, which is not part of this firmware yet; until then the
-//! screen shows each NIC's MAC address and link state, which is what an administrator
-//! needs to find the terminal in a switch or DHCP log.
+//! The screen shows each NIC's MAC address and link state, which is what an
+//! administrator needs to find the terminal in a switch or DHCP log; addresses come
+//! from DHCP in the background (`network`, `dhcp`) and join the screen when they arrive.
 
 use log::warn;
 use std::fs;
@@ -50,50 +50,7 @@ pub fn list_nics(sys_class_net: &Path) -> Vec<Nic> {
 
 /// Sets IFF_UP on an interface, so loopback works and NICs report carrier.
 pub fn set_up(name: &str) -> Result<(), String> {
-    let fd = inet_socket()?;
-    let mut ifr = ifreq_for(name)?;
-    use std::os::fd::AsRawFd;
-    // SAFETY: ifr is a valid, NUL-terminated ifreq; the ioctls only read and write it.
-    unsafe {
-        if libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) < 0 {
-            return Err(format!(
-                "{name}: SIOCGIFFLAGS: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-        if libc::ioctl(fd.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) < 0 {
-            return Err(format!(
-                "{name}: SIOCSIFFLAGS: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// A datagram socket for the interface ioctls.
-pub fn inet_socket() -> Result<std::os::fd::OwnedFd, String> {
-    nix::sys::socket::socket(
-        nix::sys::socket::AddressFamily::Inet,
-        nix::sys::socket::SockType::Datagram,
-        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .map_err(|e| format!("socket: {e}"))
-}
-
-/// An `ifreq` naming `nic`, everything else zero.
-pub fn ifreq_for(nic: &str) -> Result<libc::ifreq, String> {
-    // SAFETY: an all-zero ifreq is valid.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    if nic.len() >= ifr.ifr_name.len() {
-        return Err(format!("interface name {nic} too long"));
-    }
-    for (dst, src) in ifr.ifr_name.iter_mut().zip(nic.as_bytes()) {
-        *dst = *src as libc::c_char;
-    }
-    Ok(ifr)
+    support::netif::set_up(name).map_err(|e| format!("{name}: cannot bring it up: {e}"))
 }
 
 /// Loopback up (the kernel adds 127.0.0.1 itself) and every NIC up.

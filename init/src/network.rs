@@ -25,15 +25,6 @@ pub enum NetState {
 /// Leases held now, for the RELEASE at shutdown.
 static LEASES: Mutex<Vec<(String, [u8; 6], Lease)>> = Mutex::new(Vec::new());
 
-pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = text.split(':');
-    for byte in &mut mac {
-        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
-}
-
 /// Runs DHCP for `nic` forever, calling `report` on every change of state.
 pub fn run_dhcp(nic: String, mac: [u8; 6], hostname: String, report: impl Fn(NetState)) -> ! {
     let mut attempt: u32 = 0;
@@ -246,16 +237,19 @@ fn random_u32() -> u32 {
 
 /// Address, netmask and default route through the classic ioctls; `/etc/resolv.conf`.
 fn apply(nic: &str, lease: &Lease) -> Result<(), String> {
-    let fd = crate::net::inet_socket()?;
+    use support::netif;
     let mask = if lease.prefix_len == 0 {
         0
     } else {
         u32::MAX << (32 - u32::from(lease.prefix_len.min(32)))
     };
-    set_ipv4(&fd, nic, libc::SIOCSIFADDR, lease.address)?;
-    set_ipv4(&fd, nic, libc::SIOCSIFNETMASK, Ipv4Addr::from(mask))?;
+    netif::set_ipv4_address(nic, lease.address)
+        .map_err(|e| format!("{nic}: setting {}: {e}", lease.address))?;
+    let mask = Ipv4Addr::from(mask);
+    netif::set_ipv4_netmask(nic, mask).map_err(|e| format!("{nic}: setting {mask}: {e}"))?;
     if let Some(router) = lease.router {
-        add_default_route(&fd, nic, router)?;
+        netif::add_default_route(nic, router)
+            .map_err(|e| format!("{nic}: default route via {router}: {e}"))?;
     }
     let mut resolv = String::new();
     if let Some(domain) = &lease.domain {
@@ -265,72 +259,4 @@ fn apply(nic: &str, lease: &Lease) -> Result<(), String> {
         resolv.push_str(&format!("nameserver {server}\n"));
     }
     fs::write("/etc/resolv.conf", resolv).map_err(|e| format!("writing /etc/resolv.conf: {e}"))
-}
-
-fn sockaddr_in(addr: Ipv4Addr) -> libc::sockaddr {
-    let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as u16,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(addr).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: sockaddr_in and sockaddr have the same size on Linux.
-    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
-}
-
-fn set_ipv4(
-    fd: &std::os::fd::OwnedFd,
-    nic: &str,
-    request: libc::Ioctl,
-    addr: Ipv4Addr,
-) -> Result<(), String> {
-    use std::os::fd::AsRawFd;
-    let mut ifr = crate::net::ifreq_for(nic)?;
-    ifr.ifr_ifru.ifru_addr = sockaddr_in(addr);
-    // SAFETY: a valid ifreq for an address-setting ioctl.
-    if unsafe { libc::ioctl(fd.as_raw_fd(), request, &ifr) } < 0 {
-        return Err(format!(
-            "{nic}: setting {addr}: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    Ok(())
-}
-
-fn add_default_route(fd: &std::os::fd::OwnedFd, nic: &str, router: Ipv4Addr) -> Result<(), String> {
-    use std::os::fd::AsRawFd;
-    let dev = std::ffi::CString::new(nic).map_err(|_| "interface name has a NUL".to_string())?;
-    // SAFETY: an all-zero rtentry is valid; we fill the fields SIOCADDRT reads.
-    let mut rt: libc::rtentry = unsafe { std::mem::zeroed() };
-    rt.rt_dst = sockaddr_in(Ipv4Addr::UNSPECIFIED);
-    rt.rt_genmask = sockaddr_in(Ipv4Addr::UNSPECIFIED);
-    rt.rt_gateway = sockaddr_in(router);
-    rt.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
-    rt.rt_dev = dev.as_ptr() as *mut libc::c_char;
-    // SAFETY: rt and the device name outlive the call.
-    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCADDRT, &rt) } < 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EEXIST) {
-            return Err(format!("{nic}: default route via {router}: {e}"));
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn macs_parse_strictly() {
-        assert_eq!(
-            parse_mac("52:54:00:12:34:56"),
-            Some([0x52, 0x54, 0, 0x12, 0x34, 0x56])
-        );
-        assert_eq!(parse_mac("52:54:00:12:34"), None);
-        assert_eq!(parse_mac("52:54:00:12:34:56:78"), None);
-        assert_eq!(parse_mac("zz:54:00:12:34:56"), None);
-    }
 }

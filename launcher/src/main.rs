@@ -6,6 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use support::logger::{level_from_env, Logger};
 use vmm::config::parse_mac;
 use vmm::devices::legacy::serial::FlushingWriter;
 use vmm::{ConsoleConfig, DiskConfig, DiskSource, KernelConfig, MachineConfig, NetConfig};
@@ -168,39 +169,6 @@ fn run_set(file: &std::path::Path) -> i32 {
     }
 }
 
-/// A minimal stderr logger; the level comes from RUST_LOG (error, warn, info, debug, trace).
-struct StderrLogger;
-
-impl log::Log for StderrLogger {
-    fn enabled(&self, m: &log::Metadata) -> bool {
-        m.level() <= log::max_level()
-    }
-    fn log(&self, r: &log::Record) {
-        if self.enabled(r.metadata()) {
-            let _ = writeln!(std::io::stderr(), "vmm: {}: {}\r", r.level(), r.args());
-        }
-    }
-    fn flush(&self) {}
-}
-
-fn init_logger() {
-    let level = match std::env::var("RUST_LOG")
-        .unwrap_or_default()
-        .to_ascii_lowercase()
-        .as_str()
-    {
-        "error" => log::LevelFilter::Error,
-        "info" => log::LevelFilter::Info,
-        "debug" => log::LevelFilter::Debug,
-        "trace" => log::LevelFilter::Trace,
-        "off" => log::LevelFilter::Off,
-        _ => log::LevelFilter::Warn,
-    };
-    if log::set_logger(&StderrLogger).is_ok() {
-        log::set_max_level(level);
-    }
-}
-
 /// Every disk as a backend whose reads go into `trace`.
 fn traced(
     disks: Vec<DiskConfig>,
@@ -246,7 +214,11 @@ fn write_trace(
 }
 
 fn main() {
-    init_logger();
+    // The level comes from RUST_LOG (off, error, warn, info, debug, trace); warnings by
+    // default. Lines end in \r\n: the terminal may be in raw mode for the guest's console.
+    Logger::stderr("vmm")
+        .raw_terminal()
+        .install(level_from_env("RUST_LOG", log::LevelFilter::Warn));
     let args = match Cli::parse().command {
         Command::Run(args) => args,
         Command::Set { file } => std::process::exit(run_set(&file)),

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use receiver::{progress, Error, FillOptions, RepoConfig};
+use support::size::human;
 
 #[derive(Parser)]
 #[command(
@@ -78,18 +79,6 @@ const EXIT_CREDENTIALS: u8 = 3;
 const EXIT_OFFLINE_INCOMPLETE: u8 = 4;
 const EXIT_REFUSED: u8 = 5;
 
-fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let (num, mult) = match s.chars().last()? {
-        'K' | 'k' => (&s[..s.len() - 1], 1u64 << 10),
-        'M' | 'm' => (&s[..s.len() - 1], 1 << 20),
-        'G' | 'g' => (&s[..s.len() - 1], 1 << 30),
-        'T' | 't' => (&s[..s.len() - 1], 1 << 40),
-        _ => (s, 1),
-    };
-    num.parse::<u64>().ok()?.checked_mul(mult)
-}
-
 fn read_password() -> Result<String, String> {
     let mut line = String::new();
     std::io::stdin()
@@ -115,8 +104,8 @@ fn open_cache(
                 path.display()
             ));
         };
-        let bytes = parse_size(size)
-            .ok_or_else(|| format!("--cache-size {size:?}: write e.g. 512M or 20G"))?;
+        let bytes = support::size::parse(size)
+            .map_err(|_| format!("--cache-size {size:?}: write e.g. 512M or 20G"))?;
         cachefs::FileStorage::create_file(path, bytes)
             .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
     }
@@ -219,10 +208,10 @@ fn fill(
         Ok(p) => {
             println!(
                 "filled: {} needed, {} already cached, {} fetched ({} on the wire) in {}, {} corrupt chunk(s) refetched",
-                progress::bytes(p.total_bytes),
-                progress::bytes(p.cached_at_start),
-                progress::bytes(p.fetch.plain_bytes),
-                progress::bytes(p.fetch.wire_bytes),
+                human(p.total_bytes),
+                human(p.cached_at_start),
+                human(p.fetch.plain_bytes),
+                human(p.fetch.wire_bytes),
                 progress::duration(p.elapsed),
                 p.fetch.corrupt
             );
@@ -258,10 +247,10 @@ fn status(cache: PathBuf) -> ExitCode {
     println!(
         "cache {}: {} used of {} ({} chunks, {} of plaintext)",
         s.uuid,
-        progress::bytes(s.used_bytes),
-        progress::bytes(s.arena_bytes),
+        human(s.used_bytes),
+        human(s.arena_bytes),
         s.chunks,
-        progress::bytes(s.plain_bytes)
+        human(s.plain_bytes)
     );
     for user in receiver::store::users(&cache) {
         match receiver::store::load(&cache, &user) {
@@ -305,7 +294,7 @@ fn status(cache: PathBuf) -> ExitCode {
     for (name, blocks) in &s.overlays {
         println!(
             "overlay {name}: {} of local changes",
-            progress::bytes(*blocks as u64 * 4096)
+            human(*blocks as u64 * 4096)
         );
     }
     ExitCode::SUCCESS

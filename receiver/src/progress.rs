@@ -1,22 +1,10 @@
-//! Human-readable progress lines (the CLI prints them; init may reuse them).
+//! Human-readable progress lines (the CLI prints them; init may reuse them). Byte counts
+//! are [`support::size::human`]'s.
 
 use std::time::Duration;
+use support::size::human;
 
 use crate::fill::Progress;
-
-/// `12.3 MiB`, `1.5 GiB`.
-pub fn bytes(n: u64) -> String {
-    let n = n as f64;
-    if n >= (1u64 << 30) as f64 {
-        format!("{:.2} GiB", n / (1u64 << 30) as f64)
-    } else if n >= (1u64 << 20) as f64 {
-        format!("{:.1} MiB", n / (1u64 << 20) as f64)
-    } else if n >= 1024.0 {
-        format!("{:.1} KiB", n / 1024.0)
-    } else {
-        format!("{n} B")
-    }
-}
 
 /// `1:02:03` or `2:03`.
 pub fn duration(d: Duration) -> String {
@@ -47,20 +35,20 @@ pub fn lines(p: &Progress) -> Vec<String> {
             "  {} v{}: {} / {} ({}%), {state}",
             a.name,
             a.version,
-            bytes(a.done_bytes),
-            bytes(a.total_bytes),
+            human(a.done_bytes),
+            human(a.total_bytes),
             pct(a.done_bytes, a.total_bytes)
         ));
     }
     let eta = p.eta.map(duration).unwrap_or_else(|| "?".into());
     let mut total = format!(
         "total {} / {} ({}%), {}/s, {} left, {} on the wire",
-        bytes(p.done_bytes),
-        bytes(p.total_bytes),
+        human(p.done_bytes),
+        human(p.total_bytes),
         pct(p.done_bytes, p.total_bytes),
-        bytes(p.rate as u64),
+        human(p.rate as u64),
         eta,
-        bytes(p.fetch.wire_bytes)
+        human(p.fetch.wire_bytes)
     );
     if p.fetch.corrupt > 0 || p.fetch.retries > 0 {
         total.push_str(&format!(

@@ -10,7 +10,8 @@ use clap::{Parser, Subcommand};
 use repository::error::{Error, Result};
 use repository::gc::GcOptions;
 use repository::image::Change;
-use repository::publish::{parse_size, DiskSpec, PublishRequest};
+use repository::publish::{DiskSpec, PublishRequest};
+use support::size::parse as parse_size;
 use repository::server::ServeConfig;
 use repository::{fsutil, users, Repo};
 
@@ -296,6 +297,7 @@ fn run(cli: Cli) -> Result<()> {
                 })
                 .collect();
             let chunk_size = parse_size(&chunk_size)
+                .ok()
                 .and_then(|s| u32::try_from(s).ok())
                 .ok_or_else(|| {
                     Error::Usage(format!(
@@ -328,7 +330,7 @@ fn run(cli: Cli) -> Result<()> {
             label,
         }) => {
             let size = parse_size(&size)
-                .ok_or_else(|| Error::Usage(format!("--size {size:?} is not a size like 256M")))?;
+                .map_err(|_| Error::Usage(format!("--size {size:?} is not a size like 256M")))?;
             repository::image::create(&src, &out, size, &label)?;
             println!("wrote {}", out.display());
         }

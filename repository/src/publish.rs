@@ -69,28 +69,12 @@ impl std::str::FromStr for DiskSpec {
                 )))
             }
         };
-        let source = match parse_size(rest) {
-            Some(size) if !Path::new(rest).exists() => DiskSource::Empty(size),
+        let source = match support::size::parse(rest) {
+            Ok(size) if !Path::new(rest).exists() => DiskSource::Empty(size),
             _ => DiskSource::Image(PathBuf::from(rest)),
         };
         Ok(DiskSpec { role, source })
     }
-}
-
-/// Parses `123`, `4K`, `512M`, `2G`, `1T` (binary units).
-pub fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let (digits, mult) = match s.char_indices().last()? {
-        (i, 'K' | 'k') => (&s[..i], 1u64 << 10),
-        (i, 'M' | 'm') => (&s[..i], 1 << 20),
-        (i, 'G' | 'g') => (&s[..i], 1 << 30),
-        (i, 'T' | 't') => (&s[..i], 1 << 40),
-        _ => (s, 1),
-    };
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse::<u64>().ok()?.checked_mul(mult)
 }
 
 /// Everything `publish` needs.
@@ -512,12 +496,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes_and_disk_specs() {
-        assert_eq!(parse_size("4K"), Some(4096));
-        assert_eq!(parse_size("1G"), Some(1 << 30));
-        assert_eq!(parse_size("12"), Some(12));
-        assert_eq!(parse_size("x1G"), None);
-        assert_eq!(parse_size("G"), None);
+    fn disk_specs() {
         assert!(
             matches!("user=1G".parse::<DiskSpec>().unwrap().source, DiskSource::Empty(s) if s == 1 << 30)
         );

@@ -19,12 +19,13 @@ pub enum CacheLocation {
 }
 
 impl CacheLocation {
-    /// `memory` or `memory:SIZE` (bytes, or with K/M/G) or a path.
+    /// `memory` or `memory:SIZE` (bytes, or with K/M/G/T: [`support::size::parse`]) or a
+    /// path.
     pub fn parse(text: &str, run_dir: &Path) -> Result<CacheLocation, String> {
         if let Some(rest) = text.strip_prefix("memory") {
             let bytes = match rest.strip_prefix(':') {
-                Some(size) => parse_size(size)
-                    .ok_or_else(|| format!("cache {text:?}: write memory:SIZE, e.g. memory:2G"))?,
+                Some(size) => support::size::parse(size)
+                    .map_err(|_| format!("cache {text:?}: write memory:SIZE, e.g. memory:2G"))?,
                 None if rest.is_empty() => default_memory_cache_bytes(),
                 None => return Err(format!("cache {text:?}: write memory or memory:SIZE")),
             };
@@ -49,18 +50,6 @@ fn default_memory_cache_bytes() -> u64 {
         .unwrap_or(1 << 20)
         * 1024;
     (total / 4).max(256 << 20)
-}
-
-/// `512M`, `2G`, `4096`.
-pub fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let (num, mult) = match s.chars().last()? {
-        'K' | 'k' => (&s[..s.len() - 1], 1u64 << 10),
-        'M' | 'm' => (&s[..s.len() - 1], 1 << 20),
-        'G' | 'g' => (&s[..s.len() - 1], 1 << 30),
-        _ => (s, 1),
-    };
-    num.parse::<u64>().ok()?.checked_mul(mult)
 }
 
 /// Opens (or, in memory, creates) the cache.

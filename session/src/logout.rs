@@ -8,7 +8,7 @@
 use crate::{Outcome, Screen};
 use cachefs::Overlay;
 use receiver::fill::FillHandle;
-use receiver::progress::bytes;
+use support::size::human;
 use receiver::Session;
 use std::sync::Arc;
 use std::time::Instant;
@@ -34,9 +34,9 @@ pub fn finish(
                 complete = p.done_bytes >= p.total_bytes;
                 log::info!(
                     "fill: {} of {} in the cache, {} fetched",
-                    bytes(p.done_bytes),
-                    bytes(p.total_bytes),
-                    bytes(p.fetch.plain_bytes)
+                    human(p.done_bytes),
+                    human(p.total_bytes),
+                    human(p.fetch.plain_bytes)
                 );
             }
             Err(e) => {

@@ -14,10 +14,11 @@ use clap::Parser;
 use session::cache::CacheLocation;
 use session::{Outcome, Settings};
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::os::fd::FromRawFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use support::logger::Logger;
 
 #[derive(Parser)]
 #[command(
@@ -59,40 +60,6 @@ const EXIT_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 const EXIT_REFUSED: u8 = 3;
 
-/// Logs to the kernel log, where init's messages go too; the console belongs to the
-/// person and the appliances.
-struct KmsgLogger {
-    kmsg: Option<std::sync::Mutex<File>>,
-}
-
-impl log::Log for KmsgLogger {
-    fn enabled(&self, m: &log::Metadata) -> bool {
-        m.level() <= log::max_level()
-    }
-    fn log(&self, r: &log::Record) {
-        if !self.enabled(r.metadata()) {
-            return;
-        }
-        let prio = match r.level() {
-            log::Level::Error => 3,
-            log::Level::Warn => 4,
-            log::Level::Info => 6,
-            _ => 7,
-        };
-        let line = format!("<{prio}>session: {}\n", r.args());
-        match &self.kmsg {
-            Some(k) => {
-                if let Ok(mut k) = k.lock() {
-                    let _ = k.write_all(line.as_bytes());
-                }
-            }
-            None if r.level() <= log::Level::Warn => eprint!("session: {}\r\n", r.args()),
-            None => {}
-        }
-    }
-    fn flush(&self) {}
-}
-
 fn read_password(fd: i32) -> Result<String, String> {
     // SAFETY: the fd was handed to us for this purpose; File owns and closes it.
     let file = unsafe { File::from_raw_fd(fd) };
@@ -105,15 +72,12 @@ fn read_password(fd: i32) -> Result<String, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let kmsg = std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/kmsg")
-        .ok()
-        .map(std::sync::Mutex::new);
-    let logger = Box::leak(Box::new(KmsgLogger { kmsg }));
-    if log::set_logger(logger).is_ok() {
-        log::set_max_level(cli.log);
-    }
+    // The kernel log, where init's messages go too; the console belongs to the person and
+    // the appliances (run by hand without a kernel log, warnings go to stderr).
+    Logger::kmsg("session")
+        .warnings_to_stderr_without_kmsg()
+        .raw_terminal()
+        .install(cli.log);
     let cache = match CacheLocation::parse(&cli.cache, &cli.run_dir) {
         Ok(c) => c,
         Err(e) => {

@@ -3,7 +3,8 @@
 //! logout.
 
 use receiver::fill::Progress;
-use receiver::progress::{bytes, duration};
+use receiver::progress::duration;
+use support::size::human;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
@@ -31,8 +32,8 @@ pub fn progress_lines(p: &Progress) -> Vec<String> {
         } else {
             format!(
                 "boot chunks {} / {}",
-                bytes(a.boot_done_bytes),
-                bytes(a.boot_total_bytes)
+                human(a.boot_done_bytes),
+                human(a.boot_total_bytes)
             )
         };
         let left = match a.eta {
@@ -44,17 +45,17 @@ pub fn progress_lines(p: &Progress) -> Vec<String> {
             a.name,
             a.version,
             bar(a.done_bytes, a.total_bytes),
-            bytes(a.done_bytes),
-            bytes(a.total_bytes),
+            human(a.done_bytes),
+            human(a.total_bytes),
         ));
     }
     lines.push(format!(
         "  {:<17} {} {:>9} / {:<9} {}/s, {} left",
         "total",
         bar(p.done_bytes, p.total_bytes),
-        bytes(p.done_bytes),
-        bytes(p.total_bytes),
-        bytes(p.rate as u64),
+        human(p.done_bytes),
+        human(p.total_bytes),
+        human(p.rate as u64),
         p.eta.map(duration).unwrap_or_else(|| "?".into()),
     ));
     lines

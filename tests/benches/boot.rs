@@ -29,15 +29,15 @@ fn main() -> anyhow::Result<()> {
     println!("boot benchmark: qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 2G, virtio-net, {RUNS} runs each, interleaved");
     println!(
         "  vmlinuz              {:>10}",
-        image::human_bytes(size(&fw.vmlinuz))
+        support::size::human(size(&fw.vmlinuz))
     );
     println!(
         "  initrd.img (ours)    {:>10}",
-        image::human_bytes(size(&fw.initrd))
+        support::size::human(size(&fw.initrd))
     );
     println!(
         "  initrd (marker only) {:>10}",
-        image::human_bytes(marker_bytes)
+        support::size::human(marker_bytes)
     );
 
     let config = MachineConfig::default();

@@ -16,6 +16,7 @@
 use anyhow::Result;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
+use support::size::human_with;
 use system_tests::demo::{self, DemoRepo, RepoServer};
 use system_tests::{Machine, Nic};
 
@@ -32,14 +33,6 @@ const SHORT: Duration = Duration::from_secs(90);
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
-}
-
-fn human(bytes: u64) -> String {
-    if bytes >= 1 << 20 {
-        format!("{:.2} MiB", bytes as f64 / (1 << 20) as f64)
-    } else {
-        format!("{:.1} KiB", bytes as f64 / 1024.0)
-    }
 }
 
 /// Logs in; returns the seconds from the password to desk's marker and the chunk bytes
@@ -159,7 +152,7 @@ fn main() -> Result<()> {
         println!(
             "run {}: cold {c:.2} s ({} fetched before the marker, the whole set in after {f:.2} s), warm after a reboot {w:.2} s, warm without a reboot {a:.2} s",
             run + 1,
-            human(bytes)
+            human_with(bytes, 2)
         );
         filled.push(f);
         cold.push(c);
@@ -202,8 +195,8 @@ fn main() -> Result<()> {
     );
     println!(
         "  cold cache: fetched before the marker {} of the {} the set's kernels, initrds and system disks take ({:.2})",
-        human(median(cold_bytes.clone()) as u64),
-        human(set_bytes),
+        human_with(median(cold_bytes.clone()) as u64, 2),
+        human_with(set_bytes, 2),
         median(cold_bytes) / set_bytes as f64
     );
     println!(
@@ -217,9 +210,9 @@ fn main() -> Result<()> {
     );
     println!(
         "  update to desk v2: login to ready {u:.2} s; fetched {} for {} new chunk(s) holding {} ({:.3} of the new chunks' bytes)",
-        human(update_bytes),
+        human_with(update_bytes, 2),
         added.len(),
-        human(added_bytes),
+        human_with(added_bytes, 2),
         update_bytes as f64 / added_bytes.max(1) as f64
     );
     let _ = std::fs::remove_dir_all(&dir);

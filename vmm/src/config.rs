@@ -1,5 +1,7 @@
-//! What a VM is made of: the one description every front end (the `vmm run` command line
-//! today, the appliance manifest later) fills in before calling [`crate::run`].
+//! What a VM is made of: the one description its front ends fill in before calling
+//! [`crate::run`] or [`crate::Machine::new`] (both in the launcher crate: the `vmm run`
+//! command line, and `manifest_vm` from an appliance manifest); also the default kernel
+//! command line and MAC address parsing.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
