@@ -8,6 +8,7 @@
 //!   bridges per appliance network, stable MACs);
 //! * [`cachefs_disk`]: a virtio-blk backend over a cachefs view and overlay;
 //! * [`read_trace`]: a backend wrapper recording a boot trace;
+//! * [`network`]: a VM's taps up on their appliance networks' bridges;
 //! * [`console_switch`]: several appliances' consoles on one terminal;
 //! * [`stdio`]: the VM console on this process's terminal (raw mode).
 //!
@@ -16,5 +17,6 @@
 pub mod cachefs_disk;
 pub mod console_switch;
 pub mod manifest_vm;
+pub mod network;
 pub mod read_trace;
 pub mod stdio;

@@ -6,8 +6,8 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use launcher::network::Attachment;
 use support::logger::{level_from_env, Logger};
-use vmm::config::parse_mac;
 use vmm::devices::legacy::serial::FlushingWriter;
 use vmm::{ConsoleConfig, DiskConfig, DiskSource, KernelConfig, MachineConfig, NetConfig};
 
@@ -121,14 +121,18 @@ fn parse_disk(s: &str) -> Result<DiskConfig, String> {
     })
 }
 
-fn parse_net(s: &str) -> Result<NetConfig, String> {
+/// `--net` options: the card, and the bridge its tap joins.
+fn parse_net(s: &str) -> Result<(NetConfig, Attachment), String> {
     let mut n = NetConfig::default();
+    let mut bridge = None;
     for opt in s.split(',').filter(|o| !o.is_empty()) {
         match opt.split_once('=') {
-            Some(("bridge", v)) => n.bridge = Some(v.to_string()),
+            Some(("bridge", v)) => bridge = Some(v.to_string()),
             Some(("tap", v)) => n.tap = Some(v.to_string()),
             Some(("mac", v)) => {
-                n.mac = Some(parse_mac(v).ok_or_else(|| format!("bad MAC address {v:?}"))?)
+                n.mac = Some(
+                    support::netif::parse_mac(v).ok_or_else(|| format!("bad MAC address {v:?}"))?,
+                )
             }
             _ => {
                 return Err(format!(
@@ -137,7 +141,7 @@ fn parse_net(s: &str) -> Result<NetConfig, String> {
             }
         }
     }
-    Ok(n)
+    Ok((n, bridge))
 }
 
 /// `vmm set`: exit code 0 if every appliance powered off, else the first other code.
@@ -235,13 +239,13 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let nets = match args
+    let (nets, attachments): (Vec<NetConfig>, Vec<Attachment>) = match args
         .nets
         .iter()
         .map(|n| parse_net(n))
         .collect::<Result<Vec<_>, _>>()
     {
-        Ok(n) => n,
+        Ok(n) => n.into_iter().unzip(),
         Err(e) => {
             eprintln!("vmm: {e}");
             std::process::exit(1);
@@ -290,6 +294,8 @@ fn main() {
             },
         };
         let r = vmm::Machine::new(machine).and_then(|mut m| {
+            launcher::network::plug(m.tap_names(), &attachments)
+                .map_err(|e| vmm::Error::Device(e.to_string()))?;
             m.load_kernel(&kernel)?;
             if let Some(at) = deadline {
                 let exit = m.exit_signal();
@@ -343,10 +349,10 @@ mod tests {
         assert!(!parse_disk("/a.img").unwrap().read_only);
         assert!(parse_disk(",ro").is_err());
         assert!(parse_disk("/a,bogus").is_err());
-        let n = parse_net("bridge=br0,mac=52:54:00:00:00:01").unwrap();
-        assert_eq!(n.bridge.as_deref(), Some("br0"));
+        let (n, bridge) = parse_net("bridge=br0,mac=52:54:00:00:00:01").unwrap();
+        assert_eq!(bridge.as_deref(), Some("br0"));
         assert_eq!(n.mac, Some([0x52, 0x54, 0, 0, 0, 1]));
-        assert_eq!(parse_net("").unwrap(), NetConfig::default());
+        assert_eq!(parse_net("").unwrap(), (NetConfig::default(), None));
         assert!(parse_net("bridge").is_err());
         assert!(parse_net("mac=1:2").is_err());
     }

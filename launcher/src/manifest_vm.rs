@@ -14,6 +14,8 @@ use vmm::config::{
 };
 use vmm::BlockBackend;
 
+use crate::network::Attachment;
+
 /// Why a manifest cannot become a VM here.
 #[allow(missing_docs)] // the messages say it
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -63,6 +65,15 @@ pub fn derived_mac(appliance: &str, network: &str) -> [u8; 6] {
     [0x52, 0x54, b[0], b[1], b[2], b[3]]
 }
 
+/// An appliance's VM and where its network cards plug in on this terminal.
+#[derive(Debug)]
+pub struct ApplianceVm {
+    /// What the VMM builds.
+    pub config: VmConfig,
+    /// The bridge of each network card, in card order, for [`crate::network::plug`].
+    pub attachments: Vec<Attachment>,
+}
+
 /// The VM for `manifest`: one disk backend per manifest disk, in order (`/dev/vda`
 /// first). System disks are writable from the guest's side; their backend decides what
 /// happens to the writes (a throw-away overlay).
@@ -72,7 +83,7 @@ pub fn vm_config(
     initrd: Option<PathBuf>,
     disks: Vec<Arc<dyn BlockBackend>>,
     console: ConsoleConfig,
-) -> Result<VmConfig, ApplianceVmError> {
+) -> Result<ApplianceVm, ApplianceVmError> {
     if disks.len() != manifest.disks.len() {
         return Err(ApplianceVmError::DiskCount {
             name: manifest.name.clone(),
@@ -102,7 +113,7 @@ pub fn vm_config(
         .map(|n| {
             let mac = match &n.mac {
                 Some(text) => {
-                    vmm::config::parse_mac(text).ok_or_else(|| ApplianceVmError::BadMac {
+                    support::netif::parse_mac(text).ok_or_else(|| ApplianceVmError::BadMac {
                         name: manifest.name.clone(),
                         network: n.network.clone(),
                         mac: text.clone(),
@@ -112,7 +123,6 @@ pub fn vm_config(
             };
             Ok(NetConfig {
                 tap: None,
-                bridge: Some(bridge_for_network(&n.network)),
                 mac: Some(mac),
             })
         })
@@ -122,7 +132,12 @@ pub fn vm_config(
     } else {
         manifest.cmdline.clone()
     };
-    Ok(VmConfig {
+    let attachments = manifest
+        .networks
+        .iter()
+        .map(|n| Some(bridge_for_network(&n.network)))
+        .collect();
+    let config = VmConfig {
         machine: MachineConfig {
             memory_mib: manifest.memory_mib,
             vcpus,
@@ -137,6 +152,10 @@ pub fn vm_config(
             cmdline,
             cmdline_mmio_devices: false,
         },
+    };
+    Ok(ApplianceVm {
+        config,
+        attachments,
     })
 }
 
@@ -173,11 +192,15 @@ mod tests {
             ConsoleConfig::Null,
         )
         .unwrap();
+        assert_eq!(
+            cfg.attachments,
+            [Some("ca-office".to_string()), Some("ca-uplink".to_string())]
+        );
+        let cfg = cfg.config;
         assert_eq!(cfg.machine.memory_mib, 1024);
         assert_eq!(cfg.machine.vcpus, 2);
         assert_eq!(cfg.machine.disks.len(), 2);
         assert_eq!(cfg.kernel.cmdline, "console=ttyS0 quiet");
-        assert_eq!(cfg.machine.nets[0].bridge.as_deref(), Some("ca-office"));
         assert_eq!(cfg.machine.nets[0].mac, Some(derived_mac("desk", "office")));
         assert_eq!(cfg.machine.nets[1].mac, Some([0x52, 0x54, 0, 0, 0, 7]));
         assert_eq!(derived_mac("desk", "office"), derived_mac("desk", "office"));

@@ -11,9 +11,9 @@ use repository::error::{Error, Result};
 use repository::gc::GcOptions;
 use repository::image::Change;
 use repository::publish::{DiskSpec, PublishRequest};
-use support::size::parse as parse_size;
 use repository::server::ServeConfig;
 use repository::{fsutil, users, Repo};
+use support::size::parse as parse_size;
 
 #[derive(Parser)]
 #[command(

@@ -8,10 +8,10 @@
 use crate::{Outcome, Screen};
 use cachefs::Overlay;
 use receiver::fill::FillHandle;
-use support::size::human;
 use receiver::Session;
 use std::sync::Arc;
 use std::time::Instant;
+use support::size::human;
 
 /// Logs out: the fill stops (what arrived is kept), user disks are written back.
 pub fn finish(

@@ -142,7 +142,7 @@ fn boot_once(
         input: Box::new(console.keys.try_clone().map_err(failed("input"))?),
         output: Box::new(console.output.try_clone().map_err(failed("output"))?),
     };
-    let config = launcher::manifest_vm::vm_config(
+    let vm = launcher::manifest_vm::vm_config(
         &p.manifest,
         p.kernel.clone(),
         p.initrd.clone(),
@@ -151,11 +151,12 @@ fn boot_once(
     )
     .map_err(|e| e.to_string())?;
     let t0 = std::time::Instant::now();
-    let mut machine = vmm::Machine::new(config.machine).map_err(|e| e.to_string())?;
+    let mut machine = vmm::Machine::new(vm.config.machine).map_err(|e| e.to_string())?;
     stop.register(machine.exit_signal());
+    launcher::network::plug(machine.tap_names(), &vm.attachments).map_err(|e| e.to_string())?;
     let t1 = t0.elapsed();
     machine
-        .load_kernel(&config.kernel)
+        .load_kernel(&vm.config.kernel)
         .map_err(|e| e.to_string())?;
     let t2 = t0.elapsed();
     log::info!(

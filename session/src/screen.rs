@@ -4,9 +4,9 @@
 
 use receiver::fill::Progress;
 use receiver::progress::duration;
-use support::size::human;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
+use support::size::human;
 
 /// Width of a progress bar in characters.
 const BAR_WIDTH: usize = 24;

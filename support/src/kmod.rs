@@ -44,7 +44,10 @@ mod tests {
             module_name_of_path("kernel/a/usb-storage.ko.xz"),
             "usb_storage"
         );
-        assert_eq!(module_name_of_path("kernel/b/virtio_net.ko.zst"), "virtio_net");
+        assert_eq!(
+            module_name_of_path("kernel/b/virtio_net.ko.zst"),
+            "virtio_net"
+        );
         assert_eq!(module_name_of_path("kernel/c/vfat.ko.gz"), "vfat");
         assert_eq!(module_name_of_path("e1000e.ko"), "e1000e");
         assert_eq!(normalize("snd-hda-intel"), "snd_hda_intel");

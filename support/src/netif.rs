@@ -276,7 +276,10 @@ mod tests {
         let sa = sockaddr(Ipv4Addr::new(10, 0, 2, 15));
         assert_eq!(sa.sa_family, libc::AF_INET as libc::sa_family_t);
         // sin_port (2 bytes), then the address as on the wire.
-        assert_eq!(&sa.sa_data[2..6], &[10, 0, 2, 15].map(|b: u8| b as libc::c_char));
+        assert_eq!(
+            &sa.sa_data[2..6],
+            &[10, 0, 2, 15].map(|b: u8| b as libc::c_char)
+        );
     }
 
     #[test]

@@ -117,7 +117,9 @@ mod tests {
 
     #[test]
     fn what_is_refused() {
-        for bad in ["", " ", "G", "+", "+G", "x1G", "1.5G", "1,5G", "4 K", "-1", "1e3", "0x10"] {
+        for bad in [
+            "", " ", "G", "+", "+G", "x1G", "1.5G", "1,5G", "4 K", "-1", "1e3", "0x10",
+        ] {
             assert_eq!(
                 parse(bad),
                 Err(ParseSizeError::NotASize(bad.trim().to_string())),
@@ -143,14 +145,23 @@ mod tests {
             parse("18446744073709551616"),
             Err(ParseSizeError::TooLarge("18446744073709551616".into()))
         );
-        assert_eq!(parse("16777216T"), Err(ParseSizeError::TooLarge("16777216T".into())));
+        assert_eq!(
+            parse("16777216T"),
+            Err(ParseSizeError::TooLarge("16777216T".into()))
+        );
         assert_eq!(parse("16777215T"), Ok(16777215 << 40));
     }
 
     #[test]
     fn messages_quote_the_text() {
-        assert_eq!(parse("1.5G").unwrap_err().to_string(), r#"not a size: "1.5G""#);
-        assert_eq!(parse("3X").unwrap_err().to_string(), r#"unknown size suffix in "3X""#);
+        assert_eq!(
+            parse("1.5G").unwrap_err().to_string(),
+            r#"not a size: "1.5G""#
+        );
+        assert_eq!(
+            parse("3X").unwrap_err().to_string(),
+            r#"unknown size suffix in "3X""#
+        );
         assert_eq!(
             parse("99999999999T").unwrap_err().to_string(),
             r#"size too large: "99999999999T""#

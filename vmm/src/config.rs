@@ -41,20 +41,8 @@ pub struct DiskConfig {
 pub struct NetConfig {
     /// Tap interface name; `None` lets the kernel pick (`vmtap%d`).
     pub tap: Option<String>,
-    /// Bridge (appliance network) to attach the tap to; it must exist.
-    pub bridge: Option<String>,
     /// MAC address; `None` picks a random one in QEMU's 52:54:00 range.
     pub mac: Option<[u8; 6]>,
-}
-
-/// Parses `aa:bb:cc:dd:ee:ff`.
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in mac.iter_mut() {
-        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
 }
 
 /// Where the serial console goes.
@@ -141,19 +129,3 @@ pub struct VmConfig {
 /// register (falls back to the i8042), quiet probing of hardware we do not have (`pci=off`:
 /// there is no PCI host bridge, as Firecracker does without PCI).
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=a panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd 8250.nr_uarts=1 cryptomgr.notests swiotlb=noforce tsc=reliable pci=off";
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mac_parsing() {
-        assert_eq!(
-            parse_mac("52:54:00:0a:0B:ff"),
-            Some([0x52, 0x54, 0, 0x0a, 0x0b, 0xff])
-        );
-        assert_eq!(parse_mac("52:54:00:0a:0b"), None);
-        assert_eq!(parse_mac("52:54:00:0a:0b:ff:00"), None);
-        assert_eq!(parse_mac("52:54:00:0a:0b:zz"), None);
-    }
-}

@@ -26,9 +26,7 @@ use crate::acpi::{self, MmioDeviceInfo};
 use crate::arch::layout::*;
 use crate::arch::regs::EntryMode;
 use crate::arch::{boot, cpuid, regs};
-use crate::config::{
-    ConsoleConfig, DiskConfig, DiskSource, KernelConfig, MachineConfig, NetConfig,
-};
+use crate::config::{ConsoleConfig, DiskConfig, DiskSource, KernelConfig, MachineConfig};
 use crate::console;
 use crate::device_manager::legacy::LegacyDevices;
 use crate::device_manager::mmio::MmioDeviceManager;
@@ -113,6 +111,7 @@ pub struct Machine {
     legacy: LegacyDevices,
     exit: Arc<ExitSignal>,
     console_input: console::ConsoleInput,
+    tap_names: Vec<String>,
     // Kept open for the VM's lifetime: closing it would destroy the VM under the vCPUs.
     _vm: VmFd,
     _kvm: Kvm,
@@ -149,8 +148,11 @@ impl Machine {
             let device = Block::new(disk_backend(i, disk)?, name.clone());
             virtio.add(&vm, &mem, Box::new(device), &name)?;
         }
+        let mut tap_names = Vec::new();
         for (i, net) in nets.iter().enumerate() {
-            let tap = open_tap(i, net)?;
+            let tap = Tap::open(net.tap.as_deref().unwrap_or("vmtap%d"))
+                .map_err(|e| Error::Device(format!("net {i}: cannot open tap: {e}")))?;
+            tap_names.push(tap.name().to_string());
             let name = format!("net{i} ({})", tap.name());
             let device = Net::new(Arc::new(tap), net.mac.unwrap_or_else(random_mac));
             virtio.add(&vm, &mem, Box::new(device), &name)?;
@@ -165,6 +167,7 @@ impl Machine {
             legacy,
             exit,
             console_input,
+            tap_names,
             _vm: vm,
             _kvm: kvm,
             mem,
@@ -177,6 +180,13 @@ impl Machine {
     /// from another thread (a logout, a timeout).
     pub fn exit_signal(&self) -> Arc<ExitSignal> {
         self.exit.clone()
+    }
+
+    /// The tap interface of each network card, in `nets` order. They are down and on no
+    /// bridge: plugging them into the host's networks is the embedding program's job, done
+    /// before [`Machine::run`] (the guest cannot send anything earlier).
+    pub fn tap_names(&self) -> &[String] {
+        &self.tap_names
     }
 
     /// Guest memory (for tests and for loading custom payloads).
@@ -388,21 +398,6 @@ fn disk_backend(i: usize, disk: &DiskConfig) -> Result<Arc<dyn BlockBackend>, Er
             Ok(b.clone())
         }
     }
-}
-
-/// Opens the tap of network card `i`, attached to its bridge if it names one.
-fn open_tap(i: usize, net: &NetConfig) -> Result<Tap, Error> {
-    let tap = Tap::open(net.tap.as_deref().unwrap_or("vmtap%d"))
-        .map_err(|e| Error::Device(format!("net {i}: cannot open tap: {e}")))?;
-    if let Some(br) = &net.bridge {
-        tap.attach_to_bridge(br).map_err(|e| {
-            Error::Device(format!(
-                "net {i}: cannot attach {} to bridge {br}: {e}",
-                tap.name()
-            ))
-        })?;
-    }
-    Ok(tap)
 }
 
 /// A random MAC in QEMU's 52:54:00 range (unicast, so the guest accepts it).

@@ -1,6 +1,7 @@
 //! A tap device for virtio-net: opened through /dev/net/tun with the virtio-net header
-//! (so frames pass between tap and guest unchanged, header included), brought up, and
-//! attached to a named bridge (an appliance network).
+//! (so frames pass between tap and guest unchanged, header included). Bringing it up and
+//! attaching it to an appliance network's bridge is host network configuration, done by
+//! the embedding program (the launcher) with the interface's name.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -17,59 +18,48 @@ pub trait PacketIo: Send + Sync {
     fn raw_fd(&self) -> RawFd;
 }
 
-/// Bridge ioctl "add interface" (linux/sockios.h; not exported by libc for every target).
-const SIOCBRADDIF: libc::c_ulong = 0x89a2;
-
 /// Size of `struct virtio_net_hdr_v1` (with `num_buffers`), the header on every frame.
 pub const VNET_HDR_LEN: usize = 12;
 
-#[repr(C)]
-struct IfReq {
-    name: [u8; 16],
-    data: [u8; 24],
+/// The `struct ifreq` that TUNSETIFF takes, naming interface `name` (a `%d` in it lets
+/// the kernel pick the number).
+fn tun_request(name: &str, flags: libc::c_short) -> io::Result<libc::ifreq> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("bad interface name {name:?}"),
+        ));
+    }
+    // SAFETY: ifreq is plain old data (a name array and a union of integers and
+    // addresses); all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags = flags;
+    Ok(req)
 }
 
-impl IfReq {
-    fn new(name: &str) -> io::Result<Self> {
-        if name.is_empty() || name.len() >= 16 || name.contains('\0') {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("bad interface name {name:?}"),
-            ));
-        }
-        let mut r = IfReq {
-            name: [0; 16],
-            data: [0; 24],
-        };
-        r.name[..name.len()].copy_from_slice(name.as_bytes());
-        Ok(r)
-    }
-
-    fn name(&self) -> String {
-        let end = self.name.iter().position(|&b| b == 0).unwrap_or(16);
-        String::from_utf8_lossy(&self.name[..end]).into_owned()
-    }
+/// The name the kernel wrote back into a TUNSETIFF request.
+fn request_name(req: &libc::ifreq) -> String {
+    let bytes: Vec<u8> = req
+        .ifr_name
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 fn ioctl(fd: RawFd, req: libc::c_ulong, arg: *mut libc::c_void) -> io::Result<()> {
     // SAFETY: every caller passes a request whose argument is the pointed-to object, which
-    // is live and large enough (an IfReq is the kernel's 40-byte struct ifreq, or an int).
+    // is live and large enough (a libc::ifreq, or an int).
     let r = unsafe { libc::ioctl(fd, req as _, arg) };
     if r < 0 {
         Err(io::Error::last_os_error())
     } else {
         Ok(())
     }
-}
-
-fn inet_socket() -> io::Result<File> {
-    // SAFETY: plain socket(2) call; the fd is owned by the returned File.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh descriptor we own.
-    Ok(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
 /// An open tap interface.
@@ -80,7 +70,7 @@ pub struct Tap {
 
 impl Tap {
     /// Creates (or opens) tap `name` (`"vmtap%d"` lets the kernel pick), with the 12-byte
-    /// virtio-net header, non-blocking, and brings it up.
+    /// virtio-net header, non-blocking. It stays down until its owner brings it up.
     pub fn open(name: &str) -> io::Result<Tap> {
         let file = OpenOptions::new()
             .read(true)
@@ -93,13 +83,12 @@ impl Tap {
                     format!("/dev/net/tun: {e} (is the tun module loaded?)"),
                 )
             })?;
-        let mut req = IfReq::new(name)?;
-        let flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as u16;
-        req.data[..2].copy_from_slice(&flags.to_ne_bytes());
+        let flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
+        let mut req = tun_request(name, flags)?;
         ioctl(
             file.as_raw_fd(),
             libc::TUNSETIFF as _,
-            (&mut req as *mut IfReq).cast(),
+            (&mut req as *mut libc::ifreq).cast(),
         )?;
         let mut hdr_len = VNET_HDR_LEN as libc::c_int;
         ioctl(
@@ -113,53 +102,15 @@ impl Tap {
             libc::TUNSETOFFLOAD as _,
             std::ptr::null_mut(),
         )?;
-        let tap = Tap {
+        Ok(Tap {
             file,
-            name: req.name(),
-        };
-        tap.set_up()?;
-        Ok(tap)
+            name: request_name(&req),
+        })
     }
 
     /// The interface name the kernel gave.
     pub fn name(&self) -> &str {
         &self.name
-    }
-
-    fn set_up(&self) -> io::Result<()> {
-        let sock = inet_socket()?;
-        let mut req = IfReq::new(&self.name)?;
-        ioctl(
-            sock.as_raw_fd(),
-            libc::SIOCGIFFLAGS,
-            (&mut req as *mut IfReq).cast(),
-        )?;
-        let flags = i16::from_ne_bytes([req.data[0], req.data[1]]) | libc::IFF_UP as i16;
-        req.data[..2].copy_from_slice(&flags.to_ne_bytes());
-        ioctl(
-            sock.as_raw_fd(),
-            libc::SIOCSIFFLAGS,
-            (&mut req as *mut IfReq).cast(),
-        )
-    }
-
-    /// Attaches the tap to the existing bridge `bridge` (creating bridges is init's job).
-    pub fn attach_to_bridge(&self, bridge: &str) -> io::Result<()> {
-        let sock = inet_socket()?;
-        let mut req = IfReq::new(&self.name)?;
-        ioctl(
-            sock.as_raw_fd(),
-            libc::SIOCGIFINDEX,
-            (&mut req as *mut IfReq).cast(),
-        )?;
-        let index = i32::from_ne_bytes([req.data[0], req.data[1], req.data[2], req.data[3]]);
-        let mut br = IfReq::new(bridge)?;
-        br.data[..4].copy_from_slice(&index.to_ne_bytes());
-        ioctl(
-            sock.as_raw_fd(),
-            SIOCBRADDIF,
-            (&mut br as *mut IfReq).cast(),
-        )
     }
 }
 
@@ -203,10 +154,10 @@ mod tests {
 
     #[test]
     fn interface_names_are_checked() {
-        assert!(IfReq::new("").is_err());
-        assert!(IfReq::new("a-name-much-too-long").is_err());
-        assert_eq!(IfReq::new("vmtap%d").unwrap().name(), "vmtap%d");
-        assert_eq!(std::mem::size_of::<IfReq>(), 40);
+        assert!(tun_request("", 0).is_err());
+        assert!(tun_request("a-name-much-too-long", 0).is_err());
+        assert_eq!(request_name(&tun_request("vmtap%d", 0).unwrap()), "vmtap%d");
+        assert_eq!(std::mem::size_of::<libc::ifreq>(), 40);
     }
 
     #[test]
