@@ -14,7 +14,7 @@ KERNEL=$1; MODS=$2; EXTRA=${3:+smoke=$3}
 GUEST_KERNEL=${GUEST_KERNEL:-$KERNEL}; GUEST_MODS=${GUEST_MODS:-$MODS}
 HERE=$(cd "$(dirname "$0")" && pwd); ROOT=$HERE/../..
 W=$(mktemp -d); trap 'rm -rf "$W"' EXIT
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p vmm --target x86_64-unknown-linux-gnu \
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p launcher --bin vmm --target x86_64-unknown-linux-gnu \
     --manifest-path "$ROOT/Cargo.toml"
 gcc -static -O2 -o "$W/init" "$HERE/init.c"
 mkdir -p "$W/g/proc" "$W/g/sys" "$W/g/dev" "$W/g/modules" "$W/o/proc" "$W/o/sys" "$W/o/dev" "$W/o/modules" "$W/o/guest"
