@@ -53,7 +53,18 @@ fn main() -> Result<()> {
     let appliance = TestAppliance::build(&dir)?;
     let bench = binaries::build_static(&workspace(), &[], &[("collective-init", "nested-bench")])?;
     let run = dir.join("run");
-    std::fs::write(&run, format!("/bin/nested-bench\n{RUNS}\n"))?;
+    // NESTED_BENCH_DIAG=1: per-run diagnostics of the nested host (see nested_bench.rs).
+    let diag = if std::env::var_os("NESTED_BENCH_DIAG").is_some() {
+        "diag\n"
+    } else {
+        ""
+    };
+    let runs: usize = std::env::var("NESTED_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(RUNS);
+    std::fs::write(&run, format!("/bin/nested-bench\n{runs}\n{diag}"))?;
     let mut files = vec![
         (appliance.kernel.clone(), "appliance/vmlinuz".to_string()),
         (appliance.initrd.clone(), "appliance/initrd.img".to_string()),
@@ -72,12 +83,18 @@ fn main() -> Result<()> {
     println!(
         "nested VMM benchmark: firmware in qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 2G;"
     );
-    println!("inside it, {RUNS} boots each of the Debian cloud kernel + probe initramfs, 2 vCPUs, 512 MiB, ext4 root");
+    println!("inside it, {runs} boots each of the Debian cloud kernel + probe initramfs, 2 vCPUs, 512 MiB, ext4 root");
     let mut m = Machine::boot(&firmware, &MachineConfig::default())?;
-    let transcript = m.expect("NESTED-BENCH DONE", Duration::from_secs(1800))?;
-    for line in transcript.lines() {
-        if let Some((_, rest)) = line.split_once("NESTED-BENCH ") {
-            println!("{}", rest.trim_end_matches('\r'));
+    // Each result as it comes, so a long run shows its progress.
+    let deadline = std::time::Instant::now() + Duration::from_secs(1800);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        m.expect("NESTED-BENCH ", left)?;
+        let line = m.expect("\n", Duration::from_secs(60))?;
+        let line = line.trim_end_matches('\r');
+        println!("{line}");
+        if line == "DONE" {
+            break;
         }
     }
     m.send_line("poweroff")?;
