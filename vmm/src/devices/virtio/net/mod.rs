@@ -498,6 +498,12 @@ mod tests {
             0,
             "nothing received yet"
         );
+        // The worker reads the first frame on its own schedule (its first receive pass may
+        // come after the transmit): wait for it, bounded.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while dev_side.recvs.load(Ordering::SeqCst) == 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         // A second frame makes the tap readable, but the card has nowhere to put it: its
         // worker must sleep, not spin on the tap.
         assert_eq!(
