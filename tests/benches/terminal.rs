@@ -20,7 +20,14 @@ use support::size::human_with;
 use system_tests::demo::{self, DemoRepo, RepoServer};
 use system_tests::{Machine, Nic};
 
-const RUNS: usize = 3;
+/// Runs (medians over them); `TERMINAL_BENCH_RUNS` overrides, for a quick look.
+fn runs() -> usize {
+    std::env::var("TERMINAL_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(3)
+}
 /// The throttled link to the repository.
 const LINK_BYTES_PER_SEC: u64 = 4 << 20;
 /// Data on desk's system disk that its boot does not read.
@@ -131,7 +138,8 @@ fn main() -> Result<()> {
     let (mut cold, mut warm, mut again, mut cold_bytes, mut filled) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut last_disk = None;
-    for run in 0..RUNS {
+    let runs = runs();
+    for run in 0..runs {
         let disk = demo::empty_disk(&dir.join(format!("cache{run}.img")), 1 << 30)?;
         let mut m = boot(&pxe, &disk)?;
         let from = server.chunk_transfers().len();
@@ -186,7 +194,7 @@ fn main() -> Result<()> {
     let (cold_m, warm_m) = (median(cold), median(warm));
     let filled_m = median(filled);
     println!(
-        "\nterminal benchmark ({RUNS} runs, medians; QEMU TCG with nested KVM; repository on loopback behind a {} MiB/s link)",
+        "\nterminal benchmark ({runs} runs, medians; QEMU TCG with nested KVM; repository on loopback behind a {} MiB/s link)",
         LINK_BYTES_PER_SEC >> 20
     );
     println!(
