@@ -28,9 +28,23 @@ fn frame_plain_len(raw_len: usize, k: usize) -> usize {
     (raw_len - k * FRAME).min(FRAME)
 }
 
+/// Which compressed frames a record keeps compressed: given a frame's lz4 length and its
+/// plaintext length, true to keep the lz4 form, false to store the plaintext.
+pub type KeepFrame = fn(stored: usize, plain: usize) -> bool;
+
+/// Keeps every frame lz4 makes shorter: the smallest record (the repository's encoding).
+pub fn keep_any_saving(stored: usize, plain: usize) -> bool {
+    stored < plain
+}
+
 /// The compressed record, or `None` if compression would not save at least
 /// one 4 KiB block. Gives up early on data whose first frames do not compress.
 pub fn compress(data: &[u8]) -> Option<Vec<u8>> {
+    compress_keeping(data, keep_any_saving)
+}
+
+/// [`compress`], keeping a frame's lz4 form only where `keep` says so.
+pub fn compress_keeping(data: &[u8], keep: KeepFrame) -> Option<Vec<u8>> {
     let n = nframes(data.len());
     let tl = table_len(data.len());
     let mut out = vec![0u8; tl];
@@ -39,7 +53,7 @@ pub fn compress(data: &[u8]) -> Option<Vec<u8>> {
     let mut scratch = vec![0u8; lz4_flex::block::get_maximum_output_size(FRAME)];
     for (k, plain) in data.chunks(FRAME).enumerate() {
         let c = lz4_flex::block::compress_into(plain, &mut scratch).ok()?;
-        let stored: &[u8] = if c < plain.len() {
+        let stored: &[u8] = if c < plain.len() && keep(c, plain.len()) {
             &scratch[..c]
         } else {
             plain
@@ -52,14 +66,45 @@ pub fn compress(data: &[u8]) -> Option<Vec<u8>> {
             return None;
         }
     }
+    saves_a_block(out, data.len())
+}
+
+/// The record if it is at least one 4 KiB block smaller than the plaintext, with room to
+/// pad it to whole blocks without reallocating.
+fn saves_a_block(mut record: Vec<u8>, plain_len: usize) -> Option<Vec<u8>> {
     let blocks = |l: usize| l.div_ceil(4096);
-    if blocks(out.len()) < blocks(data.len()) {
-        // Room to pad to whole blocks without reallocating.
-        out.reserve_exact(blocks(out.len()) * 4096 - out.len());
-        Some(out)
+    if blocks(record.len()) < blocks(plain_len) {
+        record.reserve_exact(blocks(record.len()) * 4096 - record.len());
+        Some(record)
     } else {
         None
     }
+}
+
+/// Rewrites `record` (the frames of `plain`, as they arrived) keeping a frame's lz4 form
+/// only where `keep` says so, the others as their plaintext: no compression, only copies.
+/// `None` if the record does not parse or the result saves no 4 KiB block.
+pub fn repack(record: &[u8], plain: &[u8], keep: KeepFrame) -> Option<Vec<u8>> {
+    let ends = parse_table(record, plain.len(), record.len()).ok()?;
+    let base = table_len(plain.len());
+    let mut out = vec![0u8; base];
+    out.reserve(record.len());
+    let mut start = 0usize;
+    for (k, &end) in ends.iter().enumerate() {
+        let end = end as usize;
+        let frame_plain = &plain[k * FRAME..k * FRAME + frame_plain_len(plain.len(), k)];
+        let stored_len = end - start;
+        let stored: &[u8] = if stored_len < frame_plain.len() && keep(stored_len, frame_plain.len())
+        {
+            &record[base + start..base + end]
+        } else {
+            frame_plain
+        };
+        out[2 * k..2 * k + 2].copy_from_slice(&(stored.len() as u16).to_le_bytes());
+        out.extend_from_slice(stored);
+        start = end;
+    }
+    saves_a_block(out, plain.len())
 }
 
 /// Parses the frame table: cumulative end offsets of each frame relative to
@@ -190,6 +235,36 @@ mod tests {
             .unwrap();
             assert_eq!(buf, data[off..off + len]);
         }
+        // Repacking keeps the frames a policy wants and stores the others plain.
+        let half = |stored: usize, plain: usize| stored * 2 <= plain;
+        let mixed: Vec<u8> = (0..65536u32)
+            .map(|i| {
+                if i < 32768 {
+                    0
+                } else {
+                    (i / 3 % 200) as u8 ^ (i % 7) as u8
+                }
+            })
+            .collect();
+        let arrived = compress(&mixed).unwrap();
+        let repacked = repack(&arrived, &mixed, half).unwrap();
+        let (plain, ends) = decompress_all(&repacked, mixed.len()).unwrap();
+        assert_eq!(plain, mixed);
+        let lens: Vec<u32> = std::iter::once(0).chain(ends.iter().copied()).collect();
+        for (k, w) in lens.windows(2).enumerate() {
+            let stored = (w[1] - w[0]) as usize;
+            assert!(
+                stored == FRAME || half(stored, FRAME),
+                "frame {k}: {stored}"
+            );
+        }
+        assert_eq!(
+            repack(&arrived, &mixed, |_, _| false),
+            None,
+            "nothing saved"
+        );
+        assert_eq!(repack(&arrived[..10], &mixed, half), None, "bad table");
+
         let mut rnd = vec![0u8; 65536];
         crate::test_rng::Rng(1).fill(&mut rnd);
         assert!(compress(&rnd).is_none());
