@@ -48,6 +48,8 @@ pub struct VerifiedChunk {
     pub plain: Vec<u8>,
     /// The encoding-2 payload, if that is how it was stored.
     pub frames: Option<Vec<u8>>,
+    /// How it was stored: raw means its publisher found it incompressible.
+    pub encoding: ChunkEncoding,
 }
 
 /// Encodes a plaintext chunk for storage: 4 KiB lz4 frames if they save at least one
@@ -119,11 +121,16 @@ pub fn decode_chunk(id: &ChunkId, stored: &[u8]) -> Result<Vec<u8>> {
 /// them: what a terminal hands its cache.
 pub fn decode_chunk_keeping_frames(id: &ChunkId, mut stored: Vec<u8>) -> Result<VerifiedChunk> {
     let plain = decode_chunk(id, &stored)?;
-    let frames = match chunk_header(&stored)?.0 {
+    let encoding = chunk_header(&stored)?.0;
+    let frames = match encoding {
         ChunkEncoding::Frames => Some(stored.split_off(CHUNK_HEADER_LEN)),
         ChunkEncoding::Raw | ChunkEncoding::Lz4 => None,
     };
-    Ok(VerifiedChunk { plain, frames })
+    Ok(VerifiedChunk {
+        plain,
+        frames,
+        encoding,
+    })
 }
 
 /// Decodes a stored chunk without checking its id. Only for tools that compute the id

@@ -161,6 +161,8 @@ fn main() {
                             Some(frames) if as_arrived => {
                                 cache.insert_framed(&ids[i], c, frames).unwrap()
                             }
+                            // Stored raw by the publisher: incompressible, as the fill knows.
+                            None if as_arrived => cache.insert_raw(&ids[i], c).unwrap(),
                             _ => cache.insert(&ids[i], c).unwrap(),
                         }
                     }

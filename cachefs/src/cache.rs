@@ -154,6 +154,17 @@ pub struct Cache {
     open_overlays: Mutex<HashSet<String>>,
 }
 
+/// How an inserted chunk came: what is left to decide about compressing it.
+#[derive(Clone, Copy)]
+enum Arrived<'a> {
+    /// Plaintext only: compressed here where that pays.
+    Plaintext,
+    /// Its 4 KiB frames: repacked, never compressed again.
+    Frames(&'a [u8]),
+    /// Stored raw by its publisher, which found it incompressible.
+    Incompressible,
+}
+
 /// Which frames the cache keeps compressed: those lz4 shrinks to half or less. A frame
 /// that compresses less saves little space and is the slow kind to decode (many short
 /// literals and matches: 3 to 4 µs per 4 KiB on /usr data, against under 1 µs for a frame
@@ -466,7 +477,13 @@ impl Cache {
     /// `id`. Compressed with lz4 if that saves at least one block; all-zero
     /// chunks are stored as nothing. Durable after the next [`Cache::sync`].
     pub fn insert(&self, id: &ChunkId, data: &[u8]) -> Result<()> {
-        self.insert_with_frames(id, data, None)
+        self.insert_with_frames(id, data, Arrived::Plaintext)
+    }
+
+    /// [`Cache::insert`] for a chunk the repository stored raw (encoding 0): its publisher
+    /// found it does not compress, so it is stored as it is without trying again.
+    pub fn insert_raw(&self, id: &ChunkId, data: &[u8]) -> Result<()> {
+        self.insert_with_frames(id, data, Arrived::Incompressible)
     }
 
     /// [`Cache::insert`] for a chunk that arrived in 4 KiB frames (the repository's
@@ -475,10 +492,10 @@ impl Cache {
     /// `data` (the caller decoded it to verify `data`); a table that does not fit, or
     /// frames that save no block, store `data` raw instead.
     pub fn insert_framed(&self, id: &ChunkId, data: &[u8], frames: &[u8]) -> Result<()> {
-        self.insert_with_frames(id, data, Some(frames))
+        self.insert_with_frames(id, data, Arrived::Frames(frames))
     }
 
-    fn insert_with_frames(&self, id: &ChunkId, data: &[u8], arrived: Option<&[u8]>) -> Result<()> {
+    fn insert_with_frames(&self, id: &ChunkId, data: &[u8], arrived: Arrived<'_>) -> Result<()> {
         if data.is_empty() || data.len() > MAX_CHUNK as usize {
             return Err(Error::Invalid(format!(
                 "chunk length {} out of range",
@@ -501,10 +518,10 @@ impl Cache {
             return Ok(());
         }
         let mut compressed = match arrived {
-            Some(f) if self.opts.compress => frames::repack(f, data, worth_decoding),
-            Some(_) => None,
-            None if self.opts.compress => frames::compress_keeping(data, worth_decoding),
-            None => None,
+            _ if !self.opts.compress => None,
+            Arrived::Frames(f) => frames::repack(f, data, worth_decoding),
+            Arrived::Incompressible => None,
+            Arrived::Plaintext => frames::compress_keeping(data, worth_decoding),
         };
         let (stored, is_compressed): (&[u8], bool) = match &compressed {
             Some(c) => (c, true),

@@ -506,3 +506,43 @@ fn large_device_accepts_large_pins() {
     drop(c);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn frames_that_arrived_are_kept_where_they_halve_and_raw_chunks_are_stored_as_they_are() {
+    let (_, cache) = mem_cache(8 << 20);
+    // Half zeros (frames that shrink to almost nothing), half text-like bytes that lz4
+    // shrinks to about 0.6 (kept plain under the halving rule).
+    let mut rng = Rng(9);
+    let mut data = vec![0u8; 65536];
+    for b in data[32768..].iter_mut() {
+        *b = b"abcdefghijklmnop"[rng.below(16) as usize];
+    }
+    let arrived = chunk::frames::compress(&data).expect("the chunk compresses");
+    let id = ChunkId::of(&data);
+    cache.insert_framed(&id, &data, &arrived).unwrap();
+    assert_eq!(cache.read(&id).unwrap().as_deref(), Some(&data[..]));
+    let stats = cache.stats();
+    assert_eq!(stats.compressed_chunks, 1);
+    assert!(
+        stats.stored_bytes < arrived.len() as u64 + 32768 + 4096,
+        "zero frames kept compressed: {} bytes",
+        stats.stored_bytes
+    );
+    let mut buf = vec![0u8; 4096];
+    assert!(cache.read_range(&id, 40000, &mut buf).unwrap());
+    assert_eq!(&buf[..], &data[40000..44096]);
+
+    // A raw chunk is stored as it is, without trying to compress it.
+    let text = vec![b'a'; 65536];
+    let raw_id = ChunkId::of(&text);
+    cache.insert_raw(&raw_id, &text).unwrap();
+    assert_eq!(cache.stats().compressed_chunks, 1);
+    assert_eq!(cache.read(&raw_id).unwrap().as_deref(), Some(&text[..]));
+    // A frame table that does not fit is not trusted: the plaintext is stored.
+    let other = vec![7u8; 65536];
+    let other_id = ChunkId::of(&other);
+    cache
+        .insert_framed(&other_id, &other, &arrived[..10])
+        .unwrap();
+    assert_eq!(cache.read(&other_id).unwrap().as_deref(), Some(&other[..]));
+}

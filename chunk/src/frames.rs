@@ -87,6 +87,21 @@ fn saves_a_block(mut record: Vec<u8>, plain_len: usize) -> Option<Vec<u8>> {
 pub fn repack(record: &[u8], plain: &[u8], keep: KeepFrame) -> Option<Vec<u8>> {
     let ends = parse_table(record, plain.len(), record.len()).ok()?;
     let base = table_len(plain.len());
+    // The size first, from the table alone: most records that save nothing are not copied.
+    let mut size = base;
+    let mut start = 0usize;
+    for (k, &end) in ends.iter().enumerate() {
+        let (stored_len, plain_len) = (end as usize - start, frame_plain_len(plain.len(), k));
+        size += if stored_len < plain_len && keep(stored_len, plain_len) {
+            stored_len
+        } else {
+            plain_len
+        };
+        start = end as usize;
+    }
+    if size.div_ceil(4096) >= plain.len().div_ceil(4096) {
+        return None;
+    }
     let mut out = vec![0u8; base];
     out.reserve(record.len());
     let mut start = 0usize;

@@ -323,9 +323,10 @@ fn work(s: &Shared) {
                 }
             };
             // Frames as they arrived: the fill does not compress again.
-            let stored = match &chunk.frames {
-                Some(frames) => s.cache.insert_framed(&id, &chunk.plain, frames),
-                None => s.cache.insert(&id, &chunk.plain),
+            let stored = match (&chunk.frames, chunk.encoding) {
+                (Some(frames), _) => s.cache.insert_framed(&id, &chunk.plain, frames),
+                (None, appliance::ChunkEncoding::Raw) => s.cache.insert_raw(&id, &chunk.plain),
+                (None, _) => s.cache.insert(&id, &chunk.plain),
             };
             match stored {
                 Ok(()) => {}
