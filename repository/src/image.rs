@@ -4,7 +4,8 @@
 //! (planning notes §3.3: a rebuild from scratch re-fetches 93 % of an image at 64 KiB
 //! chunks, an in-place update 6.6 %). So there are two helpers:
 //! - [`create`]: `mkfs.ext4 -d DIR` with fixed UUID, hash seed, root owner and time, so the
-//!   same tree gives the same image byte for byte;
+//!   same tree gives the same image byte for byte (access times, which mkfs copies from
+//!   the source and which reading the source moves, are set to the fixed time after);
 //! - [`update`]: changes a copy of the previous version's image in place with `debugfs`
 //!   (remove, add files and trees), so only the blocks of changed files and a little
 //!   metadata differ. Build version N+1 from version N's image this way.
@@ -88,6 +89,71 @@ pub fn create(src: &Path, out: &Path, size: u64, label: &str) -> Result<()> {
             .arg(format!("{}k", size / 1024)),
         "mkfs.ext4",
     )?;
+    fix_access_times(src, out)
+}
+
+/// Sets every inode's access time to [`FIXED_TIME`]. `mkfs.ext4 -d` copies each source
+/// file's atime, and reading the tree (mkfs itself does, once per build) moves those
+/// atimes under `relatime`: two builds of one tree a second apart differed in a few inode
+/// blocks, so the image was not a function of the tree alone.
+fn fix_access_times(src: &Path, img: &Path) -> Result<()> {
+    let mut cmds = vec![format!("sif / atime @{FIXED_TIME}")];
+    let mut pending = vec![(src.to_path_buf(), String::new())];
+    while let Some((dir, guest_dir)) = pending.pop() {
+        let entries =
+            fs::read_dir(&dir).map_err(|e| crate::fsutil::io_context("reading", &dir, e))?;
+        let mut names: Vec<(PathBuf, String, bool)> = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| crate::fsutil::io_context("reading", &dir, e))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                log::warn!(
+                    "{}: name is not UTF-8; its access time stays as mkfs copied it",
+                    entry.path().display()
+                );
+                continue;
+            };
+            let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+            names.push((entry.path(), format!("{guest_dir}/{name}"), is_dir));
+        }
+        for (host, guest, is_dir) in names {
+            if guest.contains(['"', '\n']) {
+                log::warn!(
+                    "{}: name holds a quote or newline; its access time stays as mkfs copied it",
+                    host.display()
+                );
+                continue;
+            }
+            cmds.push(format!("sif \"{guest}\" atime @{FIXED_TIME}"));
+            if is_dir {
+                pending.push((host, guest));
+            }
+        }
+    }
+    let script = img.with_extension("atime-cmds");
+    fs::write(&script, cmds.join("\n") + "\n")
+        .map_err(|e| crate::fsutil::io_context("writing", &script, e))?;
+    let stderr = run(
+        Command::new("debugfs")
+            .env("E2FSPROGS_FAKE_TIME", FIXED_TIME)
+            .arg("-w")
+            .arg("-f")
+            .arg(&script)
+            .arg(img),
+        "debugfs",
+    );
+    let _ = fs::remove_file(&script);
+    let problems: Vec<String> = stderr?
+        .lines()
+        .filter(|l| !l.starts_with("debugfs ") && !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect();
+    if !problems.is_empty() {
+        return Err(Error::Tool(format!(
+            "debugfs could not fix the access times in {}: {}",
+            img.display(),
+            problems.join("; ")
+        )));
+    }
     Ok(())
 }
 
