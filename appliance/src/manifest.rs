@@ -94,6 +94,16 @@ pub struct Manifest {
     /// Every id must appear in the kernel, initrd or a disk.
     #[serde(default)]
     pub boot_profile: Option<Vec<ChunkId>>,
+    /// A screen, keyboard and pointer (virtio-gpu, a virtio keyboard and a virtio tablet)
+    /// besides the serial console: the terminal shows it on the PC's monitor. Absent in
+    /// manifests from before displays existed (and left out when false, so their bytes,
+    /// and signatures, are unchanged).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub display: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Manifest {
@@ -253,6 +263,7 @@ pub(crate) mod tests {
             vcpus: 2,
             memory_mib: 512,
             boot_profile: Some(vec![kernel.chunks[0].unwrap(), system.chunks[1].unwrap()]),
+            display: false,
             kernel,
             initrd: None,
             cmdline: "console=ttyS0 root=/dev/vda".into(),

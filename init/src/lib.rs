@@ -17,3 +17,4 @@ pub mod power;
 pub mod rawsock;
 pub mod settings;
 pub mod status;
+pub mod uplink;

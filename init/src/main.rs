@@ -13,7 +13,7 @@ use log::{error, info, warn};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::SignalFd;
 use power::PowerAction;
-use settings::Settings;
+use settings::{Settings, Uplink};
 use status::{StatusBoard, TerminalStatus};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -345,12 +345,24 @@ fn start_dhcp(nic: &net::Nic, board: &Arc<StatusBoard>, settings: &Settings) {
         );
         return;
     };
-    let (name, board, settings) = (nic.name.clone(), board.clone(), settings.clone());
+    let is_uplink = match &settings.uplink {
+        Uplink::FirstNic => board.snapshot().nics.first().map(|n| &n.name) == Some(&nic.name),
+        Uplink::Nic(name) => *name == nic.name,
+        Uplink::Off => false,
+    };
+    // DHCP runs where the terminal's address lives: the uplink bridge, or the card.
+    let name = if is_uplink {
+        collective_init::uplink::attach(&nic.name, mac)
+    } else {
+        nic.name.clone()
+    };
+    let (board, settings, card) = (board.clone(), settings.clone(), nic.name.clone());
     let hostname = board.snapshot().name;
     let spawned = std::thread::Builder::new()
         .name(format!("dhcp-{name}"))
         .spawn(move || {
-            let nic_name = name.clone();
+            // The screen lists cards; the address shows on the card's line.
+            let nic_name = card;
             network::run_dhcp(name, mac, hostname, move |state| {
                 let (text, announce) = match &state {
                     network::NetState::WaitingForLink => {

@@ -28,6 +28,9 @@ pub struct Settings {
     /// on the console (system tests, kiosk demos). FILE holds the program and its
     /// arguments, one per line, so arguments may contain spaces.
     pub autorun: Option<String>,
+    /// `collective.uplink=NIC|off`: the network card whose network appliances join as
+    /// `uplink` (default: the first card, by name); `off` keeps appliances off it.
+    pub uplink: Uplink,
     /// `collective.`-keys we did not recognise or could not parse, with the reason.
     pub problems: Vec<String>,
 }
@@ -42,6 +45,7 @@ impl Default for Settings {
             consoles: Vec::new(),
             extra_modules: Vec::new(),
             autorun: None,
+            uplink: Uplink::FirstNic,
             problems: Vec::new(),
         }
     }
@@ -73,7 +77,22 @@ pub const KEYS: &[(&str, &str)] = &[
         "collective.autorun=FILE",
         "after bring-up run the program in FILE (argv, one per line)",
     ),
+    (
+        "collective.uplink=NIC|off",
+        "card bridged to appliances' uplink network (default: the first)",
+    ),
 ];
+
+/// Which network card appliances reach as their `uplink` network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Uplink {
+    /// The first network card by name (`enp0s3` before `enp1s0`).
+    FirstNic,
+    /// This card.
+    Nic(String),
+    /// None: appliances asking for `uplink` start without it.
+    Off,
+}
 
 impl Settings {
     /// Parses `/proc/cmdline` text.
@@ -115,6 +134,10 @@ impl Settings {
                     )),
                 },
                 ("collective.autorun", Some(v)) if !v.is_empty() => s.autorun = Some(v.to_string()),
+                ("collective.uplink", Some("off" | "none" | "0")) => s.uplink = Uplink::Off,
+                ("collective.uplink", Some(v)) if !v.is_empty() => {
+                    s.uplink = Uplink::Nic(v.to_string())
+                }
                 ("collective.modules", Some(v)) => s.extra_modules.extend(
                     v.split(',')
                         .filter(|m| !m.is_empty())
@@ -179,6 +202,16 @@ impl fmt::Display for Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uplink_is_the_first_card_unless_named_or_off() {
+        assert_eq!(Settings::parse("quiet").uplink, Uplink::FirstNic);
+        assert_eq!(
+            Settings::parse("collective.uplink=enp2s0").uplink,
+            Uplink::Nic("enp2s0".into())
+        );
+        assert_eq!(Settings::parse("collective.uplink=off").uplink, Uplink::Off);
+    }
 
     #[test]
     fn reads_our_keys_and_the_kernels_consoles() {

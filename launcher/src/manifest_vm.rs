@@ -36,9 +36,16 @@ pub enum ApplianceVmError {
     },
 }
 
+/// The network that is the terminal's own network card: init puts the card behind a
+/// bridge of this name at bring-up (docs/formats.md, docs/init.md).
+pub const UPLINK: &str = "uplink";
+
 /// The bridge that carries appliance network `network` on this terminal. Interface
 /// names are at most 15 bytes, so long network names are cut (and hashed to stay apart).
 pub fn bridge_for_network(network: &str) -> String {
+    if network == UPLINK {
+        return UPLINK.to_string();
+    }
     let clean: String = network
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
@@ -194,7 +201,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             cfg.attachments,
-            [Some("ca-office".to_string()), Some("ca-uplink".to_string())]
+            [Some("ca-office".to_string()), Some("uplink".to_string())]
         );
         let cfg = cfg.config;
         assert_eq!(cfg.machine.memory_mib, 1024);
@@ -223,6 +230,7 @@ mod tests {
     #[test]
     fn bridge_names_fit_in_an_interface_name() {
         assert_eq!(bridge_for_network("office"), "ca-office");
+        assert_eq!(bridge_for_network("uplink"), "uplink");
         let long = bridge_for_network("a-very-long-network-name");
         assert!(long.len() <= 15, "{long}");
         assert_ne!(

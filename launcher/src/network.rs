@@ -12,6 +12,13 @@ pub type Attachment = Option<String>;
 pub fn plug(taps: &[String], attachments: &[Attachment]) -> io::Result<()> {
     for (tap, bridge) in taps.iter().zip(attachments) {
         if let Some(bridge) = bridge {
+            if support::netif::index(bridge).is_err() {
+                // The session said so on the screen: the card stays unplugged.
+                log::warn!(
+                    "{tap}: network bridge {bridge} does not exist; the card stays unplugged"
+                );
+                continue;
+            }
             support::netif::add_to_bridge(bridge, tap).map_err(|e| {
                 io::Error::new(
                     e.kind(),

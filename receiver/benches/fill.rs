@@ -90,6 +90,7 @@ fn publish(
         networks: vec![],
         chunk_size: CS as u32,
         boot_trace: None,
+        display: false,
     };
     repository::publish::publish(repo, &req, key).unwrap()
 }

@@ -118,6 +118,7 @@ fn publish_image(repo: &Repo, key: &SecretKey, kernel: &Path, img: &Path) -> Pub
         networks: vec![],
         chunk_size: DEFAULT_CHUNK_SIZE,
         boot_trace: None,
+        display: false,
     };
     publish(repo, &req, key).expect("publish")
 }

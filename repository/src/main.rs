@@ -73,6 +73,11 @@ enum Cmd {
         /// Boot trace: lines `BLOB OFFSET` in first-read order.
         #[arg(long)]
         boot_trace: Option<PathBuf>,
+        /// Give the appliance a screen, keyboard and pointer (virtio-gpu, a virtio keyboard
+        /// and tablet), shown on the terminal's monitor; without it the appliance has only
+        /// its serial console.
+        #[arg(long)]
+        display: bool,
         /// The publisher's secret key file (from keygen).
         #[arg(long, env = "COLLECTIVE_KEY", default_value = "publisher.key")]
         key: PathBuf,
@@ -270,6 +275,7 @@ fn run(cli: Cli) -> Result<()> {
             networks,
             chunk_size,
             boot_trace,
+            display,
             key,
         } => {
             let repo = Repo::open(&dir)?;
@@ -315,6 +321,7 @@ fn run(cli: Cli) -> Result<()> {
                 networks,
                 chunk_size,
                 boot_trace,
+                display,
             };
             let stats = repository::publish::publish(&repo, &req, &key)?;
             println!("published {name} version {}", stats.version);

@@ -101,6 +101,8 @@ pub struct PublishRequest {
     /// A boot trace: lines `BLOB OFFSET` (BLOB = kernel, initrd or a disk name), in the
     /// order first read. Without it the profile is the kernel's and initrd's chunks.
     pub boot_trace: Option<PathBuf>,
+    /// Give the appliance a screen, keyboard and pointer (`Manifest::display`).
+    pub display: bool,
 }
 
 /// What a publish did.
@@ -275,6 +277,7 @@ pub fn publish(repo: &Repo, req: &PublishRequest, key: &SecretKey) -> Result<Pub
             disks: disks.clone(),
             networks: req.networks.clone(),
             boot_profile: boot_profile.clone(),
+            display: req.display,
         };
         let bytes = SignedManifest::sign(manifest, key)?.to_bytes()?;
         let path = repo.manifest_file(&req.name, version);

@@ -33,6 +33,17 @@ fn bring_up_networks(apps: &[Prepared], screen: &mut Screen) -> Vec<String> {
             .args(["-q", module])
             .status();
     }
+    // The uplink bridge is init's (the terminal's own card behind it): never made or
+    // removed by a session.
+    if let Some(at) = bridges
+        .iter()
+        .position(|b| b == launcher::manifest_vm::UPLINK)
+    {
+        bridges.remove(at);
+        if support::netif::index(launcher::manifest_vm::UPLINK).is_err() {
+            screen.line("  network uplink: this terminal shares no network card with appliances (no card, or collective.uplink=off); appliances on it start without it");
+        }
+    }
     bridges.retain(|b| match crate::bridges::ensure(b) {
         Ok(()) => true,
         Err(e) => {

@@ -167,6 +167,22 @@ pub fn add_to_bridge(bridge: &str, ifname: &str) -> io::Result<()> {
     unsafe { ioctl(&sock, SIOCBRADDIF, &mut req) }
 }
 
+/// Sets the hardware (MAC) address of `name`.
+pub fn set_mac(name: &str, mac: [u8; 6]) -> io::Result<()> {
+    let sock = control_socket()?;
+    let mut req = ifreq(name)?;
+    let mut addr = libc::sockaddr {
+        sa_family: libc::ARPHRD_ETHER,
+        sa_data: [0; 14],
+    };
+    for (dst, byte) in addr.sa_data.iter_mut().zip(mac) {
+        *dst = byte as libc::c_char;
+    }
+    req.ifr_ifru.ifru_hwaddr = addr;
+    // SAFETY: SIOCSIFHWADDR reads an ifreq: the name and the hardware address.
+    unsafe { ioctl(&sock, libc::SIOCSIFHWADDR, &mut req) }
+}
+
 /// An IPv4 `sockaddr` (port 0), as the address ioctls and `rtentry` take it.
 fn sockaddr(addr: Ipv4Addr) -> libc::sockaddr {
     let sin = libc::sockaddr_in {

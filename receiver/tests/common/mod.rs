@@ -138,6 +138,7 @@ impl Fixture {
             networks: vec![],
             chunk_size: appliance::DEFAULT_CHUNK_SIZE,
             boot_trace: Some(tpath),
+            display: false,
         };
         repository::publish::publish(&self.repo, &req, &self.key).unwrap()
     }

@@ -117,6 +117,7 @@ pub fn request(name: &str, kernel: &Path, system: &Path) -> PublishRequest {
         networks: vec![],
         chunk_size: appliance::DEFAULT_CHUNK_SIZE,
         boot_trace: None,
+        display: false,
     }
 }
 
