@@ -39,6 +39,8 @@ pub struct BuildOptions {
     pub extra_files: Vec<(PathBuf, String)>,
     /// zstd level of the initramfs (default [`initramfs::ZSTD_LEVEL`]).
     pub zstd_level: i32,
+    /// The display drivers carried, by group name ([`modules::GPUS`]).
+    pub gpus: Vec<String>,
 }
 
 impl BuildOptions {
@@ -57,6 +59,10 @@ impl BuildOptions {
             extra_cmdline: Vec::new(),
             extra_files: Vec::new(),
             zstd_level: initramfs::ZSTD_LEVEL,
+            gpus: modules::DEFAULT_GPUS
+                .iter()
+                .map(|g| g.to_string())
+                .collect(),
         })
     }
 }
@@ -87,6 +93,9 @@ pub struct BuildReport {
     pub initrd_sha256: String,
     pub modules: Vec<String>,
     pub programs: Vec<(String, u64)>,
+    /// Each chosen display-driver group and the bytes of module files it adds (its
+    /// modules and what only they depend on, uncompressed).
+    pub gpus: Vec<(String, u64)>,
 }
 
 impl BuildReport {
@@ -132,6 +141,9 @@ impl BuildReport {
             self.modules.len(),
             self.modules.join(" ")
         );
+        for (name, bytes) in &self.gpus {
+            let _ = writeln!(s, "  display    {:>10}  --gpu {name}", human(*bytes));
+        }
         let _ = writeln!(s, "  cmdline    {}", self.cmdline);
         let _ = write!(s, "  initrd sha256 {}", self.initrd_sha256);
         s
@@ -193,8 +205,15 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     );
     let cmdline = default_cmdline(opts.repo_url.as_deref(), &opts.extra_cmdline);
 
-    let (mut tree, module_names) =
-        firmware_tree(&kernel, binaries::PROGRAMS, &program_paths, &cmdline)?;
+    let gpu_modules = modules::gpu_modules(&opts.gpus)?;
+    let (mut tree, module_names) = firmware_tree(
+        &kernel,
+        binaries::PROGRAMS,
+        &program_paths,
+        &cmdline,
+        &gpu_modules,
+    )?;
+    let gpus = gpu_sizes(&kernel, &opts.gpus)?;
     for (src, dest) in &opts.extra_files {
         let data =
             fs::read(src).with_context(|| format!("reading {} (for /{dest})", src.display()))?;
@@ -232,6 +251,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         ipxe,
         cmdline,
         modules: module_names,
+        gpus,
     };
     write_atomically(&opts.out.join("BUILD-INFO"), build_info(&report).as_bytes())?;
     info!("firmware written to {}", opts.out.display());
@@ -263,6 +283,7 @@ pub fn firmware_tree(
     programs: &[FirmwareProgram],
     program_paths: &[PathBuf],
     cmdline: &str,
+    extra_modules: &[&str],
 ) -> Result<(Tree, Vec<String>)> {
     let mut tree = Tree::new();
     for dir in [
@@ -287,7 +308,9 @@ pub fn firmware_tree(
         tree.file(program.install_path, 0o755, data);
     }
 
-    let chosen = add_modules(&mut tree, kernel, &modules::wanted_names())?;
+    let mut wanted = modules::wanted_names();
+    wanted.extend_from_slice(extra_modules);
+    let chosen = add_modules(&mut tree, kernel, &wanted)?;
     let release = &kernel.release;
     tree.file(
         "etc/collective/firmware",
@@ -301,6 +324,28 @@ pub fn firmware_tree(
         .collect();
     names.sort();
     Ok((tree, names))
+}
+
+/// The module bytes each GPU group adds beyond the base set and the groups before it.
+fn gpu_sizes(kernel: &UnpackedKernel, groups: &[String]) -> Result<Vec<(String, u64)>> {
+    let modules_dir = kernel.modules_dir();
+    let index = DepIndex::load(&modules_dir)?;
+    let builtin = modules::builtin_names(&modules_dir)?;
+    let mut have = index.closure(&modules::wanted_names(), &builtin)?;
+    let mut sizes = Vec::new();
+    for group in groups {
+        let names = modules::gpu_modules(std::slice::from_ref(group))?;
+        let mut bytes = 0;
+        for rel in index.closure(&names, &builtin)? {
+            if have.insert(rel.clone()) {
+                bytes += fs::metadata(modules_dir.join(&rel))
+                    .with_context(|| format!("module {rel}"))?
+                    .len();
+            }
+        }
+        sizes.push((group.clone(), bytes));
+    }
+    Ok(sizes)
 }
 
 /// Adds `wanted` modules of `kernel`, everything they depend on, and indexes

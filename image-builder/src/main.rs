@@ -58,6 +58,12 @@ enum Command {
         /// repeat for several.
         #[arg(long = "add", value_name = "SRC:PATH")]
         add: Vec<String>,
+        /// Display drivers to carry, comma-separated: qemu (bochs, virtio-gpu), intel
+        /// (i915), amd (amdgpu, needs firmware files via --add), nvidia (nouveau). The
+        /// report prints what each costs. Without a driver that binds, the terminal uses
+        /// the firmware's framebuffer, else the serial console.
+        #[arg(long, value_delimiter = ',', default_values_t = image_builder::modules::DEFAULT_GPUS.iter().map(|g| g.to_string()))]
+        gpu: Vec<String>,
     },
 }
 
@@ -84,6 +90,7 @@ fn run(cli: Cli) -> Result<()> {
             repo,
             cmdline,
             add,
+            gpu,
         } => {
             let mut extra_files = add
                 .iter()
@@ -120,6 +127,7 @@ fn run(cli: Cli) -> Result<()> {
                 extra_cmdline: cmdline,
                 extra_files,
                 zstd_level: image_builder::initramfs::ZSTD_LEVEL,
+                gpus: gpu,
             };
             let report = image_builder::build(&opts)?;
             println!("{}", report.summary());

@@ -38,7 +38,49 @@ pub const WANTED: &[(&str, &[&str])] = &[
         &["kvm", "kvm_intel", "kvm_amd", "tun", "bridge"],
     ),
     ("platform", &["button", "evdev", "virtio_pci", "virtio_rng"]),
+    ("pointers", &["psmouse", "virtio_input"]),
 ];
+
+/// The screens the firmware can drive with KMS, by the name `collective-image build
+/// --gpu` takes. Each costs initramfs bytes (the build report prints how many); where no
+/// chosen driver binds, the terminal falls back to the firmware framebuffer (efifb or
+/// vesafb, built into Debian's kernel) or, without one, to text on the serial line.
+pub const GPUS: &[(&str, &str, &[&str])] = &[
+    (
+        "qemu",
+        "virtual machines: QEMU's standard VGA (bochs) and virtio-gpu",
+        &["bochs", "virtio_gpu"],
+    ),
+    ("intel", "Intel graphics (i915)", &["i915"]),
+    (
+        "amd",
+        "AMD graphics (amdgpu; also needs its firmware files, added with --add)",
+        &["amdgpu"],
+    ),
+    ("nvidia", "NVIDIA graphics (nouveau)", &["nouveau"]),
+];
+
+/// What a build carries when `--gpu` is not given: virtual machines and Intel, the most
+/// common office graphics, which work without extra firmware files.
+pub const DEFAULT_GPUS: &[&str] = &["qemu", "intel"];
+
+/// The modules of the named GPU groups; an unknown name is an error that lists the known.
+pub fn gpu_modules(names: &[String]) -> Result<Vec<&'static str>> {
+    let mut out = Vec::new();
+    for name in names {
+        let Some((_, _, modules)) = GPUS.iter().find(|(n, _, _)| n == name) else {
+            bail!(
+                "unknown --gpu {name:?}; known: {}",
+                GPUS.iter()
+                    .map(|(n, _, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        };
+        out.extend_from_slice(modules);
+    }
+    Ok(out)
+}
 
 /// Every wanted module name, flattened.
 pub fn wanted_names() -> Vec<&'static str> {

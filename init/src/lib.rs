@@ -17,4 +17,5 @@ pub mod power;
 pub mod rawsock;
 pub mod settings;
 pub mod status;
+pub mod test_pattern;
 pub mod uplink;

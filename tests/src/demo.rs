@@ -43,6 +43,12 @@ pub struct DemoTools {
     pub initrd: PathBuf,
     pub busybox: PathBuf,
     pub dir: PathBuf,
+    /// Debian's generic kernel (the cloud kernel has no DRM) for appliances with a display.
+    pub display_kernel: PathBuf,
+    /// Its initramfs: the virtio, graphics and input drivers.
+    pub display_initrd: PathBuf,
+    /// The display test appliance's program (static).
+    pub display_probe: PathBuf,
 }
 
 /// Builds (or reuses) the demo tools in `target/system-tests/demo-tools`.
@@ -87,7 +93,13 @@ fn build_tools() -> Result<DemoTools> {
     }
     tree.char_device("dev/console", 0o600, 5, 1);
     tree.file("bin/busybox", 0o755, fs::read(&busybox)?);
-    tree.file("init", 0o755, INITRD_INIT.as_bytes().to_vec());
+    tree.file(
+        "init",
+        0o755,
+        INITRD_INIT
+            .replace(MODULES, "virtio_mmio virtio_blk virtio_net virtio_rng ext4")
+            .into_bytes(),
+    );
     image::add_modules(
         &mut tree,
         &kernel,
@@ -100,7 +112,41 @@ fn build_tools() -> Result<DemoTools> {
         ],
     )?;
     fs::write(&initrd, initramfs::compress(&tree.to_cpio()?)?)?;
+
+    let generic = debian::fetch_kernel(&cache, "linux-image-amd64", None)?;
+    let display_initrd = dir.join("display-initrd.img");
+    let display_modules = [
+        "virtio_mmio",
+        "virtio_blk",
+        "virtio_net",
+        "virtio_rng",
+        "ext4",
+        "virtio_gpu",
+        "virtio_input",
+        "evdev",
+    ];
+    let mut tree = Tree::new();
+    for d in ["bin", "proc", "sys", "dev", "newroot"] {
+        tree.dir(d);
+    }
+    tree.char_device("dev/console", 0o600, 5, 1);
+    tree.file("bin/busybox", 0o755, fs::read(&busybox)?);
+    tree.file(
+        "init",
+        0o755,
+        INITRD_INIT
+            .replace(MODULES, &display_modules.join(" "))
+            .into_bytes(),
+    );
+    image::add_modules(&mut tree, &generic, &display_modules)?;
+    fs::write(&display_initrd, initramfs::compress(&tree.to_cpio()?)?)?;
+    let display_probe = binaries::build_static(&ws, &[], &[("collective-init", "display-probe")])?
+        .pop()
+        .context("no display-probe binary")?;
     Ok(DemoTools {
+        display_kernel: generic.vmlinuz(),
+        display_initrd,
+        display_probe,
         repo_bin,
         secret_key,
         public_key,
@@ -111,6 +157,9 @@ fn build_tools() -> Result<DemoTools> {
     })
 }
 
+/// Where [`INITRD_INIT`] lists the modules it loads.
+const MODULES: &str = "@MODULES@";
+
 /// The appliances' initramfs: drivers, then the system disk becomes the root.
 const INITRD_INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -118,7 +167,7 @@ export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-for m in virtio_mmio virtio_blk virtio_net virtio_rng ext4; do modprobe $m 2>/dev/null; done
+for m in @MODULES@; do modprobe $m 2>/dev/null; done
 n=0
 while [ ! -b /dev/vda ] && [ $n -lt 200 ]; do sleep 0.05; n=$((n+1)); done
 if ! mount -t ext4 -o ro /dev/vda /newroot; then
@@ -165,6 +214,48 @@ httpd -p 80 -h /www
 echo "web appliance ready (version $(cat /etc/appliance-version)), serving http://10.0.0.1/"
 setsid cttyhack sh -l
 poweroff -f
+"#;
+
+/// The display test appliance: draws the test pattern (seed from the version file's
+/// neighbour `/etc/pattern-seed`) and prints the input events it gets.
+const DISPLAY_INIT: &str = r#"#!/bin/sh
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t tmpfs tmpfs /tmp
+hostname $(cat /etc/appliance-name)
+ip link set lo up
+if ip link set eth0 up 2>/dev/null; then
+    udhcpc -q -n -t 10 -i eth0 -s /etc/udhcpc.script >/dev/null 2>&1 &
+fi
+echo "$(cat /etc/appliance-name) appliance ready (version $(cat /etc/appliance-version))"
+/bin/display-probe $(cat /etc/pattern-seed) $(cat /etc/report-to 2>/dev/null || echo -) $(cat /etc/fetch-url 2>/dev/null)
+poweroff -f
+"#;
+
+/// A display test appliance: draws `collective_init::test_pattern` with `seed` on its
+/// screen and prints every input event it gets (`DISPLAY-PROBE input TYPE CODE VALUE`).
+#[derive(Clone, Debug, Default)]
+pub struct DisplayAppliance {
+    pub name: String,
+    pub seed: u32,
+    /// Appliance networks joined (`uplink` for the terminal's own network).
+    pub networks: Vec<String>,
+    /// `HOST:PORT/PATH`, fetched over HTTP once the appliance has an address; the probe
+    /// reports `UPLINK-FETCH <first line of the body>`.
+    pub fetch_url: Option<String>,
+    /// `HOST:PORT`: every probe line also goes there by UDP (over `uplink`).
+    pub report_to: Option<String>,
+}
+
+/// busybox udhcpc's hook: configures the lease it got.
+const UDHCPC_SCRIPT: &str = r#"#!/bin/sh
+case "$1" in
+bound|renew)
+    ifconfig $interface $ip netmask ${subnet:-255.255.255.0}
+    [ -n "$router" ] && route add default gw $router dev $interface
+    ;;
+esac
 "#;
 
 /// A system disk's directory: busybox with a link per applet, an init, a version file.
@@ -373,6 +464,55 @@ impl DemoRepo {
             .args(["--vcpus", "1", "--network", NETWORK, "--key"])
             .arg(&self.tools.secret_key);
         run(&mut cmd)
+    }
+
+    /// Publishes a display test appliance (see [`DisplayAppliance`]).
+    pub fn publish_display(&self, app: &DisplayAppliance) -> Result<String> {
+        let name = app.name.as_str();
+        let img = self.image_path(name, 1);
+        let tree = self.work.join(format!("{name}-v1-root"));
+        system_tree(self.tools, &tree, name, DISPLAY_INIT, 1)?;
+        fs::copy(&self.tools.display_probe, tree.join("bin/display-probe"))?;
+        fs::write(tree.join("etc/appliance-name"), format!("{name}\n"))?;
+        fs::write(tree.join("etc/pattern-seed"), format!("{}\n", app.seed))?;
+        write_exec(&tree.join("etc/udhcpc.script"), UDHCPC_SCRIPT)?;
+        if let Some(url) = &app.fetch_url {
+            fs::write(tree.join("etc/fetch-url"), format!("{url}\n"))?;
+        }
+        if let Some(to) = &app.report_to {
+            fs::write(tree.join("etc/report-to"), format!("{to}\n"))?;
+        }
+        let _ = fs::remove_file(&img);
+        run(Command::new(&self.tools.repo_bin)
+            .args(["image", "create", "--size", "24M", "--out"])
+            .arg(&img)
+            .arg(&tree))?;
+        let mut cmd = Command::new(&self.tools.repo_bin);
+        cmd.arg("publish")
+            .arg(&self.dir)
+            .args(["--name", name, "--kernel"])
+            .arg(&self.tools.display_kernel)
+            .arg("--initrd")
+            .arg(&self.tools.display_initrd)
+            .args(["--cmdline", APPLIANCE_CMDLINE])
+            .arg("--disk")
+            .arg(format!("system={}", img.display()))
+            .args(["--memory", "256", "--vcpus", "1", "--display", "--key"])
+            .arg(&self.tools.secret_key);
+        for n in &app.networks {
+            cmd.args(["--network", n]);
+        }
+        run(&mut cmd)
+    }
+
+    /// Assigns exactly `appliances` to the demo user.
+    pub fn assign(&self, appliances: &[&str]) -> Result<()> {
+        run(Command::new(&self.tools.repo_bin)
+            .args(["set", "assign", USER])
+            .args(appliances)
+            .arg("--repo")
+            .arg(&self.dir))?;
+        Ok(())
     }
 
     /// Publishes the next version of `desk` (its version file changes).

@@ -9,6 +9,8 @@ pub mod appliance;
 pub mod demo;
 pub mod firmware;
 pub mod qemu;
+pub mod screen;
 
 pub use firmware::Firmware;
 pub use qemu::{Machine, MachineConfig, Nic};
+pub use screen::Screenshot;

@@ -308,6 +308,11 @@ impl Machine {
         Ok(String::from_utf8_lossy(&reply).into_owned())
     }
 
+    /// A path in this machine's scratch folder (removed with it).
+    pub fn scratch_path(&self, name: &str) -> PathBuf {
+        self.scratch.join(name)
+    }
+
     /// Waits for QEMU to exit.
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
         let deadline = Instant::now() + timeout.mul_f64(timeout_scale());
