@@ -63,7 +63,10 @@ mod tests {
         assert_eq!(set, 4);
         assert_eq!(pixel(&dst, stride, 2, 3), Some(0xaaaa_aaaa));
         assert_eq!(pixel(&dst, stride, 1, 3), Some(0));
-        fill_rect(&mut dst, stride, Rect::new(7, 7, 5, 5), 0x00ff_0000);
+        fill_rect(&mut dst, stride, Rect::new(6, 6, 2, 2), 0x00ff_0000);
+        assert_eq!(pixel(&dst, stride, 7, 7), Some(0x00ff_0000));
+        // Unclipped rows that do not fit are skipped, not a panic.
+        fill_rect(&mut dst, stride, Rect::new(7, 7, 5, 5), 0x0000_ff00);
         assert_eq!(pixel(&dst, stride, 7, 7), Some(0x00ff_0000));
         assert_eq!(blend(0xffffff, 0, 255), 0xffffff);
         assert_eq!(blend(0xffffff, 0, 0), 0);

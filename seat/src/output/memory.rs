@@ -104,6 +104,11 @@ impl Output for MemoryOutput {
     fn frame_interval(&self) -> Option<Duration> {
         self.interval
     }
+
+    fn release(&mut self) {
+        self.buffer.fill(0);
+        let _ = self.present(&[Rect::new(0, 0, self.width, self.height)]);
+    }
 }
 
 impl MemoryProbe {
