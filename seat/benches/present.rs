@@ -121,7 +121,7 @@ fn main() {
     while probe.presents() == 0 {
         std::thread::yield_now();
     }
-    let mut measure = |rect: Rect| {
+    let measure = |rect: Rect| {
         // End to end: this thread spins until the present is counted.
         let mut end_to_end = Vec::new();
         for _ in 0..RUNS {

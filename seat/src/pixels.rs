@@ -49,6 +49,18 @@ pub fn blend(fg: u32, bg: u32, alpha: u32) -> u32 {
     out
 }
 
+/// Copies a whole `rect.width` x `rect.height` buffer `src` to `rect` of `dst`.
+pub fn copy_rect_at(src: &[u8], src_stride: usize, dst: &mut [u8], dst_stride: usize, rect: Rect) {
+    let len = rect.width as usize * 4;
+    for row in 0..rect.height as usize {
+        let s = row * src_stride;
+        let d = (rect.y as usize + row) * dst_stride + rect.x as usize * 4;
+        if let (Some(s), Some(d)) = (src.get(s..s + len), dst.get_mut(d..d + len)) {
+            d.copy_from_slice(s);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,17 +82,5 @@ mod tests {
         assert_eq!(pixel(&dst, stride, 7, 7), Some(0x00ff_0000));
         assert_eq!(blend(0xffffff, 0, 255), 0xffffff);
         assert_eq!(blend(0xffffff, 0, 0), 0);
-    }
-}
-
-/// Copies a whole `rect.width` x `rect.height` buffer `src` to `rect` of `dst`.
-pub fn copy_rect_at(src: &[u8], src_stride: usize, dst: &mut [u8], dst_stride: usize, rect: Rect) {
-    let len = rect.width as usize * 4;
-    for row in 0..rect.height as usize {
-        let s = row * src_stride;
-        let d = (rect.y as usize + row) * dst_stride + rect.x as usize * 4;
-        if let (Some(s), Some(d)) = (src.get(s..s + len), dst.get_mut(d..d + len)) {
-            d.copy_from_slice(s);
-        }
     }
 }

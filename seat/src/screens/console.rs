@@ -43,7 +43,7 @@ impl Screen {
             self.cy += 1;
             return;
         }
-        let top = std::mem::replace(&mut self.lines[0], Vec::new());
+        let top = std::mem::take(&mut self.lines[0]);
         self.lines.remove(0);
         self.lines.push(self.blank());
         self.scrollback.push_back(top);
@@ -102,11 +102,9 @@ impl vte::Perform for Screen {
                 2 | 3 => self.clear(),
                 _ => {}
             },
-            'K' => {
-                if args.next().unwrap_or(0) == 0 {
-                    let (cx, cy) = (self.cx.min(self.cols), self.cy);
-                    self.lines[cy][cx..].fill(' ');
-                }
+            'K' if args.next().unwrap_or(0) == 0 => {
+                let (cx, cy) = (self.cx.min(self.cols), self.cy);
+                self.lines[cy][cx..].fill(' ');
             }
             _ => {}
         }
