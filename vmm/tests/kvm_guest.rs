@@ -38,6 +38,7 @@ fn machine(out: &Capture, vcpus: u8) -> Machine {
         nets: vec![],
         rng: true,
         console: ConsoleConfig::Writer(Box::new(out.clone())),
+        ..Default::default()
     })
     .expect("build VM")
 }

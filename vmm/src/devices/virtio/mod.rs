@@ -17,6 +17,8 @@
 pub mod block;
 pub mod chain;
 pub mod event_loop;
+pub mod gpu;
+pub mod input;
 pub mod mmio;
 pub mod net;
 pub mod rng;
@@ -72,6 +74,9 @@ pub const INT_CONFIG: u32 = virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_CONFIG
 pub struct Interrupt {
     status: AtomicU32,
     failed: AtomicBool,
+    /// ConfigGeneration: bumped on every configuration change the device announces, so
+    /// the driver can tell a torn multi-register read of the configuration space.
+    generation: AtomicU32,
     evt: EventFd,
 }
 
@@ -81,6 +86,7 @@ impl Interrupt {
         Self {
             status: AtomicU32::new(0),
             failed: AtomicBool::new(false),
+            generation: AtomicU32::new(0),
             evt,
         }
     }
@@ -101,6 +107,17 @@ impl Interrupt {
     pub fn fail(&self) {
         self.failed.store(true, Ordering::SeqCst);
         self.raise(INT_CONFIG);
+    }
+
+    /// Tells the driver that the configuration space changed (e.g. a display event).
+    pub fn signal_config_change(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.raise(INT_CONFIG);
+    }
+
+    /// The ConfigGeneration register.
+    pub fn config_generation(&self) -> u32 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     /// Whether [`Interrupt::fail`] was called since the last reset.
@@ -207,6 +224,12 @@ mod tests {
         irq.ack(INT_VRING);
         assert_eq!(irq.status(), INT_CONFIG);
         assert_eq!(irq.eventfd().read().unwrap(), 2);
+        irq.ack(INT_CONFIG);
+        let g = irq.config_generation();
+        irq.signal_config_change();
+        assert_eq!(irq.status(), INT_CONFIG);
+        assert_eq!(irq.config_generation(), g.wrapping_add(1));
+        assert_eq!(irq.eventfd().read().unwrap(), 1);
         irq.reset();
         assert!(!irq.is_failed());
         assert_eq!(irq.status(), 0);
