@@ -847,3 +847,125 @@ fn detach_of_the_scanout_turns_it_off() {
     assert_eq!(rig.ctl(&set_scanout(0, 0, (0, 0, 0, 0))), ty::OK_NODATA);
     assert!(matches!(&rig.sink.take()[..], [Seen::Scanout(None)]));
 }
+
+/// Through the real transport: negotiation with EDID, two queues, a request answered on
+/// the worker thread, then a resize announced with a config interrupt and a new
+/// ConfigGeneration.
+#[test]
+fn through_the_transport() {
+    use crate::bus::BusDevice;
+    use crate::devices::virtio::mmio::{reg, MmioTransport};
+    use crate::devices::virtio::{features, status, INT_VRING};
+    use std::os::fd::AsRawFd;
+
+    fn w(t: &mut MmioTransport, off: u64, v: u32) {
+        t.write(off, &v.to_le_bytes());
+    }
+    fn r(t: &mut MmioTransport, off: u64) -> u32 {
+        let mut b = [0u8; 4];
+        t.read(off, &mut b);
+        u32::from_le_bytes(b)
+    }
+    fn wait(evt: &EventFd) -> bool {
+        let mut p = libc::pollfd {
+            fd: evt.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut p, 1, 5000) };
+        let _ = evt.read();
+        n == 1
+    }
+
+    let mem =
+        Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap());
+    let sink = Arc::new(Recorder::default());
+    let gpu = Gpu::new(DisplayConfig {
+        width: 1280,
+        height: 800,
+        edid: None,
+        sink: sink.clone(),
+    });
+    let control = gpu.control();
+    let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+    let mut t = MmioTransport::new(Box::new(gpu), mem.clone(), irq.try_clone().unwrap()).unwrap();
+    assert_eq!(r(&mut t, reg::DEVICE_ID), 16);
+
+    let accept = features::VERSION_1 | F_EDID;
+    w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+    w(&mut t, reg::DRIVER_FEATURES_SEL, 0);
+    w(&mut t, reg::DRIVER_FEATURES, accept as u32);
+    w(&mut t, reg::DRIVER_FEATURES_SEL, 1);
+    w(&mut t, reg::DRIVER_FEATURES, (accept >> 32) as u32);
+    let st = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
+    w(&mut t, reg::STATUS, st);
+    assert_ne!(r(&mut t, reg::STATUS) & status::FEATURES_OK, 0);
+    let mocks: Vec<_> = [0x1000u64, 0x8000]
+        .iter()
+        .map(|&a| MockSplitQueue::create(mem.as_ref(), GuestAddress(a), 16))
+        .collect();
+    for (i, m) in mocks.iter().enumerate() {
+        w(&mut t, reg::QUEUE_SEL, i as u32);
+        w(&mut t, reg::QUEUE_NUM, 16);
+        for (lo, hi, a) in [
+            (
+                reg::QUEUE_DESC_LOW,
+                reg::QUEUE_DESC_HIGH,
+                m.desc_table_addr().0,
+            ),
+            (
+                reg::QUEUE_AVAIL_LOW,
+                reg::QUEUE_AVAIL_HIGH,
+                m.avail_addr().0,
+            ),
+            (reg::QUEUE_USED_LOW, reg::QUEUE_USED_HIGH, m.used_addr().0),
+        ] {
+            w(&mut t, lo, a as u32);
+            w(&mut t, hi, (a >> 32) as u32);
+        }
+        w(&mut t, reg::QUEUE_READY, 1);
+    }
+    w(&mut t, reg::STATUS, st | status::DRIVER_OK);
+    assert_eq!(t.status() & status::DEVICE_NEEDS_RESET, 0);
+
+    mem.write_slice(
+        abi::CtrlHeader(hdr(ty::GET_DISPLAY_INFO)).as_slice(),
+        GuestAddress(REQ),
+    )
+    .unwrap();
+    mocks[0]
+        .add_desc_chains(&[d(REQ, 24, N, 1), d(RESP, RESP_LEN, W, 0)], 0)
+        .unwrap();
+    w(&mut t, reg::QUEUE_NOTIFY, 0);
+    assert!(wait(&irq), "used-buffer interrupt");
+    assert_eq!(r(&mut t, reg::INTERRUPT_STATUS) & INT_VRING, INT_VRING);
+    assert_eq!(used(&mem, mocks[0].used_addr(), 0), (1, 0, 408));
+    let mut info = abi::RespDisplayInfo::default();
+    mem.read_slice(info.as_mut_slice(), GuestAddress(RESP))
+        .unwrap();
+    assert_eq!(info.0.hdr.type_, ty::OK_DISPLAY_INFO);
+    assert_eq!(
+        (info.0.pmodes[0].r.width, info.0.pmodes[0].r.height),
+        (1280, 800)
+    );
+    w(&mut t, reg::INTERRUPT_ACK, INT_VRING);
+
+    let generation = r(&mut t, reg::CONFIG_GENERATION);
+    control.resize(1920, 1200, None);
+    assert!(wait(&irq), "config-change interrupt");
+    assert_eq!(r(&mut t, reg::INTERRUPT_STATUS), INT_CONFIG);
+    assert_ne!(r(&mut t, reg::CONFIG_GENERATION), generation);
+    assert_eq!(
+        r(&mut t, reg::CONFIG),
+        VIRTIO_GPU_EVENT_DISPLAY,
+        "events_read"
+    );
+    w(&mut t, reg::CONFIG + 4, VIRTIO_GPU_EVENT_DISPLAY);
+    assert_eq!(r(&mut t, reg::CONFIG), 0, "cleared through events_clear");
+    assert_eq!(r(&mut t, reg::CONFIG + 8), 1, "num_scanouts");
+
+    // A reset stops the worker and tells the display its images are gone.
+    w(&mut t, reg::STATUS, 0);
+    assert!(sink.take().iter().any(|s| matches!(s, Seen::Scanout(None))));
+}
