@@ -731,6 +731,37 @@ fn resource_limits() {
         ty::OK_NODATA,
         "room again"
     );
+
+    // Scatter-list entries in all resources together.
+    let mut rig = Rig::new();
+    let many: Vec<(u64, u32)> = (0..16384).map(|i| (0x40_0000 + i * 64, 64)).collect();
+    let per_total = (super::state::MAX_TOTAL_BACKING_ENTRIES / many.len()) as u32;
+    for id in 1..=per_total + 1 {
+        assert_eq!(rig.ctl(&create(id, XRGB, 1, 1)), ty::OK_NODATA);
+    }
+    for id in 1..=per_total {
+        assert_eq!(rig.ctl(&attach(id, &many)), ty::OK_NODATA);
+    }
+    assert_eq!(
+        rig.ctl(&attach(per_total + 1, &many)),
+        ty::ERR_OUT_OF_MEMORY
+    );
+    assert_eq!(
+        rig.ctl(&attach(per_total + 1, &many[..1])),
+        ty::ERR_OUT_OF_MEMORY
+    );
+    assert_eq!(rig.ctl(&detach(1)), ty::OK_NODATA);
+    assert_eq!(
+        rig.ctl(&attach(per_total + 1, &many)),
+        ty::OK_NODATA,
+        "room again"
+    );
+    assert_eq!(rig.ctl(&unref(2)), ty::OK_NODATA);
+    assert_eq!(
+        rig.ctl(&attach(1, &many)),
+        ty::OK_NODATA,
+        "unref frees entries too"
+    );
 }
 
 #[test]
