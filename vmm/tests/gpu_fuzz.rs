@@ -292,6 +292,12 @@ fn scenario(rng: &mut Rng) -> Vec<(QueueKind, Vec<u8>)> {
     let mut reqs = Vec::new();
     let id = 1 + rng.below(5) as u32;
     let (w, h) = (1 + rng.below(64) as u32, 1 + rng.below(64) as u32);
+    // Free the id first (noise may have taken it).
+    let mut v = Vec::new();
+    header(&mut v, rng, ty::RESOURCE_UNREF);
+    put_u32(&mut v, id);
+    put_u32(&mut v, 0);
+    reqs.push((QueueKind::Control, v));
     let mut v = Vec::new();
     header(&mut v, rng, ty::RESOURCE_CREATE_2D);
     for x in [id, rng.pick(&[1, 2, 3, 4, 67, 68, 121, 134]), w, h] {

@@ -5,8 +5,9 @@
 //! * A [`VirtioDevice`] (block, rng, ...) describes itself (type, features, queues, config
 //!   space) and, when the driver sets DRIVER_OK, is *activated*: it starts a
 //!   worker thread ([`event_loop::EventLoop`]) that waits on the queues' ioeventfds (and
-//!   on fds of the device's own, such as the network card's tap) and hands each event to
-//!   the device's [`event_loop::EventHandler`]. Block and rng use
+//!   on fds of the device's own, such as the network card's tap or the input queue's
+//!   wake-up) and hands each event to the device's [`event_loop::EventHandler`]. Block,
+//!   rng and gpu use
 //!   [`worker::serve_queues`], which pulls validated chains ([`chain::Chain`]) and hands
 //!   each to the device's [`worker::ChainHandler`].
 //! * A worker per device (not one event loop for all) because a block read may block for a
