@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::devices::virtio::block::BlockBackend;
+use crate::display::DisplayConfig;
+use crate::input::InputConfig;
 
 /// Where a disk's data comes from.
 #[derive(Clone)]
@@ -86,6 +88,10 @@ pub struct MachineConfig {
     pub rng: bool,
     /// Serial console.
     pub console: ConsoleConfig,
+    /// A virtio-gpu display, after the rng.
+    pub display: Option<DisplayConfig>,
+    /// virtio-input devices, after the display, in order.
+    pub inputs: Vec<InputConfig>,
 }
 
 impl Default for MachineConfig {
@@ -97,6 +103,8 @@ impl Default for MachineConfig {
             nets: Vec::new(),
             rng: true,
             console: ConsoleConfig::Null,
+            display: None,
+            inputs: Vec::new(),
         }
     }
 }

@@ -3,7 +3,8 @@
 //! Entry point for the firmware and the `vmm` command: [`run`] with a [`VmConfig`]; or
 //! [`Machine`] to build, load and run in steps. Layout follows Firecracker's `vmm` crate on
 //! a smaller scale: `arch` (layout, boot, registers, CPUID), `vstate` (memory, VM, vCPUs),
-//! `devices` (legacy PC devices, virtio over MMIO), `acpi`, `bus`, and `machine` tying them
+//! `devices` (legacy PC devices, virtio over MMIO), `display` and `input` (what the
+//! embedding program's seat sees of the virtio-gpu and virtio-input devices), `acpi`, `bus`, and `machine` tying them
 //! together. See docs/vmm.md for the design.
 
 #![warn(missing_docs)]
@@ -15,7 +16,9 @@ pub mod config;
 pub mod console;
 pub mod device_manager;
 pub mod devices;
+pub mod display;
 pub mod exit;
+pub mod input;
 pub mod machine;
 pub mod vstate;
 
@@ -23,7 +26,11 @@ pub use config::{
     ConsoleConfig, DiskConfig, DiskSource, KernelConfig, MachineConfig, NetConfig, VmConfig,
 };
 pub use devices::virtio::block::{BlockBackend, RawFile};
+pub use display::{
+    CursorImage, DisplayConfig, DisplayControl, DisplaySink, Framebuffer, PixelFormat, Rect,
+};
 pub use exit::{ExitReason, ExitSignal};
+pub use input::{InputConfig, InputEvent, InputKind, InputQueue};
 pub use machine::{Error, Machine};
 
 /// Builds the VM described by `config`, boots its kernel and runs it to the end.

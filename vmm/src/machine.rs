@@ -32,8 +32,11 @@ use crate::device_manager::legacy::LegacyDevices;
 use crate::device_manager::mmio::MmioDeviceManager;
 use crate::device_manager::DeviceManagerError;
 use crate::devices::virtio::block::{Block, BlockBackend, RawFile};
+use crate::devices::virtio::gpu::Gpu;
+use crate::devices::virtio::input::Input;
 use crate::devices::virtio::net::{Net, Tap};
 use crate::devices::virtio::rng::Rng;
+use crate::display::{DisplayControl, MAX_DIMENSION, MAX_EDID_BYTES};
 use crate::exit::{ExitReason, ExitSignal};
 use crate::vstate::memory::{self, GuestMemoryMmap};
 use crate::vstate::{vcpu, vm};
@@ -112,6 +115,7 @@ pub struct Machine {
     exit: Arc<ExitSignal>,
     console_input: console::ConsoleInput,
     tap_names: Vec<String>,
+    display: Option<DisplayControl>,
     // Kept open for the VM's lifetime: closing it would destroy the VM under the vCPUs.
     _vm: VmFd,
     _kvm: Kvm,
@@ -136,6 +140,8 @@ impl Machine {
             nets,
             rng,
             console,
+            display,
+            inputs,
             ..
         } = config;
         let (console_out, console_input) = console_io(console);
@@ -160,6 +166,20 @@ impl Machine {
         if rng {
             virtio.add(&vm, &mem, Box::new(Rng::new()), "rng")?;
         }
+        // Display and input last, so adding them moves no other device.
+        let display = match display {
+            Some(d) => {
+                let gpu = Gpu::new(d);
+                let control = gpu.control();
+                virtio.add(&vm, &mem, Box::new(gpu), "gpu")?;
+                Some(control)
+            }
+            None => None,
+        };
+        for (i, input) in inputs.into_iter().enumerate() {
+            let name = format!("input{i} ({:?})", input.kind);
+            virtio.add(&vm, &mem, Box::new(Input::new(input)), &name)?;
+        }
 
         Ok(Machine {
             virtio,
@@ -168,6 +188,7 @@ impl Machine {
             exit,
             console_input,
             tap_names,
+            display,
             _vm: vm,
             _kvm: kvm,
             mem,
@@ -187,6 +208,11 @@ impl Machine {
     /// before [`Machine::run`] (the guest cannot send anything earlier).
     pub fn tap_names(&self) -> &[String] {
         &self.tap_names
+    }
+
+    /// Changes the display mode the guest sees (None without a display).
+    pub fn display_control(&self) -> Option<DisplayControl> {
+        self.display.clone()
     }
 
     /// Guest memory (for tests and for loading custom payloads).
@@ -330,7 +356,27 @@ fn check_config(config: &MachineConfig) -> Result<u64, Error> {
             config.vcpus
         )));
     }
-    let virtio_devices = config.disks.len() + config.nets.len() + usize::from(config.rng);
+    if let Some(d) = &config.display {
+        if !(1..=MAX_DIMENSION).contains(&d.width) || !(1..=MAX_DIMENSION).contains(&d.height) {
+            return Err(Error::Config(format!(
+                "display {}x{}: each side must be 1..={MAX_DIMENSION}",
+                d.width, d.height
+            )));
+        }
+        if d.edid
+            .as_ref()
+            .is_some_and(|e| e.is_empty() || e.len() > MAX_EDID_BYTES)
+        {
+            return Err(Error::Config(format!(
+                "display EDID must be 1..={MAX_EDID_BYTES} bytes"
+            )));
+        }
+    }
+    let virtio_devices = config.disks.len()
+        + config.nets.len()
+        + usize::from(config.rng)
+        + usize::from(config.display.is_some())
+        + config.inputs.len();
     if virtio_devices > VIRTIO_GSIS.len() {
         return Err(Error::Config(format!(
             "{virtio_devices} virtio devices: at most {}",

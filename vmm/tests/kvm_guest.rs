@@ -38,6 +38,7 @@ fn machine(out: &Capture, vcpus: u8) -> Machine {
         nets: vec![],
         rng: true,
         console: ConsoleConfig::Writer(Box::new(out.clone())),
+        ..Default::default()
     })
     .expect("build VM")
 }
@@ -328,4 +329,69 @@ fn spinning_guest_stops_promptly_on_one_kick() {
             requested.elapsed()
         );
     }
+}
+
+/// A display sink that records nothing (the guest here never drives the GPU).
+struct NoDisplay;
+
+impl vmm::DisplaySink for NoDisplay {
+    fn set_scanout(&self, _: Option<Arc<vmm::Framebuffer>>) {}
+    fn flush(&self, _: vmm::Rect) {}
+    fn cursor(&self, _: Option<Arc<vmm::CursorImage>>, _: u32, _: u32) {}
+    fn move_cursor(&self, _: u32, _: u32) {}
+}
+
+#[test]
+fn display_and_inputs_come_after_the_other_devices() {
+    if !kvm_available() {
+        return;
+    }
+    let plain = machine(&Capture::default(), 1);
+    let before = plain.mmio_devices().to_vec();
+    assert!(plain.display_control().is_none());
+    drop(plain);
+
+    let inputs = [vmm::InputKind::Keyboard, vmm::InputKind::Tablet]
+        .into_iter()
+        .map(|kind| vmm::InputConfig {
+            kind,
+            name: String::new(),
+            queue: vmm::InputQueue::new(),
+        })
+        .collect();
+    let m = Machine::new(MachineConfig {
+        memory_mib: 32,
+        display: Some(vmm::DisplayConfig {
+            width: 1024,
+            height: 768,
+            edid: None,
+            sink: Arc::new(NoDisplay),
+        }),
+        inputs,
+        ..Default::default()
+    })
+    .expect("build VM");
+    let devices = m.mmio_devices();
+    assert_eq!(devices.len(), before.len() + 3);
+    assert_eq!(
+        &devices[..before.len()],
+        &before[..],
+        "existing devices do not move"
+    );
+    let control = m.display_control().expect("a display");
+    control.resize(800, 600, None);
+    assert_eq!(control.mode().width, 800);
+
+    // Bad display sizes are configuration errors.
+    let err = Machine::new(MachineConfig {
+        memory_mib: 32,
+        display: Some(vmm::DisplayConfig {
+            width: 0,
+            height: 768,
+            edid: None,
+            sink: Arc::new(NoDisplay),
+        }),
+        ..Default::default()
+    });
+    assert!(matches!(err, Err(vmm::Error::Config(_))));
 }

@@ -246,7 +246,7 @@ impl MmioTransport {
             reg::QUEUE_READY => q.map_or(0, |q| u32::from(q.ready())),
             reg::INTERRUPT_STATUS => self.interrupt.status(),
             reg::STATUS => self.status(),
-            reg::CONFIG_GENERATION => 0,
+            reg::CONFIG_GENERATION => self.interrupt.config_generation(),
             _ => {
                 log::debug!("virtio-mmio: read of unknown register {offset:#x}");
                 0

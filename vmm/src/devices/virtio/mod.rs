@@ -5,8 +5,9 @@
 //! * A [`VirtioDevice`] (block, rng, ...) describes itself (type, features, queues, config
 //!   space) and, when the driver sets DRIVER_OK, is *activated*: it starts a
 //!   worker thread ([`event_loop::EventLoop`]) that waits on the queues' ioeventfds (and
-//!   on fds of the device's own, such as the network card's tap) and hands each event to
-//!   the device's [`event_loop::EventHandler`]. Block and rng use
+//!   on fds of the device's own, such as the network card's tap or the input queue's
+//!   wake-up) and hands each event to the device's [`event_loop::EventHandler`]. Block,
+//!   rng and gpu use
 //!   [`worker::serve_queues`], which pulls validated chains ([`chain::Chain`]) and hands
 //!   each to the device's [`worker::ChainHandler`].
 //! * A worker per device (not one event loop for all) because a block read may block for a
@@ -17,6 +18,8 @@
 pub mod block;
 pub mod chain;
 pub mod event_loop;
+pub mod gpu;
+pub mod input;
 pub mod mmio;
 pub mod net;
 pub mod rng;
@@ -72,6 +75,9 @@ pub const INT_CONFIG: u32 = virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_CONFIG
 pub struct Interrupt {
     status: AtomicU32,
     failed: AtomicBool,
+    /// ConfigGeneration: bumped on every configuration change the device announces, so
+    /// the driver can tell a torn multi-register read of the configuration space.
+    generation: AtomicU32,
     evt: EventFd,
 }
 
@@ -81,6 +87,7 @@ impl Interrupt {
         Self {
             status: AtomicU32::new(0),
             failed: AtomicBool::new(false),
+            generation: AtomicU32::new(0),
             evt,
         }
     }
@@ -101,6 +108,17 @@ impl Interrupt {
     pub fn fail(&self) {
         self.failed.store(true, Ordering::SeqCst);
         self.raise(INT_CONFIG);
+    }
+
+    /// Tells the driver that the configuration space changed (e.g. a display event).
+    pub fn signal_config_change(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.raise(INT_CONFIG);
+    }
+
+    /// The ConfigGeneration register.
+    pub fn config_generation(&self) -> u32 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     /// Whether [`Interrupt::fail`] was called since the last reset.
@@ -207,6 +225,12 @@ mod tests {
         irq.ack(INT_VRING);
         assert_eq!(irq.status(), INT_CONFIG);
         assert_eq!(irq.eventfd().read().unwrap(), 2);
+        irq.ack(INT_CONFIG);
+        let g = irq.config_generation();
+        irq.signal_config_change();
+        assert_eq!(irq.status(), INT_CONFIG);
+        assert_eq!(irq.config_generation(), g.wrapping_add(1));
+        assert_eq!(irq.eventfd().read().unwrap(), 1);
         irq.reset();
         assert!(!irq.is_failed());
         assert_eq!(irq.status(), 0);
