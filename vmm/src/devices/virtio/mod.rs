@@ -23,6 +23,8 @@ pub mod input;
 pub mod mmio;
 pub mod net;
 pub mod rng;
+#[cfg(test)]
+pub mod test_utils;
 pub mod worker;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};

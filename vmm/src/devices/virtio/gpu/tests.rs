@@ -884,30 +884,10 @@ fn detach_of_the_scanout_turns_it_off() {
 /// ConfigGeneration.
 #[test]
 fn through_the_transport() {
-    use crate::bus::BusDevice;
+    use crate::devices::virtio::features;
     use crate::devices::virtio::mmio::{reg, MmioTransport};
-    use crate::devices::virtio::{features, status, INT_VRING};
-    use std::os::fd::AsRawFd;
-
-    fn w(t: &mut MmioTransport, off: u64, v: u32) {
-        t.write(off, &v.to_le_bytes());
-    }
-    fn r(t: &mut MmioTransport, off: u64) -> u32 {
-        let mut b = [0u8; 4];
-        t.read(off, &mut b);
-        u32::from_le_bytes(b)
-    }
-    fn wait(evt: &EventFd) -> bool {
-        let mut p = libc::pollfd {
-            fd: evt.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        let n = unsafe { libc::poll(&mut p, 1, 5000) };
-        let _ = evt.read();
-        n == 1
-    }
+    use crate::devices::virtio::test_utils::{bring_up, r, w, wait};
+    use crate::devices::virtio::INT_VRING;
 
     let mem =
         Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap());
@@ -923,42 +903,11 @@ fn through_the_transport() {
     let mut t = MmioTransport::new(Box::new(gpu), mem.clone(), irq.try_clone().unwrap()).unwrap();
     assert_eq!(r(&mut t, reg::DEVICE_ID), 16);
 
-    let accept = features::VERSION_1 | F_EDID;
-    w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
-    w(&mut t, reg::DRIVER_FEATURES_SEL, 0);
-    w(&mut t, reg::DRIVER_FEATURES, accept as u32);
-    w(&mut t, reg::DRIVER_FEATURES_SEL, 1);
-    w(&mut t, reg::DRIVER_FEATURES, (accept >> 32) as u32);
-    let st = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
-    w(&mut t, reg::STATUS, st);
-    assert_ne!(r(&mut t, reg::STATUS) & status::FEATURES_OK, 0);
     let mocks: Vec<_> = [0x1000u64, 0x8000]
         .iter()
         .map(|&a| MockSplitQueue::create(mem.as_ref(), GuestAddress(a), 16))
         .collect();
-    for (i, m) in mocks.iter().enumerate() {
-        w(&mut t, reg::QUEUE_SEL, i as u32);
-        w(&mut t, reg::QUEUE_NUM, 16);
-        for (lo, hi, a) in [
-            (
-                reg::QUEUE_DESC_LOW,
-                reg::QUEUE_DESC_HIGH,
-                m.desc_table_addr().0,
-            ),
-            (
-                reg::QUEUE_AVAIL_LOW,
-                reg::QUEUE_AVAIL_HIGH,
-                m.avail_addr().0,
-            ),
-            (reg::QUEUE_USED_LOW, reg::QUEUE_USED_HIGH, m.used_addr().0),
-        ] {
-            w(&mut t, lo, a as u32);
-            w(&mut t, hi, (a >> 32) as u32);
-        }
-        w(&mut t, reg::QUEUE_READY, 1);
-    }
-    w(&mut t, reg::STATUS, st | status::DRIVER_OK);
-    assert_eq!(t.status() & status::DEVICE_NEEDS_RESET, 0);
+    bring_up(&mut t, features::VERSION_1 | F_EDID, 16, &mocks);
 
     mem.write_slice(
         abi::CtrlHeader(hdr(ty::GET_DISPLAY_INFO)).as_slice(),
