@@ -292,6 +292,9 @@ fn main() {
                     output: Box::new(FlushingWriter(std::io::stdout())),
                 }
             },
+            // `vmm run` is the serial-console VMM; displays run under the session's seat.
+            display: None,
+            inputs: Vec::new(),
         };
         let r = vmm::Machine::new(machine).and_then(|mut m| {
             launcher::network::plug(m.tap_names(), &attachments)

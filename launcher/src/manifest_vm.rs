@@ -152,6 +152,9 @@ pub fn vm_config(
             nets,
             rng: true,
             console,
+            // The session adds them when the person sits at the PC's screen.
+            display: None,
+            inputs: Vec::new(),
         },
         kernel: KernelConfig {
             kernel,

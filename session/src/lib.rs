@@ -11,6 +11,7 @@
 
 pub mod bridges;
 pub mod cache;
+pub mod desktop;
 pub mod logout;
 pub mod runner;
 pub mod screen;
@@ -161,6 +162,7 @@ pub fn run(settings: &Settings, password: &str, tty_in: File, tty_out: File) -> 
     };
     terminal::run_appliances(
         settings,
+        password,
         session,
         cache,
         options,

@@ -81,6 +81,7 @@ pub fn start(
     cache: Arc<Cache>,
     source: Arc<dyn ChunkSource>,
     console: GuestConsole,
+    graphics: Option<crate::desktop::Graphics>,
     stop: Arc<StopAll>,
 ) -> std::io::Result<JoinHandle<Result<ExitReason, String>>> {
     std::thread::Builder::new()
@@ -93,7 +94,14 @@ pub fn start(
                 }
                 boots += 1;
                 log::info!("{}: booting (boot {boots})", prepared.name);
-                let reason = boot_once(&prepared, &cache, &source, &console, &stop)?;
+                let reason = boot_once(
+                    &prepared,
+                    &cache,
+                    &source,
+                    &console,
+                    graphics.as_ref(),
+                    &stop,
+                )?;
                 log::info!("{}: VM ended: {reason:?}", prepared.name);
                 if reason != ExitReason::Reset || stop.stopping() {
                     return Ok(reason);
@@ -109,6 +117,7 @@ fn boot_once(
     cache: &Arc<Cache>,
     source: &Arc<dyn ChunkSource>,
     console: &GuestConsole,
+    graphics: Option<&crate::desktop::Graphics>,
     stop: &StopAll,
 ) -> Result<ExitReason, String> {
     let t_start = std::time::Instant::now();
@@ -150,6 +159,12 @@ fn boot_once(
         console,
     )
     .map_err(|e| e.to_string())?;
+    let mut vm = vm;
+    if let Some(g) = graphics {
+        let (display, inputs) = g.devices();
+        vm.config.machine.display = Some(display);
+        vm.config.machine.inputs = inputs;
+    }
     let t0 = std::time::Instant::now();
     let mut machine = vmm::Machine::new(vm.config.machine).map_err(|e| e.to_string())?;
     stop.register(machine.exit_signal());

@@ -2,6 +2,7 @@
 //! when its boot chunks are in, switch consoles, and end the session when they have all
 //! ended.
 
+use crate::desktop::{self, Desktop, Member};
 use crate::runner::{self, GuestConsole, Prepared, StopAll};
 use crate::screen::{self, Gate, LiveBlock};
 use crate::{logout, Outcome, Screen, Settings, REDRAW};
@@ -133,6 +134,28 @@ fn prepare(
     out
 }
 
+/// Each appliance's console as a pair of pipes: the desktop's ends and the VMs'.
+fn console_pipes(apps: &[Prepared]) -> Result<(Vec<Member>, Vec<GuestConsole>), String> {
+    let mut members = Vec::new();
+    let mut guest_sides = Vec::new();
+    for a in apps {
+        let (Ok((out_r, out_w)), Ok((keys_r, keys_w))) = (std::io::pipe(), std::io::pipe()) else {
+            return Err("cannot create console pipes".into());
+        };
+        members.push(Member {
+            name: a.name.clone(),
+            display: a.manifest.display,
+            from_guest: Box::new(out_r),
+            to_guest: Box::new(keys_w),
+        });
+        guest_sides.push(GuestConsole {
+            keys: keys_r,
+            output: out_w,
+        });
+    }
+    Ok((members, guest_sides))
+}
+
 /// The console switcher and each appliance's end of its console.
 fn connect_consoles(
     apps: &[Prepared],
@@ -161,9 +184,92 @@ fn connect_consoles(
     Ok((switcher, guest_sides))
 }
 
+/// Where the person sees and drives the appliances.
+enum Front {
+    /// Text on the console the person logged in on: the console switcher.
+    Text(Switcher),
+    /// The PC's screen, keyboard and pointer, opened when the first appliance starts (so
+    /// the progress bars stay on the screen until then).
+    Waiting {
+        members: Vec<Member>,
+        tty_in: File,
+        gate: Gate,
+    },
+    Desktop(Desktop),
+    /// Nothing to show the appliances on: the session stops them and logs out.
+    Nothing,
+}
+
+impl Front {
+    fn ended(&self, index: usize, how: &str) {
+        match self {
+            Front::Text(s) => s.ended(index, how),
+            Front::Desktop(d) => d.ended(index, how),
+            Front::Waiting { .. } | Front::Nothing => {}
+        }
+    }
+
+    /// Opens the desktop if it is waiting; falls back to the text switcher when the PC
+    /// has no display the seat can drive.
+    fn open(
+        self,
+        settings: &Settings,
+        password: &str,
+        stop: &Arc<StopAll>,
+        screen: &mut Screen,
+    ) -> Front {
+        let Front::Waiting {
+            members,
+            tty_in,
+            gate,
+        } = self
+        else {
+            return self;
+        };
+        match Desktop::open(&settings.user, password, stop.clone(), members) {
+            Ok(d) => Front::Desktop(d),
+            Err((why, members)) => {
+                log::warn!("no desktop on this PC's screen: {why}");
+                screen.line(&format!(
+                    "  no screen this terminal can drive ({why}); your appliances' consoles are here"
+                ));
+                let ends = members
+                    .into_iter()
+                    .map(|m| ConsoleEnd {
+                        name: m.name,
+                        from_guest: m.from_guest,
+                        to_guest: m.to_guest,
+                    })
+                    .collect();
+                let logout = stop.clone();
+                match Switcher::start(
+                    ends,
+                    tty_in,
+                    Box::new(gate.clone()),
+                    Box::new(move || logout.stop()),
+                ) {
+                    Ok(s) => {
+                        gate.open();
+                        Front::Text(s)
+                    }
+                    Err(e) => {
+                        screen.line(&format!(
+                            "  cannot start the console switcher: {e}; logging out"
+                        ));
+                        stop.stop();
+                        Front::Nothing
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Runs the set on the console until it has ended, then logs out.
+#[allow(clippy::too_many_arguments)]
 pub fn run_appliances(
     settings: &Settings,
+    password: &str,
     mut session: Session,
     cache: Arc<Cache>,
     options: FillOptions,
@@ -201,15 +307,27 @@ pub fn run_appliances(
         .ok()
         .map(|tty| RawTerminal::enter(tty.as_fd(), true));
     let stop = Arc::new(StopAll::default());
+    let pc_screen = desktop::on_pc_screen(&tty_in);
     let plumbing = screen
         .writer()
         .try_clone()
         .map_err(|e| format!("cannot share the console: {e}"))
         .and_then(|f| {
             let gate = Gate::new(Box::new(f));
-            connect_consoles(&apps, tty_in, gate.clone(), stop.clone()).map(|c| (gate, c))
+            if pc_screen {
+                let (members, guest_sides) = console_pipes(&apps)?;
+                let front = Front::Waiting {
+                    members,
+                    tty_in,
+                    gate: gate.clone(),
+                };
+                Ok((gate, front, guest_sides))
+            } else {
+                connect_consoles(&apps, tty_in, gate.clone(), stop.clone())
+                    .map(|(s, sides)| (gate, Front::Text(s), sides))
+            }
         });
-    let (gate, (switcher, guest_sides)) = match plumbing {
+    let (gate, mut front, guest_sides) = match plumbing {
         Ok(p) => p,
         Err(e) => {
             return logout::finish(&mut session, fill, &user_disks, &bridges, screen, Some(e))
@@ -251,6 +369,13 @@ pub fn run_appliances(
             let Some((app, console)) = slot.take() else {
                 continue;
             };
+            if matches!(front, Front::Waiting { .. }) {
+                front = front.open(settings, password, &stop, screen);
+            }
+            let graphics = match &front {
+                Front::Desktop(d) if app.manifest.display => d.graphics(index),
+                _ => None,
+            };
             let name = app.name.clone();
             let materialized =
                 runner::materialize(&cache, &app.manifest.kernel, source.clone(), &app.kernel)
@@ -262,10 +387,17 @@ pub fn run_appliances(
                     });
             if let Err(e) = materialized {
                 screen.line(&format!("  {name}: cannot read its kernel: {e}"));
-                switcher.ended(index, &format!("not started: {e}"));
+                front.ended(index, &format!("not started: {e}"));
                 continue;
             }
-            match runner::start(app, cache.clone(), source.clone(), console, stop.clone()) {
+            match runner::start(
+                app,
+                cache.clone(),
+                source.clone(),
+                console,
+                graphics,
+                stop.clone(),
+            ) {
                 Ok(t) => {
                     let after = login_started.elapsed().as_secs_f64();
                     log::info!("{name}: started {after:.2} s after the password");
@@ -280,11 +412,17 @@ pub fn run_appliances(
         }
         std::thread::sleep(REDRAW);
     }
+    let keys = match &front {
+        Front::Desktop(_) => "on the PC's screen; Ctrl+Alt+Del for the terminal's menu (switch, lock, log out), Ctrl+Alt+F1-F12 switch",
+        _ => "Keys: Ctrl-A n next console, Ctrl-A 1-9 choose, Ctrl-A q log out",
+    };
     screen.line(&format!(
-        "Appliances: {}. Keys: Ctrl-A n next console, Ctrl-A 1-9 choose, Ctrl-A q log out.",
+        "Appliances: {}. {keys}.",
         started_after.join(", ")
     ));
-    gate.open();
+    if matches!(front, Front::Text(_)) {
+        gate.open();
+    }
 
     // Say how each appliance ended as it ends, in whatever order that is.
     let mut problems = None;
@@ -305,7 +443,11 @@ pub fn run_appliances(
             }
             Err(_) => "crashed".to_string(),
         };
-        switcher.ended(index, &how);
+        front.ended(index, &how);
+    }
+    if let Front::Desktop(d) = front {
+        // The screen goes back to the text console before the logout lines are written.
+        d.close();
     }
     drop(raw);
     logout::finish(&mut session, fill, &user_disks, &bridges, screen, problems)

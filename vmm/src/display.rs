@@ -279,6 +279,16 @@ impl Framebuffer {
     /// row by row with memcpy of contiguous runs (the backing is a scatter list: rows may
     /// span entries). Never panics on any rect or dst size (clips to dst too).
     pub fn copy_rect(&self, rect: Rect, dst: &mut [u8], dst_stride: usize) {
+        self.copy_rect_at(rect, dst, dst_stride, false)
+    }
+
+    /// Like [`Framebuffer::copy_rect`], but `dst` begins at the rectangle's top-left pixel
+    /// (a presenter hands out the part of its buffer where the rectangle goes).
+    pub fn copy_rect_to(&self, rect: Rect, dst: &mut [u8], dst_stride: usize) {
+        self.copy_rect_at(rect, dst, dst_stride, true)
+    }
+
+    fn copy_rect_at(&self, rect: Rect, dst: &mut [u8], dst_stride: usize, at_origin: bool) {
         let rect = rect.intersect(&Rect::new(0, 0, self.src.width, self.src.height));
         if rect.is_empty() || dst_stride == 0 {
             return;
@@ -286,10 +296,16 @@ impl Framebuffer {
         // Clip to the destination: whole pixels per row, rows that fit in `dst`.
         let dst_cols = (dst_stride / 4) as u64;
         let x0 = u64::from(rect.x);
-        if x0 >= dst_cols {
+        // Where the rectangle's first pixel goes in `dst`.
+        let (dst_x, dst_y0) = if at_origin {
+            (0, 0)
+        } else {
+            (x0, u64::from(rect.y))
+        };
+        if dst_x >= dst_cols {
             return;
         }
-        let cols = u64::from(rect.width).min(dst_cols - x0) as usize;
+        let cols = u64::from(rect.width).min(dst_cols - dst_x) as usize;
         let row_bytes = cols * 4;
         let mut tmp = if self.format.is_native() {
             Vec::new()
@@ -299,9 +315,9 @@ impl Framebuffer {
         for row in 0..u64::from(rect.height) {
             let y = u64::from(rect.y) + row;
             // Destination row; stop at the first that does not fit.
-            let Some(d0) = (y as usize)
+            let Some(d0) = ((dst_y0 + row) as usize)
                 .checked_mul(dst_stride)
-                .and_then(|o| o.checked_add(x0 as usize * 4))
+                .and_then(|o| o.checked_add(dst_x as usize * 4))
             else {
                 return;
             };

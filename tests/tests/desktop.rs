@@ -1,0 +1,254 @@
+//! The desktop on the PC's own screen, end to end: the firmware in QEMU with a standard
+//! VGA (the PC's monitor, read with `screendump`), its PS/2 keyboard and a virtio tablet
+//! (driven with `sendkey` and `mouse_move`), a person who logs in at that keyboard, and
+//! two display test appliances under the firmware's VMM on nested KVM that draw known
+//! patterns and report every input event they get over their `uplink` network.
+
+use std::collections::HashMap;
+use std::net::UdpSocket;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use system_tests::demo::{self, DemoRepo, DisplayAppliance};
+use system_tests::{Machine, MachineConfig, Nic, Screenshot};
+
+const SHORT: Duration = Duration::from_secs(60);
+/// From the password to a drawn pattern: fill plus a nested boot of Debian's generic kernel.
+const APPLIANCE: Duration = Duration::from_secs(400);
+
+/// What the appliances reported, by appliance, in arrival order.
+#[derive(Clone, Default)]
+struct Reports(Arc<Mutex<HashMap<String, Vec<String>>>>);
+
+impl Reports {
+    /// Listens on a loopback UDP port for `name`'s probe; returns the address the
+    /// appliance sends to (QEMU's user network maps 10.0.2.2 to the host's loopback).
+    fn listen(&self, name: &str) -> String {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = sock.local_addr().unwrap().port();
+        let (reports, name) = (self.0.clone(), name.to_string());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while let Ok(n) = sock.recv(&mut buf) {
+                let line = String::from_utf8_lossy(&buf[..n]).into_owned();
+                reports
+                    .lock()
+                    .unwrap()
+                    .entry(name.clone())
+                    .or_default()
+                    .push(line);
+            }
+        });
+        format!("10.0.2.2:{port}")
+    }
+
+    fn lines(&self, name: &str) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .get(name)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Waits until `name` reported a line containing `needle`; returns that line.
+    fn expect(&self, name: &str, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout.mul_f64(system_tests::qemu::timeout_scale());
+        loop {
+            if let Some(l) = self.lines(name).into_iter().find(|l| l.contains(needle)) {
+                return l;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} never reported {needle:?}; it reported: {:#?}",
+                self.lines(name)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Forgets what was reported so far.
+    fn clear(&self) {
+        self.0.lock().unwrap().clear();
+    }
+}
+
+/// A one-page web server on the host's loopback, for the uplink test.
+fn web_server(body: &'static str) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for conn in listener.incoming().flatten() {
+            let mut conn = conn;
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf);
+            let _ = write!(
+                conn,
+                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+fn pattern(shot: &Screenshot, seed: u32) -> impl Fn(u32, u32) -> u32 + '_ {
+    move |x, y| collective_init::test_pattern::pixel(x, y, shot.width, shot.height, seed)
+}
+
+/// Whether the whole screen (sampled every 7 pixels) is the pattern of `seed`.
+fn shows(shot: &Screenshot, seed: u32) -> bool {
+    shot.mismatches(7, pattern(shot, seed)).0 == 0
+}
+
+/// The share of sampled pixels that show either appliance's pattern (black, which every
+/// screen has plenty of, does not count).
+fn appliance_share(shot: &Screenshot) -> f64 {
+    let total = (shot.width.div_ceil(7) * shot.height.div_ceil(7)) as f64;
+    let either = |x: u32, y: u32| {
+        let p = shot.pixel(x, y);
+        p != 0 && (p == pattern(shot, 1)(x, y) || p == pattern(shot, 2)(x, y))
+    };
+    let mut n = 0;
+    for y in (0..shot.height).step_by(7) {
+        for x in (0..shot.width).step_by(7) {
+            if either(x, y) {
+                n += 1;
+            }
+        }
+    }
+    n as f64 / total
+}
+
+fn key_events(lines: &[String], code: u32) -> Vec<String> {
+    let prefix = format!("DISPLAY-PROBE input 1 {code} ");
+    lines
+        .iter()
+        .filter(|l| l.starts_with(&prefix))
+        .cloned()
+        .collect()
+}
+
+fn wait_screen(m: &mut Machine, what: &str, ok: impl FnMut(&Screenshot) -> bool) -> Screenshot {
+    m.wait_for_screen(SHORT, ok)
+        .unwrap_or_else(|e| panic!("{what}: {e}\n{}", m.transcript()))
+}
+
+#[test]
+fn a_person_at_the_pc_logs_in_sees_and_drives_two_desktops_and_logs_out() {
+    let dir = std::env::temp_dir().join(format!("collective-desktop-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let reports = Reports::default();
+    let web = web_server("reached over uplink");
+    let repo = DemoRepo::create(&dir).expect("demo repository");
+    for (name, seed, fetch) in [("paint", 1, true), ("draw", 2, false)] {
+        repo.publish_display(&DisplayAppliance {
+            name: name.into(),
+            seed,
+            networks: vec!["uplink".into()],
+            fetch_url: fetch.then(|| format!("10.0.2.2:{web}/")),
+            report_to: Some(reports.listen(name)),
+        })
+        .expect("publish a display appliance");
+    }
+    repo.assign(&["paint", "draw"]).unwrap();
+    let server = repo.serve().unwrap();
+    let fw = demo::terminal_firmware().unwrap();
+    let pxe = demo::pxe_folder(&fw, &dir.join("pxe"), &server.guest_url()).unwrap();
+    let disk = demo::empty_disk(&dir.join("cache.img"), 1 << 30).unwrap();
+    let mut m = Machine::boot(
+        &pxe,
+        &MachineConfig {
+            nic: Nic::VirtioNet,
+            pxe: true,
+            disks: vec![disk],
+            memory_mib: 2048,
+            extra_args: vec![
+                "-device".into(),
+                "VGA,xres=1024,yres=768".into(),
+                "-vga".into(),
+                "none".into(),
+                "-device".into(),
+                "virtio-tablet-pci".into(),
+            ],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    m.expect("ready in", Duration::from_secs(240)).unwrap();
+    m.expect("login:", SHORT).unwrap();
+
+    // Log in at the PC's keyboard, on the screen's console (tty1).
+    m.type_text(&format!("{}\n", demo::USER)).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    m.type_text(&format!("{}\n", demo::PASSWORD)).unwrap();
+
+    // The first appliance has focus: its pattern fills the screen, pixel for pixel.
+    reports.expect("paint", "drawn", APPLIANCE);
+    let shot = wait_screen(&mut m, "paint's pattern", |s| shows(s, 1));
+    assert_eq!((shot.width, shot.height), (1024, 768));
+
+    // A key and the pointer reach it.
+    m.send_key("a").unwrap();
+    reports.expect("paint", "input 1 30 1", SHORT);
+    reports.expect("paint", "input 1 30 0", SHORT);
+    m.mouse_move(16384, 8192).unwrap();
+    let x = reports.expect("paint", "input 3 0 ", SHORT);
+    let value: i32 = x.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(
+        (value - 16384).abs() < 64,
+        "ABS_X {value} for the middle: {x}"
+    );
+    m.mouse_button(1).unwrap();
+    reports.expect("paint", "input 1 272 1", SHORT);
+    m.mouse_button(0).unwrap();
+    reports.expect("paint", "input 1 272 0", SHORT);
+
+    // The secure attention key: the terminal's own screen, and the appliance never sees
+    // the Delete (it only gets Ctrl and Alt released).
+    m.send_key("ctrl-alt-delete").unwrap();
+    wait_screen(&mut m, "the terminal's menu", |s| appliance_share(s) < 0.5);
+    std::thread::sleep(Duration::from_secs(2));
+    let paint = reports.lines("paint");
+    assert!(
+        key_events(&paint, 111).is_empty(),
+        "Delete reached paint: {paint:#?}"
+    );
+    m.send_key("esc").unwrap();
+    wait_screen(&mut m, "back to paint", |s| shows(s, 1));
+
+    // Switch to the second appliance: its pattern, and keys go to it alone.
+    reports.expect("draw", "drawn", APPLIANCE);
+    reports.clear();
+    m.send_key("ctrl-alt-f2").unwrap();
+    wait_screen(&mut m, "draw's pattern", |s| shows(s, 2));
+    m.send_key("b").unwrap();
+    reports.expect("draw", "input 1 48 1", SHORT);
+    std::thread::sleep(Duration::from_secs(1));
+    let paint = reports.lines("paint");
+    assert!(
+        key_events(&paint, 48).is_empty(),
+        "b reached paint too: {paint:#?}"
+    );
+    let draw = reports.lines("draw");
+    assert!(
+        key_events(&draw, 60).is_empty(),
+        "F2 reached draw: {draw:#?}"
+    );
+
+    // paint reached a web server on the host through the uplink network.
+    reports.expect("paint", "UPLINK-FETCH reached over uplink", SHORT);
+
+    // Log out from the terminal's menu: the screen goes back to the login console with
+    // nothing of either appliance on it.
+    m.send_key("ctrl-alt-delete").unwrap();
+    wait_screen(&mut m, "the terminal's menu", |s| appliance_share(s) < 0.5);
+    m.send_key("o").unwrap();
+    m.send_key("y").unwrap();
+    let shot = wait_screen(&mut m, "the login console", |s| appliance_share(s) < 0.02);
+    assert!(!shows(&shot, 1) && !shows(&shot, 2));
+    m.power_off().unwrap();
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
