@@ -121,6 +121,8 @@ fn build_tools() -> Result<DemoTools> {
         "virtio_net",
         "virtio_rng",
         "ext4",
+        // ext4's checksums: a softdep, which modules.dep does not list.
+        "crc32c_generic",
         "virtio_gpu",
         "virtio_input",
         "evdev",

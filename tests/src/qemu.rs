@@ -2,7 +2,7 @@
 
 use crate::firmware::Firmware;
 use anyhow::{bail, Context, Result};
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
@@ -118,6 +118,11 @@ impl Machine {
             .arg(format!(
                 "unix:{},server=on,wait=off",
                 monitor_path.display()
+            ))
+            .arg("-qmp")
+            .arg(format!(
+                "unix:{},server=on,wait=off",
+                scratch.join("qmp.sock").display()
             ));
         cmd.args(&config.extra_args);
         for disk in &config.disks {
@@ -306,6 +311,50 @@ impl Machine {
             }
         }
         Ok(String::from_utf8_lossy(&reply).into_owned())
+    }
+
+    /// Runs a QMP command (`{"execute": ..., "arguments": ...}`) on a fresh connection and
+    /// returns its `return` value; for what HMP cannot say, such as absolute pointer events.
+    pub fn qmp(&mut self, command: &serde_json::Value) -> Result<serde_json::Value> {
+        let path = self.scratch.join("qmp.sock");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let stream = loop {
+            match UnixStream::connect(&path) {
+                Ok(s) => break s,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("connecting to {}", path.display()))
+                }
+            }
+        };
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut writer = stream.try_clone()?;
+        let mut lines = std::io::BufReader::new(stream).lines();
+        // The greeting, then capabilities negotiation, then the command. Events may come
+        // in between; the answer is the first line with "return" or "error".
+        let answer = |lines: &mut std::io::Lines<_>| -> Result<serde_json::Value> {
+            loop {
+                let line: String = lines.next().context("QMP closed")??;
+                let v: serde_json::Value = serde_json::from_str(&line)?;
+                if let Some(r) = v.get("return") {
+                    return Ok(r.clone());
+                }
+                if let Some(e) = v.get("error") {
+                    bail!("QMP error: {e}");
+                }
+            }
+        };
+        lines.next().context("no QMP greeting")??;
+        writeln!(
+            writer,
+            "{}",
+            serde_json::json!({"execute": "qmp_capabilities"})
+        )?;
+        answer(&mut lines)?;
+        writeln!(writer, "{command}")?;
+        answer(&mut lines)
     }
 
     /// A path in this machine's scratch folder (removed with it).

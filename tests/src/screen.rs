@@ -1,8 +1,8 @@
 //! The PC's screen, keyboard and pointer of a QEMU machine, through its monitor: the
 //! screen as QEMU shows it (`screendump`, exactly what the guest's display holds), keys
-//! as a person would type them (`sendkey`), and the pointer (`mouse_move`,
-//! `mouse_button`; with an absolute pointer such as `virtio-tablet-pci` QEMU takes the
-//! move as a position).
+//! as a person would type them (`sendkey`), and an absolute pointer such as
+//! `virtio-tablet-pci` (QMP `input-send-event`: HMP's `mouse_move` is relative and goes to
+//! the PS/2 mouse, in steps).
 
 use crate::qemu::Machine;
 use anyhow::{bail, Context, Result};
@@ -143,11 +143,16 @@ impl Machine {
                 return Ok(shot);
             }
             if Instant::now() > deadline {
+                // Kept for a person to look at: the machine's scratch folder goes with it.
+                let keep = std::env::temp_dir()
+                    .join(format!("collective-screen-{}.ppm", std::process::id()));
+                let _ = std::fs::copy(self.scratch_path("screen.ppm"), &keep);
                 bail!(
-                    "the screen ({}x{}) did not show what was expected within {:.0} s",
+                    "the screen ({}x{}) did not show what was expected within {:.0} s; the last screenshot is {}",
                     shot.width,
                     shot.height,
-                    timeout.as_secs_f64()
+                    timeout.as_secs_f64(),
+                    keep.display()
                 );
             }
             std::thread::sleep(Duration::from_millis(300));
@@ -170,15 +175,25 @@ impl Machine {
         Ok(())
     }
 
-    /// Moves the PC's pointer; with an absolute pointer device, to (x, y) in 0..=32767.
-    pub fn mouse_move(&mut self, x: i32, y: i32) -> Result<()> {
-        self.monitor(&format!("mouse_move {x} {y}"))?;
+    /// Puts the PC's pointer at (x, y) in 0..=32767 on both axes, as an absolute pointing
+    /// device (QEMU's tablet) reports it.
+    pub fn pointer_to(&mut self, x: i32, y: i32) -> Result<()> {
+        let axis = |axis: &str, value: i32| serde_json::json!({"type": "abs", "data": {"axis": axis, "value": value}});
+        self.qmp(&serde_json::json!({
+            "execute": "input-send-event",
+            "arguments": {"events": [axis("x", x), axis("y", y)]}
+        }))?;
         Ok(())
     }
 
-    /// Sets the pointer's buttons (bit 0 left, 1 right, 2 middle).
-    pub fn mouse_button(&mut self, state: u32) -> Result<()> {
-        self.monitor(&format!("mouse_button {state}"))?;
+    /// Presses (`down`) or releases the pointer's left button.
+    pub fn pointer_button(&mut self, down: bool) -> Result<()> {
+        self.qmp(&serde_json::json!({
+            "execute": "input-send-event",
+            "arguments": {"events": [
+                {"type": "btn", "data": {"down": down, "button": "left"}}
+            ]}
+        }))?;
         Ok(())
     }
 }

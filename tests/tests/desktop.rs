@@ -1,6 +1,6 @@
 //! The desktop on the PC's own screen, end to end: the firmware in QEMU with a standard
 //! VGA (the PC's monitor, read with `screendump`), its PS/2 keyboard and a virtio tablet
-//! (driven with `sendkey` and `mouse_move`), a person who logs in at that keyboard, and
+//! (driven with `sendkey` and QMP pointer events), a person who logs in at that keyboard, and
 //! two display test appliances under the firmware's VMM on nested KVM that draw known
 //! patterns and report every input event they get over their `uplink` network.
 
@@ -13,7 +13,7 @@ use system_tests::{Machine, MachineConfig, Nic, Screenshot};
 
 const SHORT: Duration = Duration::from_secs(60);
 /// From the password to a drawn pattern: fill plus a nested boot of Debian's generic kernel.
-const APPLIANCE: Duration = Duration::from_secs(400);
+const APPLIANCE: Duration = Duration::from_secs(300);
 
 /// What the appliances reported, by appliance, in arrival order.
 #[derive(Clone, Default)]
@@ -130,8 +130,20 @@ fn key_events(lines: &[String], code: u32) -> Vec<String> {
 }
 
 fn wait_screen(m: &mut Machine, what: &str, ok: impl FnMut(&Screenshot) -> bool) -> Screenshot {
-    m.wait_for_screen(SHORT, ok)
-        .unwrap_or_else(|e| panic!("{what}: {e}\n{}", m.transcript()))
+    m.wait_for_screen(SHORT, ok).unwrap_or_else(|e| {
+        let detail = m
+            .screendump()
+            .map(|s| {
+                let (n1, first1) = s.mismatches(7, pattern(&s, 1));
+                let (n2, first2) = s.mismatches(7, pattern(&s, 2));
+                format!(
+                    "against paint: {n1} sampled pixels differ:{first1}; against draw: {n2}:{first2}; appliance share {:.3}",
+                    appliance_share(&s)
+                )
+            })
+            .unwrap_or_default();
+        panic!("{what}: {e}\n{detail}")
+    })
 }
 
 #[test]
@@ -155,13 +167,19 @@ fn a_person_at_the_pc_logs_in_sees_and_drives_two_desktops_and_logs_out() {
     repo.assign(&["paint", "draw"]).unwrap();
     let server = repo.serve().unwrap();
     let fw = demo::terminal_firmware().unwrap();
-    let pxe = demo::pxe_folder(&fw, &dir.join("pxe"), &server.guest_url()).unwrap();
     let disk = demo::empty_disk(&dir.join("cache.img"), 1 << 30).unwrap();
     let mut m = Machine::boot(
-        &pxe,
+        &fw,
         &MachineConfig {
             nic: Nic::VirtioNet,
-            pxe: true,
+            // The session's log on the serial line: what went wrong, when something does.
+            extra_cmdline: vec![
+                format!(
+                    "collective.repo={}",
+                    server.guest_url().trim_end_matches('/')
+                ),
+                "loglevel=7".into(),
+            ],
             disks: vec![disk],
             memory_mib: 2048,
             extra_args: vec![
@@ -193,16 +211,23 @@ fn a_person_at_the_pc_logs_in_sees_and_drives_two_desktops_and_logs_out() {
     m.send_key("a").unwrap();
     reports.expect("paint", "input 1 30 1", SHORT);
     reports.expect("paint", "input 1 30 0", SHORT);
-    m.mouse_move(16384, 8192).unwrap();
-    let x = reports.expect("paint", "input 3 0 ", SHORT);
+    m.pointer_to(16384, 8192).unwrap();
+    reports.expect("paint", "input 3 0 ", SHORT);
+    std::thread::sleep(Duration::from_secs(1));
+    // The last position the appliance got (in 0..=32767, as the PC's tablet gave it).
+    let x = reports
+        .lines("paint")
+        .into_iter()
+        .rfind(|l| l.contains("input 3 0 "))
+        .unwrap();
     let value: i32 = x.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(
         (value - 16384).abs() < 64,
         "ABS_X {value} for the middle: {x}"
     );
-    m.mouse_button(1).unwrap();
+    m.pointer_button(true).unwrap();
     reports.expect("paint", "input 1 272 1", SHORT);
-    m.mouse_button(0).unwrap();
+    m.pointer_button(false).unwrap();
     reports.expect("paint", "input 1 272 0", SHORT);
 
     // The secure attention key: the terminal's own screen, and the appliance never sees
@@ -217,6 +242,9 @@ fn a_person_at_the_pc_logs_in_sees_and_drives_two_desktops_and_logs_out() {
     );
     m.send_key("esc").unwrap();
     wait_screen(&mut m, "back to paint", |s| shows(s, 1));
+
+    // paint reached a web server on the host through the uplink network.
+    reports.expect("paint", "UPLINK-FETCH reached over uplink", SHORT);
 
     // Switch to the second appliance: its pattern, and keys go to it alone.
     reports.expect("draw", "drawn", APPLIANCE);
@@ -236,9 +264,6 @@ fn a_person_at_the_pc_logs_in_sees_and_drives_two_desktops_and_logs_out() {
         key_events(&draw, 60).is_empty(),
         "F2 reached draw: {draw:#?}"
     );
-
-    // paint reached a web server on the host through the uplink network.
-    reports.expect("paint", "UPLINK-FETCH reached over uplink", SHORT);
 
     // Log out from the terminal's menu: the screen goes back to the login console with
     // nothing of either appliance on it.

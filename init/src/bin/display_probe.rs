@@ -1,6 +1,6 @@
 //! The program of the display test appliance (after its initramfs has loaded the
-//! drivers): draws [`collective_init::test_pattern`] on `/dev/fb0` (the virtio-gpu's
-//! framebuffer), prints `DISPLAY-PROBE drawn WIDTHxHEIGHT seed N`, then prints every
+//! drivers): draws [`collective_init::test_pattern`] on the virtio-gpu's screen through
+//! KMS, as a desktop's compositor would, prints `DISPLAY-PROBE drawn WIDTHxHEIGHT seed N`, then prints every
 //! input event from `/dev/input/event*` as `DISPLAY-PROBE input TYPE CODE VALUE`, so a
 //! system test can see which keys and pointer moves reached the appliance. Redraws when
 //! the screen size changes. Usage: `display-probe SEED [HOST:PORT]`: with an address, every
@@ -10,8 +10,10 @@
 //! the network is up and reports `UPLINK-FETCH <first line of the body>`.
 
 use collective_init::test_pattern;
+use seat::output::{KmsOutput, Output};
+use seat::Rect;
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
@@ -53,50 +55,82 @@ impl Reporter {
     }
 }
 
-fn sysfs(name: &str) -> Option<String> {
-    fs::read_to_string(format!("/sys/class/graphics/fb0/{name}"))
-        .ok()
-        .map(|s| s.trim().to_string())
+/// The preferred mode of the first connected monitor, from sysfs (`WIDTHxHEIGHT`, the
+/// first line of the connector's `modes`); it changes when the terminal's monitor does.
+fn preferred_mode() -> Option<(u32, u32)> {
+    let mut connectors: Vec<_> = fs::read_dir("/sys/class/drm")
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.contains('-'))
+        })
+        .collect();
+    connectors.sort();
+    connectors.into_iter().find_map(|c| {
+        if fs::read_to_string(c.join("status")).ok()?.trim() != "connected" {
+            return None;
+        }
+        let modes = fs::read_to_string(c.join("modes")).ok()?;
+        let (w, h) = modes.lines().next()?.split_once('x')?;
+        let h: String = h.chars().take_while(char::is_ascii_digit).collect();
+        Some((w.parse().ok()?, h.parse().ok()?))
+    })
 }
 
-/// (width, height, stride) of fb0, once it exists.
-fn geometry() -> Option<(u32, u32, u32)> {
-    let size = sysfs("virtual_size")?;
-    let (w, h) = size.split_once(',')?;
-    let stride = sysfs("stride")?.parse().ok()?;
-    Some((w.parse().ok()?, h.parse().ok()?, stride))
-}
-
-/// Keeps the kernel's text console off the framebuffer, so only our pixels are there.
-fn unbind_fbcon() {
-    if let Ok(entries) = fs::read_dir("/sys/class/vtconsole") {
-        for e in entries.flatten() {
-            let name = fs::read_to_string(e.path().join("name")).unwrap_or_default();
-            if name.contains("frame buffer") {
-                let _ = fs::write(e.path().join("bind"), "0");
+/// Shows the pattern the way a desktop's compositor does: as DRM master on the card, in a
+/// dumb buffer, set on the CRTC with a page flip (the fbdev emulation is the kernel
+/// console's, and its writes do not always reach the device). The output must be kept:
+/// closing the card gives the screen back to the console.
+fn draw(seed: u32) -> Result<Box<dyn Output>, String> {
+    let mut out: Box<dyn Output> =
+        Box::new(KmsOutput::open().map_err(|e| format!("no KMS output: {e}"))?);
+    let ((w, h), stride) = (out.size(), out.stride());
+    let buf = out.back_buffer();
+    for y in 0..h {
+        for x in 0..w {
+            let at = y as usize * stride + x as usize * 4;
+            if let Some(p) = buf.get_mut(at..at + 4) {
+                p.copy_from_slice(&test_pattern::pixel(x, y, w, h, seed).to_le_bytes());
             }
         }
     }
-    let _ = fs::write("/sys/class/graphics/fbcon/cursor_blink", "0");
+    let whole = Rect {
+        x: 0,
+        y: 0,
+        width: w,
+        height: h,
+    };
+    out.present(&[whole])
+        .map_err(|e| format!("presenting: {e}"))?;
+    // Let the flip complete, so the buffer is on the screen before "drawn" is said.
+    if let Some(fd) = out.poll_fd() {
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        if unsafe { libc::poll(&mut pfd, 1, 2000) } > 0 {
+            let _ = out.dispatch();
+        }
+    }
+    Ok(out)
 }
 
-fn draw(seed: u32) -> Result<(u32, u32), String> {
-    let (w, h, stride) = geometry().ok_or("no /dev/fb0 geometry")?;
-    let mut fb = OpenOptions::new()
-        .write(true)
-        .open("/dev/fb0")
-        .map_err(|e| format!("/dev/fb0: {e}"))?;
-    let mut row = vec![0u8; stride as usize];
-    for y in 0..h {
-        for x in 0..w {
-            let p = test_pattern::pixel(x, y, w, h, seed).to_le_bytes();
-            row[x as usize * 4..x as usize * 4 + 4].copy_from_slice(&p);
+/// Keeps the kernel's text console from drawing (blinking its cursor, printing) while
+/// the probe owns the screen: the console goes to graphics mode, as an X server puts it.
+fn quiet_console() {
+    const KDSETMODE: libc::c_ulong = 0x4B3A;
+    const KD_GRAPHICS: libc::c_ulong = 1;
+    for tty in ["/dev/tty0", "/dev/tty1"] {
+        if let Ok(f) = OpenOptions::new().write(true).open(tty) {
+            // SAFETY: KDSETMODE takes an integer argument. Closing the tty keeps the mode.
+            unsafe { libc::ioctl(f.as_raw_fd(), KDSETMODE, KD_GRAPHICS) };
         }
-        fb.seek(SeekFrom::Start(u64::from(y) * u64::from(stride)))
-            .and_then(|_| fb.write_all(&row))
-            .map_err(|e| format!("writing /dev/fb0: {e}"))?;
     }
-    Ok((w, h))
 }
 
 /// GET http://HOST:PORT/PATH; the body, or None while the network is not there yet.
@@ -121,22 +155,23 @@ fn main() {
     let mut fetch = std::env::args().nth(3);
     let mut last_fetch = Instant::now() - Duration::from_secs(10);
     let start = Instant::now();
-    while geometry().is_none() {
+    while preferred_mode().is_none() {
         if start.elapsed() > Duration::from_secs(60) {
-            out.say("FAILED no framebuffer after 60 s (is virtio_gpu loaded?)");
+            out.say("FAILED no connected monitor after 60 s (is virtio_gpu loaded?)");
             return;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    unbind_fbcon();
-    let mut drawn = match draw(seed) {
-        Ok(size) => size,
+    quiet_console();
+    let mut screen = match draw(seed) {
+        Ok(screen) => screen,
         Err(e) => {
             out.say(&format!("FAILED {e}"));
             return;
         }
     };
-    out.say(&format!("drawn {}x{} seed {seed}", drawn.0, drawn.1));
+    let (w, h) = screen.size();
+    out.say(&format!("drawn {w}x{h} seed {seed}"));
     let mut devices: Vec<(String, File)> = Vec::new();
     loop {
         // Devices appear as their drivers bind; pick up new ones every round.
@@ -191,11 +226,19 @@ fn main() {
                 fetch = None;
             }
         }
-        if let Some((w, h, _)) = geometry() {
-            if (w, h) != drawn {
-                if let Ok(size) = draw(seed) {
-                    drawn = size;
-                    out.say(&format!("drawn {}x{} seed {seed}", size.0, size.1));
+        if preferred_mode().is_some_and(|m| m != screen.size()) {
+            // The monitor changed: let go of the card and draw at the new mode.
+            screen.release();
+            drop(screen);
+            match draw(seed) {
+                Ok(s) => {
+                    let (w, h) = s.size();
+                    out.say(&format!("drawn {w}x{h} seed {seed}"));
+                    screen = s;
+                }
+                Err(e) => {
+                    out.say(&format!("FAILED {e}"));
+                    return;
                 }
             }
         }

@@ -48,6 +48,15 @@ pub mod reg {
     pub const QUEUE_USED_HIGH: u64 = VIRTIO_MMIO_QUEUE_USED_HIGH as u64;
     pub const CONFIG_GENERATION: u64 = VIRTIO_MMIO_CONFIG_GENERATION as u64;
     pub const CONFIG: u64 = VIRTIO_MMIO_CONFIG as u64;
+    /// Shared memory regions (virtio 1.2 §4.2.2): selector, then length and base of the
+    /// selected region. We have none; a region that does not exist reads all ones
+    /// (reading zeros, Linux's virtio-gpu takes a zero-length region at 0 for real, fails
+    /// to reserve it and refuses the device).
+    pub const SHM_SEL: u64 = 0x0ac;
+    pub const SHM_LEN_LOW: u64 = 0x0b0;
+    pub const SHM_LEN_HIGH: u64 = 0x0b4;
+    pub const SHM_BASE_LOW: u64 = 0x0b8;
+    pub const SHM_BASE_HIGH: u64 = 0x0bc;
 }
 
 /// Errors while creating a transport.
@@ -247,6 +256,9 @@ impl MmioTransport {
             reg::INTERRUPT_STATUS => self.interrupt.status(),
             reg::STATUS => self.status(),
             reg::CONFIG_GENERATION => self.interrupt.config_generation(),
+            reg::SHM_LEN_LOW | reg::SHM_LEN_HIGH | reg::SHM_BASE_LOW | reg::SHM_BASE_HIGH => {
+                u32::MAX
+            }
             _ => {
                 log::debug!("virtio-mmio: read of unknown register {offset:#x}");
                 0
@@ -430,6 +442,16 @@ mod tests {
         assert_eq!(r(&mut t, reg::QUEUE_NUM_MAX), 256);
         w(&mut t, reg::QUEUE_SEL, 7);
         assert_eq!(r(&mut t, reg::QUEUE_NUM_MAX), 0, "no such queue");
+        // No shared memory region: all ones, as Linux expects of a missing one.
+        w(&mut t, reg::SHM_SEL, 1);
+        for shm in [
+            reg::SHM_LEN_LOW,
+            reg::SHM_LEN_HIGH,
+            reg::SHM_BASE_LOW,
+            reg::SHM_BASE_HIGH,
+        ] {
+            assert_eq!(r(&mut t, shm), u32::MAX);
+        }
         // Capacity (sectors) in the config space, read with narrow accesses too.
         let mut b = [0u8; 8];
         t.read(reg::CONFIG, &mut b);
