@@ -13,6 +13,7 @@ pub mod bridges;
 pub mod cache;
 pub mod desktop;
 pub mod logout;
+pub mod network_wait;
 pub mod runner;
 pub mod screen;
 pub mod terminal;
@@ -114,6 +115,7 @@ pub fn run(settings: &Settings, password: &str, tty_in: File, tty_out: File) -> 
     config.ca_pem = settings.ca.clone();
     config.connections = settings.connections.max(1);
 
+    network_wait::wait_for_repository(&repo, network_wait::NETWORK_WAIT, |s| screen.line(s));
     screen.line(&format!("Logging in to {repo} ..."));
     let started = Instant::now();
     let session = match receiver::login(cache.clone(), &config, &settings.user, password) {

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use system_tests::demo::{self, DemoRepo, RepoServer};
-use system_tests::{Firmware, Machine, Nic};
+use system_tests::{Firmware, Machine, MachineConfig, Nic};
 
 const SHORT: Duration = Duration::from_secs(60);
 /// Login to a running desk: fill (cold or warm) plus a nested appliance boot.
@@ -289,5 +289,52 @@ fn wrong_password_power_loss_mid_fill_and_offline_work() {
     assert!(out.contains("offline line"), "{out}");
     let screen = log_out(&mut m);
     assert!(screen.contains("desk/user: saved as version 2"), "{screen}");
+    power_off(&mut m);
+}
+
+/// A person types the login at the first prompt while the terminal's cable is still
+/// unplugged: the session waits for the network (saying so) instead of calling the
+/// repository unreachable, and logs in once the cable is in.
+#[test]
+fn a_login_typed_before_the_network_is_up_waits_for_it() {
+    let world = World::new("early-login");
+    let disk = world.disk("cache.img");
+    let fw = demo::terminal_firmware().expect("terminal firmware");
+    let config = MachineConfig {
+        nic: Nic::None,
+        extra_cmdline: vec![format!(
+            "collective.repo={}",
+            world.server.guest_url().trim_end_matches('/')
+        )],
+        disks: vec![disk],
+        extra_args: [
+            "-netdev",
+            "user,id=lan",
+            "-device",
+            "virtio-net-pci,netdev=lan,id=cable,mac=52:54:00:12:34:56",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..MachineConfig::default()
+    };
+    let mut m = Machine::boot(&fw, &config).expect("start QEMU");
+    // Unplugged before the kernel has even found the card.
+    m.monitor("set_link cable off").unwrap();
+    m.expect("login:", SHORT).unwrap();
+    m.send_line(demo::USER).unwrap();
+    m.expect("Password:", SHORT).unwrap();
+    m.send_line(demo::PASSWORD).unwrap();
+    m.expect("Waiting for the network to reach 10.0.2.2", SHORT)
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    m.monitor("set_link cable on").unwrap();
+    let screen = m.expect(demo::DESK_READY, APPLIANCE).unwrap();
+    assert!(screen.contains("The network is up."), "{screen}");
+    assert!(
+        !screen.contains("cannot be reached"),
+        "the login did not wait: {screen}"
+    );
+    m.expect(demo::DESK_PROMPT, SHORT).unwrap();
+    log_out(&mut m);
     power_off(&mut m);
 }
