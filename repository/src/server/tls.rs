@@ -14,17 +14,18 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::error::{Error, Result};
 
+/// A file whose content is wrong (its path is fine, so no "check the path" advice).
 fn input(what: &'static str, path: &Path, why: impl Into<String>) -> Error {
-    Error::Input {
-        what,
-        path: path.to_path_buf(),
-        why: why.into(),
-    }
+    Error::Usage(format!("{what} {}: {}", path.display(), why.into()))
 }
 
 /// Reads a PEM file, refusing an empty or unreadable one with a clear reason.
 fn read_pem(what: &'static str, path: &Path) -> Result<Vec<u8>> {
-    let bytes = std::fs::read(path).map_err(|e| input(what, path, e.to_string()))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::Input {
+        what,
+        path: path.to_path_buf(),
+        why: e.to_string(),
+    })?;
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(input(what, path, "the file is empty"));
     }
