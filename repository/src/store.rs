@@ -376,13 +376,17 @@ impl Repo {
         Ok(Some(m))
     }
 
-    /// Writes a user disk's manifest (the caller did the compare-and-swap check).
+    /// Writes a user disk's manifest (the caller did the compare-and-swap check). Compact
+    /// JSON: a large disk's list is one line of ids, not one indented line per chunk.
     pub fn write_user_disk(&self, m: &UserDiskManifest) -> Result<()> {
         let path = self.user_disk_file(&m.user, &m.appliance, &m.disk)?;
         if let Some(dir) = path.parent() {
             fsutil::create_dir_all(dir)?;
         }
-        fsutil::write_replace(&self.tmp_dir(), &path, &to_json(m)?)
+        let mut text =
+            serde_json::to_vec(m).map_err(|e| Error::Usage(format!("cannot encode: {e}")))?;
+        text.push(b'\n');
+        fsutil::write_replace(&self.tmp_dir(), &path, &text)
     }
 
     /// Every committed user-disk manifest file.
