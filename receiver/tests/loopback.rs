@@ -105,6 +105,53 @@ fn login_fill_boot_first_and_second_fill_fetches_nothing() {
 }
 
 #[test]
+fn a_busy_repository_is_asked_again_after_its_retry_after() {
+    let f = Fixture::new();
+    let system = image(4, 2);
+    f.publish("desk", &system, &[0]);
+    f.assign("alice", &["desk"]);
+    let srv = f.serve();
+    // Three requests in ten, login and manifests included, get 503 with Retry-After: 1
+    // (about 40 requests: none busy has odds below 1e-6).
+    let proxy = Proxy::start(
+        srv.addr,
+        Faults {
+            path_prefix: "/".into(),
+            busy_per_mille: 300,
+            busy_retry_after_secs: 1,
+            ..Default::default()
+        },
+    );
+    let t = std::time::Instant::now();
+    let cache = f.cache("cache.img");
+    // The fixture's own backoff is 5..50 ms: any wait of a second is the Retry-After.
+    let session =
+        receiver::login(cache.clone(), &f.config(&proxy.url()), "alice", PASSWORD).unwrap();
+    assert_eq!(
+        session.mode,
+        Mode::Online,
+        "a busy repository is not an absent one"
+    );
+    let fetcher = receiver::Fetcher::new(session.client.clone().unwrap());
+    let p = receiver::fill::start(cache.clone(), fetcher, &session.set, opts(4))
+        .wait()
+        .unwrap();
+    let took = t.elapsed();
+    let busy = proxy
+        .counters
+        .busy
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(busy > 0, "the proxy answered 503 sometimes");
+    assert!(
+        took >= Duration::from_secs(1),
+        "{busy} 503s answered in {took:?}: Retry-After was not honoured"
+    );
+    assert!(p.fetch.retries > 0);
+    assert_eq!(p.done_bytes, p.total_bytes);
+    assert_cached_content(&cache, &session, &[("desk", &system)]);
+}
+
+#[test]
 fn fill_completes_through_drops_delays_and_bit_flips() {
     let f = Fixture::new();
     let system = image(2, 6);
@@ -118,6 +165,7 @@ fn fill_completes_through_drops_delays_and_bit_flips() {
             drop_per_mille: 80,
             flip_per_mille: 80,
             delay: Duration::from_millis(1),
+            ..Default::default()
         },
     );
     let cache = f.cache("cache.img");
