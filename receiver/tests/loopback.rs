@@ -105,6 +105,66 @@ fn login_fill_boot_first_and_second_fill_fetches_nothing() {
 }
 
 #[test]
+fn a_user_over_quota_gets_a_clear_message_and_keeps_the_changes() {
+    let f = Fixture::new();
+    f.publish("desk", &image(12, 1), &[0]);
+    f.assign("alice", &["desk"]);
+    // 256 KiB: one 64 KiB chunk of random data fits, eight do not.
+    let srv = f.serve_with("127.0.0.1:0", |c| c.limits.user_quota = Some(256 << 10));
+    let cfg = f.config(&srv.url());
+    let cache = f.cache("a.img");
+    let mut s = receiver::login(cache.clone(), &cfg, "alice", PASSWORD).unwrap();
+    let fetcher = receiver::Fetcher::new(s.client.clone().unwrap());
+    let blob = s
+        .set
+        .get("desk")
+        .unwrap()
+        .user_disk("user")
+        .unwrap()
+        .image
+        .clone();
+    let ov =
+        receiver::disks::open_user_disk(&cache, "alice", "desk", "user", &blob, fetcher.clone())
+            .unwrap();
+    ov.write_at(0, &bytes(13, 65536, false)).unwrap();
+    assert_eq!(
+        receiver::write_back(&mut s, "desk", "user", &ov)
+            .unwrap()
+            .version,
+        1
+    );
+    // The same overlay, now over version 1.
+    let big = bytes(14, 8 * 65536, false);
+    ov.write_at(65536, &big).unwrap();
+    let e = receiver::write_back(&mut s, "desk", "user", &ov).unwrap_err();
+    let text = e.to_string();
+    assert!(
+        matches!(&e, Error::Repository { status: 413, code, .. } if code == "quota_exceeded"),
+        "{e:?}"
+    );
+    assert!(
+        text.contains("quota")
+            && text.contains("(262144 bytes) quota")
+            && text.contains("delete files"),
+        "{text}"
+    );
+    // Nothing was lost: the changes are still in the overlay, version 1 is still current.
+    let mut back = vec![0u8; big.len()];
+    ov.read_at(65536, &mut back).unwrap();
+    assert_eq!(back, big);
+    assert_eq!(ov.changed_chunks().len(), 8);
+    assert_eq!(
+        s.set
+            .get("desk")
+            .unwrap()
+            .user_disk("user")
+            .unwrap()
+            .version,
+        1
+    );
+}
+
+#[test]
 fn a_busy_repository_is_asked_again_after_its_retry_after() {
     let f = Fixture::new();
     let system = image(4, 2);

@@ -141,6 +141,9 @@ enum Cmd {
         /// Seconds a connection may make no progress (idle keep-alive, stalled transfer).
         #[arg(long, default_value_t = Limits::default().io_timeout.as_secs())]
         io_timeout: u64,
+        /// Bytes each user's user disks may hold in the repository (e.g. 20G); none by default.
+        #[arg(long)]
+        user_quota: Option<String>,
         #[arg(long, hide = true)]
         insecure_fast_kdf: bool,
     },
@@ -464,6 +467,7 @@ fn run(cli: Cli) -> Result<()> {
             max_connections_per_client,
             max_bodies_per_client,
             io_timeout,
+            user_quota,
             insecure_fast_kdf,
         } => {
             let repo = Repo::open(&dir)?;
@@ -477,6 +481,9 @@ fn run(cli: Cli) -> Result<()> {
             config.limits.max_connections_per_client = max_connections_per_client;
             config.limits.max_bodies_per_client = max_bodies_per_client;
             config.limits.io_timeout = std::time::Duration::from_secs(io_timeout.max(1));
+            config.limits.user_quota = user_quota
+                .map(|q| parse_size(&q).map_err(|e| Error::Usage(format!("--user-quota {q}: {e}"))))
+                .transpose()?;
             config.dummy_kdf = kdf(insecure_fast_kdf);
             let scheme = if config.tls.is_some() {
                 "https"

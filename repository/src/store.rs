@@ -389,6 +389,29 @@ impl Repo {
         fsutil::write_replace(&self.tmp_dir(), &path, &text)
     }
 
+    /// The committed user disks of `user`, every appliance and disk.
+    pub fn user_disks_of(&self, user: &str) -> Result<Vec<UserDiskManifest>> {
+        validate_name("user name", user)?;
+        let mut files = Vec::new();
+        walk_json(&self.private().join("userdisks").join(user), &mut files)?;
+        let mut out = Vec::new();
+        for path in files {
+            let text = fs::read(&path).map_err(|e| io_context("reading", &path, e))?;
+            let m: UserDiskManifest = serde_json::from_slice(&text)
+                .map_err(|e| Error::Usage(format!("{} is damaged: {e}", path.display())))?;
+            out.push(m);
+        }
+        Ok(out)
+    }
+
+    /// Bytes the chunks `ids` take as stored (absent ones count nothing).
+    pub fn stored_bytes<'a>(&self, ids: impl IntoIterator<Item = &'a ChunkId>) -> u64 {
+        ids.into_iter()
+            .filter_map(|id| fs::metadata(self.chunk_file(id)).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
     /// Every committed user-disk manifest file.
     pub fn user_disk_files(&self) -> Result<Vec<PathBuf>> {
         let mut out = Vec::new();

@@ -170,7 +170,7 @@ pub(super) fn handle(
             Reply::Empty(204)
         }
         Call::Missing => missing(state, body),
-        Call::Upload(id) => upload_chunk(state, token, body, &id),
+        Call::Upload(id) => upload_chunk(state, user, body, &id),
         Call::GetUserDisk(app, disk) => get_user_disk(state, user, &app, &disk),
         Call::Commit(app, disk) => commit_user_disk(state, body, user, &app, &disk),
     }
@@ -359,7 +359,20 @@ fn missing(state: &State, body: &[u8]) -> Reply {
     )
 }
 
-fn upload_chunk(state: &State, _token: &str, body: &[u8], id: &str) -> Reply {
+/// The reply for a user over their quota: what happened and what to do.
+fn over_quota(user: &str, would: u64, quota: u64, what: &str) -> Reply {
+    Reply::err(
+        413,
+        "quota_exceeded",
+        format!(
+            "{what}: user {user}'s disks would hold {} ({would} bytes) in the repository, over the {} ({quota} bytes) quota; delete files on the user disk (or ask the administrator for a larger quota), then log out again: the changes stay on this terminal until then",
+            support::size::human(would),
+            support::size::human(quota)
+        ),
+    )
+}
+
+fn upload_chunk(state: &State, user: &str, body: &[u8], id: &str) -> Reply {
     let id: ChunkId = match id.parse() {
         Ok(id) => id,
         Err(e) => return Reply::err(400, "bad_request", format!("{e}")),
@@ -371,6 +384,39 @@ fn upload_chunk(state: &State, _token: &str, body: &[u8], id: &str) -> Reply {
         Ok(true) => return Reply::Empty(200),
         Ok(false) => {}
         Err(e) => return internal(e),
+    }
+    if let Some(quota) = state.limits.user_quota {
+        // What the user holds (computed once per round of uploads, not per chunk) plus the
+        // new bytes sent since the last commit.
+        let known = state
+            .uploaded
+            .lock()
+            .ok()
+            .and_then(|u| u.get(user).copied());
+        if known.is_none() {
+            let held = match state.repo.user_disks_of(user) {
+                Ok(disks) => {
+                    let ids: std::collections::HashSet<ChunkId> = disks
+                        .iter()
+                        .flat_map(|m| m.image.distinct_chunks())
+                        .collect();
+                    state.repo.stored_bytes(&ids)
+                }
+                Err(e) => return internal(e),
+            };
+            if let Ok(mut up) = state.uploaded.lock() {
+                up.entry(user.to_owned()).or_insert((held, 0));
+            }
+        }
+        let Ok(mut up) = state.uploaded.lock() else {
+            return internal("the upload counter is poisoned");
+        };
+        let (held, sent) = up.entry(user.to_owned()).or_default();
+        let would = *held + *sent + body.len() as u64;
+        if would > quota {
+            return over_quota(user, would, quota, "chunk upload refused");
+        }
+        *sent += body.len() as u64;
     }
     match state.repo.put_encoded_chunk(&id, body) {
         Ok(()) => Reply::Empty(201),
@@ -461,12 +507,36 @@ fn commit_user_disk(state: &State, body: &[u8], user: &str, app: &str, disk: &st
         e.missing = absent;
         return Reply::Error(400, e);
     }
+    if let Some(quota) = state.limits.user_quota {
+        let others = match state.repo.user_disks_of(user) {
+            Ok(d) => d,
+            Err(e) => return internal(e),
+        };
+        let ids: std::collections::HashSet<ChunkId> = others
+            .iter()
+            .filter(|o| !(o.appliance == app && o.disk == disk))
+            .flat_map(|o| o.image.distinct_chunks())
+            .chain(m.image.distinct_chunks())
+            .collect();
+        let would = state.repo.stored_bytes(&ids);
+        if would > quota {
+            return over_quota(
+                user,
+                would,
+                quota,
+                &format!("commit of {app}/{disk} refused"),
+            );
+        }
+    }
     if let Err(e) = state
         .repo
         .sync_chunk_dirs()
         .and_then(|()| state.repo.write_user_disk(m))
     {
         return internal(e);
+    }
+    if let Ok(mut up) = state.uploaded.lock() {
+        up.remove(user);
     }
     log::info!("user disk {user}/{app}/{disk} now at version {}", m.version);
     Reply::json(200, &CommitUserDiskResponse { version: m.version })

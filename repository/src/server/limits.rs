@@ -42,6 +42,9 @@ pub struct Limits {
     pub queue_timeout: Duration,
     /// `Retry-After` seconds sent with a 503.
     pub retry_after_secs: u64,
+    /// Bytes (as stored) each user's committed user disks may hold together, and bytes of
+    /// new chunks a user may upload before committing them; `None`: no quota.
+    pub user_quota: Option<u64>,
 }
 
 impl Default for Limits {
@@ -59,6 +62,7 @@ impl Default for Limits {
             max_queued: 512,
             queue_timeout: Duration::from_secs(5),
             retry_after_secs: 2,
+            user_quota: None,
         }
     }
 }

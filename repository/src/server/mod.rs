@@ -99,7 +99,10 @@ pub(crate) struct State {
     pub commit_lock: Mutex<()>,
     pub dummy_kdf: KdfParams,
     pub dummy_verifier: Mutex<Option<String>>,
-    limits: Limits,
+    /// For the quota, per user since their last commit: bytes their committed disks held
+    /// then, and bytes of new chunks uploaded since.
+    pub uploaded: Mutex<std::collections::HashMap<String, (u64, u64)>>,
+    pub(crate) limits: Limits,
     clients: Arc<Clients>,
     handlers: Arc<Semaphore>,
     queued: AtomicUsize,
@@ -248,6 +251,7 @@ pub fn start(repo: Repo, config: &ServeConfig) -> Result<RunningServer> {
         commit_lock: Mutex::new(()),
         dummy_kdf: config.dummy_kdf,
         dummy_verifier: Mutex::new(None),
+        uploaded: Mutex::new(std::collections::HashMap::new()),
         handlers: Arc::new(Semaphore::new(limits.handler_threads)),
         limits,
         clients: Arc::new(Clients::default()),
