@@ -776,7 +776,7 @@ fn https_login_with_a_built_in_ca() {
         "-extfile",
         "ext.cnf",
     ]);
-    // tiny_http's rustls wants a PKCS#8 key.
+    // (Any PEM key form works; PKCS#8 here.)
     ssl(&[
         "pkcs8",
         "-topk8",

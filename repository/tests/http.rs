@@ -403,7 +403,7 @@ fn https_with_the_cli_server() {
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
-    // tiny_http's rustls wants a PKCS#8 key.
+    // (Any PEM key form works; PKCS#8 here.)
     let p8 = f.path("key8.pem");
     assert!(Command::new("openssl")
         .args(["pkcs8", "-topk8", "-nocrypt", "-in"])

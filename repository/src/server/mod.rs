@@ -393,7 +393,7 @@ pub(crate) enum Reply {
     /// JSON body.
     Json(u16, Vec<u8>),
     /// An immutable file (or only its length, for HEAD).
-    File(Option<Content>, u64, &'static str),
+    File(Option<Box<Content>>, u64, &'static str),
     /// Status without body.
     Empty(u16),
     /// An error body, with an optional Retry-After.
@@ -451,7 +451,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> 
             if content.is_none() {
                 h.push(("content-length", HeaderValue::from(len)));
             }
-            (200, content.unwrap_or_else(Content::empty), h)
+            (200, content.map_or_else(Content::empty, |c| *c), h)
         }
         Reply::Empty(status) => (status, Content::empty(), vec![]),
         Reply::Error(status, err) => {
@@ -526,7 +526,7 @@ async fn static_file(state: &Arc<State>, path: &str, head: bool) -> Reply {
                 Some(Content::Bytes(b)) => b.as_ref().map_or(0, |b| b.len() as u64),
                 _ => len,
             };
-            Reply::File(content, len, ctype)
+            Reply::File(content.map(Box::new), len, ctype)
         }
         _ => files::not_found(path),
     }
