@@ -27,6 +27,9 @@ pub const LOGOUT_PATH: &str = "/api/v1/logout";
 /// Which of these chunks does the repository lack? POST [`MissingChunksRequest`] →
 /// [`MissingChunksResponse`], authenticated. Lets a terminal upload only what is new.
 pub const MISSING_CHUNKS_PATH: &str = "/api/v1/chunks/missing";
+/// Most ids one [`MISSING_CHUNKS_PATH`] request may carry (413 `too_large` above): a
+/// terminal with more changed chunks asks in batches.
+pub const MAX_MISSING_IDS: usize = 65536;
 /// Prefix of the user-disk endpoints, see [`user_disk_api_path`].
 pub const USER_DISK_PREFIX: &str = "/api/v1/userdisks/";
 /// Prefix of the chunk upload endpoint, see [`chunk_upload_path`].
@@ -154,11 +157,11 @@ pub struct CommitUserDiskResponse {
 pub struct ApiError {
     /// Machine-readable: `bad_credentials`, `rate_limited`, `unauthorized`, `bad_request`,
     /// `not_found`, `no_user_disk`, `conflict`, `missing_chunks`, `chunk_mismatch`,
-    /// `too_large`, `internal`.
+    /// `too_large`, `quota_exceeded`, `overloaded`, `internal`.
     pub code: String,
     /// What happened and what to do, for people.
     pub message: String,
-    /// With `rate_limited`: seconds to wait.
+    /// With `rate_limited` and `overloaded`: seconds to wait (also the `Retry-After` header).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_secs: Option<u64>,
     /// With `conflict`: the version that is current now.

@@ -52,7 +52,9 @@ pub enum OverlayKind {
     User(String),
 }
 
-/// The result of [`Overlay::prepare_write_back`]: what to upload.
+/// The result of [`Overlay::prepare_write_back`] (or of
+/// [`Overlay::prepare_write_back_ids`], whose `changed` entries carry no data): what to
+/// upload.
 #[derive(Clone, Debug)]
 pub struct WriteBack {
     /// The disk's full new chunk list.
@@ -322,6 +324,25 @@ impl Overlay {
 
     /// Flushes, then computes the new content and id of every changed chunk.
     pub fn prepare_write_back(&self) -> Result<WriteBack> {
+        self.prepare(true)
+    }
+
+    /// [`Overlay::prepare_write_back`] keeping only the ids: every `changed` entry's data
+    /// is empty, so memory is the chunk list rather than the changed bytes (a large write-back
+    /// reads each chunk again with [`Overlay::read_chunk`] when it uploads it, and
+    /// [`Overlay::finish_write_back`] reads it once more to store it in the cache).
+    pub fn prepare_write_back_ids(&self) -> Result<WriteBack> {
+        self.prepare(false)
+    }
+
+    /// The current content of chunk `idx` (overlay blocks where written, the base elsewhere).
+    pub fn read_chunk(&self, idx: usize) -> Result<Vec<u8>> {
+        let mut data = vec![0u8; self.view.chunk_len(idx)];
+        self.read_at(idx as u64 * self.view.chunk_size() as u64, &mut data)?;
+        Ok(data)
+    }
+
+    fn prepare(&self, keep_data: bool) -> Result<WriteBack> {
         self.flush()?;
         let changed_idx = self.changed_chunks();
         let mut chunks = ChunkList::clone(&self.view.chunk_list());
@@ -335,7 +356,7 @@ impl Overlay {
             }
             let id = ChunkId::of(&data);
             chunks.chunks[idx] = Some(id);
-            changed.push((idx, id, data));
+            changed.push((idx, id, if keep_data { data } else { Vec::new() }));
         }
         let snapshot = self
             .read_lock()
@@ -355,7 +376,19 @@ impl Overlay {
     /// blocks not written since `prepare_write_back`, in one durable commit.
     pub fn finish_write_back(&self, wb: WriteBack) -> Result<()> {
         let cache = self.cache().clone();
-        for (_, id, data) in &wb.changed {
+        for (idx, id, data) in &wb.changed {
+            let reread;
+            let data = if data.is_empty() {
+                // Prepared without data: read it again. If it was written since, its
+                // blocks stay in the overlay and the chunk is fetched when needed.
+                reread = self.read_chunk(*idx)?;
+                if ChunkId::of(&reread) != *id {
+                    continue;
+                }
+                &reread
+            } else {
+                data
+            };
             match cache.insert(id, data) {
                 Ok(()) | Err(Error::Full { .. }) => {}
                 Err(e) => return Err(e),

@@ -48,7 +48,11 @@ fn make_image(mb: usize, seed: u64) -> Vec<u8> {
                     c[p..p + n].copy_from_slice(&w[..n]);
                     p += n;
                     if p < c.len() {
-                        c[p] = if rng.next() % 10 == 0 { b'\n' } else { b' ' };
+                        c[p] = if rng.next().is_multiple_of(10) {
+                            b'\n'
+                        } else {
+                            b' '
+                        };
                         p += 1;
                     }
                 }
@@ -398,7 +402,7 @@ fn main() {
     let (t_raw, p_raw) = best(false);
     let (t_lz4, p_lz4) = best(true);
     let _ = std::fs::remove_dir_all(dir.join("warm"));
-    // The same fetch straight from collective-repo serve (tiny_http), for the record.
+    // The same fetch straight from collective-repo serve, for the record.
     let few = &ids[..ids.len().min(200)];
     let few_bytes: u64 = few.len() as u64 * CS as u64;
     if let Some(d) = curl_baseline(&direct, few, &dir.join("direct")) {

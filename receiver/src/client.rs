@@ -72,6 +72,42 @@ impl RepoConfig {
         let factor = 1u32 << (attempt - 2).min(16);
         self.backoff.saturating_mul(factor).min(self.max_backoff)
     }
+
+    /// The wait before attempt `attempt` after `error`: the exponential backoff, or what a
+    /// busy repository asked for (at most [`MAX_RETRY_AFTER`]) if that is longer, plus up
+    /// to half as much again at random, so that a whole office of terminals turned away
+    /// at the same moment does not come back at the same moment.
+    pub fn retry_delay(&self, attempt: u32, error: &Error) -> Duration {
+        let mut base = self.backoff_for(attempt);
+        if let Error::Busy {
+            retry_after_secs, ..
+        } = error
+        {
+            base = base.max(Duration::from_secs(*retry_after_secs).min(MAX_RETRY_AFTER));
+        }
+        base + jitter(base / 2)
+    }
+}
+
+/// Longest `Retry-After` honoured as asked (a longer one is cut to this).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// A random duration in `[0, max]`, from the standard library's per-process random hash
+/// keys (good enough to spread retries; nothing secret depends on it).
+fn jitter(max: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    let nanos = max.as_nanos().min(u128::from(u64::MAX)) as u64;
+    if nanos == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_nanos(h.finish() % (nanos + 1))
 }
 
 /// A connection pool to one repository, optionally with a session token.
@@ -141,12 +177,22 @@ impl RepoClient {
     fn map_err(&self, what: &str, e: ureq::Error) -> Error {
         match e {
             ureq::Error::Status(status, resp) => {
+                let retry_after = resp
+                    .header("Retry-After")
+                    .and_then(|v| v.trim().parse::<u64>().ok());
                 let body = resp.into_string().unwrap_or_default();
                 let api: Option<ApiError> = serde_json::from_str(&body).ok();
                 match (status, api) {
                     (401, Some(a)) if a.code == "bad_credentials" => Error::BadCredentials,
-                    (429, Some(a)) => Error::RateLimited {
-                        retry_after_secs: a.retry_after_secs.unwrap_or(60),
+                    (429, Some(a)) if a.code == "rate_limited" => Error::RateLimited {
+                        retry_after_secs: a.retry_after_secs.or(retry_after).unwrap_or(60),
+                    },
+                    (429 | 503, a) => Error::Busy {
+                        url: self.base.clone(),
+                        what: a
+                            .map(|a| a.message)
+                            .unwrap_or_else(|| format!("HTTP {status} for {what}")),
+                        retry_after_secs: retry_after.unwrap_or(1),
                     },
                     (_, Some(a)) => Error::Repository {
                         what: what.into(),
@@ -206,8 +252,26 @@ impl RepoClient {
         })
     }
 
-    /// POSTs the credentials; on success keeps the session token for later calls.
+    /// POSTs the credentials; on success keeps the session token for later calls. A busy
+    /// repository (503, which it answers before it looks at the password) is asked again
+    /// after the time it says, up to `attempts` times; an unreachable one is not (the
+    /// caller falls back to offline login at once).
     pub fn login(&mut self, user: &str, password: &str) -> Result<LoginResponse> {
+        let mut attempt = 1;
+        loop {
+            match self.login_once(user, password) {
+                Err(e @ Error::Busy { .. }) if attempt < self.config.attempts => {
+                    attempt += 1;
+                    let wait = self.config.retry_delay(attempt, &e);
+                    log::info!("login: {e}; asking again in {} ms", wait.as_millis());
+                    std::thread::sleep(wait);
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn login_once(&mut self, user: &str, password: &str) -> Result<LoginResponse> {
         let body = serde_json::to_vec(&LoginRequest {
             user: user.into(),
             password: password.into(),
@@ -291,6 +355,11 @@ impl RepoClient {
             Ok(resp) => self
                 .read_body(path, resp, MAX_JSON)
                 .map_err(|e| fail(0, None, e)),
+            Err(ureq::Error::Status(status, resp)) if status == 503 || status == 429 => Err(fail(
+                status,
+                None,
+                self.map_err(path, ureq::Error::Status(status, resp)),
+            )),
             Err(ureq::Error::Status(status, resp)) => {
                 let text = resp.into_string().unwrap_or_default();
                 let api: Option<ApiError> = serde_json::from_str(&text).ok();
@@ -369,6 +438,37 @@ mod tests {
             Duration::from_secs(5),
             "no overflow on huge attempt counts"
         );
+    }
+
+    #[test]
+    fn retry_delay_honours_retry_after_with_jitter() {
+        let c = RepoConfig::new("http://x/", vec![]);
+        let busy = |s| Error::Busy {
+            url: "http://x/".into(),
+            what: "busy".into(),
+            retry_after_secs: s,
+        };
+        let net = Error::Unreachable {
+            url: "http://x/".into(),
+            why: "reset".into(),
+        };
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..50 {
+            let d = c.retry_delay(2, &busy(3));
+            assert!(
+                d >= Duration::from_secs(3) && d <= Duration::from_millis(4500),
+                "{d:?}"
+            );
+            seen.insert(d);
+            let d = c.retry_delay(3, &net);
+            assert!(
+                d >= Duration::from_millis(200) && d <= Duration::from_millis(300),
+                "{d:?}"
+            );
+        }
+        assert!(seen.len() > 10, "the delays are spread, not all alike");
+        let d = c.retry_delay(2, &busy(100_000));
+        assert!(d <= MAX_RETRY_AFTER * 3 / 2, "{d:?}");
     }
 
     #[test]

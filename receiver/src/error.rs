@@ -18,6 +18,16 @@ pub enum Error {
     /// terminal is offline as far as the receiver is concerned.
     #[error("the repository at {url} cannot be reached: {why}")]
     Unreachable { url: String, why: String },
+    /// The repository is at one of its limits (503 or 429 with `Retry-After`): worth a
+    /// retry after the time it asks for; retried automatically.
+    #[error(
+        "the repository at {url} is busy ({what}): it asks to try again in {retry_after_secs} s"
+    )]
+    Busy {
+        url: String,
+        what: String,
+        retry_after_secs: u64,
+    },
     /// The repository answered with an error status.
     #[error("the repository refused {what}: HTTP {status} {code}: {message}")]
     Repository {
@@ -73,7 +83,7 @@ impl Error {
     /// later and a reason to fall back to offline mode.
     pub fn is_unreachable(&self) -> bool {
         match self {
-            Error::Unreachable { .. } => true,
+            Error::Unreachable { .. } | Error::Busy { .. } => true,
             Error::Repository { status, .. } => *status >= 500,
             _ => false,
         }

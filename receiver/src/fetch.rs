@@ -108,12 +108,17 @@ impl Fetcher {
         let attempts = cfg.attempts.max(1);
         let path = chunk_path(id);
         let mut last = String::new();
+        let mut last_err: Option<Error> = None;
         for attempt in 1..=attempts {
-            let wait = cfg.backoff_for(attempt);
-            if !wait.is_zero() {
+            if attempt > 1 {
+                let wait = match &last_err {
+                    Some(e) => cfg.retry_delay(attempt, e),
+                    None => cfg.backoff_for(attempt),
+                };
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
                 std::thread::sleep(wait);
             }
+            last_err = None;
             let stored = match self.client.get(&path, MAX_STORED_CHUNK) {
                 Ok(b) => b,
                 Err(Error::Repository {
@@ -130,6 +135,7 @@ impl Fetcher {
                 Err(e) => {
                     log::debug!("chunk {id}: attempt {attempt}: {e}");
                     last = e.to_string();
+                    last_err = Some(e);
                     continue;
                 }
             };

@@ -133,7 +133,7 @@ fn get_retry(client: &RepoClient, path: &str) -> Result<Vec<u8>> {
             Ok(b) => return Ok(b),
             Err(e) if e.is_unreachable() && attempt < cfg.attempts => {
                 log::debug!("{path}: {e}; retrying");
-                std::thread::sleep(cfg.backoff_for(attempt + 1));
+                std::thread::sleep(cfg.retry_delay(attempt + 1, &e));
                 attempt += 1;
             }
             Err(e) => return Err(e),
@@ -147,7 +147,7 @@ fn api_retry<T: serde::de::DeserializeOwned>(client: &RepoClient, path: &str) ->
     loop {
         match client.api::<T>("GET", path, None) {
             Err(e) if e.is_unreachable() && attempt < cfg.attempts => {
-                std::thread::sleep(cfg.backoff_for(attempt + 1));
+                std::thread::sleep(cfg.retry_delay(attempt + 1, &e));
                 attempt += 1;
             }
             r => return r,

@@ -10,11 +10,12 @@
 //!
 //! Not encrypted: see docs/receiver.md ("User data") for why.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use appliance::wire::{
     user_disk_api_path, CommitUserDiskRequest, CommitUserDiskResponse, MissingChunksRequest,
-    MissingChunksResponse, MISSING_CHUNKS_PATH,
+    MissingChunksResponse, MAX_MISSING_IDS, MISSING_CHUNKS_PATH,
 };
 use appliance::{ChunkId, UserDiskManifest};
 use cachefs::Overlay;
@@ -24,6 +25,7 @@ use std::sync::Arc;
 use appliance::ChunkList;
 use cachefs::ChunkSource;
 
+use crate::client::RepoClient;
 use crate::disks::{open_user_disk, user_overlay_name};
 use crate::error::{Error, Result};
 use crate::login::Session;
@@ -42,35 +44,88 @@ pub struct WriteBackReport {
     pub version: u64,
 }
 
+/// Ids asked about in one `chunks/missing` request: a quarter of the server's limit, so
+/// that a disk with any number of changed chunks is written back, and the request and its
+/// answer stay small.
+pub const MISSING_BATCH: usize = MAX_MISSING_IDS / 4;
+
+/// Runs `call` until it succeeds, fails for good, or `attempts` are spent; waits between
+/// attempts as [`crate::RepoConfig::retry_delay`] says (backoff with jitter, or what a
+/// busy repository asked for).
+fn with_retry<T>(client: &RepoClient, mut call: impl FnMut() -> Result<T>) -> Result<T> {
+    let cfg = client.config();
+    let mut attempt = 1;
+    loop {
+        match call() {
+            Err(e) if e.is_unreachable() && attempt < cfg.attempts => {
+                attempt += 1;
+                let wait = cfg.retry_delay(attempt, &e);
+                log::debug!("{e}; attempt {attempt} in {} ms", wait.as_millis());
+                std::thread::sleep(wait);
+            }
+            r => return r,
+        }
+    }
+}
+
+/// Uploads the chunks `ids` (of `index`: id to chunk index in the overlay), reading each
+/// from the overlay only when it goes out: memory is one chunk per connection, whatever
+/// the number of chunks. Uses the configured number of connections.
 fn upload(
-    session: &Session,
+    client: &RepoClient,
+    overlay: &Overlay,
+    index: &HashMap<ChunkId, usize>,
     ids: &[ChunkId],
-    data: &std::collections::HashMap<ChunkId, &Vec<u8>>,
     report: &mut WriteBackReport,
 ) -> Result<()> {
-    let client = session
-        .client
-        .as_ref()
-        .ok_or_else(|| offline_error(session))?;
-    let cfg = client.config();
-    for id in ids {
-        let Some(plain) = data.get(id) else { continue };
-        let encoded = appliance::encode_chunk(plain);
-        let mut attempt = 1;
-        loop {
-            match client.put_chunk(id, &encoded) {
-                Ok(()) => break,
-                Err(e) if e.is_unreachable() && attempt < cfg.attempts => {
-                    attempt += 1;
-                    std::thread::sleep(cfg.backoff_for(attempt));
-                }
-                Err(e) => return Err(e),
-            }
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let chunks = AtomicUsize::new(0);
+    let bytes = AtomicU64::new(0);
+    let workers = client
+        .config()
+        .connections
+        .clamp(1, 16)
+        .min(ids.len().max(1));
+    let one = |id: &ChunkId| -> Result<()> {
+        let Some(&idx) = index.get(id) else {
+            return Ok(());
+        };
+        let plain = overlay.read_chunk(idx)?;
+        if ChunkId::of(&plain) != *id {
+            return Err(Error::Config(format!(
+                "chunk {idx} of the user disk changed while it was written back; write it back again"
+            )));
         }
-        report.uploaded_chunks += 1;
-        report.uploaded_bytes += encoded.len() as u64;
+        let encoded = appliance::encode_chunk(&plain);
+        with_retry(client, || client.put_chunk(id, &encoded))?;
+        chunks.fetch_add(1, Ordering::Relaxed);
+        bytes.fetch_add(encoded.len() as u64, Ordering::Relaxed);
+        Ok(())
+    };
+    let first_error = std::sync::Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                while !failed.load(Ordering::Relaxed) {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(id) = ids.get(i) else { break };
+                    if let Err(e) = one(id) {
+                        failed.store(true, Ordering::Relaxed);
+                        if let Ok(mut slot) = first_error.lock() {
+                            slot.get_or_insert(e);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    report.uploaded_chunks += chunks.load(Ordering::Relaxed);
+    report.uploaded_bytes += bytes.load(Ordering::Relaxed);
+    match first_error.into_inner().ok().flatten() {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 fn offline_error(session: &Session) -> Error {
@@ -121,7 +176,8 @@ fn write_back_inner(
         .client
         .clone()
         .ok_or_else(|| offline_error(session))?;
-    let wb = overlay.prepare_write_back()?;
+    // Ids only: the data is read again chunk by chunk as it is uploaded.
+    let wb = overlay.prepare_write_back_ids()?;
     let base = overlay.view().chunk_list();
     let mut report = WriteBackReport {
         // Chunks written to all zeros count too: they change the list, not the upload.
@@ -138,24 +194,20 @@ fn write_back_inner(
         log::info!("{appliance}/{disk}: nothing changed, nothing to write back");
         return Ok(report);
     }
-    let data: std::collections::HashMap<ChunkId, &Vec<u8>> =
-        wb.changed.iter().map(|(_, id, d)| (*id, d)).collect();
-    let mut ids: Vec<ChunkId> = data
-        .keys()
-        .copied()
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .collect();
+    let index: HashMap<ChunkId, usize> = wb.changed.iter().map(|(i, id, _)| (*id, *i)).collect();
+    let mut ids: Vec<ChunkId> = index.keys().copied().collect();
     ids.sort();
-    let missing: MissingChunksResponse = client.api(
-        "POST",
-        MISSING_CHUNKS_PATH,
-        Some(
-            serde_json::to_vec(&MissingChunksRequest { ids: ids.clone() })
-                .map_err(|e| Error::Config(e.to_string()))?,
-        ),
-    )?;
-    upload(session, &missing.missing, &data, &mut report)?;
+    // Ask and upload batch by batch: the server answers at most MAX_MISSING_IDS ids.
+    for batch in ids.chunks(MISSING_BATCH) {
+        let body = serde_json::to_vec(&MissingChunksRequest {
+            ids: batch.to_vec(),
+        })
+        .map_err(|e| Error::Config(e.to_string()))?;
+        let missing: MissingChunksResponse = with_retry(&client, || {
+            client.api("POST", MISSING_CHUNKS_PATH, Some(body.clone()))
+        })?;
+        upload(&client, overlay, &index, &missing.missing, &mut report)?;
+    }
 
     let image = wb.chunks.clone();
     let manifest = UserDiskManifest {
@@ -199,10 +251,10 @@ fn write_back_inner(
             {
                 // Collected by a gc between the question and the commit: upload and retry.
                 let missing = f.api.map(|a| a.missing).unwrap_or_default();
-                upload(session, &missing, &data, &mut report)?;
+                upload(&client, overlay, &index, &missing, &mut report)?;
             }
             Err(f) if f.error.is_unreachable() && tries < client.config().attempts => {
-                std::thread::sleep(client.config().backoff_for(tries + 1));
+                std::thread::sleep(client.config().retry_delay(tries + 1, &f.error));
             }
             Err(f) => return Err(f.error),
         }

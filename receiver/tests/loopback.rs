@@ -105,6 +105,113 @@ fn login_fill_boot_first_and_second_fill_fetches_nothing() {
 }
 
 #[test]
+fn a_user_over_quota_gets_a_clear_message_and_keeps_the_changes() {
+    let f = Fixture::new();
+    f.publish("desk", &image(12, 1), &[0]);
+    f.assign("alice", &["desk"]);
+    // 256 KiB: one 64 KiB chunk of random data fits, eight do not.
+    let srv = f.serve_with("127.0.0.1:0", |c| c.limits.user_quota = Some(256 << 10));
+    let cfg = f.config(&srv.url());
+    let cache = f.cache("a.img");
+    let mut s = receiver::login(cache.clone(), &cfg, "alice", PASSWORD).unwrap();
+    let fetcher = receiver::Fetcher::new(s.client.clone().unwrap());
+    let blob = s
+        .set
+        .get("desk")
+        .unwrap()
+        .user_disk("user")
+        .unwrap()
+        .image
+        .clone();
+    let ov =
+        receiver::disks::open_user_disk(&cache, "alice", "desk", "user", &blob, fetcher.clone())
+            .unwrap();
+    ov.write_at(0, &bytes(13, 65536, false)).unwrap();
+    assert_eq!(
+        receiver::write_back(&mut s, "desk", "user", &ov)
+            .unwrap()
+            .version,
+        1
+    );
+    // The same overlay, now over version 1.
+    let big = bytes(14, 8 * 65536, false);
+    ov.write_at(65536, &big).unwrap();
+    let e = receiver::write_back(&mut s, "desk", "user", &ov).unwrap_err();
+    let text = e.to_string();
+    assert!(
+        matches!(&e, Error::Repository { status: 413, code, .. } if code == "quota_exceeded"),
+        "{e:?}"
+    );
+    assert!(
+        text.contains("quota")
+            && text.contains("(262144 bytes) quota")
+            && text.contains("delete files"),
+        "{text}"
+    );
+    // Nothing was lost: the changes are still in the overlay, version 1 is still current.
+    let mut back = vec![0u8; big.len()];
+    ov.read_at(65536, &mut back).unwrap();
+    assert_eq!(back, big);
+    assert_eq!(ov.changed_chunks().len(), 8);
+    assert_eq!(
+        s.set
+            .get("desk")
+            .unwrap()
+            .user_disk("user")
+            .unwrap()
+            .version,
+        1
+    );
+}
+
+#[test]
+fn a_busy_repository_is_asked_again_after_its_retry_after() {
+    let f = Fixture::new();
+    let system = image(4, 2);
+    f.publish("desk", &system, &[0]);
+    f.assign("alice", &["desk"]);
+    let srv = f.serve();
+    // Three requests in ten, login and manifests included, get 503 with Retry-After: 1
+    // (about 40 requests: none busy has odds below 1e-6).
+    let proxy = Proxy::start(
+        srv.addr,
+        Faults {
+            path_prefix: "/".into(),
+            busy_per_mille: 300,
+            busy_retry_after_secs: 1,
+            ..Default::default()
+        },
+    );
+    let t = std::time::Instant::now();
+    let cache = f.cache("cache.img");
+    // The fixture's own backoff is 5..50 ms: any wait of a second is the Retry-After.
+    let session =
+        receiver::login(cache.clone(), &f.config(&proxy.url()), "alice", PASSWORD).unwrap();
+    assert_eq!(
+        session.mode,
+        Mode::Online,
+        "a busy repository is not an absent one"
+    );
+    let fetcher = receiver::Fetcher::new(session.client.clone().unwrap());
+    let p = receiver::fill::start(cache.clone(), fetcher, &session.set, opts(4))
+        .wait()
+        .unwrap();
+    let took = t.elapsed();
+    let busy = proxy
+        .counters
+        .busy
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(busy > 0, "the proxy answered 503 sometimes");
+    assert!(
+        took >= Duration::from_secs(1),
+        "{busy} 503s answered in {took:?}: Retry-After was not honoured"
+    );
+    assert!(p.fetch.retries > 0);
+    assert_eq!(p.done_bytes, p.total_bytes);
+    assert_cached_content(&cache, &session, &[("desk", &system)]);
+}
+
+#[test]
 fn fill_completes_through_drops_delays_and_bit_flips() {
     let f = Fixture::new();
     let system = image(2, 6);
@@ -118,6 +225,7 @@ fn fill_completes_through_drops_delays_and_bit_flips() {
             drop_per_mille: 80,
             flip_per_mille: 80,
             delay: Duration::from_millis(1),
+            ..Default::default()
         },
     );
     let cache = f.cache("cache.img");
@@ -668,7 +776,7 @@ fn https_login_with_a_built_in_ca() {
         "-extfile",
         "ext.cnf",
     ]);
-    // tiny_http's rustls wants a PKCS#8 key.
+    // (Any PEM key form works; PKCS#8 here.)
     ssl(&[
         "pkcs8",
         "-topk8",

@@ -65,7 +65,7 @@ pub fn create(src: &Path, out: &Path, size: u64, label: &str) -> Result<()> {
             "label {label:?} is longer than ext4's 16 bytes"
         )));
     }
-    if size < (1 << 20) || size % 4096 != 0 {
+    if size < (1 << 20) || !size.is_multiple_of(4096) {
         return Err(Error::Usage(format!(
             "image size {size} must be a multiple of 4 KiB and at least 1 MiB"
         )));

@@ -11,7 +11,7 @@ use repository::error::{Error, Result};
 use repository::gc::GcOptions;
 use repository::image::Change;
 use repository::publish::{DiskSpec, PublishRequest};
-use repository::server::ServeConfig;
+use repository::server::{Limits, ServeConfig};
 use repository::{fsutil, users, Repo};
 use support::size::parse as parse_size;
 
@@ -126,8 +126,24 @@ enum Cmd {
         /// Access log file (default DIR/logs/access.log).
         #[arg(long)]
         access_log: Option<PathBuf>,
+        /// API handlers (logins, uploads, commits) running at once.
         #[arg(long, default_value_t = 8)]
         threads: usize,
+        /// Connections open at once, all clients together (capped by the file limit).
+        #[arg(long, default_value_t = Limits::default().max_connections)]
+        max_connections: usize,
+        /// Connections open at once from one client address.
+        #[arg(long, default_value_t = Limits::default().max_connections_per_client)]
+        max_connections_per_client: usize,
+        /// Request bodies being received at once from one client address.
+        #[arg(long, default_value_t = Limits::default().max_bodies_per_client)]
+        max_bodies_per_client: usize,
+        /// Seconds a connection may make no progress (idle keep-alive, stalled transfer).
+        #[arg(long, default_value_t = Limits::default().io_timeout.as_secs())]
+        io_timeout: u64,
+        /// Bytes each user's user disks may hold in the repository (e.g. 20G); none by default.
+        #[arg(long)]
+        user_quota: Option<String>,
         #[arg(long, hide = true)]
         insecure_fast_kdf: bool,
     },
@@ -447,6 +463,11 @@ fn run(cli: Cli) -> Result<()> {
             tls_key,
             access_log,
             threads,
+            max_connections,
+            max_connections_per_client,
+            max_bodies_per_client,
+            io_timeout,
+            user_quota,
             insecure_fast_kdf,
         } => {
             let repo = Repo::open(&dir)?;
@@ -456,6 +477,13 @@ fn run(cli: Cli) -> Result<()> {
                 config.access_log = access_log;
             }
             config.threads = threads;
+            config.limits.max_connections = max_connections;
+            config.limits.max_connections_per_client = max_connections_per_client;
+            config.limits.max_bodies_per_client = max_bodies_per_client;
+            config.limits.io_timeout = std::time::Duration::from_secs(io_timeout.max(1));
+            config.limits.user_quota = user_quota
+                .map(|q| parse_size(&q).map_err(|e| Error::Usage(format!("--user-quota {q}: {e}"))))
+                .transpose()?;
             config.dummy_kdf = kdf(insecure_fast_kdf);
             let scheme = if config.tls.is_some() {
                 "https"

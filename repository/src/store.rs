@@ -376,13 +376,40 @@ impl Repo {
         Ok(Some(m))
     }
 
-    /// Writes a user disk's manifest (the caller did the compare-and-swap check).
+    /// Writes a user disk's manifest (the caller did the compare-and-swap check). Compact
+    /// JSON: a large disk's list is one line of ids, not one indented line per chunk.
     pub fn write_user_disk(&self, m: &UserDiskManifest) -> Result<()> {
         let path = self.user_disk_file(&m.user, &m.appliance, &m.disk)?;
         if let Some(dir) = path.parent() {
             fsutil::create_dir_all(dir)?;
         }
-        fsutil::write_replace(&self.tmp_dir(), &path, &to_json(m)?)
+        let mut text =
+            serde_json::to_vec(m).map_err(|e| Error::Usage(format!("cannot encode: {e}")))?;
+        text.push(b'\n');
+        fsutil::write_replace(&self.tmp_dir(), &path, &text)
+    }
+
+    /// The committed user disks of `user`, every appliance and disk.
+    pub fn user_disks_of(&self, user: &str) -> Result<Vec<UserDiskManifest>> {
+        validate_name("user name", user)?;
+        let mut files = Vec::new();
+        walk_json(&self.private().join("userdisks").join(user), &mut files)?;
+        let mut out = Vec::new();
+        for path in files {
+            let text = fs::read(&path).map_err(|e| io_context("reading", &path, e))?;
+            let m: UserDiskManifest = serde_json::from_slice(&text)
+                .map_err(|e| Error::Usage(format!("{} is damaged: {e}", path.display())))?;
+            out.push(m);
+        }
+        Ok(out)
+    }
+
+    /// Bytes the chunks `ids` take as stored (absent ones count nothing).
+    pub fn stored_bytes<'a>(&self, ids: impl IntoIterator<Item = &'a ChunkId>) -> u64 {
+        ids.into_iter()
+            .filter_map(|id| fs::metadata(self.chunk_file(id)).ok())
+            .map(|m| m.len())
+            .sum()
     }
 
     /// Every committed user-disk manifest file.

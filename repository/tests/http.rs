@@ -403,7 +403,7 @@ fn https_with_the_cli_server() {
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
-    // tiny_http's rustls wants a PKCS#8 key.
+    // (Any PEM key form works; PKCS#8 here.)
     let p8 = f.path("key8.pem");
     assert!(Command::new("openssl")
         .args(["pkcs8", "-topk8", "-nocrypt", "-in"])
@@ -478,4 +478,68 @@ fn wait_for_log_line(path: &std::path::Path, needle: &str) -> String {
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+#[test]
+fn commit_bodies_are_bounded_by_the_disk_and_stored_compactly() {
+    let f = Fixture::new();
+    let (_server, base, _) = f.serve();
+    let token = login(&base, "alice", PASSWORD).unwrap().token;
+    let path = user_disk_api_path("desk", "user");
+    // The user disk is 4 MiB in 64 KiB chunks: 64 entries. A body of a million `null`
+    // entries is refused from its length alone (it would parse into 33 MB).
+    let nulls = format!(
+        "{{\"expected_version\":0,\"manifest\":{{\"format\":1,\"user\":\"alice\",\"appliance\":\"desk\",\"disk\":\"user\",\"version\":1,\"image\":{{\"size\":4194304,\"chunk_size\":65536,\"chunks\":[{}null]}}}}}}",
+        "null,".repeat(1_000_000)
+    );
+    // (Raw socket: the server answers before reading the body and closes, so a client
+    // still sending gets a broken pipe rather than the reply.)
+    let mut s =
+        TcpStream::connect(base.trim_start_matches("http://").trim_end_matches('/')).unwrap();
+    std::io::Write::write_all(
+        &mut s,
+        format!(
+            "PUT {path} HTTP/1.1\r\nHost: r\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            nulls.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let _ = std::io::Write::write_all(&mut s, &nulls.as_bytes()[..4096]);
+    let mut reply = String::new();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.read_to_string(&mut reply);
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    assert!(reply.contains("\"too_large\""), "{reply}");
+    // A list whose length does not match its size is refused.
+    let mut image = appliance::ChunkList::zeros(4 << 20, 65536).unwrap();
+    image.chunks.pop();
+    let m = |image| UserDiskManifest {
+        format: 1,
+        user: "alice".into(),
+        appliance: "desk".into(),
+        disk: "user".into(),
+        version: 1,
+        image,
+    };
+    let (code, _) = status_of(
+        api("PUT", &base, &path, &token).send_json(CommitUserDiskRequest {
+            expected_version: 0,
+            manifest: m(image),
+        }),
+    );
+    assert_eq!(code, 400);
+    // A valid commit is stored as compact JSON: one line.
+    let image = appliance::ChunkList::zeros(4 << 20, 65536).unwrap();
+    let (code, _) = status_of(
+        api("PUT", &base, &path, &token).send_json(CommitUserDiskRequest {
+            expected_version: 0,
+            manifest: m(image),
+        }),
+    );
+    assert_eq!(code, 200);
+    let stored =
+        std::fs::read_to_string(f.repo.user_disk_file("alice", "desk", "user").unwrap()).unwrap();
+    assert_eq!(stored.lines().count(), 1, "{stored}");
+    assert!(stored.len() < 64 * 6 + 300, "{} bytes", stored.len());
 }

@@ -145,11 +145,17 @@ impl Fixture {
 
     /// Starts the real server on `listen` (`127.0.0.1:0` for a free port).
     pub fn serve_on(&self, listen: &str) -> Server {
+        self.serve_with(listen, |_| {})
+    }
+
+    /// [`Fixture::serve_on`] with a configuration changed by `change`.
+    pub fn serve_with(&self, listen: &str, change: impl FnOnce(&mut ServeConfig)) -> Server {
         let log = self.path("access.log");
         let mut cfg = ServeConfig::new(&self.repo, listen);
         cfg.access_log = Some(log.clone());
         cfg.threads = 4;
         cfg.dummy_kdf = KdfParams::INSECURE_FOR_TESTS;
+        change(&mut cfg);
         let running = repository::server::start(self.repo.clone(), &cfg).unwrap();
         Server {
             addr: running.addr(),

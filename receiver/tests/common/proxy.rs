@@ -20,6 +20,10 @@ pub struct Faults {
     pub flip_per_mille: u64,
     /// Delay before every response (any path).
     pub delay: Duration,
+    /// Answer a matching request with `503 Service Unavailable` and `Retry-After:
+    /// busy_retry_after_secs` instead of forwarding it (a busy repository).
+    pub busy_per_mille: u64,
+    pub busy_retry_after_secs: u64,
 }
 
 #[derive(Default)]
@@ -27,6 +31,7 @@ pub struct Counters {
     pub responses: AtomicU64,
     pub dropped: AtomicU64,
     pub flipped: AtomicU64,
+    pub busy: AtomicU64,
 }
 
 pub struct Proxy {
@@ -152,6 +157,24 @@ fn handle(
         let n = content_length(&head).unwrap_or(0);
         let mut body = vec![0u8; n];
         cr.read_exact(&mut body)?;
+        let f = faults.lock().unwrap().clone();
+        if !f.path_prefix.is_empty()
+            && path.starts_with(&f.path_prefix)
+            && rand(&mut seed) % 1000 < f.busy_per_mille
+        {
+            counters.busy.fetch_add(1, Ordering::Relaxed);
+            let body = format!(
+                "{{\"code\":\"overloaded\",\"message\":\"busy\",\"retry_after_secs\":{}}}",
+                f.busy_retry_after_secs
+            );
+            write!(
+                cw,
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: {}\r\nContent-Length: {}\r\n\r\n{body}",
+                f.busy_retry_after_secs,
+                body.len()
+            )?;
+            continue;
+        }
         sw.write_all(&head)?;
         sw.write_all(&body)?;
         // Its response, server -> client.

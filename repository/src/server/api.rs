@@ -1,7 +1,11 @@
 //! The JSON API (`/api/v1/...`): login, logout, chunk upload, user-disk read and commit.
 //! Types and paths are in `appliance::wire`.
-
-use std::io::Read;
+//!
+//! A call goes through two steps so that nothing costly happens for a client before it
+//! has shown it may ask: [`parse`] (cheap, on the connection's task) finds the endpoint,
+//! and with [`Call::body_limit`] and [`Call::needs_auth`] the server checks the token and
+//! the body's declared length before it reads a byte of the body; [`handle`] then runs on
+//! a handler thread with the complete body.
 
 use appliance::chunk::{decode_chunk, CHUNK_HEADER_LEN, MAX_CHUNK_SIZE};
 use appliance::names::validate_name;
@@ -9,86 +13,180 @@ use appliance::user::{hash_password, kdf_params_of, verify_password};
 use appliance::wire::*;
 use appliance::{ChunkId, DiskRole, SignedManifest};
 use sha2::{Digest, Sha256};
-use tiny_http::Request;
 
 use super::{Reply, State};
 
-/// Largest JSON body accepted (a user-disk manifest of a 64 GiB disk at 64 KiB chunks is
-/// about 70 MB of JSON; larger disks need larger chunks).
-const MAX_JSON: usize = 96 << 20;
+/// Largest JSON body accepted for a commit whatever the disk (a user-disk manifest of a
+/// 64 GiB disk at 64 KiB chunks is about 70 MB of JSON; larger disks need larger chunks).
+pub(crate) const MAX_JSON: usize = 96 << 20;
 /// Largest chunk upload.
-const MAX_CHUNK_UPLOAD: usize = MAX_CHUNK_SIZE + CHUNK_HEADER_LEN + 64 * 1024;
+pub(crate) const MAX_CHUNK_UPLOAD: usize = MAX_CHUNK_SIZE + CHUNK_HEADER_LEN + 64 * 1024;
+/// Largest login body.
+pub(crate) const MAX_LOGIN: usize = 64 * 1024;
+/// Largest `chunks/missing` body: [`MAX_MISSING_IDS`] ids of 64 hex digits, quoted, with
+/// commas, and room for whitespace.
+pub(crate) const MAX_MISSING_BODY: usize = MAX_MISSING_IDS * 72 + 4096;
+/// Bytes of JSON one chunk-list entry may take in a commit (`"<64 hex>",` and spacing).
+const COMMIT_BYTES_PER_ENTRY: usize = 72;
 
-pub(super) fn route(
-    state: &State,
-    req: &mut Request,
-    method: &str,
-    path: &str,
-    peer: &str,
-) -> Reply {
-    if (method, path) == ("POST", LOGIN_PATH) {
-        return login(state, req, peer);
-    }
-    let known = matches!(
-        (method, path),
-        ("POST", LOGOUT_PATH) | ("POST", MISSING_CHUNKS_PATH)
-    ) || (method == "PUT" && path.starts_with(CHUNK_UPLOAD_PREFIX))
-        || (matches!(method, "GET" | "PUT") && path.starts_with(USER_DISK_PREFIX));
-    if !known {
-        return Reply::err(404, "not_found", format!("{method} {path} is not an API endpoint of this repository (API version {API_FORMAT})"));
-    }
-    let (user, token) = match authenticate(state, req) {
-        Ok(ut) => ut,
-        Err(r) => return r,
-    };
+/// One API endpoint, as found from method and path.
+#[derive(Clone, Debug)]
+pub(crate) enum Call {
+    Login,
+    Logout,
+    Missing,
+    Upload(String),
+    GetUserDisk(String, String),
+    Commit(String, String),
+}
+
+/// Finds the endpoint, or the error reply for an unknown one.
+pub(super) fn parse(method: &str, path: &str) -> Result<Call, Reply> {
     match (method, path) {
-        ("POST", LOGOUT_PATH) => {
-            state.sessions.remove(&token);
-            Reply::Empty(204)
+        ("POST", LOGIN_PATH) => return Ok(Call::Login),
+        ("POST", LOGOUT_PATH) => return Ok(Call::Logout),
+        ("POST", MISSING_CHUNKS_PATH) => return Ok(Call::Missing),
+        _ => {}
+    }
+    if method == "PUT" {
+        if let Some(id) = path.strip_prefix(CHUNK_UPLOAD_PREFIX) {
+            return Ok(Call::Upload(id.to_owned()));
         }
-        ("POST", MISSING_CHUNKS_PATH) => missing(state, req),
-        ("PUT", p) if p.starts_with(CHUNK_UPLOAD_PREFIX) => {
-            upload_chunk(state, req, &p[CHUNK_UPLOAD_PREFIX.len()..])
-        }
-        (m, p) => {
-            let rest = &p[USER_DISK_PREFIX.len()..];
+    }
+    if matches!(method, "GET" | "PUT") {
+        if let Some(rest) = path.strip_prefix(USER_DISK_PREFIX) {
             let Some((app, disk)) = rest.split_once('/') else {
-                return Reply::err(
+                return Err(Reply::err(
                     404,
                     "not_found",
-                    format!("{p}: expected {USER_DISK_PREFIX}<appliance>/<disk>"),
-                );
+                    format!("{path}: expected {USER_DISK_PREFIX}<appliance>/<disk>"),
+                ));
             };
             if validate_name("appliance name", app).is_err()
                 || validate_name("disk name", disk).is_err()
             {
-                return Reply::err(404, "not_found", format!("{p}: no such appliance or disk"));
+                return Err(Reply::err(
+                    404,
+                    "not_found",
+                    format!("{path}: no such appliance or disk"),
+                ));
             }
-            if m == "GET" {
-                get_user_disk(state, &user, app, disk)
+            let (app, disk) = (app.to_owned(), disk.to_owned());
+            return Ok(if method == "GET" {
+                Call::GetUserDisk(app, disk)
             } else {
-                commit_user_disk(state, req, &user, app, disk)
-            }
+                Call::Commit(app, disk)
+            });
         }
+    }
+    Err(Reply::err(
+        404,
+        "not_found",
+        format!(
+            "{method} {path} is not an API endpoint of this repository (API version {API_FORMAT})"
+        ),
+    ))
+}
+
+impl Call {
+    /// Everything but login needs a session token.
+    pub(super) fn needs_auth(&self) -> bool {
+        !matches!(self, Call::Login)
+    }
+
+    /// The largest body this call takes. A commit's limit follows the disk's size (known
+    /// from the appliance's manifest and the user's current version), so that a body of
+    /// millions of `null` entries is refused before it is read, let alone parsed. May
+    /// read files: call it on a handler thread.
+    pub(super) fn body_limit(&self, state: &State, user: &str) -> Result<usize, Reply> {
+        Ok(match self {
+            Call::Login => MAX_LOGIN,
+            Call::Logout | Call::GetUserDisk(..) => 4096,
+            Call::Missing => MAX_MISSING_BODY,
+            Call::Upload(_) => MAX_CHUNK_UPLOAD,
+            Call::Commit(app, disk) => commit_limit(state, user, app, disk)?,
+        })
+    }
+
+    /// True if [`Call::body_limit`] needs a handler thread.
+    pub(super) fn limit_reads_files(&self) -> bool {
+        matches!(self, Call::Commit(..))
     }
 }
 
-fn bearer(req: &Request) -> Option<String> {
-    req.headers()
-        .iter()
-        .find(|h| h.field.equiv("Authorization"))
-        .and_then(|h| {
-            h.value
-                .as_str()
-                .strip_prefix("Bearer ")
-                .map(|t| t.trim().to_owned())
-        })
+/// Chunk entries the user disk `app`/`disk` of `user` may have: as many as its size in the
+/// appliance's latest manifest or in the user's committed version, whichever is larger.
+fn commit_entries(state: &State, user: &str, app: &str, disk: &str) -> Result<u64, Reply> {
+    let mut entries = 0u64;
+    if let Some(v) = state.repo.latest(app).map_err(internal)? {
+        let bytes = std::fs::read(state.repo.manifest_file(app, v))
+            .map_err(|e| internal(format!("manifest {app} {v}: {e}")))?;
+        let signed: SignedManifest = serde_json::from_slice(&bytes)
+            .map_err(|e| internal(format!("manifest {app} {v} is damaged: {e}")))?;
+        if let Some(d) = signed
+            .manifest
+            .disks
+            .iter()
+            .find(|d| d.name == disk && d.role == DiskRole::User)
+        {
+            entries = d.image.chunks.len() as u64;
+        }
+    }
+    if let Some(m) = state.repo.user_disk(user, app, disk).map_err(internal)? {
+        entries = entries.max(m.image.chunks.len() as u64);
+    }
+    if entries == 0 {
+        return Err(Reply::err(
+            404,
+            "not_found",
+            format!("{app} has no user disk {disk}"),
+        ));
+    }
+    Ok(entries)
 }
 
-fn authenticate(state: &State, req: &Request) -> Result<(String, String), Reply> {
-    match bearer(req) {
-        Some(token) => match state.sessions.user(&token) {
-            Some(user) => Ok((user, token)),
+fn commit_limit(state: &State, user: &str, app: &str, disk: &str) -> Result<usize, Reply> {
+    let entries = commit_entries(state, user, app, disk)?;
+    Ok((entries as usize)
+        .saturating_mul(COMMIT_BYTES_PER_ENTRY)
+        .saturating_add(64 * 1024)
+        .min(MAX_JSON))
+}
+
+/// Runs `call` with its complete body. `user` and `token` are the authenticated session
+/// (empty for login).
+pub(super) fn handle(
+    state: &State,
+    call: Call,
+    user: &str,
+    token: &str,
+    body: &[u8],
+    peer: &str,
+) -> Reply {
+    match call {
+        Call::Login => login(state, body, peer),
+        Call::Logout => {
+            state.sessions.remove(token);
+            Reply::Empty(204)
+        }
+        Call::Missing => missing(state, body),
+        Call::Upload(id) => upload_chunk(state, user, body, &id),
+        Call::GetUserDisk(app, disk) => get_user_disk(state, user, &app, &disk),
+        Call::Commit(app, disk) => commit_user_disk(state, body, user, &app, &disk),
+    }
+}
+
+/// The session of a bearer token, or the 401 to send.
+pub(super) fn authenticate(
+    state: &State,
+    authorization: Option<&str>,
+) -> Result<(String, String), Reply> {
+    match authorization
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+    {
+        Some(token) => match state.sessions.user(token) {
+            Some(user) => Ok((user, token.to_owned())),
             None => Err(Reply::err(
                 401,
                 "unauthorized",
@@ -103,37 +201,8 @@ fn authenticate(state: &State, req: &Request) -> Result<(String, String), Reply>
     }
 }
 
-fn read_body(req: &mut Request, limit: usize) -> Result<Vec<u8>, Reply> {
-    if req.body_length().is_some_and(|n| n > limit) {
-        return Err(Reply::err(
-            413,
-            "too_large",
-            format!("the body is larger than the {limit}-byte limit"),
-        ));
-    }
-    let mut body = Vec::new();
-    match req
-        .as_reader()
-        .take(limit as u64 + 1)
-        .read_to_end(&mut body)
-    {
-        Ok(_) if body.len() > limit => Err(Reply::err(
-            413,
-            "too_large",
-            format!("the body is larger than the {limit}-byte limit"),
-        )),
-        Ok(_) => Ok(body),
-        Err(e) => Err(Reply::err(
-            400,
-            "bad_request",
-            format!("cannot read the request body: {e}"),
-        )),
-    }
-}
-
-fn parse_json<T: serde::de::DeserializeOwned>(req: &mut Request, limit: usize) -> Result<T, Reply> {
-    let body = read_body(req, limit)?;
-    serde_json::from_slice(&body).map_err(|e| {
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Reply> {
+    serde_json::from_slice(body).map_err(|e| {
         Reply::err(
             400,
             "bad_request",
@@ -147,8 +216,8 @@ fn internal(e: impl std::fmt::Display) -> Reply {
     Reply::err(500, "internal", format!("the repository failed: {e}"))
 }
 
-fn login(state: &State, req: &mut Request, peer: &str) -> Reply {
-    let body: LoginRequest = match parse_json(req, 64 * 1024) {
+fn login(state: &State, body: &[u8], peer: &str) -> Reply {
+    let body: LoginRequest = match parse_json(body) {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -266,16 +335,16 @@ fn login(state: &State, req: &mut Request, peer: &str) -> Reply {
     )
 }
 
-fn missing(state: &State, req: &mut Request) -> Reply {
-    let body: MissingChunksRequest = match parse_json(req, 8 << 20) {
+fn missing(state: &State, body: &[u8]) -> Reply {
+    let body: MissingChunksRequest = match parse_json(body) {
         Ok(b) => b,
         Err(r) => return r,
     };
-    if body.ids.len() > 65536 {
+    if body.ids.len() > MAX_MISSING_IDS {
         return Reply::err(
             413,
             "too_large",
-            "ask about at most 65536 chunks per request",
+            format!("ask about at most {MAX_MISSING_IDS} chunks per request"),
         );
     }
     Reply::json(
@@ -290,16 +359,25 @@ fn missing(state: &State, req: &mut Request) -> Reply {
     )
 }
 
-fn upload_chunk(state: &State, req: &mut Request, id: &str) -> Reply {
+/// The reply for a user over their quota: what happened and what to do.
+fn over_quota(user: &str, would: u64, quota: u64, what: &str) -> Reply {
+    Reply::err(
+        413,
+        "quota_exceeded",
+        format!(
+            "{what}: user {user}'s disks would hold {} ({would} bytes) in the repository, over the {} ({quota} bytes) quota; delete files on the user disk (or ask the administrator for a larger quota), then log out again: the changes stay on this terminal until then",
+            support::size::human(would),
+            support::size::human(quota)
+        ),
+    )
+}
+
+fn upload_chunk(state: &State, user: &str, body: &[u8], id: &str) -> Reply {
     let id: ChunkId = match id.parse() {
         Ok(id) => id,
         Err(e) => return Reply::err(400, "bad_request", format!("{e}")),
     };
-    let body = match read_body(req, MAX_CHUNK_UPLOAD) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    if let Err(e) = decode_chunk(&id, &body) {
+    if let Err(e) = decode_chunk(&id, body) {
         return Reply::err(400, "chunk_mismatch", format!("chunk {id} rejected: {e}"));
     }
     match state.repo.touch_chunk(&id) {
@@ -307,7 +385,40 @@ fn upload_chunk(state: &State, req: &mut Request, id: &str) -> Reply {
         Ok(false) => {}
         Err(e) => return internal(e),
     }
-    match state.repo.put_encoded_chunk(&id, &body) {
+    if let Some(quota) = state.limits.user_quota {
+        // What the user holds (computed once per round of uploads, not per chunk) plus the
+        // new bytes sent since the last commit.
+        let known = state
+            .uploaded
+            .lock()
+            .ok()
+            .and_then(|u| u.get(user).copied());
+        if known.is_none() {
+            let held = match state.repo.user_disks_of(user) {
+                Ok(disks) => {
+                    let ids: std::collections::HashSet<ChunkId> = disks
+                        .iter()
+                        .flat_map(|m| m.image.distinct_chunks())
+                        .collect();
+                    state.repo.stored_bytes(&ids)
+                }
+                Err(e) => return internal(e),
+            };
+            if let Ok(mut up) = state.uploaded.lock() {
+                up.entry(user.to_owned()).or_insert((held, 0));
+            }
+        }
+        let Ok(mut up) = state.uploaded.lock() else {
+            return internal("the upload counter is poisoned");
+        };
+        let (held, sent) = up.entry(user.to_owned()).or_default();
+        let would = *held + *sent + body.len() as u64;
+        if would > quota {
+            return over_quota(user, would, quota, "chunk upload refused");
+        }
+        *sent += body.len() as u64;
+    }
+    match state.repo.put_encoded_chunk(&id, body) {
         Ok(()) => Reply::Empty(201),
         Err(e) => internal(e),
     }
@@ -321,8 +432,8 @@ fn get_user_disk(state: &State, user: &str, app: &str, disk: &str) -> Reply {
     }
 }
 
-fn commit_user_disk(state: &State, req: &mut Request, user: &str, app: &str, disk: &str) -> Reply {
-    let body: CommitUserDiskRequest = match parse_json(req, MAX_JSON) {
+fn commit_user_disk(state: &State, body: &[u8], user: &str, app: &str, disk: &str) -> Reply {
+    let body: CommitUserDiskRequest = match parse_json(body) {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -396,12 +507,36 @@ fn commit_user_disk(state: &State, req: &mut Request, user: &str, app: &str, dis
         e.missing = absent;
         return Reply::Error(400, e);
     }
+    if let Some(quota) = state.limits.user_quota {
+        let others = match state.repo.user_disks_of(user) {
+            Ok(d) => d,
+            Err(e) => return internal(e),
+        };
+        let ids: std::collections::HashSet<ChunkId> = others
+            .iter()
+            .filter(|o| !(o.appliance == app && o.disk == disk))
+            .flat_map(|o| o.image.distinct_chunks())
+            .chain(m.image.distinct_chunks())
+            .collect();
+        let would = state.repo.stored_bytes(&ids);
+        if would > quota {
+            return over_quota(
+                user,
+                would,
+                quota,
+                &format!("commit of {app}/{disk} refused"),
+            );
+        }
+    }
     if let Err(e) = state
         .repo
         .sync_chunk_dirs()
         .and_then(|()| state.repo.write_user_disk(m))
     {
         return internal(e);
+    }
+    if let Ok(mut up) = state.uploaded.lock() {
+        up.remove(user);
     }
     log::info!("user disk {user}/{app}/{disk} now at version {}", m.version);
     Reply::json(200, &CommitUserDiskResponse { version: m.version })
