@@ -227,9 +227,14 @@ fn bring_up() -> Vec<String> {
             .boot_seconds
             .map(|secs| format!("  ready in    {secs:.2} s after the kernel started\r\n"))
             .unwrap_or_default();
+        // The banner went out before the terminal knew its name: say it now.
         console::announce(
             &settings.consoles,
-            &format!("{}{ready}", status.hardware_lines()),
+            &format!(
+                "Collective terminal {}\r\n{}{ready}",
+                status.name,
+                status.hardware_lines()
+            ),
         );
     }
     info!("terminal ready in {:.2} s", boot_seconds.unwrap_or(0.0));

@@ -31,7 +31,8 @@ pub struct TerminalStatus {
 impl Default for TerminalStatus {
     fn default() -> Self {
         TerminalStatus {
-            name: "terminal".into(),
+            // Unknown until the network cards are up: the banner then leaves it out.
+            name: String::new(),
             firmware: String::new(),
             nics: Vec::new(),
             kvm: KvmStatus::Pending,
@@ -51,7 +52,10 @@ impl TerminalStatus {
     /// show it. Lines end in CRLF because the tty may be in raw output mode.
     pub fn banner(&self) -> String {
         let mut s = String::new();
-        let _ = write!(s, "\r\nCollective terminal {}", self.name);
+        s.push_str("\r\nCollective terminal");
+        if !self.name.is_empty() {
+            let _ = write!(s, " {}", self.name);
+        }
         if !self.firmware.is_empty() {
             let _ = write!(s, "  (firmware: {})", self.firmware);
         }
@@ -189,6 +193,11 @@ mod tests {
     fn banner_explains_a_missing_repository() {
         let banner = TerminalStatus::default().banner();
         assert!(banner.contains("collective.repo=URL"));
+        // No name yet: never "Collective terminal terminal".
+        assert!(
+            banner.starts_with("\r\nCollective terminal\r\n"),
+            "{banner}"
+        );
         assert!(banner.contains("network     starting"));
         let done = TerminalStatus {
             complete: true,
