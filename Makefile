@@ -22,9 +22,10 @@ firmware: deps
 # desk and web, user alice), serves it, and PXE-boots the firmware in QEMU on this
 # terminal (serial console; Ctrl-] x quits QEMU). DEMO_SCRIPT=1 drives it without a
 # person: logs in, works in the desk appliance, logs out, powers off, and exits 0 only
-# if all of that happened.
+# if all of that happened. DEMO_DISPLAY=1 gives the terminal a screen (a QEMU window, or
+# VNC on 127.0.0.1:5900) and alice a graphical appliance shown on it.
 demo: deps
-	$(CARGO) run --release --locked -p system-tests --bin collective-demo -- --dir out/demo $(if $(DEMO_SCRIPT),--script)
+	$(CARGO) run --release --locked -p system-tests --bin collective-demo -- --dir out/demo $(if $(DEMO_SCRIPT),--script) $(if $(DEMO_DISPLAY),--display)
 
 # Every test: unit tests of each crate and the system tests that boot the firmware.
 test: deps

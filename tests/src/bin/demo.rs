@@ -10,29 +10,45 @@
 //! Ctrl-] x quits QEMU. With `--script` it runs without a person: logs in, fetches the
 //! web appliance's page from the desk appliance, writes a file on the user disk, logs
 //! out, powers off, and exits 0 only if all of that happened.
+//!
+//! With `--display` the terminal also gets a screen (QEMU's standard VGA, in a window
+//! where there is a display, else over VNC on 127.0.0.1:5900), its PS/2 keyboard
+//! and a tablet, and alice gets a graphical appliance first (`paint`, Debian's generic
+//! kernel drawing a test pattern and printing what it is sent). Log in on that screen:
+//! the seat shows the appliances, Ctrl+Alt+Del opens the terminal's menu.
 
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-use system_tests::demo::{self, DemoRepo};
+use system_tests::demo::{self, DemoRepo, DisplayAppliance};
 use system_tests::{Firmware, Machine, MachineConfig, Nic};
 
 fn main() {
     let mut args = std::env::args().skip(1);
     let mut dir = PathBuf::from("out/demo");
     let mut script = false;
+    let mut display = false;
+    const USAGE: &str = "usage: collective-demo [--dir DIR] [--script] [--display]\n  \
+        --dir DIR   where the repository, PXE folder and cache disk go (default out/demo)\n  \
+        --script    run without a person (login, work, logout, power-off) and exit 0 if all happened\n  \
+        --display   give the terminal a screen, keyboard and tablet and alice a graphical appliance";
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--dir" => dir = args.next().map(PathBuf::from).unwrap_or(dir),
             "--script" => script = true,
+            "--display" => display = true,
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                return;
+            }
             other => {
-                eprintln!("collective-demo: unknown argument {other}; usage: collective-demo [--dir DIR] [--script]");
+                eprintln!("collective-demo: unknown argument {other}\n{USAGE}");
                 std::process::exit(2);
             }
         }
     }
-    let code = match run(&dir, script) {
+    let code = match run(&dir, script, display) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("collective-demo: {e:#}");
@@ -42,10 +58,20 @@ fn main() {
     std::process::exit(code);
 }
 
-fn run(dir: &Path, script: bool) -> Result<()> {
+fn run(dir: &Path, script: bool, display: bool) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     eprintln!("demo: building the firmware, the appliances and the repository ...");
     let repo = DemoRepo::create(dir).context("building the demo repository")?;
+    if display && !script {
+        repo.publish_display(&DisplayAppliance {
+            name: "paint".into(),
+            seed: 1,
+            networks: vec!["uplink".into()],
+            ..Default::default()
+        })
+        .context("publishing the graphical appliance")?;
+        repo.assign(&["paint", "desk", "web"])?;
+    }
     let server = repo.serve().context("starting collective-repo serve")?;
     let firmware = demo::terminal_firmware().context("building the firmware")?;
     let pxe = demo::pxe_folder(&firmware, &dir.join("pxe"), &server.guest_url())?;
@@ -64,11 +90,47 @@ fn run(dir: &Path, script: bool) -> Result<()> {
     if script {
         scripted(&pxe, &disk)
     } else {
-        interactive(&pxe, &disk)
+        interactive(&pxe, &disk, display)
     }
 }
 
-fn interactive(pxe: &Firmware, disk: &Path) -> Result<()> {
+/// QEMU arguments for the terminal's screen, keyboard and pointer: a window where there
+/// is a display to open one on, else VNC on loopback.
+fn screen_args() -> Vec<String> {
+    let desktop =
+        std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
+    // QEMU's window is a separate Debian package (qemu-system-gui); VNC is built in.
+    let gtk = Command::new("qemu-system-x86_64")
+        .args(["-display", "help"])
+        .output()
+        .is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.trim() == "gtk")
+        });
+    let shown = if desktop && gtk {
+        "gtk"
+    } else {
+        if desktop {
+            eprintln!("demo: no QEMU window (apt-get install qemu-system-gui); using VNC instead");
+        }
+        "vnc=127.0.0.1:0"
+    };
+    [
+        "-device",
+        "VGA,xres=1280,yres=800",
+        "-device",
+        "virtio-tablet-pci",
+        "-display",
+        shown,
+        "-serial",
+        "mon:stdio",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn interactive(pxe: &Firmware, disk: &Path, display: bool) -> Result<()> {
     eprintln!(
         "\nPXE-booting the Collective terminal in QEMU (TCG). Its serial console is this terminal."
     );
@@ -78,9 +140,25 @@ fn interactive(pxe: &Firmware, disk: &Path) -> Result<()> {
         demo::PASSWORD
     );
     eprintln!("Ctrl-A n switches appliance consoles, Ctrl-A q logs out, Ctrl-] x quits QEMU.\n");
+    let screen = if display {
+        let args = screen_args();
+        eprintln!(
+            "The terminal has a screen too ({}): log in there to see paint on it; Ctrl+Alt+Del \
+             opens the terminal's menu (switch, lock, log out), Ctrl+Alt+F1..F3 switch.\n",
+            if args.iter().any(|a| a == "gtk") {
+                "the QEMU window"
+            } else {
+                "VNC at 127.0.0.1:5900"
+            }
+        );
+        args
+    } else {
+        vec!["-nographic".to_string()]
+    };
     let status = Command::new("qemu-system-x86_64")
         .args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "2G"])
-        .args(["-nographic", "-echr", "0x1d"])
+        .args(&screen)
+        .args(["-echr", "0x1d"])
         .arg("-netdev")
         .arg(format!(
             "user,id=n0,tftp={},bootfile=boot.ipxe",
