@@ -182,8 +182,11 @@ BB=$OUT/busybox-static
 if [ ! -x "$BB/bin/busybox" ]; then
     rm -rf "$BB" "$OUT"/busybox-static_*.deb
     mount_chroot
-    (cd "$ROOT/tmp" && in_root sh -c 'cd /tmp && apt-get update -q >/dev/null && apt-get download -q busybox-static >/dev/null') ||
+    # the appliance's resolv.conf points at systemd-resolved, which does not run here
+    cp --remove-destination /etc/resolv.conf "$ROOT/etc/resolv.conf"
+    in_root sh -c 'cd /tmp && apt-get update -q >/dev/null && apt-get download -q busybox-static >/dev/null' ||
         die "cannot download busybox-static from $MIRROR"
+    ln -sf ../run/systemd/resolve/stub-resolv.conf "$ROOT/etc/resolv.conf"
     cleanup
     deb=$(ls "$ROOT"/tmp/busybox-static_*.deb | head -n1)
     dpkg-deb -x "$deb" "$BB"
@@ -197,9 +200,10 @@ for m in $INITRD_MODULES; do
     modprobe -d "$ROOT" -S "$KVER" --show-depends "$m" ||
         die "module $m is not in kernel $KVER"
 done | awk '$1 == "insmod" {print $2}' | sort -u | while read -r ko; do
-    rel=${ko#/lib/modules/$KVER/}
+    rel=${ko#"$ROOT"}              # modprobe -d prints paths under the tree
+    rel=${rel#/lib/modules/$KVER/}
     mkdir -p "$IR/lib/modules/$KVER/$(dirname "$rel")"
-    cp "$ROOT$ko" "$IR/lib/modules/$KVER/$rel"
+    cp "$ROOT/lib/modules/$KVER/$rel" "$IR/lib/modules/$KVER/$rel"
 done
 cp "$ROOT/lib/modules/$KVER"/modules.{order,builtin,builtin.modinfo} "$IR/lib/modules/$KVER/" 2>/dev/null || true
 depmod -b "$IR" "$KVER"
