@@ -165,6 +165,13 @@ if [ "$PRUNE_MODULES" = 1 ]; then
 fi
 depmod -b "$ROOT" "$KVER"
 
+# documentation and translations nobody reads on a terminal (copyright files stay);
+# dpkg re-creates them if a package is reinstalled, which is harmless
+find "$ROOT/usr/share/doc" -mindepth 1 ! -name copyright ! -type d -delete 2>/dev/null || true
+rm -rf "$ROOT"/usr/share/man/* "$ROOT"/usr/share/info/* "$ROOT"/usr/share/help/*
+find "$ROOT/usr/share/locale" -mindepth 1 -maxdepth 1 -type d ! -name 'en*' ! -name C \
+    -exec rm -rf {} + 2>/dev/null || true
+
 # leftovers of the build
 rm -rf "$ROOT"/var/lib/apt/lists/* "$ROOT"/var/cache/apt/*.bin "$ROOT"/var/cache/apt/archives/*.deb \
        "$ROOT"/var/log/*.log "$ROOT"/var/log/apt/* "$ROOT"/tmp/* "$ROOT"/var/tmp/* \
