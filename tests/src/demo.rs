@@ -507,6 +507,35 @@ impl DemoRepo {
         run(&mut cmd)
     }
 
+    /// Publishes the Debian desktop appliance that `scripts/desktop-appliance.sh OUT`
+    /// built in `out` (its `vmlinuz`, `initrd.img`, `system.img`, `cmdline`) as `desktop`
+    /// with the demo's key: a display, the `uplink` network, a 2 GiB user disk.
+    pub fn publish_desktop(&self, out: &Path) -> Result<String> {
+        for f in ["vmlinuz", "initrd.img", "system.img", "cmdline"] {
+            anyhow::ensure!(
+                out.join(f).is_file(),
+                "{} has no {f}: build it with scripts/desktop-appliance.sh {}",
+                out.display(),
+                out.display()
+            );
+        }
+        let cmdline = fs::read_to_string(out.join("cmdline"))?;
+        run(Command::new(&self.tools.repo_bin)
+            .arg("publish")
+            .arg(&self.dir)
+            .args(["--name", "desktop", "--kernel"])
+            .arg(out.join("vmlinuz"))
+            .arg("--initrd")
+            .arg(out.join("initrd.img"))
+            .args(["--cmdline", cmdline.trim()])
+            .arg("--disk")
+            .arg(format!("system={}", out.join("system.img").display()))
+            .args(["--disk", "user=2G"])
+            .args(["--memory", "1024", "--vcpus", "2", "--display"])
+            .args(["--network", "uplink", "--key"])
+            .arg(&self.tools.secret_key))
+    }
+
     /// Assigns exactly `appliances` to the demo user.
     pub fn assign(&self, appliances: &[&str]) -> Result<()> {
         run(Command::new(&self.tools.repo_bin)

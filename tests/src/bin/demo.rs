@@ -29,15 +29,19 @@ fn main() {
     let mut dir = PathBuf::from("out/demo");
     let mut script = false;
     let mut display = false;
+    let mut desktop: Option<PathBuf> = None;
     const USAGE: &str = "usage: collective-demo [--dir DIR] [--script] [--display]\n  \
         --dir DIR   where the repository, PXE folder and cache disk go (default out/demo)\n  \
         --script    run without a person (login, work, logout, power-off) and exit 0 if all happened\n  \
-        --display   give the terminal a screen, keyboard and tablet and alice a graphical appliance";
+        --display   give the terminal a screen, keyboard and tablet and alice a graphical appliance\n  \
+        --desktop OUT  with --display: alice's first appliance is the Debian desktop that\n              \
+        scripts/desktop-appliance.sh OUT built";
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--dir" => dir = args.next().map(PathBuf::from).unwrap_or(dir),
             "--script" => script = true,
             "--display" => display = true,
+            "--desktop" => desktop = args.next().map(PathBuf::from),
             "--help" | "-h" => {
                 println!("{USAGE}");
                 return;
@@ -48,7 +52,11 @@ fn main() {
             }
         }
     }
-    let code = match run(&dir, script, display) {
+    if desktop.is_some() && !display {
+        eprintln!("collective-demo: --desktop needs --display\n{USAGE}");
+        std::process::exit(2);
+    }
+    let code = match run(&dir, script, display, desktop.as_deref()) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("collective-demo: {e:#}");
@@ -58,7 +66,7 @@ fn main() {
     std::process::exit(code);
 }
 
-fn run(dir: &Path, script: bool, display: bool) -> Result<()> {
+fn run(dir: &Path, script: bool, display: bool, desktop: Option<&Path>) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     eprintln!("demo: building the firmware, the appliances and the repository ...");
     let repo = DemoRepo::create(dir).context("building the demo repository")?;
@@ -70,7 +78,13 @@ fn run(dir: &Path, script: bool, display: bool) -> Result<()> {
             ..Default::default()
         })
         .context("publishing the graphical appliance")?;
-        repo.assign(&["paint", "desk", "web"])?;
+        if let Some(out) = desktop {
+            repo.publish_desktop(out)
+                .context("publishing the desktop appliance")?;
+            repo.assign(&["desktop", "paint", "desk", "web"])?;
+        } else {
+            repo.assign(&["paint", "desk", "web"])?;
+        }
     }
     let server = repo.serve().context("starting collective-repo serve")?;
     let firmware = demo::terminal_firmware().context("building the firmware")?;
