@@ -725,7 +725,7 @@ fn draw_cursor(
             };
             let at = row as usize * tmp_stride + col as usize * 4;
             let under = pixels::pixel(&tmp, tmp_stride, col, row).unwrap_or(0);
-            let out = pixels::blend(argb, under, argb >> 24);
+            let out = pixels::over_premultiplied(argb, under);
             tmp[at..at + 4].copy_from_slice(&out.to_le_bytes());
         }
     }

@@ -112,7 +112,8 @@ pub enum Error {
     Unsupported(String),
 }
 
-/// A pointer image (ARGB8888, `width` x `height`) and its hot spot.
+/// A pointer image (premultiplied ARGB8888, `width` x `height`, as DRM cursor planes take
+/// it) and its hot spot.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct CursorImage {
     pub width: u32,

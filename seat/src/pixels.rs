@@ -49,6 +49,19 @@ pub fn blend(fg: u32, bg: u32, alpha: u32) -> u32 {
     out
 }
 
+/// Puts a premultiplied ARGB pixel `fg` over `bg` (Porter-Duff "over"): DRM cursor
+/// planes, and so the pointer images guests give, are premultiplied.
+pub fn over_premultiplied(fg: u32, bg: u32) -> u32 {
+    let keep = 255 - (fg >> 24);
+    let mut out = 0;
+    for shift in [0, 8, 16] {
+        let f = (fg >> shift) & 0xff;
+        let b = (bg >> shift) & 0xff;
+        out |= (f + b * keep / 255).min(255) << shift;
+    }
+    out
+}
+
 /// Copies a whole `rect.width` x `rect.height` buffer `src` to `rect` of `dst`.
 pub fn copy_rect_at(src: &[u8], src_stride: usize, dst: &mut [u8], dst_stride: usize, rect: Rect) {
     let len = rect.width as usize * 4;
@@ -64,6 +77,17 @@ pub fn copy_rect_at(src: &[u8], src_stride: usize, dst: &mut [u8], dst_stride: u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn premultiplied_over() {
+        // Transparent leaves the background; opaque replaces it.
+        assert_eq!(over_premultiplied(0, 0x0012_3456), 0x0012_3456);
+        assert_eq!(over_premultiplied(0xff00_ff00, 0x00ff_00ff), 0x0000_ff00);
+        // Half-transparent black (premultiplied: colour 0) darkens by half.
+        assert_eq!(over_premultiplied(0x8000_0000, 0x00ff_ffff), 0x007f_7f7f);
+        // Half-transparent white, premultiplied to 0x80, over black.
+        assert_eq!(over_premultiplied(0x8080_8080, 0), 0x0080_8080);
+    }
 
     #[test]
     fn copy_and_fill_stay_in_their_rectangle() {

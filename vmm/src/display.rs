@@ -119,6 +119,20 @@ impl PixelFormat {
         matches!(self, Self::B8G8R8A8 | Self::B8G8R8X8)
     }
 
+    /// The same byte order with the padding byte read as alpha. For cursor images: Linux
+    /// makes every dumb buffer XRGB8888 (B8G8R8X8), the cursor's included, and fills its
+    /// fourth byte with the pointer's alpha (QEMU, too, reads cursor data as ARGB
+    /// whatever the resource's format says).
+    pub fn with_alpha(self) -> Self {
+        match self {
+            Self::B8G8R8X8 => Self::B8G8R8A8,
+            Self::X8R8G8B8 => Self::A8R8G8B8,
+            Self::R8G8B8X8 => Self::R8G8B8A8,
+            Self::X8B8G8R8 => Self::A8B8G8R8,
+            other => other,
+        }
+    }
+
     /// One pixel as ARGB8888 (`0xAARRGGBB`); formats without alpha give opaque pixels.
     pub fn to_argb(self, p: [u8; 4]) -> u32 {
         let (a, r, g, b) = match self {

@@ -377,9 +377,11 @@ impl GpuState {
         if !backing.read(&self.mem, 0, &mut raw) {
             return fail(ErrorCode::Unspec, "cursor backing unreadable");
         }
+        // The padding byte is the pointer's alpha: see PixelFormat::with_alpha.
+        let format = r.format.with_alpha();
         let pixels = raw
             .chunks_exact(4)
-            .map(|p| r.format.to_argb([p[0], p[1], p[2], p[3]]))
+            .map(|p| format.to_argb([p[0], p[1], p[2], p[3]]))
             .collect();
         let image = CursorImage {
             width: r.width,

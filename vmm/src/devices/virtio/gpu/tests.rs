@@ -949,3 +949,32 @@ fn through_the_transport() {
     w(&mut t, reg::STATUS, 0);
     assert!(sink.take().iter().any(|s| matches!(s, Seen::Scanout(None))));
 }
+
+/// Linux's cursor buffers are dumb buffers, created XRGB8888; their fourth byte is still
+/// the pointer's alpha, so transparent pixels must stay transparent (not opaque black).
+#[test]
+fn cursor_from_an_xrgb_dumb_buffer_keeps_its_alpha() {
+    let mut rig = Rig::new();
+    let entries = [(0x40_0000u64, 64 * 64 * 4)];
+    // A transparent image with one opaque white pixel.
+    let mut img = vec![0u8; 64 * 64 * 4];
+    img[..4].copy_from_slice(&0xffff_ffffu32.to_le_bytes());
+    rig.write_stream(&entries, 0, &img);
+    assert_eq!(rig.ctl(&create(5, XRGB, 64, 64)), ty::OK_NODATA);
+    assert_eq!(rig.ctl(&attach(5, &entries)), ty::OK_NODATA);
+    assert_eq!(
+        rig.send(1, &cursor(ty::UPDATE_CURSOR, 5, 10, 20, (0, 0))).0,
+        ty::OK_NODATA
+    );
+    match &rig.sink.take()[..] {
+        [Seen::Cursor(Some(c), 10, 20)] => {
+            assert_eq!(c.pixels[0], 0xffff_ffff);
+            assert_eq!(
+                c.pixels[1], 0,
+                "a transparent pixel became {:#x}",
+                c.pixels[1]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
