@@ -4,7 +4,7 @@
 FIRMWARE_DIR ?= out/firmware
 CARGO ?= cargo
 
-.PHONY: all deps build firmware demo test test-unit test-system bench bench-boot clean
+.PHONY: all deps build firmware demo desktop-appliance test test-unit test-system bench bench-boot clean
 
 all: build
 
@@ -23,9 +23,17 @@ firmware: deps
 # terminal (serial console; Ctrl-] x quits QEMU). DEMO_SCRIPT=1 drives it without a
 # person: logs in, works in the desk appliance, logs out, powers off, and exits 0 only
 # if all of that happened. DEMO_DISPLAY=1 gives the terminal a screen (a QEMU window, or
-# VNC on 127.0.0.1:5900) and alice a graphical appliance shown on it.
+# VNC on 127.0.0.1:5900) and alice a graphical appliance shown on it;
+# DEMO_DESKTOP=out/desktop also gives her the Debian desktop (`make desktop-appliance`).
 demo: deps
-	$(CARGO) run --release --locked -p system-tests --bin collective-demo -- --dir out/demo $(if $(DEMO_SCRIPT),--script) $(if $(DEMO_DISPLAY),--display)
+	$(CARGO) run --release --locked -p system-tests --bin collective-demo -- --dir out/demo $(if $(DEMO_SCRIPT),--script) $(if $(DEMO_DISPLAY)$(DEMO_DESKTOP),--display) $(if $(DEMO_DESKTOP),--desktop $(DEMO_DESKTOP))
+
+# The Debian 12 Xfce desktop appliance (debootstrap; about 5 minutes and 1 GiB the
+# first time) in out/desktop: docs/desktop-appliance.md.
+desktop-appliance: deps
+	command -v debootstrap >/dev/null || apt-get install -y debootstrap
+	$(CARGO) build --release --locked -p repository
+	./scripts/desktop-appliance.sh out/desktop
 
 # Every test: unit tests of each crate and the system tests that boot the firmware.
 test: deps
