@@ -71,7 +71,10 @@ pub struct DiskReport {
 /// The command line a disk boot uses: the firmware's, plus `collective.cache=auto` unless
 /// it names a cache already (a terminal booted from this disk caches on it).
 pub fn disk_cmdline(cmdline: &str) -> String {
-    if cmdline.split_whitespace().any(|a| a.starts_with("collective.cache=")) {
+    if cmdline
+        .split_whitespace()
+        .any(|a| a.starts_with("collective.cache="))
+    {
         cmdline.to_string()
     } else {
         format!("{cmdline} collective.cache=auto")
@@ -115,11 +118,20 @@ pub fn write_disk_image(
          configfile ($root)/boot/grub/grub.cfg\n"
     );
     let (core_img, efi_img) = grub_images(grub_lib, &early)?;
-    let boot_img = fs::read(grub_lib.join("i386-pc/boot.img"))
-        .with_context(|| format!("reading {}/i386-pc/boot.img (install grub-pc-bin)", grub_lib.display()))?;
-    ensure!(boot_img.len() == 512, "boot.img is {} bytes, not 512", boot_img.len());
+    let boot_img = fs::read(grub_lib.join("i386-pc/boot.img")).with_context(|| {
+        format!(
+            "reading {}/i386-pc/boot.img (install grub-pc-bin)",
+            grub_lib.display()
+        )
+    })?;
+    ensure!(
+        boot_img.len() == 512,
+        "boot.img is {} bytes, not 512",
+        boot_img.len()
+    );
 
-    let vmlinuz_data = fs::read(vmlinuz).with_context(|| format!("reading {}", vmlinuz.display()))?;
+    let vmlinuz_data =
+        fs::read(vmlinuz).with_context(|| format!("reading {}", vmlinuz.display()))?;
     let initrd_data = fs::read(initrd).with_context(|| format!("reading {}", initrd.display()))?;
     let grub_cfg = grub_cfg(&cmdline);
     let files: Vec<(&str, &[u8])> = vec![
@@ -229,7 +241,11 @@ fn grub_images(grub_lib: &Path, early: &str) -> Result<(Vec<u8>, Vec<u8>)> {
             bail!(
                 "no GRUB modules in {} (install Debian's {})",
                 dir.display(),
-                if platform == "i386-pc" { "grub-pc-bin" } else { "grub-efi-amd64-bin" }
+                if platform == "i386-pc" {
+                    "grub-pc-bin"
+                } else {
+                    "grub-efi-amd64-bin"
+                }
             );
         }
         let out = tmp.path().join(format!("{platform}.img"));
@@ -248,7 +264,10 @@ fn grub_images(grub_lib: &Path, early: &str) -> Result<(Vec<u8>, Vec<u8>)> {
             .args(extra)
             .status()
             .context("running grub-mkimage (install Debian's grub-common)")?;
-        ensure!(status.success(), "grub-mkimage -O {format} failed: {status}");
+        ensure!(
+            status.success(),
+            "grub-mkimage -O {format} failed: {status}"
+        );
         images.push(fs::read(&out)?);
     }
     let efi = images.pop().unwrap();
@@ -389,7 +408,12 @@ fn gpt_header(
 }
 
 /// Writes the primary and backup GPT of a disk of `total_sectors` into `disk`.
-pub fn write_gpt(disk: &mut [u8], total_sectors: u64, disk_guid: [u8; 16], partitions: &[GptEntry]) {
+pub fn write_gpt(
+    disk: &mut [u8],
+    total_sectors: u64,
+    disk_guid: [u8; 16],
+    partitions: &[GptEntry],
+) {
     let entries = entries_bytes(partitions);
     let crc = crc32fast::hash(&entries);
     let last = total_sectors - 1;
@@ -474,15 +498,30 @@ mod tests {
         assert_eq!(
             parse_guid(ESP_TYPE_GUID),
             [
-                0x28, 0x73, 0x2a, 0xc1, 0x1f, 0xf8, 0xd2, 0x11, 0xba, 0x4b, 0x00, 0xa0, 0xc9,
-                0x3e, 0xc9, 0x3b
+                0x28, 0x73, 0x2a, 0xc1, 0x1f, 0xf8, 0xd2, 0x11, 0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e,
+                0xc9, 0x3b
+            ]
+        );
+    }
+
+    #[test]
+    fn cache_type_is_the_one_init_looks_for() {
+        // init/src/cachepart.rs, CACHE_TYPE_GUID: keep the two equal.
+        assert_eq!(
+            parse_guid(CACHE_TYPE_GUID),
+            [
+                0x8c, 0x00, 0x25, 0x3d, 0xfd, 0xef, 0xec, 0x42, 0x81, 0x36, 0x07, 0xc4, 0xed, 0x8c,
+                0x4a, 0x53
             ]
         );
     }
 
     #[test]
     fn cmdline_gets_the_cache_unless_it_names_one() {
-        assert_eq!(disk_cmdline("console=ttyS0"), "console=ttyS0 collective.cache=auto");
+        assert_eq!(
+            disk_cmdline("console=ttyS0"),
+            "console=ttyS0 collective.cache=auto"
+        );
         assert_eq!(
             disk_cmdline("console=ttyS0 collective.cache=/dev/sdb"),
             "console=ttyS0 collective.cache=/dev/sdb"
@@ -514,7 +553,10 @@ mod tests {
         assert_eq!(read, parts);
         let backup = &disk[((total - 1) * SECTOR) as usize..];
         assert_eq!(&backup[0..8], b"EFI PART");
-        assert_eq!(u64::from_le_bytes(backup[72..80].try_into().unwrap()), total - 33);
+        assert_eq!(
+            u64::from_le_bytes(backup[72..80].try_into().unwrap()),
+            total - 33
+        );
     }
 
     #[test]
@@ -523,7 +565,10 @@ mod tests {
         boot[0x66] = 0xeb;
         boot[0x67] = 0x05;
         let mbr = bios_mbr(&boot, 2048, 100_000).unwrap();
-        assert_eq!(u64::from_le_bytes(mbr[0x5c..0x64].try_into().unwrap()), 2048);
+        assert_eq!(
+            u64::from_le_bytes(mbr[0x5c..0x64].try_into().unwrap()),
+            2048
+        );
         assert_eq!(&mbr[0x66..0x68], &[0x90, 0x90]);
         assert_eq!(mbr[0x1be + 4], 0xee);
         assert_eq!(&mbr[510..], &[0x55, 0xaa]);
@@ -532,6 +577,9 @@ mod tests {
         core[0x1fc] = 3;
         let core = patch_core_img(core, 2048).unwrap();
         assert_eq!(core.len(), 512 * 4);
-        assert_eq!(u64::from_le_bytes(core[0x1f4..0x1fc].try_into().unwrap()), 2049);
+        assert_eq!(
+            u64::from_le_bytes(core[0x1f4..0x1fc].try_into().unwrap()),
+            2049
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! Finding, checking and (on first use) formatting the cache disk.
 //!
 //! `collective.cache=` names the disk by path, partition label or serial number, or
-//! `auto` picks the first disk that already holds a cache, else the first empty one. A
+//! `auto` picks our own cache partition (see [`crate::cachepart`]), else the first disk
+//! that already holds a cache, else the first empty one. A
 //! disk that holds anything else is never formatted unless `collective.cache_force=1`
 //! says so: wiping a stranger's data is worse than running from memory. Without a disk
 //! the terminal runs from memory and says so.
@@ -209,8 +210,31 @@ pub fn bring_up(setting: Option<&str>, force: bool, wait: Duration) -> CacheRepo
     }
 }
 
-/// `auto`: a disk that already holds a cache, else the first empty one.
+/// `auto`: a `collective-cache` partition of ours (a disk written from `disk.img`; grown
+/// to the end of its disk before its first format), else a disk that already holds a
+/// cache, else the first empty one.
 fn auto_pick(sys: &Path, force: bool) -> Option<PathBuf> {
+    for part in crate::cachepart::find(sys) {
+        if let Ok(storage) = FileStorage::open_read_only(&part.device) {
+            if Cache::open(Box::new(storage)).is_ok() {
+                return Some(part.device);
+            }
+        }
+        if force || is_empty(&part.device) {
+            if let Err(e) = crate::cachepart::grow(&part) {
+                warn!(
+                    "cache: could not grow {} to the end of {}: {e}; using it as it is",
+                    part.device.display(),
+                    part.disk.display()
+                );
+            }
+            return Some(part.device);
+        }
+        warn!(
+            "cache: {} holds data that is not a cache; not touching it",
+            part.device.display()
+        );
+    }
     let disks = candidate_disks(sys);
     for disk in &disks {
         if let Ok(storage) = FileStorage::open_read_only(disk) {
