@@ -329,8 +329,11 @@ fn fat_image(bytes: u64, volume_id: u32, files: &[(&str, &[u8])]) -> Result<Vec<
     )
     .context("formatting the boot partition")?;
     {
-        let fs = fatfs::FileSystem::new(&mut cursor, fatfs::FsOptions::new())
-            .context("opening the boot partition")?;
+        let fs = fatfs::FileSystem::new(
+            &mut cursor,
+            fatfs::FsOptions::new().time_provider(&FAT_EPOCH),
+        )
+        .context("opening the boot partition")?;
         let root = fs.root_dir();
         for (path, data) in files {
             let mut dir = root.clone();
@@ -350,6 +353,33 @@ fn fat_image(bytes: u64, volume_id: u32, files: &[(&str, &[u8])]) -> Result<Vec<
     }
     Ok(cursor.into_inner())
 }
+
+/// FAT time stamps: 1980-01-01 00:00, the FAT epoch, for every build.
+#[derive(Debug)]
+struct FatEpoch;
+
+impl fatfs::TimeProvider for FatEpoch {
+    fn get_current_date(&self) -> fatfs::Date {
+        fatfs::Date {
+            year: 1980,
+            month: 1,
+            day: 1,
+        }
+    }
+    fn get_current_date_time(&self) -> fatfs::DateTime {
+        fatfs::DateTime {
+            date: self.get_current_date(),
+            time: fatfs::Time {
+                hour: 0,
+                min: 0,
+                sec: 0,
+                millis: 0,
+            },
+        }
+    }
+}
+
+static FAT_EPOCH: FatEpoch = FatEpoch;
 
 /// One GPT partition entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -513,6 +543,81 @@ mod tests {
                 0x8c, 0x00, 0x25, 0x3d, 0xfd, 0xef, 0xec, 0x42, 0x81, 0x36, 0x07, 0xc4, 0xed, 0x8c,
                 0x4a, 0x53
             ]
+        );
+    }
+
+    /// A whole image from stand-in kernel and initrd files: needs GRUB's tools and
+    /// images (scripts/deps.sh installs them).
+    #[test]
+    fn image_is_reproducible_and_holds_the_firmware() {
+        let tmp = crate::image::TempDir::new("disk-test").unwrap();
+        let vmlinuz = tmp.path().join("vmlinuz");
+        let initrd = tmp.path().join("initrd.img");
+        fs::write(&vmlinuz, vec![0x4b; 300_000]).unwrap();
+        fs::write(&initrd, b"initrd bytes").unwrap();
+        let a = tmp.path().join("a.img");
+        let b = tmp.path().join("b.img");
+        let ra = write_disk_image(&a, &vmlinuz, &initrd, "console=ttyS0", b"seed").unwrap();
+        write_disk_image(&b, &vmlinuz, &initrd, "console=ttyS0", b"seed").unwrap();
+        let da = fs::read(&a).unwrap();
+        assert!(da == fs::read(&b).unwrap(), "two builds differ");
+        assert_eq!(ra.bytes, da.len() as u64);
+        assert_eq!(ra.cmdline, "console=ttyS0 collective.cache=auto");
+
+        let (alternate, parts) = read_gpt(&da).unwrap();
+        assert_eq!(alternate, da.len() as u64 / SECTOR - 1);
+        let names: Vec<&str> = parts.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                BIOS_BOOT_PARTITION_NAME,
+                BOOT_PARTITION_NAME,
+                CACHE_PARTITION_NAME
+            ]
+        );
+        let cache = &parts[2];
+        assert_eq!(cache.type_guid, parse_guid(CACHE_TYPE_GUID));
+        assert_eq!(
+            cache.last_lba,
+            da.len() as u64 / SECTOR - 34,
+            "cache is last"
+        );
+        let cache_bytes =
+            &da[(cache.first_lba * SECTOR) as usize..][..CACHE_BYTES_IN_FILE as usize];
+        assert!(
+            cache_bytes.iter().all(|&b| b == 0),
+            "cache partition left empty"
+        );
+        // BIOS: boot.img points at core.img, which points at its own second sector.
+        assert_eq!(u64::from_le_bytes(da[0x5c..0x64].try_into().unwrap()), 2048);
+        let core = &da[2048 * 512..];
+        assert_eq!(
+            u64::from_le_bytes(core[0x1f4..0x1fc].try_into().unwrap()),
+            2049
+        );
+
+        // UEFI: the boot partition is FAT with GRUB where firmware looks and the files.
+        let esp = &parts[1];
+        let bytes =
+            da[(esp.first_lba * SECTOR) as usize..((esp.last_lba + 1) * SECTOR) as usize].to_vec();
+        let fs = fatfs::FileSystem::new(Cursor::new(bytes), fatfs::FsOptions::new()).unwrap();
+        assert_eq!(
+            format!("{:08X}", fs.volume_id()),
+            ra.fs_uuid.replace('-', "")
+        );
+        let read = |path: &str| {
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut fs.root_dir().open_file(path).unwrap(), &mut data)
+                .unwrap();
+            data
+        };
+        assert_eq!(&read("EFI/BOOT/BOOTX64.EFI")[..2], b"MZ");
+        assert_eq!(read("vmlinuz"), fs::read(&vmlinuz).unwrap());
+        assert_eq!(read("initrd.img"), b"initrd bytes");
+        let cfg = String::from_utf8(read("boot/grub/grub.cfg")).unwrap();
+        assert!(
+            cfg.contains("linux /vmlinuz console=ttyS0 collective.cache=auto"),
+            "{cfg}"
         );
     }
 

@@ -45,7 +45,15 @@ pub struct MachineConfig {
     pub disks: Vec<PathBuf>,
     /// More QEMU arguments (more NICs, say).
     pub extra_args: Vec<String>,
+    /// Boot from this raw disk image (virtio-blk, first in the boot order) through the
+    /// PC's firmware instead of `-kernel`/`-initrd`: `disk.img` as a USB stick would.
+    pub boot_disk: Option<PathBuf>,
+    /// The PC's firmware (`-bios`): `None` is QEMU's SeaBIOS, [`OVMF`] boots UEFI.
+    pub bios: Option<PathBuf>,
 }
+
+/// Debian's UEFI firmware for QEMU (package `ovmf`), for [`MachineConfig::bios`].
+pub const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
 
 impl Default for MachineConfig {
     fn default() -> Self {
@@ -57,6 +65,8 @@ impl Default for MachineConfig {
             memory_mib: 2048,
             disks: Vec::new(),
             extra_args: Vec::new(),
+            boot_disk: None,
+            bios: None,
         }
     }
 }
@@ -129,6 +139,18 @@ impl Machine {
             cmd.arg("-drive")
                 .arg(format!("file={},if=virtio,format=raw", disk.display()));
         }
+        if let Some(bios) = &config.bios {
+            cmd.arg("-bios").arg(bios);
+        }
+        if let Some(disk) = &config.boot_disk {
+            cmd.arg("-drive")
+                .arg(format!(
+                    "file={},if=none,id=bootdisk,format=raw",
+                    disk.display()
+                ))
+                .arg("-device")
+                .arg("virtio-blk-pci,drive=bootdisk,bootindex=0");
+        }
         if !config.allow_reboot {
             cmd.arg("-no-reboot");
         }
@@ -149,7 +171,7 @@ impl Machine {
                     .arg(format!("{model},netdev=n0,bootindex=1"));
             }
         }
-        if !config.pxe {
+        if !config.pxe && config.boot_disk.is_none() {
             let mut cmdline = firmware.cmdline.clone();
             for extra in &config.extra_cmdline {
                 cmdline.push(' ');
