@@ -637,7 +637,7 @@ mod tests {
     fn esp_leaves_room_and_is_whole_mebibytes() {
         assert_eq!(esp_size(0), 32 * MIB);
         let s = esp_size(20 * MIB);
-        assert!(s >= 36 * MIB && s % (4 * MIB) == 0, "{s}");
+        assert!(s >= 36 * MIB && s.is_multiple_of(4 * MIB), "{s}");
     }
 
     #[test]
