@@ -158,6 +158,17 @@ pub fn open_or_format(device: &Path, force: bool) -> Result<(String, bool), Stri
 /// Finds and opens the cache the settings ask for; waits up to `wait` for the disk to
 /// appear (USB disks enumerate late).
 pub fn bring_up(setting: Option<&str>, force: bool, wait: Duration) -> CacheReport {
+    bring_up_polling(setting, force, wait, &mut || {})
+}
+
+/// [`bring_up`], calling `poll` between tries: init loads the drivers that devices which
+/// appeared meanwhile ask for (a USB stick's disk needs `sd_mod` only once it shows up).
+pub fn bring_up_polling(
+    setting: Option<&str>,
+    force: bool,
+    wait: Duration,
+    poll: &mut dyn FnMut(),
+) -> CacheReport {
     let Some(text) = setting else {
         return CacheReport {
             device: None,
@@ -207,6 +218,7 @@ pub fn bring_up(setting: Option<&str>, force: bool, wait: Duration) -> CacheRepo
             };
         }
         std::thread::sleep(Duration::from_millis(100));
+        poll();
     }
 }
 

@@ -48,6 +48,9 @@ pub struct MachineConfig {
     /// Boot from this raw disk image (virtio-blk, first in the boot order) through the
     /// PC's firmware instead of `-kernel`/`-initrd`: `disk.img` as a USB stick would.
     pub boot_disk: Option<PathBuf>,
+    /// Attach `boot_disk` as a removable USB stick (usb-storage on an xHCI controller,
+    /// `/dev/sda` in the firmware) instead of virtio-blk.
+    pub boot_disk_usb: bool,
     /// The PC's firmware (`-bios`): `None` is QEMU's SeaBIOS, [`OVMF`] boots UEFI.
     pub bios: Option<PathBuf>,
 }
@@ -66,6 +69,7 @@ impl Default for MachineConfig {
             disks: Vec::new(),
             extra_args: Vec::new(),
             boot_disk: None,
+            boot_disk_usb: false,
             bios: None,
         }
     }
@@ -148,8 +152,14 @@ impl Machine {
                     "file={},if=none,id=bootdisk,format=raw",
                     disk.display()
                 ))
-                .arg("-device")
-                .arg("virtio-blk-pci,drive=bootdisk,bootindex=0");
+                .arg("-device");
+            if config.boot_disk_usb {
+                cmd.arg("qemu-xhci,id=bootxhci")
+                    .arg("-device")
+                    .arg("usb-storage,bus=bootxhci.0,drive=bootdisk,removable=on,bootindex=0");
+            } else {
+                cmd.arg("virtio-blk-pci,drive=bootdisk,bootindex=0");
+            }
         }
         if !config.allow_reboot {
             cmd.arg("-no-reboot");

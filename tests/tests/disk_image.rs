@@ -1,5 +1,6 @@
 //! `disk.img` (written by `collective-image build`) boots as a USB stick would: copied onto
-//! a larger disk, booted through SeaBIOS and through OVMF (UEFI) with no `-kernel`, it
+//! a larger disk, booted with no `-kernel` through SeaBIOS (as a virtio disk) and through
+//! OVMF (UEFI, as a removable USB stick on xHCI), it
 //! reaches `login:`; its cache partition grows to the end of the disk and is formatted on
 //! the first boot, and is found again, not reformatted, on the second.
 
@@ -51,9 +52,10 @@ fn partitions(path: &Path) -> Vec<disk::GptEntry> {
 
 /// Boots the stick, waits for bring-up and DHCP, and returns the status screen's cache
 /// line; powers off.
-fn boot_and_read_cache_line(stick: &Path, bios: Option<&str>) -> (String, Duration) {
+fn boot_and_read_cache_line(stick: &Path, bios: Option<&str>, usb: bool) -> (String, Duration) {
     let config = MachineConfig {
         boot_disk: Some(stick.to_path_buf()),
+        boot_disk_usb: usb,
         bios: bios.map(PathBuf::from),
         ..Default::default()
     };
@@ -79,17 +81,18 @@ fn boot_and_read_cache_line(stick: &Path, bios: Option<&str>) -> (String, Durati
 }
 
 /// Two boots of one stick: the first grows and formats the cache partition, the second
-/// finds it as it was.
-fn boots_twice(name: &str, bios: Option<&str>) {
+/// finds it as it was. `usb`: a removable USB stick (`/dev/sda`), else virtio-blk.
+fn boots_twice(name: &str, bios: Option<&str>, usb: bool) {
     let stick = stick(name);
     let before = partitions(&stick);
     let cache = before
         .iter()
         .position(|p| p.name == CACHE_PARTITION_NAME)
         .expect("a cache partition in disk.img");
-    let device = format!("/dev/vda{}", cache + 1);
+    let disk = if usb { "/dev/sda" } else { "/dev/vda" };
+    let device = format!("{disk}{}", cache + 1);
 
-    let (first, t1) = boot_and_read_cache_line(&stick, bios);
+    let (first, t1) = boot_and_read_cache_line(&stick, bios, usb);
     eprintln!(
         "{name}: first boot to login: {:.1} s; {first}",
         t1.as_secs_f64()
@@ -117,7 +120,7 @@ fn boots_twice(name: &str, bios: Option<&str>) {
         "other partitions untouched"
     );
 
-    let (second, t2) = boot_and_read_cache_line(&stick, bios);
+    let (second, t2) = boot_and_read_cache_line(&stick, bios, usb);
     eprintln!(
         "{name}: second boot to login: {:.1} s; {second}",
         t2.as_secs_f64()
@@ -153,14 +156,15 @@ fn disk_image_is_compact_and_partitioned() {
 
 #[test]
 fn disk_image_boots_on_bios_and_keeps_its_cache() {
-    boots_twice("bios", None);
+    boots_twice("bios", None, false);
 }
 
+/// UEFI from a removable USB stick: the path a person takes with `dd`.
 #[test]
-fn disk_image_boots_on_uefi_and_keeps_its_cache() {
+fn disk_image_boots_on_uefi_from_a_usb_stick_and_keeps_its_cache() {
     assert!(
         Path::new(OVMF).exists(),
         "{OVMF} is missing: install Debian's ovmf (scripts/deps.sh)"
     );
-    boots_twice("uefi", Some(OVMF));
+    boots_twice("uefi", Some(OVMF), true);
 }
