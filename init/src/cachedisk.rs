@@ -185,6 +185,7 @@ pub fn bring_up_polling(
             other => resolve(other, sys).filter(|p| p.exists()),
         };
         if let Some(device) = device {
+            grow_if_ours_and_new(&device, sys, force);
             return match open_or_format(&device, force) {
                 Ok((line, formatted)) => {
                     let note = if formatted {
@@ -222,24 +223,41 @@ pub fn bring_up_polling(
     }
 }
 
-/// `auto`: a `collective-cache` partition of ours (a disk written from `disk.img`; grown
-/// to the end of its disk before its first format), else a disk that already holds a
-/// cache, else the first empty one.
+/// Before the first format of one of our cache partitions (however it was named), grows
+/// it to the end of its disk.
+fn grow_if_ours_and_new(device: &Path, sys: &Path, force: bool) {
+    let Some(part) = crate::cachepart::find(sys)
+        .into_iter()
+        .find(|p| p.device == device)
+    else {
+        return;
+    };
+    if holds_cache(device) || !(force || is_empty(device)) {
+        return;
+    }
+    if let Err(e) = crate::cachepart::grow(&part) {
+        warn!(
+            "cache: could not grow {} to the end of {}: {e}; using it as it is",
+            part.device.display(),
+            part.disk.display()
+        );
+    }
+}
+
+fn holds_cache(device: &Path) -> bool {
+    FileStorage::open_read_only(device)
+        .map(|s| Cache::open(Box::new(s)).is_ok())
+        .unwrap_or(false)
+}
+
+/// `auto`: a `collective-cache` partition of ours (a disk written from `disk.img`), else a
+/// disk that already holds a cache, else the first empty one.
 fn auto_pick(sys: &Path, force: bool) -> Option<PathBuf> {
     for part in crate::cachepart::find(sys) {
-        if let Ok(storage) = FileStorage::open_read_only(&part.device) {
-            if Cache::open(Box::new(storage)).is_ok() {
-                return Some(part.device);
-            }
+        if holds_cache(&part.device) {
+            return Some(part.device);
         }
         if force || is_empty(&part.device) {
-            if let Err(e) = crate::cachepart::grow(&part) {
-                warn!(
-                    "cache: could not grow {} to the end of {}: {e}; using it as it is",
-                    part.device.display(),
-                    part.disk.display()
-                );
-            }
             return Some(part.device);
         }
         warn!(
