@@ -8,21 +8,21 @@
 //! | LBA 0 | protective MBR whose boot code is GRUB's `boot.img` (BIOS) |
 //! | LBA 1-33 | primary GPT header and 128 partition entries |
 //! | 1 MiB, 1 MiB | partition 1 `collective-bios-boot`, a BIOS boot partition holding GRUB's `core.img` |
-//! | 2 MiB, ESP size | partition 2 `collective-boot`, the EFI system partition (FAT): `EFI/BOOT/BOOTX64.EFI` (GRUB), `boot/grub/grub.cfg`, `vmlinuz`, `initrd.img` |
+//! | 2 MiB, ESP size | partition 2 `collective-boot`, the EFI system partition (FAT32): `EFI/BOOT/BOOTX64.EFI` (GRUB), `boot/grub/grub.cfg`, `vmlinuz`, `initrd.img` |
 //! | then, 1 MiB in the file | partition 3 `collective-cache`, type [`CACHE_TYPE_GUID`]: left zeroed; `init` grows it to the end of the disk and formats it on first boot |
 //! | last 33 sectors | backup GPT |
 //!
-//! Nothing here needs root or a loop device: the partition table and the FAT file system
-//! are written by this module, GRUB's core images come from `grub-mkimage` (Debian's
-//! `grub-common`, `grub-pc-bin`, `grub-efi-amd64-bin`), and the BIOS boot sector is
-//! GRUB's `boot.img` patched as `grub-bios-setup` would. The same inputs give the same
-//! bytes: GUIDs and the FAT serial are derived from the initrd's hash, FAT times are
-//! 1980-01-01.
+//! Nothing here needs root or a loop device: the partition table is written by this
+//! module, the FAT32 file system by mtools into a file, GRUB's core images come from
+//! `grub-mkimage` (Debian's `grub-common`, `grub-pc-bin`, `grub-efi-amd64-bin`), and the
+//! BIOS boot sector is GRUB's `boot.img` patched as `grub-bios-setup` would. The same
+//! inputs give the same bytes: GUIDs and the FAT serial are derived from the initrd's
+//! hash, FAT times are 1980-01-01.
 
 use anyhow::{bail, ensure, Context, Result};
 use sha2::{Digest, Sha256};
 use std::fs;
-use std::io::{Cursor, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -130,17 +130,23 @@ pub fn write_disk_image(
         boot_img.len()
     );
 
-    let vmlinuz_data =
-        fs::read(vmlinuz).with_context(|| format!("reading {}", vmlinuz.display()))?;
-    let initrd_data = fs::read(initrd).with_context(|| format!("reading {}", initrd.display()))?;
-    let grub_cfg = grub_cfg(&cmdline);
-    let files: Vec<(&str, &[u8])> = vec![
-        ("EFI/BOOT/BOOTX64.EFI", &efi_img),
-        ("boot/grub/grub.cfg", grub_cfg.as_bytes()),
-        ("vmlinuz", &vmlinuz_data),
-        ("initrd.img", &initrd_data),
+    let staged = crate::image::TempDir::new("collective-esp-files")?;
+    let efi_path = staged.path().join("BOOTX64.EFI");
+    fs::write(&efi_path, &efi_img)?;
+    let cfg_path = staged.path().join("grub.cfg");
+    fs::write(&cfg_path, grub_cfg(&cmdline))?;
+    let files: Vec<(&str, PathBuf)> = vec![
+        ("EFI/BOOT/BOOTX64.EFI", efi_path),
+        ("boot/grub/grub.cfg", cfg_path),
+        ("vmlinuz", vmlinuz.to_path_buf()),
+        ("initrd.img", initrd.to_path_buf()),
     ];
-    let content: u64 = files.iter().map(|(_, d)| d.len() as u64).sum();
+    let mut content = 0;
+    for (_, src) in &files {
+        content += fs::metadata(src)
+            .with_context(|| format!("reading {}", src.display()))?
+            .len();
+    }
     let esp_bytes = esp_size(content);
     let esp = fat_image(esp_bytes, volume_id, &files)?;
 
@@ -219,10 +225,10 @@ pub fn write_disk_image(
 }
 
 /// The boot partition: what it holds plus 16 MiB for a larger kernel, in whole 4 MiB,
-/// at least 32 MiB.
+/// at least 40 MiB (FAT32 needs 65525 clusters: 33 MiB of 512-byte ones).
 pub fn esp_size(content: u64) -> u64 {
     let want = content + content / 16 + 16 * MIB;
-    (want.div_ceil(4 * MIB) * 4 * MIB).max(32 * MIB)
+    (want.div_ceil(4 * MIB) * 4 * MIB).max(40 * MIB)
 }
 
 /// Runs `grub-mkimage` for BIOS (`core.img`) and UEFI (`BOOTX64.EFI`), both with `early`
@@ -317,69 +323,75 @@ pub fn patch_core_img(mut core: Vec<u8>, core_lba: u64) -> Result<Vec<u8>> {
     Ok(core)
 }
 
-/// A FAT file system of `bytes` holding `files` (paths with `/`), formatted with
-/// `volume_id` and label `COLLECTIVE`.
-fn fat_image(bytes: u64, volume_id: u32, files: &[(&str, &[u8])]) -> Result<Vec<u8>> {
-    let mut cursor = Cursor::new(vec![0u8; bytes as usize]);
-    fatfs::format_volume(
-        &mut cursor,
-        fatfs::FormatVolumeOptions::new()
-            .volume_id(volume_id)
-            .volume_label(*b"COLLECTIVE "),
-    )
-    .context("formatting the boot partition")?;
-    {
-        let fs = fatfs::FileSystem::new(
-            &mut cursor,
-            fatfs::FsOptions::new().time_provider(&FAT_EPOCH),
-        )
-        .context("opening the boot partition")?;
-        let root = fs.root_dir();
-        for (path, data) in files {
-            let mut dir = root.clone();
-            let mut parts: Vec<&str> = path.split('/').collect();
-            let name = parts.pop().unwrap();
-            for part in parts {
-                dir = match dir.open_dir(part) {
-                    Ok(d) => d,
-                    Err(_) => dir.create_dir(part)?,
-                };
-            }
-            let mut f = dir.create_file(name)?;
-            f.truncate()?;
-            f.write_all(data)
-                .with_context(|| format!("writing {path} to the boot partition"))?;
+/// A FAT32 file system of `bytes` holding `files` (path in the file system, file on this
+/// machine), with volume serial `volume_id` and label `COLLECTIVE`, made with mtools (no
+/// root, no mount). Time stamps are the FAT epoch (`SOURCE_DATE_EPOCH` 1980-01-01 UTC),
+/// so the same inputs give the same bytes.
+fn fat_image(bytes: u64, volume_id: u32, files: &[(&str, PathBuf)]) -> Result<Vec<u8>> {
+    use std::ffi::OsStr;
+    let tmp = crate::image::TempDir::new("collective-esp")?;
+    let img = tmp.path().join("esp.img");
+    fs::File::create(&img)?.set_len(bytes)?;
+    let mtools = |program: &str, args: &[&OsStr]| -> Result<()> {
+        let out = Command::new(program)
+            .arg("-i")
+            .arg(&img)
+            .args(args)
+            .env("TZ", "UTC")
+            .env("SOURCE_DATE_EPOCH", "315532800")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .env_remove("MTOOLSRC")
+            .output()
+            .with_context(|| format!("running {program} (install Debian's mtools)"))?;
+        ensure!(
+            out.status.success(),
+            "{program} {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(())
+    };
+    let sectors = (bytes / SECTOR).to_string();
+    let serial = format!("{volume_id:08X}");
+    // Small partitions need one-sector clusters to have enough of them for FAT32 (what
+    // the UEFI specification asks of a system partition); larger ones get mformat's choice.
+    let cluster = if bytes < 128 * MIB { "1" } else { "8" };
+    let words = [
+        "-c",
+        cluster,
+        "-F",
+        "-T",
+        &sectors,
+        "-h",
+        "64",
+        "-s",
+        "32",
+        "-H",
+        "0",
+        "-N",
+        &serial,
+        "-v",
+        "COLLECTIVE",
+        "::",
+    ];
+    let args: Vec<&OsStr> = words.iter().map(OsStr::new).collect();
+    mtools("mformat", &args).context("formatting the boot partition")?;
+    let mut dirs = std::collections::BTreeSet::new();
+    for (path, _) in files {
+        let parts: Vec<&str> = path.split('/').collect();
+        for n in 1..parts.len() {
+            dirs.insert(format!("::/{}", parts[..n].join("/")));
         }
     }
-    Ok(cursor.into_inner())
+    for dir in &dirs {
+        mtools("mmd", &[OsStr::new(dir)])?;
+    }
+    for (path, src) in files {
+        let dest = format!("::/{path}");
+        mtools("mcopy", &[src.as_os_str(), OsStr::new(&dest)])
+            .with_context(|| format!("copying {} to the boot partition", src.display()))?;
+    }
+    Ok(fs::read(&img)?)
 }
-
-/// FAT time stamps: 1980-01-01 00:00, the FAT epoch, for every build.
-#[derive(Debug)]
-struct FatEpoch;
-
-impl fatfs::TimeProvider for FatEpoch {
-    fn get_current_date(&self) -> fatfs::Date {
-        fatfs::Date {
-            year: 1980,
-            month: 1,
-            day: 1,
-        }
-    }
-    fn get_current_date_time(&self) -> fatfs::DateTime {
-        fatfs::DateTime {
-            date: self.get_current_date(),
-            time: fatfs::Time {
-                hour: 0,
-                min: 0,
-                sec: 0,
-                millis: 0,
-            },
-        }
-    }
-}
-
-static FAT_EPOCH: FatEpoch = FatEpoch;
 
 /// One GPT partition entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -596,15 +608,27 @@ mod tests {
             2049
         );
 
-        // UEFI: the boot partition is FAT with GRUB where firmware looks and the files.
+        // UEFI: the boot partition is FAT32 with GRUB where firmware looks and the files.
         let esp = &parts[1];
         let bytes =
             da[(esp.first_lba * SECTOR) as usize..((esp.last_lba + 1) * SECTOR) as usize].to_vec();
-        let fs = fatfs::FileSystem::new(Cursor::new(bytes), fatfs::FsOptions::new()).unwrap();
+        // dosfstools finds nothing to repair.
+        let esp_file = tmp.path().join("esp.img");
+        fs::write(&esp_file, &bytes).unwrap();
+        let fsck = Command::new("fsck.fat")
+            .arg("-n")
+            .arg(&esp_file)
+            .output()
+            .expect("fsck.fat (Debian's dosfstools)");
+        let report = String::from_utf8_lossy(&fsck.stdout);
+        assert!(fsck.status.success(), "{report}");
+        let fs =
+            fatfs::FileSystem::new(std::io::Cursor::new(bytes), fatfs::FsOptions::new()).unwrap();
         assert_eq!(
             format!("{:08X}", fs.volume_id()),
             ra.fs_uuid.replace('-', "")
         );
+        assert_eq!(fs.fat_type(), fatfs::FatType::Fat32);
         let read = |path: &str| {
             let mut data = Vec::new();
             std::io::Read::read_to_end(&mut fs.root_dir().open_file(path).unwrap(), &mut data)
@@ -635,7 +659,7 @@ mod tests {
 
     #[test]
     fn esp_leaves_room_and_is_whole_mebibytes() {
-        assert_eq!(esp_size(0), 32 * MIB);
+        assert_eq!(esp_size(0), 40 * MIB);
         let s = esp_size(20 * MIB);
         assert!(s >= 36 * MIB && s.is_multiple_of(4 * MIB), "{s}");
     }
