@@ -114,6 +114,17 @@ fn boots_twice(name: &str, bios: Option<&str>, usb: bool) {
         "cache partition ends where the disk's usable space ends"
     );
     assert_eq!(after[cache].first_lba, before[cache].first_lba);
+    // An independent reader agrees: both tables valid, backup at the disk's end.
+    let verify = std::process::Command::new("sgdisk")
+        .arg("-v")
+        .arg(&stick)
+        .output()
+        .expect("sgdisk (Debian's gdisk)");
+    let report = String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        verify.status.success() && report.contains("No problems found"),
+        "sgdisk -v after the first boot:\n{report}"
+    );
     assert_eq!(
         &after[..cache],
         &before[..cache],
