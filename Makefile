@@ -14,7 +14,7 @@ deps:
 build:
 	$(CARGO) build --workspace --locked
 
-# The firmware: vmlinuz, initrd.img and boot.ipxe in $(FIRMWARE_DIR).
+# The firmware: vmlinuz, initrd.img, boot.ipxe and disk.img in $(FIRMWARE_DIR).
 firmware: deps
 	$(CARGO) run --release --locked -p image-builder -- build --out $(FIRMWARE_DIR)
 

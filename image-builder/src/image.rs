@@ -41,6 +41,8 @@ pub struct BuildOptions {
     pub zstd_level: i32,
     /// The display drivers carried, by group name ([`modules::GPUS`]).
     pub gpus: Vec<String>,
+    /// Also write `disk.img`, the firmware on a disk that boots on BIOS and UEFI.
+    pub disk_image: bool,
 }
 
 impl BuildOptions {
@@ -63,6 +65,7 @@ impl BuildOptions {
                 .iter()
                 .map(|g| g.to_string())
                 .collect(),
+            disk_image: true,
         })
     }
 }
@@ -96,6 +99,8 @@ pub struct BuildReport {
     /// Each chosen display-driver group and the bytes of module files it adds (its
     /// modules and what only they depend on, uncompressed).
     pub gpus: Vec<(String, u64)>,
+    /// `disk.img`, if it was asked for.
+    pub disk: Option<crate::disk::DiskReport>,
 }
 
 impl BuildReport {
@@ -132,6 +137,15 @@ impl BuildReport {
             human(self.cpio_bytes),
         );
         let _ = writeln!(s, "  boot.ipxe             {}", self.ipxe.display());
+        if let Some(d) = &self.disk {
+            let _ = writeln!(
+                s,
+                "  disk.img   {:>10}  {} (GPT, BIOS and UEFI; boot partition {})",
+                human(d.bytes),
+                d.path.display(),
+                human(d.esp_bytes)
+            );
+        }
         for (name, size) in &self.programs {
             let _ = writeln!(s, "  program    {:>10}  /{name}", human(*size));
         }
@@ -235,7 +249,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     write_atomically(&ipxe, ipxe_script(&kernel.release, &cmdline).as_bytes())?;
     write_atomically(&opts.out.join("cmdline"), cmdline.as_bytes())?;
 
-    let report = BuildReport {
+    let mut report = BuildReport {
         vmlinuz_bytes: fs::metadata(&vmlinuz)?.len(),
         initrd_bytes: initrd_bytes.len() as u64,
         cpio_bytes: cpio.len() as u64,
@@ -252,7 +266,17 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         cmdline,
         modules: module_names,
         gpus,
+        disk: None,
     };
+    if opts.disk_image {
+        report.disk = Some(crate::disk::write_disk_image(
+            &opts.out.join("disk.img"),
+            &report.vmlinuz,
+            &report.initrd,
+            &report.cmdline,
+            &initrd_bytes,
+        )?);
+    }
     write_atomically(&opts.out.join("BUILD-INFO"), build_info(&report).as_bytes())?;
     info!("firmware written to {}", opts.out.display());
     Ok(report)
@@ -260,6 +284,13 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
 
 /// The build record kept next to the images: what went in, pinned exactly.
 fn build_info(r: &BuildReport) -> String {
+    let disk = match &r.disk {
+        Some(d) => format!(
+            "disk_bytes={}\ndisk_boot_partition_bytes={}\ndisk_fs_uuid={}\ndisk_cmdline={}\n",
+            d.bytes, d.esp_bytes, d.fs_uuid, d.cmdline
+        ),
+        None => String::new(),
+    };
     format!(
         "kernel_package={}\nkernel_version={}\nkernel_release={}\nrequested_package={}\nrequested_version={}\n\
          vmlinuz_bytes={}\ninitrd_bytes={}\ninitrd_sha256={}\ncmdline={}\nmodules={}\n",
@@ -273,7 +304,7 @@ fn build_info(r: &BuildReport) -> String {
         r.initrd_sha256,
         r.cmdline,
         r.modules.join(",")
-    )
+    ) + &disk
 }
 
 /// The initramfs contents: programs, modules with their indexes, device nodes, and the

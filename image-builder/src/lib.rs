@@ -4,6 +4,7 @@
 
 pub mod binaries;
 pub mod debian;
+pub mod disk;
 pub mod image;
 pub mod initramfs;
 pub mod modules;

@@ -18,7 +18,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Build vmlinuz, initrd.img and boot.ipxe into a folder.
+    /// Build vmlinuz, initrd.img, boot.ipxe and disk.img into a folder.
     Build {
         /// Output folder; created if missing.
         #[arg(long)]
@@ -64,6 +64,9 @@ enum Command {
         /// the firmware's framebuffer, else the serial console.
         #[arg(long, value_delimiter = ',', default_values_t = image_builder::modules::DEFAULT_GPUS.iter().map(|g| g.to_string()))]
         gpu: Vec<String>,
+        /// Do not write disk.img (the firmware on a GPT disk for BIOS and UEFI).
+        #[arg(long)]
+        no_disk_image: bool,
     },
 }
 
@@ -91,6 +94,7 @@ fn run(cli: Cli) -> Result<()> {
             cmdline,
             add,
             gpu,
+            no_disk_image,
         } => {
             let mut extra_files = add
                 .iter()
@@ -128,6 +132,7 @@ fn run(cli: Cli) -> Result<()> {
                 extra_files,
                 zstd_level: image_builder::initramfs::ZSTD_LEVEL,
                 gpus: gpu,
+                disk_image: !no_disk_image,
             };
             let report = image_builder::build(&opts)?;
             println!("{}", report.summary());

@@ -1,7 +1,8 @@
 //! Finding, checking and (on first use) formatting the cache disk.
 //!
 //! `collective.cache=` names the disk by path, partition label or serial number, or
-//! `auto` picks the first disk that already holds a cache, else the first empty one. A
+//! `auto` picks our own cache partition (see [`crate::cachepart`]), else the first disk
+//! that already holds a cache, else the first empty one. A
 //! disk that holds anything else is never formatted unless `collective.cache_force=1`
 //! says so: wiping a stranger's data is worse than running from memory. Without a disk
 //! the terminal runs from memory and says so.
@@ -157,6 +158,17 @@ pub fn open_or_format(device: &Path, force: bool) -> Result<(String, bool), Stri
 /// Finds and opens the cache the settings ask for; waits up to `wait` for the disk to
 /// appear (USB disks enumerate late).
 pub fn bring_up(setting: Option<&str>, force: bool, wait: Duration) -> CacheReport {
+    bring_up_polling(setting, force, wait, &mut || {})
+}
+
+/// [`bring_up`], calling `poll` between tries: init loads the drivers that devices which
+/// appeared meanwhile ask for (a USB stick's disk needs `sd_mod` only once it shows up).
+pub fn bring_up_polling(
+    setting: Option<&str>,
+    force: bool,
+    wait: Duration,
+    poll: &mut dyn FnMut(),
+) -> CacheReport {
     let Some(text) = setting else {
         return CacheReport {
             device: None,
@@ -173,6 +185,7 @@ pub fn bring_up(setting: Option<&str>, force: bool, wait: Duration) -> CacheRepo
             other => resolve(other, sys).filter(|p| p.exists()),
         };
         if let Some(device) = device {
+            grow_if_ours_and_new(&device, sys, force);
             return match open_or_format(&device, force) {
                 Ok((line, formatted)) => {
                     let note = if formatted {
@@ -206,11 +219,52 @@ pub fn bring_up(setting: Option<&str>, force: bool, wait: Duration) -> CacheRepo
             };
         }
         std::thread::sleep(Duration::from_millis(100));
+        poll();
     }
 }
 
-/// `auto`: a disk that already holds a cache, else the first empty one.
+/// Before the first format of one of our cache partitions (however it was named), grows
+/// it to the end of its disk.
+fn grow_if_ours_and_new(device: &Path, sys: &Path, force: bool) {
+    let Some(part) = crate::cachepart::find(sys)
+        .into_iter()
+        .find(|p| p.device == device)
+    else {
+        return;
+    };
+    if holds_cache(device) || !(force || is_empty(device)) {
+        return;
+    }
+    if let Err(e) = crate::cachepart::grow(&part) {
+        warn!(
+            "cache: could not grow {} to the end of {}: {e}; using it as it is",
+            part.device.display(),
+            part.disk.display()
+        );
+    }
+}
+
+fn holds_cache(device: &Path) -> bool {
+    FileStorage::open_read_only(device)
+        .map(|s| Cache::open(Box::new(s)).is_ok())
+        .unwrap_or(false)
+}
+
+/// `auto`: a `collective-cache` partition of ours (a disk written from `disk.img`), else a
+/// disk that already holds a cache, else the first empty one.
 fn auto_pick(sys: &Path, force: bool) -> Option<PathBuf> {
+    for part in crate::cachepart::find(sys) {
+        if holds_cache(&part.device) {
+            return Some(part.device);
+        }
+        if force || is_empty(&part.device) {
+            return Some(part.device);
+        }
+        warn!(
+            "cache: {} holds data that is not a cache; not touching it",
+            part.device.display()
+        );
+    }
     let disks = candidate_disks(sys);
     for disk in &disks {
         if let Ok(storage) = FileStorage::open_read_only(disk) {

@@ -2,6 +2,7 @@
 //! it can be tested on its own (unit tests, and network-namespace tests of DHCP).
 
 pub mod cachedisk;
+pub mod cachepart;
 pub mod children;
 pub mod console;
 pub mod dhcp;

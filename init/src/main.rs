@@ -169,10 +169,32 @@ fn bring_up() -> Vec<String> {
             ));
         }
     }
-    let cache = collective_init::cachedisk::bring_up(
+    // While waiting for the cache disk, load what late devices ask for: a USB stick's
+    // SCSI disk appears only after usb-storage has bound, and then wants sd_mod.
+    let mut last_poll = std::time::Instant::now();
+    let mut tried = std::collections::HashSet::new();
+    let cache = collective_init::cachedisk::bring_up_polling(
         settings.cache.as_deref(),
         settings.cache_force,
         std::time::Duration::from_secs(5),
+        &mut || {
+            if last_poll.elapsed() < std::time::Duration::from_millis(500) {
+                return;
+            }
+            last_poll = std::time::Instant::now();
+            // Each at most once: a driver for absent hardware fails again.
+            let late: Vec<String> = hotplug::coldplug_modules(&loader)
+                .into_iter()
+                .filter(|m| !loader.is_loaded(m) && tried.insert(m.clone()))
+                .collect();
+            if !late.is_empty() {
+                let (loaded, _) = loader.load_parallel(&late, 8);
+                info!(
+                    "drivers loaded while waiting for the cache disk: {}",
+                    loaded.join(" ")
+                );
+            }
+        },
     );
     problems.extend(cache.problem.clone());
     let kvm_status = match kvm_thread.map(|t| t.join()) {

@@ -12,5 +12,5 @@ pub mod qemu;
 pub mod screen;
 
 pub use firmware::Firmware;
-pub use qemu::{Machine, MachineConfig, Nic};
+pub use qemu::{Machine, MachineConfig, Nic, OVMF};
 pub use screen::Screenshot;

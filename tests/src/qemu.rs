@@ -45,7 +45,18 @@ pub struct MachineConfig {
     pub disks: Vec<PathBuf>,
     /// More QEMU arguments (more NICs, say).
     pub extra_args: Vec<String>,
+    /// Boot from this raw disk image (virtio-blk, first in the boot order) through the
+    /// PC's firmware instead of `-kernel`/`-initrd`: `disk.img` as a USB stick would.
+    pub boot_disk: Option<PathBuf>,
+    /// Attach `boot_disk` as a removable USB stick (usb-storage on an xHCI controller,
+    /// `/dev/sda` in the firmware) instead of virtio-blk.
+    pub boot_disk_usb: bool,
+    /// The PC's firmware (`-bios`): `None` is QEMU's SeaBIOS, [`OVMF`] boots UEFI.
+    pub bios: Option<PathBuf>,
 }
+
+/// Debian's UEFI firmware for QEMU (package `ovmf`), for [`MachineConfig::bios`].
+pub const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
 
 impl Default for MachineConfig {
     fn default() -> Self {
@@ -57,6 +68,9 @@ impl Default for MachineConfig {
             memory_mib: 2048,
             disks: Vec::new(),
             extra_args: Vec::new(),
+            boot_disk: None,
+            boot_disk_usb: false,
+            bios: None,
         }
     }
 }
@@ -129,6 +143,24 @@ impl Machine {
             cmd.arg("-drive")
                 .arg(format!("file={},if=virtio,format=raw", disk.display()));
         }
+        if let Some(bios) = &config.bios {
+            cmd.arg("-bios").arg(bios);
+        }
+        if let Some(disk) = &config.boot_disk {
+            cmd.arg("-drive")
+                .arg(format!(
+                    "file={},if=none,id=bootdisk,format=raw",
+                    disk.display()
+                ))
+                .arg("-device");
+            if config.boot_disk_usb {
+                cmd.arg("qemu-xhci,id=bootxhci")
+                    .arg("-device")
+                    .arg("usb-storage,bus=bootxhci.0,drive=bootdisk,removable=on,bootindex=0");
+            } else {
+                cmd.arg("virtio-blk-pci,drive=bootdisk,bootindex=0");
+            }
+        }
         if !config.allow_reboot {
             cmd.arg("-no-reboot");
         }
@@ -149,7 +181,7 @@ impl Machine {
                     .arg(format!("{model},netdev=n0,bootindex=1"));
             }
         }
-        if !config.pxe {
+        if !config.pxe && config.boot_disk.is_none() {
             let mut cmdline = firmware.cmdline.clone();
             for extra in &config.extra_cmdline {
                 cmdline.push(' ');
