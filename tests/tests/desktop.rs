@@ -317,10 +317,14 @@ fn the_debian_desktop_appliance_on_the_pc_screen() {
         &fw,
         &MachineConfig {
             nic: Nic::VirtioNet,
-            extra_cmdline: vec![format!(
-                "collective.repo={}",
-                server.guest_url().trim_end_matches('/')
-            )],
+            // The session's log on the serial line (saved in OUT/serial.log).
+            extra_cmdline: vec![
+                format!(
+                    "collective.repo={}",
+                    server.guest_url().trim_end_matches('/')
+                ),
+                "loglevel=7".into(),
+            ],
             disks: vec![disk],
             memory_mib: 3072,
             extra_args: [
