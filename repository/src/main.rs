@@ -141,6 +141,10 @@ enum Cmd {
         /// Seconds a connection may make no progress (idle keep-alive, stalled transfer).
         #[arg(long, default_value_t = Limits::default().io_timeout.as_secs())]
         io_timeout: u64,
+        /// A reverse proxy in front (the nginx front): its connections are not limited per
+        /// address, and its requests' client is the last X-Forwarded-For entry. Repeatable.
+        #[arg(long = "trusted-proxy", value_name = "IP")]
+        trusted_proxies: Vec<std::net::IpAddr>,
         /// Bytes each user's user disks may hold in the repository (e.g. 20G); none by default.
         #[arg(long)]
         user_quota: Option<String>,
@@ -467,6 +471,7 @@ fn run(cli: Cli) -> Result<()> {
             max_connections_per_client,
             max_bodies_per_client,
             io_timeout,
+            trusted_proxies,
             user_quota,
             insecure_fast_kdf,
         } => {
@@ -480,6 +485,7 @@ fn run(cli: Cli) -> Result<()> {
             config.limits.max_connections = max_connections;
             config.limits.max_connections_per_client = max_connections_per_client;
             config.limits.max_bodies_per_client = max_bodies_per_client;
+            config.limits.trusted_proxies = trusted_proxies;
             config.limits.io_timeout = std::time::Duration::from_secs(io_timeout.max(1));
             config.limits.user_quota = user_quota
                 .map(|q| parse_size(&q).map_err(|e| Error::Usage(format!("--user-quota {q}: {e}"))))

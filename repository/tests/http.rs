@@ -543,3 +543,44 @@ fn commit_bodies_are_bounded_by_the_disk_and_stored_compactly() {
     assert_eq!(stored.lines().count(), 1, "{stored}");
     assert!(stored.len() < 64 * 6 + 300, "{} bytes", stored.len());
 }
+
+/// Sends a bare GET with an `X-Forwarded-For` header over a plain socket.
+fn get_forwarded_for(base: &str, path: &str, forwarded_for: &str) {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nX-Forwarded-For: {forwarded_for}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    let _ = s.read_to_string(&mut reply);
+    assert!(reply.starts_with("HTTP/1.1 404"), "{reply}");
+}
+
+#[test]
+fn the_client_behind_a_trusted_proxy_is_the_address_it_forwarded() {
+    let f = Fixture::new();
+    // Behind a trusted front (here: loopback), the access log names the client the
+    // front saw, the last entry (the first is the client's own claim).
+    let (server, base, log) = f.serve_with(|cfg| {
+        cfg.limits.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    });
+    get_forwarded_for(&base, "/chunks/none", "6.6.6.6, 10.9.8.7");
+    let text = wait_for_log_line(&log, "10.9.8.7");
+    assert!(text.contains("10.9.8.7"), "{text}");
+    assert!(!text.contains("6.6.6.6"), "{text}");
+    drop(server);
+
+    // Without the trust, the header is anyone's claim and ignored.
+    let g = Fixture::new();
+    let (server, base, log) = g.serve();
+    get_forwarded_for(&base, "/chunks/none", "10.9.8.7");
+    let text = wait_for_log_line(&log, "127.0.0.1");
+    assert!(
+        text.contains("127.0.0.1") && !text.contains("10.9.8.7"),
+        "{text}"
+    );
+    drop(server);
+}

@@ -352,7 +352,10 @@ fn the_debian_desktop_appliance_on_the_pc_screen() {
     let shown = loop {
         if logged_in.elapsed() > Duration::from_secs(480) {
             let t = m.transcript();
-            let tail: String = t.chars().skip(t.chars().count().saturating_sub(6000)).collect();
+            let tail: String = t
+                .chars()
+                .skip(t.chars().count().saturating_sub(6000))
+                .collect();
             panic!("no desktop 8 minutes after the password; the serial line ended with:\n{tail}");
         }
         std::thread::sleep(Duration::from_secs(5));

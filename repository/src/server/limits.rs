@@ -45,6 +45,12 @@ pub struct Limits {
     /// Bytes (as stored) each user's committed user disks may hold together, and bytes of
     /// new chunks a user may upload before committing them; `None`: no quota.
     pub user_quota: Option<u64>,
+    /// Addresses of reverse proxies (the nginx front, docs/repository.md) whose requests
+    /// carry the real client in `X-Forwarded-For`: their connections are not limited per
+    /// address (they carry many clients), and each request's client, for the per-client
+    /// body limit, the login rate limit and the access log, is the address the proxy
+    /// appended last. Anyone else's `X-Forwarded-For` is ignored.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Default for Limits {
@@ -63,11 +69,29 @@ impl Default for Limits {
             queue_timeout: Duration::from_secs(5),
             retry_after_secs: 2,
             user_quota: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
 
 impl Limits {
+    /// The client a request comes from: the TCP peer, or, when the peer is a trusted
+    /// proxy, the last address in its `X-Forwarded-For` (what the proxy itself saw;
+    /// earlier entries are the client's own claims).
+    pub fn client(
+        &self,
+        peer: std::net::SocketAddr,
+        forwarded_for: Option<&str>,
+    ) -> std::net::SocketAddr {
+        if !self.trusted_proxies.contains(&peer.ip()) {
+            return peer;
+        }
+        forwarded_for
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|last| last.trim().parse::<std::net::IpAddr>().ok())
+            .map_or(peer, |ip| std::net::SocketAddr::new(ip, 0))
+    }
+
     /// Time allowed to receive a body of `len` bytes.
     pub fn body_timeout(&self, len: u64) -> Duration {
         self.body_timeout_base + Duration::from_secs(len / self.min_body_rate.max(1))
@@ -149,6 +173,26 @@ impl Clients {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_trusted_proxy_names_the_client() {
+        let peer: std::net::SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let mut l = Limits::default();
+        assert_eq!(l.client(peer, Some("10.0.0.9")), peer);
+        l.trusted_proxies = vec![peer.ip()];
+        assert_eq!(
+            l.client(peer, Some("1.1.1.1, 10.0.0.9")).ip().to_string(),
+            "10.0.0.9"
+        );
+        assert_eq!(
+            l.client(peer, Some(" 10.0.0.9 ")).ip().to_string(),
+            "10.0.0.9"
+        );
+        assert_eq!(l.client(peer, Some("fd00::1")).ip().to_string(), "fd00::1");
+        // Garbage or no header: the proxy itself.
+        assert_eq!(l.client(peer, Some("unknown")), peer);
+        assert_eq!(l.client(peer, None), peer);
+    }
 
     #[test]
     fn slots_are_bounded_per_address_and_released_on_drop() {

@@ -312,10 +312,14 @@ async fn accept_loop(
             }
         };
         let n = state.connections.fetch_add(1, Ordering::Relaxed);
+        // A trusted proxy carries many clients: only the overall bound applies to it.
+        let per_client = if state.limits.trusted_proxies.contains(&peer.ip()) {
+            state.max_connections
+        } else {
+            state.limits.max_connections_per_client
+        };
         let slot = if n < state.max_connections {
-            state
-                .clients
-                .connection(peer.ip(), state.limits.max_connections_per_client)
+            state.clients.connection(peer.ip(), per_client)
         } else {
             None
         };
@@ -423,6 +427,11 @@ async fn handle(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> 
     let start = Instant::now();
     let method = req.method().as_str().to_owned();
     let path = req.uri().path().to_owned();
+    let forwarded = req
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok());
+    let peer = state.limits.client(peer, forwarded);
     let reply = route(&state, req, &method, &path, peer).await;
     let mut line = LogLine {
         log: state.log.clone(),

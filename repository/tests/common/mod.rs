@@ -85,11 +85,20 @@ impl Fixture {
     }
 
     pub fn serve(&self) -> (RunningServer, String, PathBuf) {
+        self.serve_with(|_| {})
+    }
+
+    /// Like `serve`, with the configuration changed by `tune` first.
+    pub fn serve_with(
+        &self,
+        tune: impl FnOnce(&mut ServeConfig),
+    ) -> (RunningServer, String, PathBuf) {
         let log = self.path("access.log");
         let mut cfg = ServeConfig::new(&self.repo, "127.0.0.1:0");
         cfg.access_log = Some(log.clone());
         cfg.threads = 4;
         cfg.dummy_kdf = KdfParams::INSECURE_FOR_TESTS;
+        tune(&mut cfg);
         let server = repository::server::start(self.repo.clone(), &cfg).unwrap();
         let base = format!("http://{}/", server.addr());
         (server, base, log)
