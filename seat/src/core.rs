@@ -555,10 +555,14 @@ impl Core {
     }
 
     /// When the next frame may be drawn: `None` when there is nothing to draw or the
-    /// output's event will say (a flip in flight); `Some(0)` for now.
+    /// output's event will say (a flip in flight, unless the output gives a time to look
+    /// again); `Some(0)` for now.
     pub(crate) fn next_frame_in(&self) -> Option<Duration> {
-        if !self.has_work() || !self.output.can_present() {
+        if !self.has_work() {
             return None;
+        }
+        if !self.output.can_present() {
+            return self.output.present_retry_in();
         }
         match (self.output.frame_interval(), self.last_present) {
             (Some(interval), Some(last)) => Some(interval.saturating_sub(last.elapsed())),

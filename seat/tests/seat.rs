@@ -572,3 +572,58 @@ fn the_pointer_is_absolute_clamped_and_drawn() {
     });
     t.shutdown();
 }
+
+/// An output whose page flips never report completion, like a lost DRM event: it gives
+/// up after `timeout`, as the KMS output does.
+struct LostFlips {
+    inner: MemoryOutput,
+    sent: Option<Instant>,
+    timeout: Duration,
+}
+
+impl seat::Output for LostFlips {
+    fn size(&self) -> (u32, u32) {
+        self.inner.size()
+    }
+    fn stride(&self) -> usize {
+        self.inner.stride()
+    }
+    fn back_buffer(&mut self) -> &mut [u8] {
+        self.inner.back_buffer()
+    }
+    fn present(&mut self, damage: &[Rect]) -> Result<(), seat::Error> {
+        self.sent = Some(Instant::now());
+        self.inner.present(damage)
+    }
+    fn can_present(&self) -> bool {
+        self.sent.is_none_or(|s| s.elapsed() >= self.timeout)
+    }
+    fn present_retry_in(&self) -> Option<Duration> {
+        self.sent.map(|s| self.timeout.saturating_sub(s.elapsed()))
+    }
+    fn frame_interval(&self) -> Option<Duration> {
+        None
+    }
+}
+
+#[test]
+fn a_flip_whose_event_never_comes_does_not_freeze_the_screen() {
+    let (out, probe) = MemoryOutput::new(W, H);
+    let lost = LostFlips {
+        inner: out,
+        sent: None,
+        timeout: Duration::from_millis(50),
+    };
+    let seat = Seat::with_output(Box::new(lost), Arc::new(Control::default()));
+    let a = graphical(&seat, "desk", RED);
+    let t = seat.start().unwrap();
+    wait_until("first frame", || probe.pixel(5, 5) == RED);
+    // No event ever says the first flip is done: the next damage still reaches the
+    // screen, and the terminal's menu still opens.
+    a.pattern.color.store(GREEN, Ordering::SeqCst);
+    a.handle.damage(Rect::new(0, 0, W, H));
+    wait_until("damage after a lost flip", || probe.pixel(5, 5) == GREEN);
+    chord(&t, &[KEY_LEFTCTRL, KEY_LEFTALT, KEY_DELETE]);
+    wait_until("the menu after lost flips", || probe.pixel(5, 5) != GREEN);
+    t.shutdown();
+}

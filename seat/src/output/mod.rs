@@ -40,6 +40,11 @@ pub trait Output: Send {
     fn can_present(&self) -> bool {
         true
     }
+    /// While [`Output::can_present`] is false: when to look again even if no event
+    /// comes (an output that gives up on a lost event); `None` waits for the event.
+    fn present_retry_in(&self) -> Option<Duration> {
+        None
+    }
     /// A file descriptor that becomes readable when [`Output::can_present`] may have
     /// turned true (the DRM fd's page-flip events); `None` for timer-paced outputs.
     fn poll_fd(&self) -> Option<RawFd> {
