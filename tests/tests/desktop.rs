@@ -385,8 +385,11 @@ fn the_debian_desktop_appliance_on_the_pc_screen() {
     let desktop = m.screendump().unwrap();
     m.send_key("ctrl-alt-t").unwrap();
     let samples = |s: &Screenshot| (s.width.div_ceil(7) * s.height.div_ceil(7)) as f64;
+    // A window: a tenth of the screen changed, and the screen is still the desktop (the
+    // seat's "no display yet" on black would change it too).
     m.wait_for_screen(Duration::from_secs(180), |s| {
         s.mismatches(7, |x, y| desktop.pixel(x, y)).0 as f64 > 0.1 * samples(s)
+            && lit_share(s) > 0.5
     })
     .expect("a terminal window after Ctrl+Alt+T");
     let _ = std::fs::copy(
