@@ -26,6 +26,7 @@ enum Cmd {
     /// Format DEV as an empty cache. With --size, DEV is a regular file
     /// created (or truncated) at that size.
     Format {
+        /// The cache's block device (or file, with --size).
         dev: PathBuf,
         /// Size of the file to create: bytes, or with a K/M/G/T suffix (powers of 1024).
         #[arg(long, value_parser = support::size::parse)]
@@ -35,9 +36,13 @@ enum Cmd {
         force: bool,
     },
     /// Print usage, pins, overlays and chunk counts.
-    Inspect { dev: PathBuf },
+    Inspect {
+        /// The cache's block device or file.
+        dev: PathBuf,
+    },
     /// Verify every record; exits 1 if damage was found (and not repaired).
     Fsck {
+        /// The cache's block device or file.
         dev: PathBuf,
         /// Drop damaged chunks and rewrite the metadata.
         #[arg(long)]

@@ -36,8 +36,10 @@ enum Command {
         /// this workspace (all three or none).
         #[arg(long, requires_all = ["vmm", "session"])]
         init: Option<PathBuf>,
+        /// The `vmm` program to install as /bin/vmm (with --init and --session).
         #[arg(long, requires_all = ["init", "session"])]
         vmm: Option<PathBuf>,
+        /// The `session` program to install as /bin/session (with --init and --vmm).
         #[arg(long, requires_all = ["init", "vmm"])]
         session: Option<PathBuf>,
         /// The publishers' public keys the terminal trusts (`collective-repo keygen`

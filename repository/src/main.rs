@@ -38,22 +38,31 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Create an empty repository in DIR.
-    Init { dir: PathBuf },
+    Init {
+        /// The directory to create the repository in (made if missing; must be empty).
+        dir: PathBuf,
+    },
     /// Make a publisher key pair: PREFIX.key (secret, keep it safe) and PREFIX.pub (build it
     /// into the terminal image as a trusted key).
     Keygen {
+        /// PREFIX of the two files written: PREFIX.key and PREFIX.pub.
         #[arg(long, default_value = "publisher")]
         out: PathBuf,
     },
     /// Publish a new version of an appliance.
     Publish {
+        /// The repository directory.
         dir: PathBuf,
+        /// The appliance's name (letters, digits, '-', '_'); the version is the next one.
         #[arg(long)]
         name: String,
+        /// The guest kernel (bzImage or ELF vmlinux).
         #[arg(long)]
         kernel: PathBuf,
+        /// The guest's initrd, if it has one.
         #[arg(long)]
         initrd: Option<PathBuf>,
+        /// The guest kernel's command line.
         #[arg(long, default_value = "")]
         cmdline: String,
         /// ROLE=IMAGE or ROLE=SIZE, ROLE being system or user (repeatable, guest order).
@@ -62,6 +71,7 @@ enum Cmd {
         /// Guest memory in MiB.
         #[arg(long)]
         memory: u64,
+        /// Virtual CPUs.
         #[arg(long)]
         vcpus: u32,
         /// An appliance network to join: NAME or NAME=MAC (repeatable, guest NIC order).
@@ -116,11 +126,15 @@ enum Cmd {
     },
     /// Serve the repository over HTTP or HTTPS.
     Serve {
+        /// The repository directory.
         dir: PathBuf,
+        /// Address and port to listen on (0.0.0.0:PORT for every interface).
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
+        /// Serve HTTPS with this certificate chain (PEM; with --tls-key).
         #[arg(long, requires = "tls_key")]
         tls_cert: Option<PathBuf>,
+        /// The certificate's private key (PEM: PKCS#8, RSA or EC; with --tls-cert).
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
         /// Access log file (default DIR/logs/access.log).
@@ -157,17 +171,22 @@ enum Cmd {
 enum ImageCmd {
     /// Make an ext4 image from a directory, reproducibly.
     Create {
+        /// The directory tree that becomes the image's root.
         src: PathBuf,
+        /// The image file to write.
         #[arg(long)]
         out: PathBuf,
+        /// Image size: bytes, or with a K/M/G suffix (powers of 1024).
         #[arg(long)]
         size: String,
+        /// The ext4 volume label.
         #[arg(long, default_value = "system")]
         label: String,
     },
     /// Change an image in place, keeping unchanged files where they are (copy the previous
     /// version's image first, then update the copy).
     Update {
+        /// The image to change in place (a copy of the previous version's).
         image: PathBuf,
         /// HOST=GUEST: copy a host file or tree to an absolute path in the image.
         #[arg(long = "add")]
@@ -182,25 +201,32 @@ enum ImageCmd {
 enum UserCmd {
     /// Add a user; the password is asked for, or read from standard input if it is not a terminal.
     Add {
+        /// The user name.
         name: String,
         #[arg(long, hide = true)]
         insecure_fast_kdf: bool,
     },
     /// Change a user's password.
     Passwd {
+        /// The user name.
         name: String,
         #[arg(long, hide = true)]
         insecure_fast_kdf: bool,
     },
     /// Remove a user (their user disks are kept).
-    Remove { name: String },
+    Remove {
+        /// The user name.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
 enum SetCmd {
     /// Set a user's appliance set (replaces the old one), in start order.
     Assign {
+        /// The user name.
         user: String,
+        /// Appliance names, in start order (none: an empty set).
         appliances: Vec<String>,
     },
 }
