@@ -87,6 +87,24 @@ impl seat::SurfaceSource for Scanout {
     }
 }
 
+/// Logs the complete lines of a graphical appliance's console output (`pending` keeps an
+/// unfinished line, at most 1 KiB of it, for the next read).
+fn log_console_lines(name: &str, pending: &mut Vec<u8>, bytes: &[u8]) {
+    for &b in bytes {
+        if b == b'\n' || pending.len() >= 1024 {
+            let text = String::from_utf8_lossy(pending);
+            let text = text.trim_end_matches('\r');
+            if !text.is_empty() {
+                log::debug!("{name} console: {text}");
+            }
+            pending.clear();
+        }
+        if b != b'\n' {
+            pending.push(b);
+        }
+    }
+}
+
 /// The VMM's display end, forwarding to the appliance's place on the seat.
 struct SeatDisplay(ApplianceHandle);
 
@@ -242,8 +260,9 @@ impl Desktop {
                     keyboard,
                     tablet,
                 }));
-                // A graphical appliance's serial console is read and dropped: left
-                // unread, the guest would block writing to it.
+                // A graphical appliance's serial console is read (left unread, the guest
+                // would block writing to it) and goes to the log at debug level only
+                // (`collective.log=debug`): it is where a guest says why it reset.
                 readers.push((m.name, m.from_guest, None));
                 handles.push(handle);
             } else {
@@ -262,16 +281,22 @@ impl Desktop {
             .start()
             .map_err(|e| (format!("cannot start the seat: {e}"), Vec::new()))?;
         for (name, mut from_guest, handle) in readers {
+            let who = name.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("console-{name}"))
                 .spawn(move || {
                     let mut buf = [0u8; 4096];
+                    let mut line = Vec::new();
                     while let Ok(n) = from_guest.read(&mut buf) {
                         if n == 0 {
                             break;
                         }
-                        if let Some(h) = &handle {
-                            h.console_output(&buf[..n]);
+                        match &handle {
+                            Some(h) => h.console_output(&buf[..n]),
+                            None if log::log_enabled!(log::Level::Debug) => {
+                                log_console_lines(&who, &mut line, &buf[..n])
+                            }
+                            None => {}
                         }
                     }
                 });

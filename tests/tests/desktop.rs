@@ -324,6 +324,8 @@ fn the_debian_desktop_appliance_on_the_pc_screen() {
                     server.guest_url().trim_end_matches('/')
                 ),
                 "loglevel=7".into(),
+                // With the appliance's own console (why it reset, if it does).
+                "collective.log=debug".into(),
             ],
             disks: vec![disk],
             memory_mib: 3072,
