@@ -37,6 +37,8 @@ pub const REPOSITORY_CA: &str = "/etc/collective/ca.pem";
 pub struct SessionProgram {
     pub program: PathBuf,
     pub board: Arc<StatusBoard>,
+    /// `collective.log`: the session logs at the same level as init.
+    pub log_level: log::LevelFilter,
 }
 
 impl SessionProgram {
@@ -56,6 +58,10 @@ impl SessionProgram {
             args.extend(["--ca".to_string(), REPOSITORY_CA.to_string()]);
         }
         args.extend(["--password-fd".to_string(), "3".to_string()]);
+        args.extend([
+            "--log".to_string(),
+            self.log_level.as_str().to_ascii_lowercase(),
+        ]);
         args
     }
 }
@@ -120,5 +126,30 @@ impl Sessions for SessionProgram {
             )),
             None => failed("lost track of the session".into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::TerminalStatus;
+
+    #[test]
+    fn the_session_gets_the_user_repository_cache_and_log_level() {
+        let board = Arc::new(StatusBoard::new(TerminalStatus {
+            repo: Some("http://10.0.2.2:8080".into()),
+            ..TerminalStatus::default()
+        }));
+        let program = SessionProgram {
+            program: PathBuf::from("/bin/session"),
+            board,
+            log_level: log::LevelFilter::Debug,
+        };
+        let args = program.arguments("alice").join(" ");
+        assert!(
+            args.starts_with("--user alice --repo http://10.0.2.2:8080 --cache memory"),
+            "{args}"
+        );
+        assert!(args.ends_with("--log debug"), "{args}");
     }
 }

@@ -120,6 +120,7 @@ fn bring_up() -> Vec<String> {
     let sessions: Arc<dyn login::Sessions> = Arc::new(login::SessionProgram {
         program: PathBuf::from("/bin/session"),
         board: board.clone(),
+        log_level: settings.log_level,
     });
     for name in &settings.consoles {
         console::spawn(name.clone(), board.clone(), sessions.clone());
