@@ -5,6 +5,7 @@ pub mod cachedisk;
 pub mod cachepart;
 pub mod children;
 pub mod console;
+pub mod cpu_load;
 pub mod dhcp;
 pub mod hotplug;
 pub mod kmod;

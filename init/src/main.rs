@@ -7,7 +7,8 @@
 //! and the terminal stays usable.
 
 use collective_init::{
-    console, hotplug, kmod, kvm, logger, login, mounts, net, network, power, settings, status,
+    console, cpu_load, hotplug, kmod, kvm, logger, login, mounts, net, network, power, settings,
+    status,
 };
 use log::{error, info, warn};
 use nix::sys::signal::{SigSet, Signal};
@@ -261,6 +262,8 @@ fn bring_up() -> Vec<String> {
         );
     }
     info!("terminal ready in {:.2} s", boot_seconds.unwrap_or(0.0));
+    let cpu_board = board.clone();
+    cpu_load::start_sampler(move |load| cpu_board.update(|s| s.cpu = Some(load)));
     if let Some(command) = settings.autorun.clone() {
         start_autorun(command, settings.consoles.clone());
     }

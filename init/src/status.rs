@@ -26,6 +26,8 @@ pub struct TerminalStatus {
     pub complete: bool,
     /// Each NIC's address, or what DHCP is doing about it.
     pub addresses: std::collections::BTreeMap<String, String>,
+    /// The last measured CPU load (none until the first window has passed).
+    pub cpu: Option<crate::cpu_load::CpuLoad>,
 }
 
 impl Default for TerminalStatus {
@@ -43,6 +45,7 @@ impl Default for TerminalStatus {
             boot_seconds: None,
             complete: false,
             addresses: Default::default(),
+            cpu: None,
         }
     }
 }
@@ -73,6 +76,9 @@ impl TerminalStatus {
         }
         if let Some(secs) = self.boot_seconds {
             let _ = write!(s, "  ready in    {secs:.2} s after the kernel started\r\n");
+        }
+        if let Some(cpu) = &self.cpu {
+            let _ = write!(s, "  cpu         {}\r\n", cpu.describe());
         }
         s.push_str("\r\nLog in with your user name, or type help, status, reboot or poweroff.\r\n");
         s

@@ -37,3 +37,17 @@ mod tests {
         assert_eq!(pixel(w - 1, 0, w, h, 1), 0);
     }
 }
+
+/// Side of the square at the top-left corner that the display probe repaints at every key
+/// press when asked to (`mark-keys`).
+pub const KEY_MARK: u32 = 64;
+
+/// The colour of that square after `presses` key presses (XRGB): white and red in turn,
+/// so every press changes the corner.
+pub fn key_mark_colour(presses: u64) -> u32 {
+    if presses % 2 == 1 {
+        0x00ff_ffff
+    } else {
+        0x00ff_0000
+    }
+}

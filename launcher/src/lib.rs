@@ -16,6 +16,7 @@
 
 pub mod cachefs_disk;
 pub mod console_switch;
+pub mod headless_display;
 pub mod manifest_vm;
 pub mod network;
 pub mod read_trace;

@@ -6,9 +6,12 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use launcher::headless_display::HeadlessDisplay;
 use launcher::network::Attachment;
 use support::logger::{level_from_env, Logger};
 use vmm::devices::legacy::serial::FlushingWriter;
+use vmm::display::DisplayConfig;
+use vmm::input::{InputConfig, InputKind, InputQueue};
 use vmm::{ConsoleConfig, DiskConfig, DiskSource, KernelConfig, MachineConfig, NetConfig};
 
 #[derive(Parser)]
@@ -79,6 +82,17 @@ struct RunArgs {
     /// when the VM ends: a boot trace for `collective-repo publish --boot-trace`.
     #[arg(long, value_name = "FILE")]
     trace_reads: Option<PathBuf>,
+    /// Give the guest a display of this mode (virtio-gpu, with a virtio keyboard and
+    /// tablet) that nobody sees: a graphical appliance boots as on a terminal's screen.
+    #[arg(long, value_name = "WIDTHxHEIGHT", value_parser = launcher::headless_display::parse_mode)]
+    display: Option<(u32, u32)>,
+    /// With --display: write the guest's picture to FILE (binary PPM) when the VM ends.
+    #[arg(long, value_name = "FILE", requires = "display")]
+    screenshot: Option<PathBuf>,
+    /// With --display: stop the VM (exit code 4) once the guest has drawn and then not
+    /// changed its picture for SECS seconds (a desktop that finished starting).
+    #[arg(long, value_name = "SECS", requires = "display")]
+    stop_when_display_idle: Option<f64>,
 }
 
 /// The caches `cachefs=` disks use, each opened once.
@@ -217,6 +231,34 @@ fn write_trace(
     out.flush()
 }
 
+/// Stops the VM once the guest has drawn and then left its picture alone for `idle`,
+/// saying when it first drew and when it settled (a publisher's measure of its boot).
+fn watch_display_idle(
+    display: std::sync::Arc<HeadlessDisplay>,
+    idle: std::time::Duration,
+    exit: std::sync::Arc<vmm::ExitSignal>,
+) {
+    let started = std::time::Instant::now();
+    std::thread::spawn(move || loop {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        let Some(quiet) = display.idle_for() else {
+            continue;
+        };
+        if quiet >= idle {
+            let (first, flushes) = display.activity();
+            let first = first.map_or(0.0, |t| t.duration_since(started).as_secs_f64());
+            let settled = (started.elapsed() - quiet).as_secs_f64();
+            eprintln!(
+                "vmm: display idle for {:.0} s: stopping (first picture at {first:.1} s, \
+                 last change at {settled:.1} s, {flushes} flushes)",
+                idle.as_secs_f64()
+            );
+            exit.request(vmm::ExitReason::Stopped);
+            return;
+        }
+    });
+}
+
 fn main() {
     // The level comes from RUST_LOG (off, error, warn, info, debug, trace); warnings by
     // default. Lines end in \r\n: the terminal may be in raw mode for the guest's console.
@@ -275,6 +317,13 @@ fn main() {
         .stop_after
         .filter(|s| s.is_finite() && *s >= 0.0)
         .map(|s| std::time::Instant::now() + std::time::Duration::from_secs_f64(s));
+    let headless = args
+        .display
+        .map(|mode| (std::sync::Arc::new(HeadlessDisplay::default()), mode));
+    let idle_stop = args
+        .stop_when_display_idle
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map(std::time::Duration::from_secs_f64);
     // Every key goes to the guest while it runs (Ctrl-A x stops it).
     let _raw = (!args.no_input).then(|| launcher::stdio::RawTerminal::stdin(true));
     let result = loop {
@@ -292,9 +341,28 @@ fn main() {
                     output: Box::new(FlushingWriter(std::io::stdout())),
                 }
             },
-            // `vmm run` is the serial-console VMM; displays run under the session's seat.
-            display: None,
-            inputs: Vec::new(),
+            display: headless.as_ref().map(|(d, (width, height))| DisplayConfig {
+                width: *width,
+                height: *height,
+                edid: None,
+                sink: d.clone(),
+            }),
+            inputs: if headless.is_some() {
+                vec![
+                    InputConfig {
+                        kind: InputKind::Keyboard,
+                        name: "Collective keyboard".into(),
+                        queue: InputQueue::new(),
+                    },
+                    InputConfig {
+                        kind: InputKind::Tablet,
+                        name: "Collective tablet".into(),
+                        queue: InputQueue::new(),
+                    },
+                ]
+            } else {
+                Vec::new()
+            },
         };
         let r = vmm::Machine::new(machine).and_then(|mut m| {
             launcher::network::plug(m.tap_names(), &attachments)
@@ -307,6 +375,9 @@ fn main() {
                     exit.request(vmm::ExitReason::Stopped);
                 });
             }
+            if let (Some((display, _)), Some(idle)) = (&headless, idle_stop) {
+                watch_display_idle(display.clone(), idle, m.exit_signal());
+            }
             m.run()
         });
         match r {
@@ -316,6 +387,11 @@ fn main() {
             other => break other,
         }
     };
+    if let (Some((display, _)), Some(path)) = (&headless, &args.screenshot) {
+        if let Err(e) = display.write_snapshot(path) {
+            eprintln!("vmm: writing the screenshot {}: {e}", path.display());
+        }
+    }
     if let (Some(trace), Some(path)) = (&trace, &args.trace_reads) {
         if let Err(e) = write_trace(trace, path, &kernel) {
             eprintln!("vmm: writing the boot trace {}: {e}", path.display());

@@ -231,7 +231,7 @@ if ip link set eth0 up 2>/dev/null; then
     udhcpc -q -n -t 10 -i eth0 -s /etc/udhcpc.script >/dev/null 2>&1 &
 fi
 echo "$(cat /etc/appliance-name) appliance ready (version $(cat /etc/appliance-version))"
-/bin/display-probe $(cat /etc/pattern-seed) $(cat /etc/report-to 2>/dev/null || echo -) $(cat /etc/fetch-url 2>/dev/null)
+/bin/display-probe $(cat /etc/pattern-seed) $(cat /etc/report-to 2>/dev/null || echo -) $(cat /etc/fetch-url 2>/dev/null || echo -) $(cat /etc/mark-keys 2>/dev/null)
 poweroff -f
 "#;
 
@@ -248,6 +248,8 @@ pub struct DisplayAppliance {
     pub fetch_url: Option<String>,
     /// `HOST:PORT`: every probe line also goes there by UDP (over `uplink`).
     pub report_to: Option<String>,
+    /// Repaint the top-left corner at every key press (a latency benchmark's target).
+    pub mark_keys: bool,
 }
 
 /// busybox udhcpc's hook: configures the lease it got.
@@ -367,6 +369,26 @@ pub struct DemoRepo {
     ballast_mib: u64,
 }
 
+/// `OUT/boot.trace` (written by `collective-boot-trace OUT`) if it was recorded from the
+/// current `system.img`; a trace older than the image describes another layout.
+pub fn boot_trace_for(out: &Path) -> Option<PathBuf> {
+    let trace = out.join("boot.trace");
+    let modified = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+    match (modified(&trace), modified(&out.join("system.img"))) {
+        (Some(t), Some(img)) if t >= img => Some(trace),
+        (Some(_), _) => {
+            eprintln!(
+                "demo: {} is older than the system image: publishing without it \
+                 (record it again with collective-boot-trace {})",
+                trace.display(),
+                out.display()
+            );
+            None
+        }
+        _ => None,
+    }
+}
+
 impl DemoRepo {
     /// Creates the repository with `desk` v1 and `web` v1, and the demo user.
     pub fn create(work: &Path) -> Result<DemoRepo> {
@@ -470,8 +492,17 @@ impl DemoRepo {
 
     /// Publishes a display test appliance (see [`DisplayAppliance`]).
     pub fn publish_display(&self, app: &DisplayAppliance) -> Result<String> {
+        let out = self.work.join(format!("{}-appliance", app.name));
+        self.write_display_appliance(app, &out)?;
+        self.publish_display_from(app, &out, None)
+    }
+
+    /// Writes a display test appliance as `scripts/desktop-appliance.sh` writes the
+    /// desktop: `vmlinuz`, `initrd.img`, `cmdline` and `system.img` in `out`.
+    pub fn write_display_appliance(&self, app: &DisplayAppliance, out: &Path) -> Result<()> {
         let name = app.name.as_str();
-        let img = self.image_path(name, 1);
+        fs::create_dir_all(out)?;
+        let img = out.join("system.img");
         let tree = self.work.join(format!("{name}-v1-root"));
         system_tree(self.tools, &tree, name, DISPLAY_INIT, 1)?;
         fs::copy(&self.tools.display_probe, tree.join("bin/display-probe"))?;
@@ -484,25 +515,45 @@ impl DemoRepo {
         if let Some(to) = &app.report_to {
             fs::write(tree.join("etc/report-to"), format!("{to}\n"))?;
         }
+        if app.mark_keys {
+            fs::write(tree.join("etc/mark-keys"), "mark-keys\n")?;
+        }
         let _ = fs::remove_file(&img);
         run(Command::new(&self.tools.repo_bin)
             .args(["image", "create", "--size", "24M", "--out"])
             .arg(&img)
             .arg(&tree))?;
+        fs::copy(&self.tools.display_kernel, out.join("vmlinuz"))?;
+        fs::copy(&self.tools.display_initrd, out.join("initrd.img"))?;
+        fs::write(out.join("cmdline"), format!("{APPLIANCE_CMDLINE}\n"))?;
+        Ok(())
+    }
+
+    /// Publishes the display appliance [`DemoRepo::write_display_appliance`] wrote in
+    /// `out`, with `boot_trace` as its boot trace if given.
+    pub fn publish_display_from(
+        &self,
+        app: &DisplayAppliance,
+        out: &Path,
+        boot_trace: Option<&Path>,
+    ) -> Result<String> {
         let mut cmd = Command::new(&self.tools.repo_bin);
         cmd.arg("publish")
             .arg(&self.dir)
-            .args(["--name", name, "--kernel"])
-            .arg(&self.tools.display_kernel)
+            .args(["--name", &app.name, "--kernel"])
+            .arg(out.join("vmlinuz"))
             .arg("--initrd")
-            .arg(&self.tools.display_initrd)
+            .arg(out.join("initrd.img"))
             .args(["--cmdline", APPLIANCE_CMDLINE])
             .arg("--disk")
-            .arg(format!("system={}", img.display()))
+            .arg(format!("system={}", out.join("system.img").display()))
             .args(["--memory", "256", "--vcpus", "1", "--display", "--key"])
             .arg(&self.tools.secret_key);
         for n in &app.networks {
             cmd.args(["--network", n]);
+        }
+        if let Some(trace) = boot_trace {
+            cmd.arg("--boot-trace").arg(trace);
         }
         run(&mut cmd)
     }
@@ -520,7 +571,8 @@ impl DemoRepo {
             );
         }
         let cmdline = fs::read_to_string(out.join("cmdline"))?;
-        run(Command::new(&self.tools.repo_bin)
+        let mut publish = Command::new(&self.tools.repo_bin);
+        publish
             .arg("publish")
             .arg(&self.dir)
             .args(["--name", "desktop", "--kernel"])
@@ -533,7 +585,11 @@ impl DemoRepo {
             .args(["--disk", "user=2G"])
             .args(["--memory", "1024", "--vcpus", "2", "--display"])
             .args(["--network", "uplink", "--key"])
-            .arg(&self.tools.secret_key))
+            .arg(&self.tools.secret_key);
+        if let Some(trace) = boot_trace_for(out) {
+            publish.arg("--boot-trace").arg(trace);
+        }
+        run(&mut publish)
     }
 
     /// Assigns exactly `appliances` to the demo user.

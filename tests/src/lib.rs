@@ -6,6 +6,7 @@
 //! "timed out waiting for login:" says nothing without what the machine printed instead.
 
 pub mod appliance;
+pub mod boot_trace;
 pub mod demo;
 pub mod firmware;
 pub mod qemu;

@@ -194,6 +194,36 @@ impl Machine {
                 .arg("-append")
                 .arg(cmdline);
         }
+        Self::start(cmd, n, scratch, monitor_path)
+    }
+
+    /// QEMU with exactly `args` (machine, accelerator, devices, kernel), plus the serial
+    /// console on stdio, the monitor and QMP as [`Machine::boot`] has them: for a peer that
+    /// runs an appliance itself, as a benchmark's baseline.
+    pub fn boot_qemu(args: &[String]) -> Result<Machine> {
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let scratch =
+            std::env::temp_dir().join(format!("collective-qemu-peer-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&scratch)?;
+        let monitor_path = scratch.join("monitor.sock");
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.arg("-nographic")
+            .arg("-monitor")
+            .arg(format!(
+                "unix:{},server=on,wait=off",
+                monitor_path.display()
+            ))
+            .arg("-qmp")
+            .arg(format!(
+                "unix:{},server=on,wait=off",
+                scratch.join("qmp.sock").display()
+            ))
+            .args(args);
+        Self::start(cmd, n, scratch, monitor_path)
+    }
+
+    fn start(mut cmd: Command, n: u32, scratch: PathBuf, monitor_path: PathBuf) -> Result<Machine> {
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

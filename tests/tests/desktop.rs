@@ -161,6 +161,7 @@ fn a_person_at_the_pc_logs_in_sees_and_drives_two_desktops_and_logs_out() {
             networks: vec!["uplink".into()],
             fetch_url: fetch.then(|| format!("10.0.2.2:{web}/")),
             report_to: Some(reports.listen(name)),
+            ..Default::default()
         })
         .expect("publish a display appliance");
     }
@@ -324,8 +325,10 @@ fn the_debian_desktop_appliance_on_the_pc_screen() {
                     server.guest_url().trim_end_matches('/')
                 ),
                 "loglevel=7".into(),
-                // With the appliance's own console (why it reset, if it does).
+                // With the appliance's own console (why it reset, if it does), and without
+                // the kernel's rate limit on /dev/kmsg, which otherwise drops most of it.
                 "collective.log=debug".into(),
+                "printk.devkmsg=on".into(),
             ],
             disks: vec![disk],
             memory_mib: 3072,

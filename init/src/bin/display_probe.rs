@@ -7,7 +7,9 @@
 //! line also goes there as a UDP datagram (the serial console of a graphical appliance is
 //! the terminal's to show, not the test's to read), retried until the network is up.
 //! `display-probe SEED HOST:PORT|- HOST:PORT/PATH` also fetches that page over HTTP once
-//! the network is up and reports `UPLINK-FETCH <first line of the body>`.
+//! the network is up and reports `UPLINK-FETCH <first line of the body>`. A fourth
+//! argument `mark-keys` repaints the top-left corner at every key press
+//! ([`test_pattern::key_mark_colour`]): what a key-to-pixel latency benchmark watches.
 
 use collective_init::test_pattern;
 use seat::output::{KmsOutput, Output};
@@ -106,6 +108,12 @@ fn draw(seed: u32) -> Result<Box<dyn Output>, String> {
     out.present(&[whole])
         .map_err(|e| format!("presenting: {e}"))?;
     // Let the flip complete, so the buffer is on the screen before "drawn" is said.
+    wait_for_flip(out.as_mut());
+    Ok(out)
+}
+
+/// Waits (at most 2 s) for the page flip of the last present.
+fn wait_for_flip(out: &mut dyn Output) {
     if let Some(fd) = out.poll_fd() {
         let mut pfd = libc::pollfd {
             fd,
@@ -117,7 +125,30 @@ fn draw(seed: u32) -> Result<Box<dyn Output>, String> {
             let _ = out.dispatch();
         }
     }
-    Ok(out)
+}
+
+/// Paints the mark for `presses` and shows it.
+fn mark(screen: &mut dyn Output, presses: u64) {
+    let ((w, h), stride) = (screen.size(), screen.stride());
+    let (mw, mh) = (test_pattern::KEY_MARK.min(w), test_pattern::KEY_MARK.min(h));
+    let colour = test_pattern::key_mark_colour(presses).to_le_bytes();
+    let buf = screen.back_buffer();
+    for y in 0..mh as usize {
+        for x in 0..mw as usize {
+            if let Some(p) = buf.get_mut(y * stride + x * 4..y * stride + x * 4 + 4) {
+                p.copy_from_slice(&colour);
+            }
+        }
+    }
+    let rect = Rect {
+        x: 0,
+        y: 0,
+        width: mw,
+        height: mh,
+    };
+    if screen.present(&[rect]).is_ok() {
+        wait_for_flip(screen);
+    }
 }
 
 /// Keeps the kernel's text console from drawing (blinking its cursor, printing) while
@@ -152,7 +183,10 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1);
     let mut out = Reporter::new(std::env::args().nth(2).filter(|a| a != "-"));
-    let mut fetch = std::env::args().nth(3);
+    let mut fetch = std::env::args().nth(3).filter(|a| a != "-");
+    // `mark-keys`: repaint the corner on every key press (see [`mark`]).
+    let mark_keys = std::env::args().nth(4).as_deref() == Some("mark-keys");
+    let mut presses: u64 = 0;
     let mut last_fetch = Instant::now() - Duration::from_secs(10);
     let start = Instant::now();
     while preferred_mode().is_none() {
@@ -211,6 +245,10 @@ fn main() {
                     let value = i32::from_le_bytes([ev[20], ev[21], ev[22], ev[23]]);
                     if kind != 0 {
                         out.say(&format!("input {kind} {code} {value}"));
+                    }
+                    if mark_keys && kind == 1 && value == 1 {
+                        presses += 1;
+                        mark(screen.as_mut(), presses);
                     }
                 }
             }

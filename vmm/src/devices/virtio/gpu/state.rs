@@ -331,6 +331,7 @@ impl GpuState {
     fn set_scanout(&mut self, scanout_id: u32, resource_id: u32, rect: Rect) -> Outcome {
         check_scanout(scanout_id)?;
         if resource_id == 0 {
+            log::debug!("virtio-gpu: the guest turned its scanout off");
             self.scanout = None;
             self.sink.set_scanout(None);
             return Ok(Response::NoData);
@@ -346,6 +347,17 @@ impl GpuState {
             .full_backing()
             .map_err(|e| (e, "scanout of a resource without a backing covering it"))?;
         let fb = Framebuffer::new(self.mem.clone(), backing.clone(), r.format, r.width, rect);
+        // Debug only: a guest may switch scanouts at every frame (page flips).
+        log::debug!(
+            "virtio-gpu: scanout shows resource {resource_id} ({}x{} at {},{} of {}x{} {:?})",
+            rect.width,
+            rect.height,
+            rect.x,
+            rect.y,
+            r.width,
+            r.height,
+            r.format
+        );
         self.scanout = Some((resource_id, rect));
         self.sink.set_scanout(Some(Arc::new(fb)));
         Ok(Response::NoData)
@@ -354,6 +366,7 @@ impl GpuState {
     /// Turns the scanout off if it shows resource `id` (about to lose its backing).
     fn hide_if_shown(&mut self, id: u32) {
         if self.scanout.is_some_and(|(shown, _)| shown == id) {
+            log::debug!("virtio-gpu: resource {id} lost its backing while shown: scanout off");
             self.scanout = None;
             self.sink.set_scanout(None);
         }
