@@ -45,11 +45,16 @@ pub struct RepoConfig {
     pub backoff: Duration,
     /// Longest retry delay.
     pub max_backoff: Duration,
+    /// How long a login waits out a busy repository (503, or 429 other than the failed-login
+    /// limit) before it falls back to offline login, when the user has an offline record
+    /// on this terminal. Without one it asks `attempts` times.
+    pub busy_login_patience: Duration,
 }
 
 impl RepoConfig {
     /// Defaults suited to an office LAN: 4 connections, 5 s connect, 30 s per request,
-    /// 8 attempts with backoff from 100 ms up to 5 s.
+    /// 8 attempts with backoff from 100 ms up to 5 s, 10 s of patience with a busy
+    /// repository at login when offline login is possible.
     pub fn new(url: &str, trusted_keys: Vec<PublicKey>) -> RepoConfig {
         RepoConfig {
             url: url.to_owned(),
@@ -61,6 +66,7 @@ impl RepoConfig {
             attempts: 8,
             backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
+            busy_login_patience: Duration::from_secs(10),
         }
     }
 
@@ -176,40 +182,50 @@ impl RepoClient {
     /// Turns a ureq failure into an [`Error`]; `what` names the request for messages.
     fn map_err(&self, what: &str, e: ureq::Error) -> Error {
         match e {
-            ureq::Error::Status(status, resp) => {
-                let retry_after = resp
-                    .header("Retry-After")
-                    .and_then(|v| v.trim().parse::<u64>().ok());
-                let body = resp.into_string().unwrap_or_default();
-                let api: Option<ApiError> = serde_json::from_str(&body).ok();
-                match (status, api) {
-                    (401, Some(a)) if a.code == "bad_credentials" => Error::BadCredentials,
-                    (429, Some(a)) if a.code == "rate_limited" => Error::RateLimited {
-                        retry_after_secs: a.retry_after_secs.or(retry_after).unwrap_or(60),
-                    },
-                    (429 | 503, a) => Error::Busy {
-                        url: self.base.clone(),
-                        what: a
-                            .map(|a| a.message)
-                            .unwrap_or_else(|| format!("HTTP {status} for {what}")),
-                        retry_after_secs: retry_after.unwrap_or(1),
-                    },
-                    (_, Some(a)) => Error::Repository {
-                        what: what.into(),
-                        status,
-                        code: a.code,
-                        message: a.message,
-                    },
-                    (_, None) => Error::Repository {
-                        what: what.into(),
-                        status,
-                        code: String::new(),
-                        message: body.chars().take(200).collect(),
-                    },
-                }
-            }
+            ureq::Error::Status(status, resp) => self.status_error(what, status, resp).1,
             ureq::Error::Transport(t) => self.unreachable(t),
         }
+    }
+
+    /// The error body of a refusal (if it is one) and the [`Error`] it means.
+    fn status_error(
+        &self,
+        what: &str,
+        status: u16,
+        resp: ureq::Response,
+    ) -> (Option<ApiError>, Error) {
+        let retry_after = resp
+            .header("Retry-After")
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let body = resp.into_string().unwrap_or_default();
+        let api: Option<ApiError> = serde_json::from_str(&body).ok();
+        let error = match (status, api.as_ref()) {
+            (401, Some(a)) if a.code == "bad_credentials" => Error::BadCredentials,
+            (401, Some(a)) if a.code == "session_revoked" => Error::SessionRevoked,
+            (429, Some(a)) if a.code == "rate_limited" => Error::RateLimited {
+                retry_after_secs: a.retry_after_secs.or(retry_after).unwrap_or(60),
+            },
+            (429 | 503, a) => Error::Busy {
+                url: self.base.clone(),
+                what: a
+                    .map(|a| a.message.clone())
+                    .unwrap_or_else(|| format!("HTTP {status} for {what}")),
+                retry_after_secs: retry_after.unwrap_or(1),
+            },
+            (_, Some(a)) => Error::Repository {
+                what: what.into(),
+                status,
+                code: a.code.clone(),
+                message: a.message.clone(),
+            },
+            (_, None) => Error::Repository {
+                what: what.into(),
+                status,
+                code: String::new(),
+                message: body.chars().take(200).collect(),
+            },
+        };
+        (api, error)
     }
 
     fn read_body(&self, what: &str, resp: ureq::Response, limit: u64) -> Result<Vec<u8>> {
@@ -257,12 +273,28 @@ impl RepoClient {
     /// after the time it says, up to `attempts` times; an unreachable one is not (the
     /// caller falls back to offline login at once).
     pub fn login(&mut self, user: &str, password: &str) -> Result<LoginResponse> {
+        self.login_within(user, password, None)
+    }
+
+    /// [`RepoClient::login`], but a busy repository is waited for only while the waits fit
+    /// in `patience` (if given): a caller with an offline record to fall back on should not
+    /// keep a person at the login screen for `attempts` times a long `Retry-After`.
+    pub fn login_within(
+        &mut self,
+        user: &str,
+        password: &str,
+        patience: Option<Duration>,
+    ) -> Result<LoginResponse> {
+        let started = std::time::Instant::now();
         let mut attempt = 1;
         loop {
             match self.login_once(user, password) {
                 Err(e @ Error::Busy { .. }) if attempt < self.config.attempts => {
+                    let wait = self.config.retry_delay(attempt + 1, &e);
+                    if patience.is_some_and(|p| started.elapsed() + wait > p) {
+                        return Err(e);
+                    }
                     attempt += 1;
-                    let wait = self.config.retry_delay(attempt, &e);
                     log::info!("login: {e}; asking again in {} ms", wait.as_millis());
                     std::thread::sleep(wait);
                 }
@@ -355,28 +387,8 @@ impl RepoClient {
             Ok(resp) => self
                 .read_body(path, resp, MAX_JSON)
                 .map_err(|e| fail(0, None, e)),
-            Err(ureq::Error::Status(status, resp)) if status == 503 || status == 429 => Err(fail(
-                status,
-                None,
-                self.map_err(path, ureq::Error::Status(status, resp)),
-            )),
             Err(ureq::Error::Status(status, resp)) => {
-                let text = resp.into_string().unwrap_or_default();
-                let api: Option<ApiError> = serde_json::from_str(&text).ok();
-                let err = match &api {
-                    Some(a) => Error::Repository {
-                        what: path.into(),
-                        status,
-                        code: a.code.clone(),
-                        message: a.message.clone(),
-                    },
-                    None => Error::Repository {
-                        what: path.into(),
-                        status,
-                        code: String::new(),
-                        message: text.chars().take(200).collect(),
-                    },
-                };
+                let (api, err) = self.status_error(path, status, resp);
                 Err(fail(status, api, err))
             }
             Err(e) => Err(fail(0, None, self.map_err(path, e))),

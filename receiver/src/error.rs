@@ -11,9 +11,15 @@ pub enum Error {
     /// which). Ask again; never retried automatically.
     #[error("wrong user name or password")]
     BadCredentials,
-    /// Too many failed logins; the repository asks to wait.
+    /// Too many failed logins; the repository asks to wait. A user with an offline record
+    /// on this terminal logs in offline instead.
     #[error("too many failed logins: wait {retry_after_secs} s before trying again")]
     RateLimited { retry_after_secs: u64 },
+    /// The repository ended the session (401 `session_revoked`): the user's password was
+    /// changed or the user was removed after this login. Not retried: a new login is
+    /// needed, and local changes stay where they are.
+    #[error("the repository ended this session: the password was changed or the user was removed after this login; log in again")]
+    SessionRevoked,
     /// The repository could not be reached (DNS, connect, TLS, timeout, reset): the
     /// terminal is offline as far as the receiver is concerned.
     #[error("the repository at {url} cannot be reached: {why}")]

@@ -4,9 +4,11 @@
 //! Online: the repository checks the password and hands out the appliance set; every
 //! manifest is fetched and verified, user-disk states are read, the set is pinned and the
 //! offline record replaced. If the repository cannot be reached (connect, TLS, timeout, a
-//! 5xx), the login falls back to the offline record: the password is checked against the
-//! saved verifier, and the saved manifests are verified again against the built-in keys.
-//! A wrong password is `Error::BadCredentials` either way, never "offline".
+//! 5xx), or turns the login away for now (busy beyond a short patience, or the failed-login
+//! limit) and this user has an offline record here, the login falls back to the offline
+//! record: the password is checked against the saved verifier, and the saved manifests are
+//! verified again against the built-in keys. A wrong password is `Error::BadCredentials`
+//! either way, never "offline".
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -56,7 +58,7 @@ impl Session {
         match &self.mode {
             Mode::Online => format!("{} logged in; {} appliance(s)", self.user, self.set.appliances.len()),
             Mode::Offline { reason } => format!(
-                "OFFLINE: the repository cannot be reached ({reason}). {} works from this terminal's cache; changes to user disks are kept here and written back at the next online logout",
+                "OFFLINE: the repository is not available ({reason}). {} works from this terminal's cache; changes to user disks are kept here and written back at the next online logout",
                 self.user
             ),
         }
@@ -98,14 +100,24 @@ fn now_unix() -> u64 {
 }
 
 /// Logs `user` in: online if the repository answers, offline from the cache otherwise.
+///
+/// With an offline record for `user` on this terminal, the login also goes offline when
+/// the repository turns it away for now: busy (503, or a 429 other than the failed-login
+/// limit) for longer than [`RepoConfig::busy_login_patience`], or the failed-login limit
+/// itself (429 `rate_limited`). The password is then checked against the record, so a
+/// wrong one is still `BadCredentials`, and the person's own pace of tries is the login
+/// screen's (it waits longer after each failure). The record gives whoever holds the disk
+/// the same chance of guessing anyway, so falling back opens nothing new.
 pub fn login(
     cache: Arc<Cache>,
     config: &RepoConfig,
     user: &str,
     password: &str,
 ) -> Result<Session> {
+    let has_record = store::users(&cache).iter().any(|u| u == user);
+    let patience = has_record.then_some(config.busy_login_patience);
     let mut client = RepoClient::new(config.clone())?;
-    match client.login(user, password) {
+    match client.login_within(user, password, patience) {
         Ok(reply) => match online(cache.clone(), client, reply) {
             // The repository went away between the login and the manifests: work offline
             // rather than not at all.
@@ -118,6 +130,13 @@ pub fn login(
         Err(e) if e.is_unreachable() => {
             log::warn!("login: {e}; trying offline login");
             offline_login(cache, config, user, password, e.to_string())
+        }
+        Err(Error::RateLimited { retry_after_secs }) if has_record => {
+            log::warn!("login: rate limited for {retry_after_secs} s; trying offline login");
+            let reason = format!(
+                "it turned the login away after too many failed attempts; online again in {retry_after_secs} s"
+            );
+            offline_login(cache, config, user, password, reason)
         }
         Err(e) => Err(e),
     }

@@ -206,14 +206,14 @@ enum UserCmd {
         #[arg(long, hide = true)]
         insecure_fast_kdf: bool,
     },
-    /// Change a user's password.
+    /// Change a user's password (ends the user's open sessions).
     Passwd {
         /// The user name.
         name: String,
         #[arg(long, hide = true)]
         insecure_fast_kdf: bool,
     },
-    /// Remove a user (their user disks are kept).
+    /// Remove a user (their user disks are kept; their open sessions end).
     Remove {
         /// The user name.
         name: String,
@@ -422,12 +422,14 @@ fn run(cli: Cli) -> Result<()> {
             let repo = Repo::open(&cli.repo)?;
             let password = read_password(true)?;
             users::passwd(&repo, &name, &password, kdf(insecure_fast_kdf))?;
-            println!("changed the password of {name}");
+            println!("changed the password of {name}; {name}'s open sessions end now (a terminal logged in as {name} must log in again)");
         }
         Cmd::User(UserCmd::Remove { name }) => {
             let repo = Repo::open(&cli.repo)?;
             users::remove(&repo, &name)?;
-            println!("removed user {name} (their user disks are kept)");
+            println!(
+                "removed user {name} (their user disks are kept); {name}'s open sessions end now"
+            );
         }
         Cmd::Set(SetCmd::Assign { user, appliances }) => {
             let repo = Repo::open(&cli.repo)?;

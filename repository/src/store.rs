@@ -270,7 +270,8 @@ impl Repo {
 
     // ---- users ----
 
-    fn user_file(&self, name: &str) -> Result<PathBuf> {
+    /// Where a user's record lives (the server watches it to end sessions when it changes).
+    pub(crate) fn user_file(&self, name: &str) -> Result<PathBuf> {
         validate_name("user name", name)?;
         Ok(self.private().join("users").join(format!("{name}.json")))
     }

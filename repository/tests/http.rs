@@ -109,8 +109,8 @@ fn wrong_password_unknown_user_and_rate_limit() {
     let (code, _) = login(&base, "../../etc", "x").unwrap_err();
     assert_eq!(code, 401);
 
-    // Four more failures for alice (5 in all from this address... the address counts the
-    // other names too), then she is rate limited even with the right password.
+    // Four more failures for alice (5 for her from this address; the other names count
+    // apart), then she is rate limited here even with the right password.
     for _ in 0..4 {
         let _ = login(&base, "alice", "wrong");
     }

@@ -225,3 +225,20 @@ pub fn chunk_gets(log: &Path) -> Vec<String> {
         })
         .collect()
 }
+
+/// Opens the user disk `user` of `desk` for `session` as it starts (the committed version,
+/// or the appliance's initial content), fetching through the session's client.
+pub fn open_desk_user_disk(
+    cache: &Arc<cachefs::Cache>,
+    session: &receiver::Session,
+) -> cachefs::Overlay {
+    let fetcher = receiver::Fetcher::new(session.client.clone().unwrap());
+    let blob = &session
+        .set
+        .get("desk")
+        .unwrap()
+        .user_disk("user")
+        .unwrap()
+        .image;
+    receiver::disks::open_user_disk(cache, &session.user, "desk", "user", blob, fetcher).unwrap()
+}

@@ -24,6 +24,8 @@ pub struct Faults {
     /// busy_retry_after_secs` instead of forwarding it (a busy repository).
     pub busy_per_mille: u64,
     pub busy_retry_after_secs: u64,
+    /// The status of those answers: 503 if 0, or 429 (a front's request limit).
+    pub busy_status: u16,
 }
 
 #[derive(Default)]
@@ -167,9 +169,13 @@ fn handle(
                 "{{\"code\":\"overloaded\",\"message\":\"busy\",\"retry_after_secs\":{}}}",
                 f.busy_retry_after_secs
             );
+            let status = match f.busy_status {
+                0 | 503 => "503 Service Unavailable",
+                _ => "429 Too Many Requests",
+            };
             write!(
                 cw,
-                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: {}\r\nContent-Length: {}\r\n\r\n{body}",
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nRetry-After: {}\r\nContent-Length: {}\r\n\r\n{body}",
                 f.busy_retry_after_secs,
                 body.len()
             )?;

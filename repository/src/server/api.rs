@@ -7,6 +7,8 @@
 //! the body's declared length before it reads a byte of the body; [`handle`] then runs on
 //! a handler thread with the complete body.
 
+use std::net::SocketAddr;
+
 use appliance::chunk::{decode_chunk, CHUNK_HEADER_LEN, MAX_CHUNK_SIZE};
 use appliance::names::validate_name;
 use appliance::user::{hash_password, kdf_params_of, verify_password};
@@ -161,7 +163,7 @@ pub(super) fn handle(
     user: &str,
     token: &str,
     body: &[u8],
-    peer: &str,
+    peer: SocketAddr,
 ) -> Reply {
     match call {
         Call::Login => login(state, body, peer),
@@ -176,28 +178,50 @@ pub(super) fn handle(
     }
 }
 
-/// The session of a bearer token, or the 401 to send.
+/// The session of a bearer token, or the 401 to send. The token must be known and
+/// unexpired, and its user must still exist with the credentials the token was issued
+/// against (`collective-repo user passwd` and `user remove` end sessions). This reads the
+/// user's record file's metadata (and the record when it changed), which is cheap enough
+/// to do on the connection's task, before any body is read.
 pub(super) fn authenticate(
     state: &State,
     authorization: Option<&str>,
 ) -> Result<(String, String), Reply> {
-    match authorization
+    let Some(token) = authorization
         .and_then(|h| h.strip_prefix("Bearer "))
         .map(str::trim)
-    {
-        Some(token) => match state.sessions.user(token) {
-            Some(user) => Ok((user, token.to_owned())),
-            None => Err(Reply::err(
-                401,
-                "unauthorized",
-                "the session token is unknown or expired: log in again",
-            )),
-        },
-        None => Err(Reply::err(
+    else {
+        return Err(Reply::err(
             401,
             "unauthorized",
             "this call needs `Authorization: Bearer <token>` from a login",
-        )),
+        ));
+    };
+    let Some(session) = state.sessions.get(token) else {
+        return Err(Reply::err(
+            401,
+            "unauthorized",
+            "the session token is unknown or expired: log in again",
+        ));
+    };
+    match state.credentials.current(&state.repo, &session.user) {
+        Ok(Some(now)) if now == session.credentials => Ok((session.user, token.to_owned())),
+        Ok(_) => {
+            state.sessions.remove(token);
+            log::info!(
+                "session of {} ended: the user's password was changed or the user was removed",
+                session.user
+            );
+            Err(Reply::err(
+                401,
+                "session_revoked",
+                format!(
+                    "the session of {} has ended: the password was changed or the user was removed since this login; log in again",
+                    session.user
+                ),
+            ))
+        }
+        Err(e) => Err(internal(e)),
     }
 }
 
@@ -216,14 +240,15 @@ fn internal(e: impl std::fmt::Display) -> Reply {
     Reply::err(500, "internal", format!("the repository failed: {e}"))
 }
 
-fn login(state: &State, body: &[u8], peer: &str) -> Reply {
+/// Checks a password (after the failed-login waits, see [`super::login_limit`]) and hands
+/// out a token bound to the verifier it was checked against.
+fn login(state: &State, body: &[u8], peer: SocketAddr) -> Reply {
     let body: LoginRequest = match parse_json(body) {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let ip = peer.rsplit_once(':').map(|(ip, _)| ip).unwrap_or(peer);
-    let keys = vec![format!("user:{}", body.user), format!("ip:{ip}")];
-    if let Some(wait) = state.limiter.check(&keys) {
+    let client = peer.ip();
+    if let Some(wait) = state.limiter.wait(&body.user, client) {
         let secs = wait.as_secs() + 1;
         let mut e = ApiError::new(
             "rate_limited",
@@ -258,7 +283,7 @@ fn login(state: &State, body: &[u8], peer: &str) -> Reply {
     let rec = match (verified, record) {
         (Ok(()), Some(rec)) => rec,
         (Err(appliance::Error::WrongPassword), _) | (Ok(()), None) => {
-            state.limiter.fail(&keys);
+            state.limiter.failed(&body.user, client);
             log::info!("failed login for {:?} from {peer}", body.user);
             return Reply::err(401, "bad_credentials", "wrong user name or password");
         }
@@ -266,7 +291,7 @@ fn login(state: &State, body: &[u8], peer: &str) -> Reply {
             return internal(format!("the record of user {} is unusable: {e}", body.user))
         }
     };
-    state.limiter.succeed(&keys);
+    state.limiter.succeeded(&body.user, client);
 
     let mut appliances = Vec::new();
     let mut unavailable = Vec::new();
@@ -318,7 +343,9 @@ fn login(state: &State, body: &[u8], peer: &str) -> Reply {
             Ok(v) => v,
             Err(e) => return internal(e),
         };
-    let token = state.sessions.create(&rec.name);
+    let token = state
+        .sessions
+        .create(&rec.name, super::credentials::fingerprint(&rec.verifier));
     log::info!("login of {} from {peer}", rec.name);
     Reply::json(
         200,

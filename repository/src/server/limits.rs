@@ -51,6 +51,8 @@ pub struct Limits {
     /// body limit, the login rate limit and the access log, is the address the proxy
     /// appended last. Anyone else's `X-Forwarded-For` is ignored.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Who waits after failed logins, and how long.
+    pub login: super::login_limit::LoginPolicy,
 }
 
 impl Default for Limits {
@@ -70,6 +72,7 @@ impl Default for Limits {
             retry_after_secs: 2,
             user_quota: None,
             trusted_proxies: Vec::new(),
+            login: Default::default(),
         }
     }
 }

@@ -16,8 +16,10 @@
 pub mod access_log;
 mod api;
 mod body;
+mod credentials;
 mod files;
 pub mod limits;
+pub mod login_limit;
 pub mod sessions;
 mod timeout_io;
 pub mod tls;
@@ -47,9 +49,11 @@ use crate::store::Repo;
 use access_log::AccessLog;
 pub use body::Body;
 use body::{Content, LogLine};
+use credentials::Credentials;
 pub use limits::Limits;
 use limits::{Clients, Slot};
-use sessions::{RateLimiter, Sessions};
+use login_limit::LoginLimiter;
+use sessions::Sessions;
 use timeout_io::TimeoutIo;
 
 /// How to serve.
@@ -93,7 +97,9 @@ impl ServeConfig {
 pub(crate) struct State {
     pub repo: Repo,
     pub sessions: Sessions,
-    pub limiter: RateLimiter,
+    /// The users' current credentials, against which every token is checked.
+    pub credentials: Credentials,
+    pub limiter: LoginLimiter,
     pub log: Arc<AccessLog>,
     /// Serializes user-disk commits (compare-and-swap).
     pub commit_lock: Mutex<()>,
@@ -246,7 +252,8 @@ pub fn start(repo: Repo, config: &ServeConfig) -> Result<RunningServer> {
     let state = Arc::new(State {
         repo,
         sessions: Sessions::new(config.session_ttl),
-        limiter: RateLimiter::default(),
+        credentials: Credentials::default(),
+        limiter: LoginLimiter::new(limits.login.clone()),
         log: Arc::new(AccessLog::open(config.access_log.as_deref())?),
         commit_lock: Mutex::new(()),
         dummy_kdf: config.dummy_kdf,
@@ -615,9 +622,8 @@ async fn api_call(
     } else {
         Bytes::new()
     };
-    let peer = peer.to_string();
     run_handler(state, move |s| {
-        Ok::<_, Reply>(api::handle(s, call, &user, &token, &body, &peer))
+        Ok::<_, Reply>(api::handle(s, call, &user, &token, &body, peer))
     })
     .await
     .unwrap_or_else(|r| r)
