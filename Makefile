@@ -4,7 +4,7 @@
 FIRMWARE_DIR ?= out/firmware
 CARGO ?= cargo
 
-.PHONY: all deps build firmware demo desktop-appliance test test-unit test-system bench bench-boot clean
+.PHONY: all deps build firmware demo desktop-appliance desktop-boot-trace test test-unit test-system bench bench-boot clean
 
 all: build
 
@@ -29,11 +29,18 @@ demo: deps
 	$(CARGO) run --release --locked -p system-tests --bin collective-demo -- --dir out/demo $(if $(DEMO_SCRIPT),--script) $(if $(DEMO_DISPLAY)$(DEMO_DESKTOP),--display) $(if $(DEMO_DESKTOP),--desktop $(DEMO_DESKTOP))
 
 # The Debian 12 Xfce desktop appliance (debootstrap; about 5 minutes and 1 GiB the
-# first time) in out/desktop: docs/desktop-appliance.md.
+# first time) in out/desktop, and its boot trace: docs/desktop-appliance.md.
 desktop-appliance: deps
 	command -v debootstrap >/dev/null || apt-get install -y debootstrap
 	$(CARGO) build --release --locked -p repository
 	./scripts/desktop-appliance.sh out/desktop
+	$(MAKE) desktop-boot-trace
+
+# Boots out/desktop under the firmware's VMM (in QEMU, nested) until its desktop has
+# settled and writes the order of its first reads to out/desktop/boot.trace, which
+# publishing it (make demo DEMO_DESKTOP=out/desktop) turns into its boot profile.
+desktop-boot-trace: deps
+	$(CARGO) run --release --locked -p system-tests --bin collective-boot-trace -- out/desktop
 
 # Every test: unit tests of each crate and the system tests that boot the firmware.
 test: deps

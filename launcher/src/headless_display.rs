@@ -3,8 +3,10 @@
 //! and a tablet), to record its boot trace or to check that its desktop comes up, on a
 //! machine where nobody looks at the picture.
 //!
-//! It keeps the scanout the guest last set, notes when the guest last changed its picture,
-//! and can write that picture to a file. Knowing when the picture stopped changing is what
+//! It keeps the last picture the guest showed, notes when the guest last changed it, and
+//! can write it to a file. "Last shown" rather than "shown now": when the VM stops, the
+//! VMM resets its devices and the scanout goes away with them, while the picture the
+//! publisher wants is the one on the screen just before. Knowing when the picture stopped changing is what
 //! lets a recording end when the desktop has settled instead of after a guessed time.
 
 use std::io::{self, Write};
@@ -17,7 +19,8 @@ use vmm::display::{CursorImage, DisplaySink, Framebuffer, Rect};
 /// The picture and its history: what [`HeadlessDisplay`] knows of the guest's screen.
 #[derive(Default)]
 struct Screen {
-    scanout: Option<Arc<Framebuffer>>,
+    /// The last scanout the guest set (kept when it is turned off; see the module doc).
+    last_shown: Option<Arc<Framebuffer>>,
     first_flush: Option<Instant>,
     last_flush: Option<Instant>,
     flushes: u64,
@@ -44,9 +47,9 @@ impl HeadlessDisplay {
         }
     }
 
-    /// The scanout's picture as a binary PPM (P6); `None` when the guest shows nothing.
+    /// The last picture the guest showed as a binary PPM (P6); `None` if it never showed one.
     pub fn snapshot_ppm(&self) -> Option<Vec<u8>> {
-        let fb = self.screen.lock().ok()?.scanout.clone()?;
+        let fb = self.screen.lock().ok()?.last_shown.clone()?;
         let (w, h) = (fb.width(), fb.height());
         let stride = w as usize * 4;
         let mut xrgb = vec![0u8; stride * h as usize];
@@ -64,7 +67,7 @@ impl HeadlessDisplay {
     pub fn write_snapshot(&self, path: &Path) -> io::Result<()> {
         let ppm = self
             .snapshot_ppm()
-            .ok_or_else(|| io::Error::other("the guest shows no picture"))?;
+            .ok_or_else(|| io::Error::other("the guest never showed a picture"))?;
         let mut f = std::fs::File::create(path)?;
         f.write_all(&ppm)?;
         f.flush()
@@ -73,8 +76,8 @@ impl HeadlessDisplay {
 
 impl DisplaySink for HeadlessDisplay {
     fn set_scanout(&self, fb: Option<Arc<Framebuffer>>) {
-        if let Ok(mut s) = self.screen.lock() {
-            s.scanout = fb;
+        if let (Some(fb), Ok(mut s)) = (fb, self.screen.lock()) {
+            s.last_shown = Some(fb);
         }
     }
 
@@ -132,6 +135,6 @@ mod tests {
         d.flush(Rect::new(0, 0, 1, 1));
         assert!(d.idle_for().unwrap() < before);
         assert_eq!(d.activity().1, 2);
-        assert!(d.snapshot_ppm().is_none(), "no scanout set");
+        assert!(d.snapshot_ppm().is_none(), "never shown a picture");
     }
 }

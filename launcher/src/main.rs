@@ -378,7 +378,15 @@ fn main() {
             if let (Some((display, _)), Some(idle)) = (&headless, idle_stop) {
                 watch_display_idle(display.clone(), idle, m.exit_signal());
             }
-            m.run()
+            let reason = m.run();
+            // Now, while the machine still exists: its devices let go of the picture
+            // when it is dropped.
+            if let (Some((display, _)), Some(path)) = (&headless, &args.screenshot) {
+                if let Err(e) = display.write_snapshot(path) {
+                    eprintln!("vmm: writing the screenshot {}: {e}", path.display());
+                }
+            }
+            reason
         });
         match r {
             Ok(vmm::ExitReason::Reset) if args.restart_on_reboot => {
@@ -387,11 +395,6 @@ fn main() {
             other => break other,
         }
     };
-    if let (Some((display, _)), Some(path)) = (&headless, &args.screenshot) {
-        if let Err(e) = display.write_snapshot(path) {
-            eprintln!("vmm: writing the screenshot {}: {e}", path.display());
-        }
-    }
     if let (Some(trace), Some(path)) = (&trace, &args.trace_reads) {
         if let Err(e) = write_trace(trace, path, &kernel) {
             eprintln!("vmm: writing the boot trace {}: {e}", path.display());

@@ -128,9 +128,10 @@ pub fn run(settings: &Settings, password: &str, tty_in: File, tty_out: File) -> 
                 "too many failed logins; try again in {retry_after_secs} s"
             ))
         }
-        Err(RepoError::NoOfflineRecord(reason)) => {
+        // Its field is the user's name (the receiver's message), not why it is offline.
+        Err(RepoError::NoOfflineRecord(_)) => {
             return Outcome::Failed(format!(
-                "the repository cannot be reached ({reason}) and {} has never logged in on this terminal, so there is nothing to work from; check the network cable and the repository",
+                "the repository cannot be reached and {} has never logged in on this terminal, so there is nothing to work from; check the network cable and the repository",
                 settings.user
             ))
         }

@@ -48,6 +48,8 @@ pub struct Recorded {
     pub vmm_report: Option<String>,
     /// Wall time of the whole recording.
     pub elapsed: Duration,
+    /// The end of the firmware's serial log (what went wrong, if something did).
+    pub log_tail: String,
 }
 
 const TRACE_DISK_BYTES: u64 = 64 << 20;
@@ -138,19 +140,21 @@ pub fn record(r: &Recording) -> Result<Recorded> {
     };
     let started = Instant::now();
     let mut m = Machine::boot(&firmware, &config)?;
-    m.expect("autorun: starting", Duration::from_secs(600))?;
-    let ended = m.expect(
-        "autorun: /bin/vmm exited",
-        r.limit + Duration::from_secs(300),
+    // The firmware's bring-up, then the appliance until its picture settles.
+    m.expect(
+        "autorun: /bin/vmm exited with code ",
+        r.limit + Duration::from_secs(600),
     )?;
+    let code = m.expect("\n", Duration::from_secs(10))?;
     let transcript = m.transcript();
     m.send_line("poweroff")?;
     let _ = m.wait_exit(Duration::from_secs(120));
     let elapsed = started.elapsed();
-    if !ended.contains("code 4") {
+    if code.trim() != "4" {
         bail!(
-            "the appliance did not run until its picture settled ({}); the serial log:\n{}",
-            ended.trim(),
+            "the appliance did not run until its picture settled (vmm exited with code {}); \
+             the serial log:\n{}",
+            code.trim(),
             tail(&transcript, 60)
         );
     }
@@ -171,6 +175,7 @@ pub fn record(r: &Recording) -> Result<Recorded> {
         screenshot,
         vmm_report,
         elapsed,
+        log_tail: tail(&transcript, 40),
     })
 }
 

@@ -38,9 +38,16 @@ fn a_display_appliance_boot_is_traced_until_its_picture_settles_and_published() 
     .expect("record the boot trace");
 
     // The recording ended because the picture settled, and that picture is the pattern.
-    let report = recorded.vmm_report.expect("vmm said why it stopped");
+    let log = &recorded.log_tail;
+    let report = recorded
+        .vmm_report
+        .unwrap_or_else(|| panic!("vmm did not say why it stopped:\n{log}"));
     assert!(report.contains("display idle"), "{report}");
-    let shot = Screenshot::parse_ppm(&recorded.screenshot.expect("a screenshot"))
+    let shot = recorded
+        .screenshot
+        .as_deref()
+        .map(Screenshot::parse_ppm)
+        .unwrap_or_else(|| panic!("no screenshot:\n{log}"))
         .expect("a readable screenshot");
     assert_eq!((shot.width, shot.height), (width, height), "the mode given");
     let (bad, first) = shot.mismatches(5, |x, y| {
