@@ -270,10 +270,6 @@ impl Relay {
     fn down_bytes(&self) -> u64 {
         self.link.down.bytes.load(Ordering::Relaxed)
     }
-
-    fn up_bytes(&self) -> u64 {
-        self.link.up.bytes.load(Ordering::Relaxed)
-    }
 }
 
 async fn accept_loop(
@@ -365,31 +361,28 @@ fn lines(path: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Statuses in the server's access log (`TIME PEER METHOD PATH STATUS ...`) after line
-/// `from`: (503, 429, other 5xx, requests).
-fn server_statuses(log: &Path, from: usize) -> (usize, usize, usize, usize) {
-    let mut c = (0, 0, 0, 0);
+/// Errors in the server's access log (`TIME PEER METHOD PATH STATUS ...`) after line
+/// `from`: (503s to logins, 503s to other requests, other 4xx/5xx but 404).
+fn server_errors(log: &Path, from: usize) -> (usize, usize, usize) {
+    let mut c = (0, 0, 0);
     for l in lines(log).iter().skip(from) {
-        let status: u16 = l
-            .split_whitespace()
-            .nth(4)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        c.3 += 1;
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let status: u16 = f.get(4).and_then(|s| s.parse().ok()).unwrap_or(0);
         match status {
-            503 => c.0 += 1,
-            429 => c.1 += 1,
-            s if s >= 500 => c.2 += 1,
+            503 if f.get(3) == Some(&appliance::wire::LOGIN_PATH) => c.0 += 1,
+            503 => c.1 += 1,
+            404 => {}
+            s if s >= 400 => c.2 += 1,
             _ => {}
         }
     }
     c
 }
 
-/// The site cache's log (`ADDR [TIME] "REQUEST" STATUS BYTES SECS cache=X up=Y`): (503,
-/// 429, other 5xx, chunk misses, chunk hits).
-fn site_statuses(log: &Path) -> (usize, usize, usize, usize, usize) {
-    let mut c = (0, 0, 0, 0, 0);
+/// The site cache's log (`ADDR [TIME] "REQUEST" STATUS BYTES SECS cache=X up=Y`): (5xx
+/// answers, the repository's passed through included; chunk misses; chunk hits).
+fn site_counts(log: &Path) -> (usize, usize, usize) {
+    let mut c = (0, 0, 0);
     for l in lines(log) {
         let mut parts = l.split('"');
         let request = parts.nth(1).unwrap_or("");
@@ -398,17 +391,14 @@ fn site_statuses(log: &Path) -> (usize, usize, usize, usize, usize) {
             .and_then(|r| r.split_whitespace().next())
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
-        match status {
-            503 => c.0 += 1,
-            429 => c.1 += 1,
-            s if s >= 500 => c.2 += 1,
-            _ => {}
+        if status >= 500 {
+            c.0 += 1;
         }
         if request.starts_with("GET /chunks/") {
             if l.contains(" cache=MISS ") {
-                c.3 += 1;
+                c.1 += 1;
             } else if l.contains(" cache=HIT ") {
-                c.4 += 1;
+                c.2 += 1;
             }
         }
     }
@@ -425,12 +415,13 @@ struct Row {
     logins: Vec<Duration>,
     failed: Vec<String>,
     down: u64,
-    up: u64,
-    e503: usize,
-    e429: usize,
-    e5xx: usize,
+    /// 503s at the repository: to logins, to other requests; other errors there.
+    login_503: usize,
+    other_503: usize,
+    other_errors: usize,
+    /// The site cache: 5xx answers, chunk misses, chunk hits.
+    site: Option<(usize, usize, usize)>,
     retries: u64,
-    site_miss_hit: Option<(usize, usize)>,
     cpu_server: f64,
     cpu_nginx: f64,
     cpu_self: f64,
@@ -548,14 +539,7 @@ impl Bench {
         );
         // The server appends its log line after the reply: give the last ones a moment.
         std::thread::sleep(Duration::from_millis(300));
-        let (mut e503, mut e429, mut e5xx, _) = server_statuses(&server_log, log_from);
-        let site_miss_hit = site.as_ref().map(|s| {
-            let (a, b, c, miss, hit) = site_statuses(&s.log("collective-site.access.log"));
-            e503 += a;
-            e429 += b;
-            e5xx += c;
-            (miss, hit)
-        });
+        let (login_503, other_503, other_errors) = server_errors(&server_log, log_from);
         let row = Row {
             config: config.to_owned(),
             n,
@@ -563,12 +547,13 @@ impl Bench {
             logins: outcomes.iter().map(|o| o.login).collect(),
             failed: outcomes.iter().filter_map(|o| o.error.clone()).collect(),
             down: relay.down_bytes(),
-            up: relay.up_bytes(),
-            e503,
-            e429,
-            e5xx,
+            login_503,
+            other_503,
+            other_errors,
+            site: site
+                .as_ref()
+                .map(|s| site_counts(&s.log("collective-site.access.log"))),
             retries: outcomes.iter().map(|o| o.retries).sum(),
-            site_miss_hit,
             cpu_server: s1 - s0,
             cpu_nginx: g1 - g0,
             cpu_self: m1 - m0,
@@ -630,11 +615,14 @@ fn main() {
     } else {
         KdfParams::INSECURE_FOR_TESTS
     };
+    let users_t = std::time::Instant::now();
     for i in 0..max_n {
         repository::users::add(&f.repo, &user_name(i), PASSWORD, kdf).expect("add a user");
         repository::users::assign(&f.repo, &user_name(i), &[APPLIANCE.into()])
             .expect("assign the appliance");
     }
+    // One argon2id hash each (and a file write): what a login costs the server twice.
+    let per_user = users_t.elapsed() / max_n as u32;
     // What one terminal needs: the manifest and every distinct chunk, as stored.
     let manifest_bytes =
         std::fs::read(f.repo.manifest_file(APPLIANCE, 1)).expect("the published manifest");
@@ -670,10 +658,11 @@ fn main() {
     );
     println!(
         "boot storm: appliance `{APPLIANCE}` = {} distinct chunks, {:.2} MiB as stored (with its manifest); \
-         {max_n} users ({} KDF), set up in {:.1} s",
+         {max_n} users ({} KDF, {:.1} ms to add each), set up in {:.1} s",
         ids.len(),
         mib(appliance_bytes),
         if settings.real_kdf { "production argon2id" } else { "fast test" },
+        per_user.as_secs_f64() * 1000.0,
         t.elapsed().as_secs_f64()
     );
     println!(
@@ -706,7 +695,7 @@ fn main() {
     };
 
     println!();
-    println!("| config | N | lone s | median s | worst s | worst / lone | login median / worst s | down MiB (× N·appliance) | up MiB | 503 / 429 / other 5xx | retries | failed | CPU s server / nginx / terminals+relay | wall s |");
+    println!("| config | N | lone s | median s | worst s | worst / lone | login median / worst s | fill median / worst s | over the link MiB (× N·appliance) | repository 503s: login / other; other errors | site cache: 5xx, chunk misses / hits | fill retries | failed | CPU s: server / nginx / terminals+relay |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     let mut verdicts = Vec::new();
     for config in &configs {
@@ -719,12 +708,18 @@ fn main() {
             }
             let ratio = worst(&row.times).as_secs_f64() / lone.as_secs_f64().max(1e-9);
             last = Some((n, ratio));
+            let fills: Vec<Duration> = row
+                .times
+                .iter()
+                .zip(&row.logins)
+                .map(|(t, l)| t.saturating_sub(*l))
+                .collect();
             let site = row
-                .site_miss_hit
-                .map(|(m, h)| format!(" ({m} misses, {h} hits)"))
-                .unwrap_or_default();
+                .site
+                .map(|(e, m, h)| format!("{e}, {m} / {h}"))
+                .unwrap_or_else(|| "-".into());
             println!(
-                "| {} | {} | {} | {} | {} | {:.2} | {} / {} | {:.1} (× {:.2}) | {:.2} | {} / {} / {} | {} | {}{} | {:.1} / {:.1} / {:.1} | {:.1} |",
+                "| {} | {} | {} | {} | {} | {:.2} | {} / {} | {} / {} | {:.1} (× {:.2}) | {} / {}; {} | {} | {} | {} | {:.1} / {:.1} / {:.1} |",
                 row.config,
                 row.n,
                 secs(lone),
@@ -733,23 +728,24 @@ fn main() {
                 ratio,
                 secs(median(&row.logins)),
                 secs(worst(&row.logins)),
+                secs(median(&fills)),
+                secs(worst(&fills)),
                 mib(row.down),
                 row.down as f64 / (row.n as f64 * appliance_bytes as f64),
-                mib(row.up),
-                row.e503,
-                row.e429,
-                row.e5xx,
+                row.login_503,
+                row.other_503,
+                row.other_errors,
+                site,
                 row.retries,
                 row.failed.len(),
-                site,
                 row.cpu_server,
                 row.cpu_nginx,
                 row.cpu_self,
-                row.wall.as_secs_f64()
             );
             for e in row.failed.iter().take(3) {
                 println!("|   | failed: {e} |");
             }
+            log::info!("{config} N = {n}: wall {:.1} s", row.wall.as_secs_f64());
         }
         if let Some((n, ratio)) = last {
             let aim = if n >= 200 { "at N = 200" } else { "(N = 200 not run; largest N)" };
