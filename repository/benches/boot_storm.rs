@@ -696,7 +696,9 @@ fn main() {
 
     println!();
     println!("| config | N | lone s | median s | worst s | worst / lone | login median / worst s | fill median / worst s | over the link MiB (× N·appliance) | repository 503s: login / other; other errors | site cache: 5xx, chunk misses / hits | fill retries | failed | CPU s: server / nginx / terminals+relay |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!(
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    );
     let mut verdicts = Vec::new();
     for config in &configs {
         let mut lone = Duration::ZERO;
@@ -748,7 +750,11 @@ fn main() {
             log::info!("{config} N = {n}: wall {:.1} s", row.wall.as_secs_f64());
         }
         if let Some((n, ratio)) = last {
-            let aim = if n >= 200 { "at N = 200" } else { "(N = 200 not run; largest N)" };
+            let aim = if n >= 200 {
+                "at N = 200"
+            } else {
+                "(N = 200 not run; largest N)"
+            };
             verdicts.push(format!(
                 "{config}: aim (worst <= 2 x lone {aim}): {} at N = {n}, worst / lone = {ratio:.2}",
                 if ratio <= 2.0 { "MET" } else { "NOT MET" }

@@ -230,4 +230,3 @@ pub fn site_conf(prefix: &Path, port: u16, upstream_port: u16, cert: &Path, key:
         &format!("{}/logs/", prefix.display()),
     )
 }
-
