@@ -15,11 +15,11 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use appliance::wire::*;
 use appliance::SignedManifest;
+use common::process::ServerProcess;
 use common::*;
 
 /// Honest requests must each finish within this.
@@ -28,61 +28,6 @@ const HONEST_MAX: Duration = Duration::from_secs(2);
 const SLOW_RSS_BOUND_KB: u64 = 64 * 1024;
 /// ... and at most this much for one endless header, chunked body or huge Content-Length.
 const HOSTILE_RSS_BOUND_KB: u64 = 16 * 1024;
-
-struct ServerProcess {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl ServerProcess {
-    fn start(f: &Fixture, extra: &[&str]) -> ServerProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_collective-repo"))
-            .arg("serve")
-            .arg(&f.dir)
-            .args(["--listen", "127.0.0.1:0", "--insecure-fast-kdf"])
-            .args(extra)
-            .arg("--access-log")
-            .arg(f.path("access.log"))
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdout = child.stdout.take().unwrap();
-        let mut line = Vec::new();
-        let mut byte = [0u8; 1];
-        while stdout.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
-            line.push(byte[0]);
-        }
-        let line = String::from_utf8(line).unwrap();
-        let addr = line
-            .strip_prefix("listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .unwrap();
-        ServerProcess { child, addr }
-    }
-
-    fn base(&self) -> String {
-        format!("http://{}/", self.addr)
-    }
-
-    /// Resident memory in KiB.
-    fn rss_kb(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS in /proc/PID/status")
-    }
-}
 
 /// A TCP connection to `to` from the loopback address `from`.
 fn connect_from(from: &str, to: SocketAddr) -> TcpStream {

@@ -1,6 +1,9 @@
 //! Shared fixtures: a repository with one published appliance and one user.
 #![allow(dead_code)]
 
+pub mod nginx;
+pub mod process;
+
 use std::path::{Path, PathBuf};
 
 use appliance::{KdfParams, PublicKey, SecretKey};
