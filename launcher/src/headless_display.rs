@@ -63,6 +63,26 @@ impl HeadlessDisplay {
         Some(ppm)
     }
 
+    /// The share of the last picture's pixels (sampled on a grid) that are not nearly
+    /// black: a desktop is lit, a server between its start and its first window is not.
+    pub fn lit_share(&self) -> f64 {
+        let Some(fb) = self.screen.lock().ok().and_then(|s| s.last_shown.clone()) else {
+            return 0.0;
+        };
+        let (w, h) = (fb.width(), fb.height());
+        let mut row = vec![0u8; w as usize * 4];
+        let (mut lit, mut all) = (0u64, 0u64);
+        for y in (0..h).step_by(8) {
+            fb.copy_rect_to(Rect::new(0, y, w, 1), &mut row, w as usize * 4);
+            for px in row.chunks_exact(4).step_by(8) {
+                let brightness = u32::from(px[0]) + u32::from(px[1]) + u32::from(px[2]);
+                lit += u64::from(brightness > 48);
+                all += 1;
+            }
+        }
+        lit as f64 / all.max(1) as f64
+    }
+
     /// Writes [`HeadlessDisplay::snapshot_ppm`] to `path`; an error if there is no picture.
     pub fn write_snapshot(&self, path: &Path) -> io::Result<()> {
         let ppm = self

@@ -89,8 +89,9 @@ struct RunArgs {
     /// With --display: write the guest's picture to FILE (binary PPM) when the VM ends.
     #[arg(long, value_name = "FILE", requires = "display")]
     screenshot: Option<PathBuf>,
-    /// With --display: stop the VM (exit code 4) once the guest has drawn and then not
-    /// changed its picture for SECS seconds (a desktop that finished starting).
+    /// With --display: stop the VM (exit code 4) once the guest's picture is lit (not
+    /// nearly black) and has not changed for SECS seconds (a desktop that finished
+    /// starting).
     #[arg(long, value_name = "SECS", requires = "display")]
     stop_when_display_idle: Option<f64>,
 }
@@ -231,7 +232,7 @@ fn write_trace(
     out.flush()
 }
 
-/// Stops the VM once the guest has drawn and then left its picture alone for `idle`,
+/// Stops the VM once the guest shows a lit picture and has left it alone for `idle`,
 /// saying when it first drew and when it settled (a publisher's measure of its boot).
 fn watch_display_idle(
     display: std::sync::Arc<HeadlessDisplay>,
@@ -244,7 +245,9 @@ fn watch_display_idle(
         let Some(quiet) = display.idle_for() else {
             continue;
         };
-        if quiet >= idle {
+        // A dark picture is a display server between its start and its first window,
+        // not a desktop that has settled: keep waiting (--stop-after still ends it).
+        if quiet >= idle && display.lit_share() >= 0.2 {
             let (first, flushes) = display.activity();
             let first = first.map_or(0.0, |t| t.duration_since(started).as_secs_f64());
             let settled = (started.elapsed() - quiet).as_secs_f64();

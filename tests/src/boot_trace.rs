@@ -50,6 +50,8 @@ pub struct Recorded {
     pub elapsed: Duration,
     /// The end of the firmware's serial log (what went wrong, if something did).
     pub log_tail: String,
+    /// The whole serial log: the firmware's, then the appliance's own console.
+    pub serial_log: String,
 }
 
 const TRACE_DISK_BYTES: u64 = 64 << 20;
@@ -141,15 +143,33 @@ pub fn record(r: &Recording) -> Result<Recorded> {
     let started = Instant::now();
     let mut m = Machine::boot(&firmware, &config)?;
     // The firmware's bring-up, then the appliance until its picture settles.
-    m.expect(
+    if let Err(e) = m.expect(
         "autorun: /bin/vmm exited with code ",
         r.limit + Duration::from_secs(600),
-    )?;
+    ) {
+        if m.transcript().contains("soft lockup") {
+            bail!(
+                "the firmware's CPUs locked up in the VMM's vCPU threads (the kernel's watchdog \
+                 says soft lockup) and the VMM could not even stop the appliance; see \
+                 docs/desktop-appliance.md and record again:\n{}",
+                tail(&m.transcript(), 20)
+            );
+        }
+        return Err(e);
+    }
     let code = m.expect("\n", Duration::from_secs(10))?;
     let transcript = m.transcript();
     m.send_line("poweroff")?;
     let _ = m.wait_exit(Duration::from_secs(120));
     let elapsed = started.elapsed();
+    if transcript.contains("soft lockup") {
+        bail!(
+            "the firmware's CPUs locked up while the appliance ran (the kernel's watchdog: \
+             soft lockup in the VMM's vCPU threads; see docs/desktop-appliance.md); record again. \
+             The serial log:\n{}",
+            tail(&transcript, 30)
+        );
+    }
     if code.trim() != "4" {
         bail!(
             "the appliance did not run until its picture settled (vmm exited with code {}); \
@@ -176,6 +196,7 @@ pub fn record(r: &Recording) -> Result<Recorded> {
         vmm_report,
         elapsed,
         log_tail: tail(&transcript, 40),
+        serial_log: transcript,
     })
 }
 

@@ -1,7 +1,7 @@
 //! `collective-boot-trace`: records a graphical appliance's boot trace from its own real
 //! boot under the terminal's VMM (see `system_tests::boot_trace`), for
-//! `collective-repo publish --boot-trace`. Writes `OUT/boot.trace` and the settled
-//! picture `OUT/boot-trace.ppm`, and prints how much of each disk the boot read.
+//! `collective-repo publish --boot-trace`. Writes `OUT/boot.trace`, the settled picture
+//! `OUT/boot-trace.ppm` and the serial log `OUT/boot-trace.log`, and prints how much of each disk the boot read.
 
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
@@ -86,6 +86,9 @@ fn run(out: PathBuf, settle: f64, limit: f64, (width, height): (u32, u32)) -> Re
         limit: Duration::from_secs_f64(limit),
         work,
     })?;
+    let log_path = out.join("boot-trace.log");
+    std::fs::write(&log_path, &recorded.serial_log)
+        .with_context(|| format!("writing {}", log_path.display()))?;
     let trace_path = out.join("boot.trace");
     std::fs::write(&trace_path, &recorded.trace)
         .with_context(|| format!("writing {}", trace_path.display()))?;
@@ -109,6 +112,16 @@ fn run(out: PathBuf, settle: f64, limit: f64, (width, height): (u32, u32)) -> Re
             let shot = out.join("boot-trace.ppm");
             std::fs::write(&shot, ppm)?;
             println!("boot-trace: the settled picture is {}", shot.display());
+            let lit = lit_share(ppm);
+            if lit < 0.2 {
+                std::fs::remove_file(&trace_path)?;
+                anyhow::bail!(
+                    "the settled picture is dark ({:.0} % of it lit): the desktop did not come \
+                     up, so this trace is not its boot; look at {} and record again",
+                    lit * 100.0,
+                    log_path.display()
+                );
+            }
         }
         None => println!("boot-trace: warning: the appliance showed no picture"),
     }
@@ -119,4 +132,21 @@ fn run(out: PathBuf, settle: f64, limit: f64, (width, height): (u32, u32)) -> Re
         trace_path.display()
     );
     Ok(())
+}
+
+/// The share of a binary PPM's pixels that are not (nearly) black.
+fn lit_share(ppm: &[u8]) -> f64 {
+    let Ok(shot) = system_tests::Screenshot::parse_ppm(ppm) else {
+        return 0.0;
+    };
+    let (mut lit, mut all) = (0u64, 0u64);
+    for y in (0..shot.height).step_by(4) {
+        for x in (0..shot.width).step_by(4) {
+            let p = shot.pixel(x, y);
+            let brightness = ((p >> 16) & 0xff) + ((p >> 8) & 0xff) + (p & 0xff);
+            lit += u64::from(brightness > 48);
+            all += 1;
+        }
+    }
+    lit as f64 / all.max(1) as f64
 }
