@@ -106,6 +106,26 @@ pub struct Machine {
     name: String,
 }
 
+/// `qemu-system-x86_64 -nographic` with its monitor and QMP on unix sockets in a new
+/// scratch folder named after `prefix`: the machine's number, the folder, the monitor.
+fn qemu_command(prefix: &str) -> Result<(Command, u32, PathBuf, PathBuf)> {
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let scratch = std::env::temp_dir().join(format!("{prefix}-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let monitor_path = scratch.join("monitor.sock");
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.arg("-nographic")
+        .arg("-monitor")
+        .arg(format!("unix:{},server=on,wait=off", monitor_path.display()))
+        .arg("-qmp")
+        .arg(format!(
+            "unix:{},server=on,wait=off",
+            scratch.join("qmp.sock").display()
+        ));
+    Ok((cmd, n, scratch, monitor_path))
+}
+
 impl Machine {
     /// Boots `firmware` in `qemu-system-x86_64 -accel tcg -cpu max -smp 2 -nographic`.
     pub fn boot(firmware: &Firmware, config: &MachineConfig) -> Result<Machine> {
@@ -118,26 +138,9 @@ impl Machine {
         initrd: &std::path::Path,
         config: &MachineConfig,
     ) -> Result<Machine> {
-        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let scratch =
-            std::env::temp_dir().join(format!("collective-qemu-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&scratch)?;
-        let monitor_path = scratch.join("monitor.sock");
-
-        let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-nographic"])
-            .args(["-m", &config.memory_mib.to_string()])
-            .arg("-monitor")
-            .arg(format!(
-                "unix:{},server=on,wait=off",
-                monitor_path.display()
-            ))
-            .arg("-qmp")
-            .arg(format!(
-                "unix:{},server=on,wait=off",
-                scratch.join("qmp.sock").display()
-            ));
+        let (mut cmd, n, scratch, monitor_path) = qemu_command("collective-qemu")?;
+        cmd.args(["-accel", "tcg", "-cpu", "max", "-smp", "2"])
+            .args(["-m", &config.memory_mib.to_string()]);
         cmd.args(&config.extra_args);
         for disk in &config.disks {
             cmd.arg("-drive")
@@ -201,25 +204,8 @@ impl Machine {
     /// console on stdio, the monitor and QMP as [`Machine::boot`] has them: for a peer that
     /// runs an appliance itself, as a benchmark's baseline.
     pub fn boot_qemu(args: &[String]) -> Result<Machine> {
-        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let scratch =
-            std::env::temp_dir().join(format!("collective-qemu-peer-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&scratch)?;
-        let monitor_path = scratch.join("monitor.sock");
-        let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.arg("-nographic")
-            .arg("-monitor")
-            .arg(format!(
-                "unix:{},server=on,wait=off",
-                monitor_path.display()
-            ))
-            .arg("-qmp")
-            .arg(format!(
-                "unix:{},server=on,wait=off",
-                scratch.join("qmp.sock").display()
-            ))
-            .args(args);
+        let (mut cmd, n, scratch, monitor_path) = qemu_command("collective-qemu-peer")?;
+        cmd.args(args);
         Self::start(cmd, n, scratch, monitor_path)
     }
 
