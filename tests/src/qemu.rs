@@ -117,7 +117,10 @@ fn qemu_command(prefix: &str) -> Result<(Command, u32, PathBuf, PathBuf)> {
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.arg("-nographic")
         .arg("-monitor")
-        .arg(format!("unix:{},server=on,wait=off", monitor_path.display()))
+        .arg(format!(
+            "unix:{},server=on,wait=off",
+            monitor_path.display()
+        ))
         .arg("-qmp")
         .arg(format!(
             "unix:{},server=on,wait=off",
@@ -294,10 +297,13 @@ impl Machine {
         Ok(())
     }
 
-    /// Types `status` at the login prompt and returns the screen it draws.
+    /// Types `status` at the login prompt and returns the screen it draws (up to the line
+    /// that ends it: announcements on the same console also end in `login:`).
     pub fn status_screen(&mut self) -> Result<String> {
         self.send_line("status")?;
-        self.expect("login:", Duration::from_secs(60))
+        let screen = self.expect("Log in with your user name", Duration::from_secs(60))?;
+        self.expect("login:", Duration::from_secs(60))?;
+        Ok(screen)
     }
 
     /// Types `poweroff` at the login prompt and checks that QEMU exits 0.

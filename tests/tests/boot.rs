@@ -76,6 +76,24 @@ fn kvm_is_ready_inside_the_firmware() {
         status.contains("kvm         ready: /dev/kvm (kvm_amd, API 12)"),
         "KVM not ready: {status}"
     );
+    // Ten seconds after bring-up the screen also says what the terminal's CPU does; with
+    // no appliance running, no guest time.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let cpu = loop {
+        let status = status_screen(&mut m);
+        if let Some(line) = status.lines().find(|l| l.trim_start().starts_with("cpu ")) {
+            break line.trim().to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no cpu line: {status}"
+        );
+        std::thread::sleep(Duration::from_secs(5));
+    };
+    assert!(
+        cpu.contains("% of a core, appliances 0.0 % (last 10 s)"),
+        "{cpu}"
+    );
 }
 
 #[test]

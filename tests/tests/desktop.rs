@@ -324,7 +324,8 @@ fn the_debian_desktop_appliance_on_the_pc_screen() {
                     "collective.repo={}",
                     server.guest_url().trim_end_matches('/')
                 ),
-                "loglevel=7".into(),
+                // Debug lines too (KERN_DEBUG is 7: shown only above loglevel 7).
+                "loglevel=8".into(),
                 // With the appliance's own console (why it reset, if it does), and without
                 // the kernel's rate limit on /dev/kmsg, which otherwise drops most of it.
                 "collective.log=debug".into(),
