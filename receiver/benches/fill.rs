@@ -340,7 +340,7 @@ fn main() {
 
     let repo = Repo::init(&dir.join("repo")).unwrap();
     let key = SecretKey::generate();
-    repository::users::add(&repo, "bench", PASSWORD, KdfParams::INSECURE_FOR_TESTS).unwrap();
+    repository::users::add(&repo, "bench", PASSWORD, KdfParams::INSECURE_FOR_TESTS, KdfParams::INSECURE_FOR_TESTS).unwrap();
     let v1 = make_image(mb, 2026);
     let v1_path = dir.join("v1.img");
     std::fs::write(&v1_path, &v1).unwrap();
