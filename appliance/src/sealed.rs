@@ -34,7 +34,9 @@ use rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use crate::chunk::{decode_chunk_keeping_frames, encode_chunk, ChunkId, VerifiedChunk, MAX_CHUNK_SIZE};
+use crate::chunk::{
+    decode_chunk_keeping_frames, encode_chunk, ChunkId, VerifiedChunk, MAX_CHUNK_SIZE,
+};
 use crate::chunking::ChunkList;
 use crate::error::{Error, Result};
 use crate::user::UserDiskManifest;
@@ -49,7 +51,8 @@ pub const SEALED_HEADER_LEN: usize = 4 + KEY_ID_LEN + 24;
 /// Bytes a sealed chunk adds to its stored encoding.
 pub const SEALED_OVERHEAD: usize = SEALED_HEADER_LEN + 16;
 /// Largest sealed chunk: a raw-stored 4 MiB chunk plus the sealing.
-pub const MAX_SEALED_CHUNK: usize = MAX_CHUNK_SIZE + crate::chunk::CHUNK_HEADER_LEN + SEALED_OVERHEAD;
+pub const MAX_SEALED_CHUNK: usize =
+    MAX_CHUNK_SIZE + crate::chunk::CHUNK_HEADER_LEN + SEALED_OVERHEAD;
 /// Associated-data prefix of a user-disk manifest's index.
 const MANIFEST_CONTEXT: &[u8] = b"collective-terminal user-disk v2\0";
 
@@ -86,12 +89,18 @@ impl UserSealer {
         let mut key_id = [0u8; KEY_ID_LEN];
         // key_id() is KEY_ID_LEN bytes of hex by construction.
         let _ = hex::decode_to_slice(&id_hex, &mut key_id);
-        let nonce = <Hmac<Sha256> as Mac>::new_from_slice(key.subkey(b"collective chunk nonce v1").as_ref())
-            .expect("HMAC takes a key of any length");
+        let nonce = <Hmac<Sha256> as Mac>::new_from_slice(
+            key.subkey(b"collective chunk nonce v1").as_ref(),
+        )
+        .expect("HMAC takes a key of any length");
         UserSealer {
             chunk: XChaCha20Poly1305::new(key.subkey(b"collective chunk seal v1").as_ref().into()),
             nonce,
-            manifest: XChaCha20Poly1305::new(key.subkey(b"collective user-disk manifest v1").as_ref().into()),
+            manifest: XChaCha20Poly1305::new(
+                key.subkey(b"collective user-disk manifest v1")
+                    .as_ref()
+                    .into(),
+            ),
             key_id,
             key_id_hex: id_hex,
         }
@@ -154,7 +163,12 @@ impl UserSealer {
         let nonce = *XNonce::from_slice(&head[4 + KEY_ID_LEN..]);
         self.chunk
             .decrypt_in_place_detached(&nonce, head, body, &tag)
-            .map_err(|_| Error::invalid("sealed chunk", "it does not open with this user's key (tampered, or another user's)"))?;
+            .map_err(|_| {
+                Error::invalid(
+                    "sealed chunk",
+                    "it does not open with this user's key (tampered, or another user's)",
+                )
+            })?;
         let inner = sealed.split_off(SEALED_HEADER_LEN);
         decode_chunk_keeping_frames(plain_id, inner)
     }
@@ -168,13 +182,21 @@ impl UserSealer {
             || plain.chunk_size != m.image.chunk_size
             || plain.chunks.len() != m.image.chunks.len()
         {
-            return Err(Error::invalid("user-disk manifest", "the plaintext and sealed chunk lists differ in shape"));
+            return Err(Error::invalid(
+                "user-disk manifest",
+                "the plaintext and sealed chunk lists differ in shape",
+            ));
         }
         for (p, s) in plain.chunks.iter().zip(&m.image.chunks) {
             match (p, s) {
                 (Some(p), Some(_)) => index.extend_from_slice(p.as_bytes()),
                 (None, None) => {}
-                _ => return Err(Error::invalid("user-disk manifest", "a zero chunk in one list is not zero in the other")),
+                _ => {
+                    return Err(Error::invalid(
+                        "user-disk manifest",
+                        "a zero chunk in one list is not zero in the other",
+                    ))
+                }
             }
         }
         m.format = crate::user::USER_DISK_FORMAT;
@@ -202,7 +224,10 @@ impl UserSealer {
             if m.format == 1 {
                 return Ok(m.image.clone());
             }
-            return Err(Error::invalid("user-disk manifest", "format 2 without its sealed index"));
+            return Err(Error::invalid(
+                "user-disk manifest",
+                "format 2 without its sealed index",
+            ));
         };
         if sealed.key_id != self.key_id_hex {
             return Err(Error::invalid(
@@ -212,7 +237,9 @@ impl UserSealer {
         }
         let blob = base64::engine::general_purpose::STANDARD
             .decode(&sealed.index)
-            .map_err(|e| Error::invalid("user-disk manifest", format!("index is not base64: {e}")))?;
+            .map_err(|e| {
+                Error::invalid("user-disk manifest", format!("index is not base64: {e}"))
+            })?;
         if blob.len() < 24 + 16 {
             return Err(Error::invalid("user-disk manifest", "index truncated"));
         }
@@ -227,13 +254,20 @@ impl UserSealer {
         let mut plain = m.image.clone();
         for entry in plain.chunks.iter_mut() {
             if entry.is_some() {
-                let raw = ids.next().ok_or_else(|| Error::invalid("user-disk manifest", "index shorter than the chunk list"))?;
-                let arr: [u8; 32] = raw.try_into().map_err(|_| Error::invalid("user-disk manifest", "bad index entry"))?;
+                let raw = ids.next().ok_or_else(|| {
+                    Error::invalid("user-disk manifest", "index shorter than the chunk list")
+                })?;
+                let arr: [u8; 32] = raw
+                    .try_into()
+                    .map_err(|_| Error::invalid("user-disk manifest", "bad index entry"))?;
                 *entry = Some(ChunkId(arr));
             }
         }
         if ids.next().is_some() || !ids.remainder().is_empty() {
-            return Err(Error::invalid("user-disk manifest", "index longer than the chunk list"));
+            return Err(Error::invalid(
+                "user-disk manifest",
+                "index longer than the chunk list",
+            ));
         }
         Ok(plain)
     }
@@ -242,7 +276,12 @@ impl UserSealer {
 /// The manifest's fields as bytes, each length-prefixed: what its seal authenticates.
 fn manifest_aad(m: &UserDiskManifest, key_id: &str) -> Vec<u8> {
     let mut aad = MANIFEST_CONTEXT.to_vec();
-    for field in [m.user.as_str(), m.appliance.as_str(), m.disk.as_str(), key_id] {
+    for field in [
+        m.user.as_str(),
+        m.appliance.as_str(),
+        m.disk.as_str(),
+        key_id,
+    ] {
         aad.extend_from_slice(&(field.len() as u32).to_le_bytes());
         aad.extend_from_slice(field.as_bytes());
     }
@@ -256,7 +295,10 @@ fn manifest_aad(m: &UserDiskManifest, key_id: &str) -> Vec<u8> {
 
 fn parse_header(sealed: &[u8]) -> Result<()> {
     if sealed.len() < SEALED_OVERHEAD || &sealed[0..2] != SEALED_MAGIC {
-        return Err(Error::invalid("sealed chunk", "missing the \"SU\" header (truncated or not a sealed chunk)"));
+        return Err(Error::invalid(
+            "sealed chunk",
+            "missing the \"SU\" header (truncated or not a sealed chunk)",
+        ));
     }
     if sealed[2] != SEALED_CHUNK_FORMAT {
         return Err(Error::UnsupportedFormat {
@@ -266,7 +308,13 @@ fn parse_header(sealed: &[u8]) -> Result<()> {
         });
     }
     if sealed.len() > MAX_SEALED_CHUNK {
-        return Err(Error::invalid("sealed chunk", format!("{} bytes exceeds the {MAX_SEALED_CHUNK}-byte limit", sealed.len())));
+        return Err(Error::invalid(
+            "sealed chunk",
+            format!(
+                "{} bytes exceeds the {MAX_SEALED_CHUNK}-byte limit",
+                sealed.len()
+            ),
+        ));
     }
     Ok(())
 }
@@ -307,7 +355,11 @@ mod tests {
         let pid = ChunkId::of(&plain);
         let (id_a, a) = s1.seal_chunk(&pid, &plain).unwrap();
         let (id_b, b) = s1.seal_chunk(&pid, &plain).unwrap();
-        assert_eq!((id_a, &a), (id_b, &b), "same user, same plaintext: same bytes (dedup)");
+        assert_eq!(
+            (id_a, &a),
+            (id_b, &b),
+            "same user, same plaintext: same bytes (dedup)"
+        );
         let (id_c, _) = s2.seal_chunk(&pid, &plain).unwrap();
         assert_ne!(id_a, id_c, "another user's key: other bytes");
         assert!(a.len() < plain.len(), "compressed before sealing");
@@ -328,9 +380,16 @@ mod tests {
         let key = DataKey::generate();
         let s = UserSealer::new(&key);
         let p1 = ChunkId::of(b"one");
-        let plain = ChunkList { size: 3 * 65536, chunk_size: 65536, chunks: vec![Some(p1), None, Some(p1)] };
+        let plain = ChunkList {
+            size: 3 * 65536,
+            chunk_size: 65536,
+            chunks: vec![Some(p1), None, Some(p1)],
+        };
         let sid = ChunkId::of(b"sealed one");
-        let mut m = manifest(ChunkList { chunks: vec![Some(sid), None, Some(sid)], ..plain.clone() });
+        let mut m = manifest(ChunkList {
+            chunks: vec![Some(sid), None, Some(sid)],
+            ..plain.clone()
+        });
         s.seal_manifest(&mut m, &plain).unwrap();
         m.validate().unwrap();
         assert_eq!(s.open_manifest(&m).unwrap(), plain);
@@ -350,6 +409,8 @@ mod tests {
         let mut n = m.clone();
         n.sealed = None;
         assert!(s.open_manifest(&n).is_err());
-        assert!(UserSealer::new(&DataKey::generate()).open_manifest(&m).is_err());
+        assert!(UserSealer::new(&DataKey::generate())
+            .open_manifest(&m)
+            .is_err());
     }
 }

@@ -240,22 +240,26 @@ impl WrappedKey {
     pub fn unwrap_with_recovery(&self, secret: &RecoverySecretKey) -> Result<DataKey> {
         self.validate()?;
         let Some(r) = &self.recovery else {
-            return Err(Error::invalid("wrapped data key", "it has no recovery wrap: it was made before a recovery key was installed"));
+            return Err(Error::invalid(
+                "wrapped data key",
+                "it has no recovery wrap: it was made before a recovery key was installed",
+            ));
         };
         if r.key != secret.public().to_string() {
             return Err(Error::invalid(
                 "recovery key",
-                format!("this data key is sealed to recovery key {}, not to {}", r.key, secret.public()),
+                format!(
+                    "this data key is sealed to recovery key {}, not to {}",
+                    r.key,
+                    secret.public()
+                ),
             ));
         }
         let sealed =
             hex::decode(&r.sealed).map_err(|e| Error::invalid("recovery wrap", e.to_string()))?;
-        let plain = Zeroizing::new(
-            secret
-                .0
-                .unseal(&sealed)
-                .map_err(|_| Error::invalid("recovery wrap", "does not open with this recovery key"))?,
-        );
+        let plain = Zeroizing::new(secret.0.unseal(&sealed).map_err(|_| {
+            Error::invalid("recovery wrap", "does not open with this recovery key")
+        })?);
         self.checked(&plain)
     }
 
@@ -276,9 +280,18 @@ impl WrappedKey {
 
     /// The same data key wrapped with a new password (and fresh salt); the recovery wrap
     /// is kept as it is (it wraps the same key).
-    pub fn rewrap(&self, key: &DataKey, user: &str, password: &str, params: KdfParams) -> Result<WrappedKey> {
+    pub fn rewrap(
+        &self,
+        key: &DataKey,
+        user: &str,
+        password: &str,
+        params: KdfParams,
+    ) -> Result<WrappedKey> {
         if key.key_id() != self.key_id {
-            return Err(Error::invalid("data key", "it is not the key this record wraps"));
+            return Err(Error::invalid(
+                "data key",
+                "it is not the key this record wraps",
+            ));
         }
         Ok(WrappedKey {
             format: WRAPPED_KEY_FORMAT,
@@ -290,11 +303,23 @@ impl WrappedKey {
 }
 
 fn hex_len(s: &str) -> Option<usize> {
-    if s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) && s.len() % 2 == 0 {
+    if s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && s.len() % 2 == 0
+    {
         Some(s.len() / 2)
     } else {
         None
     }
+}
+
+/// The hex after `prefix` on the first line of a key file that is not blank or a `#`
+/// comment.
+fn key_line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .and_then(|l| l.strip_prefix(prefix))
 }
 
 /// Length of a sealed box of a data key: ephemeral public key, key, tag.
@@ -319,13 +344,11 @@ pub struct RecoveryPublicKey(crypto_box::PublicKey);
 impl RecoveryPublicKey {
     /// Parses `x25519:<64 hex>` (a `.pub` file may carry `#` comment lines around it).
     pub fn parse(text: &str) -> Result<RecoveryPublicKey> {
-        let line = text
-            .lines()
-            .map(str::trim)
-            .find(|l| !l.is_empty() && !l.starts_with('#'))
-            .unwrap_or("");
-        let hex_part = line.strip_prefix(RECOVERY_PUBLIC_PREFIX).ok_or_else(|| {
-            Error::invalid("recovery public key", format!("expected {RECOVERY_PUBLIC_PREFIX}<64 hex>"))
+        let hex_part = key_line(text, RECOVERY_PUBLIC_PREFIX).ok_or_else(|| {
+            Error::invalid(
+                "recovery public key",
+                format!("expected {RECOVERY_PUBLIC_PREFIX}<64 hex>"),
+            )
         })?;
         let bytes: [u8; 32] = hex::decode(hex_part)
             .ok()
@@ -348,7 +371,11 @@ impl RecoveryPublicKey {
 
 impl std::fmt::Display for RecoveryPublicKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{RECOVERY_PUBLIC_PREFIX}{}", hex::encode(self.0.as_bytes()))
+        write!(
+            f,
+            "{RECOVERY_PUBLIC_PREFIX}{}",
+            hex::encode(self.0.as_bytes())
+        )
     }
 }
 
@@ -369,21 +396,20 @@ impl RecoverySecretKey {
 
     /// The file form: `collective-recovery-key x25519:<64 hex>`.
     pub fn to_file_text(&self) -> String {
-        format!("{RECOVERY_SECRET_PREFIX}{}\n", hex::encode(self.0.to_bytes()))
+        format!(
+            "{RECOVERY_SECRET_PREFIX}{}\n",
+            hex::encode(self.0.to_bytes())
+        )
     }
 
     /// Parses the file form (comment lines starting with `#` are skipped).
     pub fn parse(text: &str) -> Result<RecoverySecretKey> {
-        let line = text
-            .lines()
-            .map(str::trim)
-            .find(|l| !l.is_empty() && !l.starts_with('#'))
-            .unwrap_or("");
-        let hex_part = line.strip_prefix(RECOVERY_SECRET_PREFIX).ok_or_else(|| {
+        let hex_part = key_line(text, RECOVERY_SECRET_PREFIX).ok_or_else(|| {
             Error::invalid("recovery secret key", format!("expected a line {RECOVERY_SECRET_PREFIX}<64 hex> (a .key file from `collective-repo recovery keygen`)"))
         })?;
         let bytes = Zeroizing::new(
-            hex::decode(hex_part).map_err(|_| Error::invalid("recovery secret key", "expected 64 hex digits"))?,
+            hex::decode(hex_part)
+                .map_err(|_| Error::invalid("recovery secret key", "expected 64 hex digits"))?,
         );
         let arr: [u8; 32] = bytes
             .as_slice()
@@ -405,9 +431,15 @@ mod tests {
         let w = key.wrap("alice", "pw", P, None).unwrap();
         w.validate().unwrap();
         assert_eq!(w.unwrap_with_password("alice", "pw").unwrap(), key);
-        assert!(matches!(w.unwrap_with_password("alice", "pW"), Err(Error::WrongPassword)));
+        assert!(matches!(
+            w.unwrap_with_password("alice", "pW"),
+            Err(Error::WrongPassword)
+        ));
         // Bound to the user: bob's record cannot carry alice's wrap.
-        assert!(matches!(w.unwrap_with_password("bob", "pw"), Err(Error::WrongPassword)));
+        assert!(matches!(
+            w.unwrap_with_password("bob", "pw"),
+            Err(Error::WrongPassword)
+        ));
         let json = serde_json::to_string(&w).unwrap();
         let back: WrappedKey = serde_json::from_str(&json).unwrap();
         assert_eq!(back, w);

@@ -390,16 +390,13 @@ impl RepoClient {
         &self,
         method: &str,
         path: &str,
-        body: Vec<u8>,
+        body: &[u8],
     ) -> std::result::Result<Vec<u8>, Box<ApiFailure>> {
         let fail = |status, api, error| Box::new(ApiFailure { status, api, error });
         let req = self
             .authed(self.agent.request(method, &self.url(path)))
             .map_err(|e| fail(0, None, e))?;
-        match req
-            .set("Content-Type", "application/json")
-            .send_bytes(&body)
-        {
+        match req.set("Content-Type", "application/json").send_bytes(body) {
             Ok(resp) => self
                 .read_body(path, resp, MAX_JSON)
                 .map_err(|e| fail(0, None, e)),

@@ -105,9 +105,12 @@ pub(crate) fn online_keys(
     })
     .map_err(|e| Error::Config(e.to_string()))?;
     client
-        .api_raw("PUT", KEY_PATH, body)
+        .api_raw("PUT", KEY_PATH, &body)
         .map_err(|f| f.error)?;
-    log::info!("{user}: had no data key (a record from before sealing); made {} and stored it wrapped", wrapped.key_id);
+    log::info!(
+        "{user}: had no data key (a record from before sealing); made {} and stored it wrapped",
+        wrapped.key_id
+    );
     Ok(SessionKeys::new(key, wrapped))
 }
 
@@ -136,7 +139,7 @@ pub fn change_password(session: &Session, old: &str, new: &str) -> Result<()> {
     })
     .map_err(|e| Error::Config(e.to_string()))?;
     client
-        .api_raw("POST", PASSWORD_PATH, body)
+        .api_raw("POST", PASSWORD_PATH, &body)
         .map_err(|f| f.error)?;
     log::info!("{}: password changed; log in again", session.user);
     Ok(())

@@ -399,13 +399,13 @@ pub fn offline_login(
                 (None, _) => None,
                 (Some(m), Some(s)) => Some(s.open_manifest(m)?),
                 (Some(m), None) if !m.is_sealed() => Some(m.image.clone()),
-                (Some(m), None) => {
-                    return Err(Error::BadUserDisk {
-                        appliance: m.appliance.clone(),
-                        disk: m.disk.clone(),
-                        why: "it is sealed but the offline record holds no data key; log in online once".into(),
-                    })
-                }
+                (Some(m), None) => return Err(Error::BadUserDisk {
+                    appliance: m.appliance.clone(),
+                    disk: m.disk.clone(),
+                    why:
+                        "it is sealed but the offline record holds no data key; log in online once"
+                            .into(),
+                }),
             };
             plain.push((d.disk.clone(), d.version, content));
         }

@@ -63,11 +63,14 @@ impl SealedChunks {
     /// plaintext content. A format-1 manifest (committed before sealing) is plaintext and
     /// is returned as it is: the next write-back seals it.
     pub fn open_manifest(&self, m: &UserDiskManifest) -> Result<ChunkList> {
-        let plain = self.sealer.open_manifest(m).map_err(|e| Error::BadUserDisk {
-            appliance: m.appliance.clone(),
-            disk: m.disk.clone(),
-            why: e.to_string(),
-        })?;
+        let plain = self
+            .sealer
+            .open_manifest(m)
+            .map_err(|e| Error::BadUserDisk {
+                appliance: m.appliance.clone(),
+                disk: m.disk.clone(),
+                why: e.to_string(),
+            })?;
         if m.is_sealed() {
             self.insert_lists(&plain, &m.image);
         }

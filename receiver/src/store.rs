@@ -84,7 +84,6 @@ impl OfflineRecord {
             .iter()
             .find(|d| d.appliance == appliance && d.disk == disk)
     }
-
 }
 
 fn pin_name(user: &str) -> String {

@@ -15,7 +15,7 @@
 //! sealing) are read from the overlay, sealed, and uploaded in batches of at most
 //! [`SEAL_BATCH_BYTES`], so memory stays bounded whatever the disk's size.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -52,9 +52,10 @@ pub struct WriteBackReport {
 /// that a disk with any number of changed chunks is written back, and the request and its
 /// answer stay small.
 pub const MISSING_BATCH: usize = MAX_MISSING_IDS / 4;
-/// Sealed bytes held in memory at once: one batch is sealed, asked about and uploaded
-/// before the next is read.
-pub const SEAL_BATCH_BYTES: usize = 8 << 20;
+/// Plaintext bytes one worker seals, asks about and uploads as a group: big enough that
+/// the `chunks/missing` question is one small request per MiB, small enough that memory
+/// is a few MiB whatever the disk's size.
+pub const SEAL_GROUP_BYTES: usize = 1 << 20;
 
 /// Runs `call` until it succeeds, fails for good, or `attempts` are spent; waits between
 /// attempts as [`crate::RepoConfig::retry_delay`] says (backoff with jitter, or what a
@@ -77,7 +78,11 @@ fn with_retry<T>(client: &RepoClient, mut call: impl FnMut() -> Result<T>) -> Re
 
 /// Runs `one` on every item over `workers` threads; stops at the first failure and
 /// returns it.
-fn parallel<T: Sync>(workers: usize, items: &[T], one: impl Fn(&T) -> Result<()> + Sync) -> Result<()> {
+fn parallel<T: Sync>(
+    workers: usize,
+    items: &[T],
+    one: impl Fn(&T) -> Result<()> + Sync,
+) -> Result<()> {
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let first_error = Mutex::new(None);
@@ -107,9 +112,12 @@ fn parallel<T: Sync>(workers: usize, items: &[T], one: impl Fn(&T) -> Result<()>
 /// A chunk to seal: its index in the disk and its plaintext id.
 type ToSeal = (usize, ChunkId);
 
-/// Reads, seals and uploads `items` (chunks of `overlay`), batch by batch: each batch is
-/// sealed over the configured connections, the repository is asked which sealed ids it
-/// lacks, and those are uploaded. Every chunk sealed is recorded in `sealed`.
+/// Reads, seals and uploads `items` (chunks of `overlay`) over the configured connections.
+/// Each worker takes a group of chunks (about [`SEAL_GROUP_BYTES`]), seals them, asks the
+/// repository which of their sealed ids it lacks, and uploads those: sealing on one worker
+/// overlaps with the uploads of the others, and memory is one group per worker whatever
+/// the disk's size. Every chunk sealed is recorded in `sealed` once it is on the
+/// repository.
 fn seal_and_upload(
     client: &RepoClient,
     overlay: &Overlay,
@@ -117,26 +125,23 @@ fn seal_and_upload(
     items: &[ToSeal],
     report: &mut WriteBackReport,
 ) -> Result<()> {
-    let workers = client.config().connections;
-    let per_batch = (SEAL_BATCH_BYTES / overlay.view().chunk_size().max(1) as usize).clamp(1, MISSING_BATCH);
+    let per_group = (SEAL_GROUP_BYTES / overlay.view().chunk_size().max(1) as usize).clamp(1, 256);
+    let groups: Vec<&[ToSeal]> = items.chunks(per_group).collect();
+    let sealed_n = AtomicUsize::new(0);
     let uploaded = AtomicUsize::new(0);
     let bytes = AtomicU64::new(0);
-    for batch in items.chunks(per_batch) {
-        let out: Mutex<Vec<(ChunkId, ChunkId, Vec<u8>)>> = Mutex::new(Vec::with_capacity(batch.len()));
-        parallel(workers, batch, |(idx, plain_id)| {
+    parallel(client.config().connections, &groups, |group| {
+        let mut out = Vec::with_capacity(group.len());
+        for (idx, plain_id) in group.iter() {
             let plain = overlay.read_chunk(*idx)?;
             if ChunkId::of(&plain) != *plain_id {
                 return Err(Error::Config(format!(
                     "chunk {idx} of the user disk changed while it was written back; write it back again"
                 )));
             }
-            let (sid, bytes) = sealed.sealer().seal_chunk(plain_id, &plain)?;
-            if let Ok(mut o) = out.lock() {
-                o.push((*plain_id, sid, bytes));
-            }
-            Ok(())
-        })?;
-        let out = out.into_inner().map_err(|_| Error::Config("a sealing thread panicked".into()))?;
+            let (sid, data) = sealed.sealer().seal_chunk(plain_id, &plain)?;
+            out.push((*plain_id, sid, data));
+        }
         let body = serde_json::to_vec(&MissingChunksRequest {
             ids: out.iter().map(|(_, sid, _)| *sid).collect(),
         })
@@ -145,19 +150,18 @@ fn seal_and_upload(
             client.api("POST", MISSING_CHUNKS_PATH, Some(body.clone()))
         })?;
         let missing: HashSet<ChunkId> = missing.missing.into_iter().collect();
-        let to_send: Vec<&(ChunkId, ChunkId, Vec<u8>)> =
-            out.iter().filter(|(_, sid, _)| missing.contains(sid)).collect();
-        parallel(workers, &to_send, |(_, sid, data)| {
+        for (_, sid, data) in out.iter().filter(|(_, sid, _)| missing.contains(sid)) {
             with_retry(client, || client.put_chunk(sid, data))?;
             uploaded.fetch_add(1, Ordering::Relaxed);
             bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-            Ok(())
-        })?;
+        }
         for (p, sid, _) in &out {
             sealed.insert(*p, *sid);
         }
-        report.sealed_chunks += out.len();
-    }
+        sealed_n.fetch_add(out.len(), Ordering::Relaxed);
+        Ok(())
+    })?;
+    report.sealed_chunks += sealed_n.load(Ordering::Relaxed);
     report.uploaded_chunks += uploaded.load(Ordering::Relaxed);
     report.uploaded_bytes += bytes.load(Ordering::Relaxed);
     Ok(())
@@ -245,32 +249,32 @@ fn write_back_inner(
         return Ok(report);
     }
     if upgrade {
-        log::warn!("{appliance}/{disk}: committed in the clear before sealing; sealing the whole disk now");
+        log::warn!(
+            "{appliance}/{disk}: committed in the clear before sealing; sealing the whole disk now"
+        );
     }
-    // Every distinct non-zero chunk without a sealed copy yet, at its first index.
-    let mut seen = HashSet::new();
-    let to_seal: Vec<ToSeal> = wb
-        .chunks
-        .chunks
-        .iter()
-        .enumerate()
-        .filter_map(|(i, c)| c.map(|p| (i, p)))
-        .filter(|(_, p)| sealed.sealed_id(p).is_none() && seen.insert(*p))
-        .collect();
+    // Every distinct non-zero chunk without a sealed copy yet, at its first index. Memory
+    // here is per chunk of the disk (tens of bytes each), so what is not needed any more is
+    // dropped at once: a disk of 66,000 chunks must write back within a bounded peak.
+    let to_seal: Vec<ToSeal> = {
+        let mut seen = HashSet::new();
+        wb.chunks
+            .chunks
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.map(|p| (i, p)))
+            .filter(|(_, p)| sealed.sealed_id(p).is_none() && seen.insert(*p))
+            .collect()
+    };
     seal_and_upload(&client, overlay, &sealed, &to_seal, &mut report)?;
+    drop(to_seal);
 
     let mut image = wb.chunks.clone();
     for c in image.chunks.iter_mut().flatten() {
-        *c = sealed.sealed_id(c).ok_or_else(|| Error::Config("a chunk was left unsealed".into()))?;
+        *c = sealed
+            .sealed_id(c)
+            .ok_or_else(|| Error::Config("a chunk was left unsealed".into()))?;
     }
-    // For a gc between the question and the commit: which chunk a sealed id came from.
-    let origin: HashMap<ChunkId, ToSeal> = image
-        .chunks
-        .iter()
-        .zip(wb.chunks.chunks.iter())
-        .enumerate()
-        .filter_map(|(i, (s, p))| Some((s.as_ref().copied()?, (i, p.as_ref().copied()?))))
-        .collect();
     let mut manifest = UserDiskManifest {
         format: appliance::user::USER_DISK_FORMAT,
         user: session.user.clone(),
@@ -281,16 +285,17 @@ fn write_back_inner(
         sealed: None,
     };
     sealed.sealer().seal_manifest(&mut manifest, &wb.chunks)?;
-    let body = serde_json::to_vec(&CommitUserDiskRequest {
+    let request = CommitUserDiskRequest {
         expected_version: expected,
-        manifest: manifest.clone(),
-    })
-    .map_err(|e| Error::Config(e.to_string()))?;
+        manifest,
+    };
+    let body = serde_json::to_vec(&request).map_err(|e| Error::Config(e.to_string()))?;
+    let manifest = request.manifest;
     let path = user_disk_api_path(appliance, disk);
     let mut tries = 0;
     let reply: CommitUserDiskResponse = loop {
         tries += 1;
-        match client.api_raw("PUT", &path, body.clone()) {
+        match client.api_raw("PUT", &path, &body) {
             Ok(b) => {
                 break serde_json::from_slice(&b).map_err(|e| Error::Protocol {
                     what: "commit reply".into(),
@@ -314,8 +319,22 @@ fn write_back_inner(
             {
                 // Collected by a gc between the question and the commit: seal and upload
                 // those again, then commit again.
-                let missing = f.api.map(|a| a.missing).unwrap_or_default();
-                let again: Vec<ToSeal> = missing.iter().filter_map(|s| origin.get(s).copied()).collect();
+                let missing: HashSet<ChunkId> = f
+                    .api
+                    .map(|a| a.missing)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect();
+                let again: Vec<ToSeal> = manifest
+                    .image
+                    .chunks
+                    .iter()
+                    .zip(&wb.chunks.chunks)
+                    .enumerate()
+                    .filter_map(|(i, (s, p))| Some((i, (*s)?, (*p)?)))
+                    .filter(|(_, s, _)| missing.contains(s))
+                    .map(|(i, _, p)| (i, p))
+                    .collect();
                 seal_and_upload(&client, overlay, &sealed, &again, &mut report)?;
             }
             Err(f) if f.error.is_unreachable() && tries < client.config().attempts => {

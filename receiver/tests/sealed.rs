@@ -73,7 +73,11 @@ fn write_markers(ov: &cachefs::Overlay, m: &[u8]) {
 /// Reads the session's user disk of desk and checks both markers are there.
 fn reads_markers(cache: &std::sync::Arc<cachefs::Cache>, s: &receiver::Session, m: &[u8]) -> bool {
     let ud = s.set.get("desk").unwrap().user_disk("user").unwrap();
-    let disk = read_blob(cache, &ud.image, receiver::Fetcher::new(s.client.clone().unwrap()));
+    let disk = read_blob(
+        cache,
+        &ud.image,
+        receiver::Fetcher::new(s.client.clone().unwrap()),
+    );
     let t = TEXT_AT as usize + 100;
     let r = RANDOM_AT as usize + 100;
     &disk[t..t + m.len()] == m && &disk[r..r + m.len()] == m
@@ -96,7 +100,10 @@ fn write_back_markers(f: &Fixture, srv: &Server, user: &str, password: &str, nam
     let r = receiver::write_back(&mut s, "desk", "user", &ov).unwrap();
     assert_eq!(r.version, 1);
     // The first write-back seals every non-zero chunk of the disk: the two changed ones.
-    assert_eq!((r.changed_chunks, r.sealed_chunks, r.uploaded_chunks), (2, 2, 2));
+    assert_eq!(
+        (r.changed_chunks, r.sealed_chunks, r.uploaded_chunks),
+        (2, 2, 2)
+    );
     s.logout();
 }
 
@@ -118,19 +125,39 @@ fn the_repository_never_holds_the_users_data_and_another_terminal_reads_it() {
     write_back_markers(&f, &srv, "alice", PASSWORD, "a.img", &m);
 
     let found = holding(f.repo.root(), &m);
-    assert!(found.is_empty(), "the repository holds the marker in {found:?}");
+    assert!(
+        found.is_empty(),
+        "the repository holds the marker in {found:?}"
+    );
     // Every chunk of the committed disk is sealed, and its manifest is format 2.
     let committed = f.repo.user_disk("alice", "desk", "user").unwrap().unwrap();
     assert!(committed.is_sealed());
     for id in committed.image.distinct_chunks() {
-        let raw = std::fs::read(f.repo.root().join("public").join(appliance::wire::chunk_path(&id))).unwrap();
-        assert!(appliance::sealed::is_sealed(&raw), "chunk {id} is not sealed");
+        let raw = std::fs::read(
+            f.repo
+                .root()
+                .join("public")
+                .join(appliance::wire::chunk_path(&id)),
+        )
+        .unwrap();
+        assert!(
+            appliance::sealed::is_sealed(&raw),
+            "chunk {id} is not sealed"
+        );
     }
 
     // Another terminal, empty cache: logs in and reads both markers back.
     let cache_b = f.cache("b.img");
     let s = receiver::login(cache_b.clone(), &f.config(&srv.url()), "alice", PASSWORD).unwrap();
-    assert_eq!(s.set.get("desk").unwrap().user_disk("user").unwrap().version, 1);
+    assert_eq!(
+        s.set
+            .get("desk")
+            .unwrap()
+            .user_disk("user")
+            .unwrap()
+            .version,
+        1
+    );
     assert!(reads_markers(&cache_b, &s, &m));
 
     // The same chunk written by bob seals to other bytes: no dedup across users.
@@ -144,7 +171,10 @@ fn the_repository_never_holds_the_users_data_and_another_terminal_reads_it() {
         .into_iter()
         .filter(|id| committed.image.distinct_chunks().contains(id))
         .collect();
-    assert!(shared.is_empty(), "alice's and bob's sealed chunks must differ");
+    assert!(
+        shared.is_empty(),
+        "alice's and bob's sealed chunks must differ"
+    );
     assert!(holding(f.repo.root(), &m).is_empty());
 }
 
@@ -167,7 +197,10 @@ fn a_wrong_password_opens_nothing_online_or_offline() {
     let cache_b = f.cache("b.img");
     let s = receiver::login(cache_b.clone(), &f.config(&srv.url()), "alice", PASSWORD).unwrap();
     assert!(reads_markers(&cache_b, &s, &m));
-    assert!(s.record.verifier.is_empty(), "no second, cheaper target for guessing");
+    assert!(
+        s.record.verifier.is_empty(),
+        "no second, cheaper target for guessing"
+    );
     assert!(s.record.data_key.is_some());
     drop(s);
     srv.kill();
@@ -197,18 +230,43 @@ fn the_recovery_key_keeps_the_data_through_a_reset_and_a_reset_without_it_must_d
     // Without the recovery key the administrator is told what a reset means.
     let e = users::passwd(&f.repo, "bob", "second", FAST, FAST, PasswdMode::Plain).unwrap_err();
     let text = e.to_string();
-    assert!(text.contains("--discard-data") && text.contains("--recovery-key"), "{text}");
-    assert!(receiver::login(f.cache("x.img"), &f.config(&srv.url()), "bob", "first").is_ok(), "nothing changed");
+    assert!(
+        text.contains("--discard-data") && text.contains("--recovery-key"),
+        "{text}"
+    );
+    assert!(
+        receiver::login(f.cache("x.img"), &f.config(&srv.url()), "bob", "first").is_ok(),
+        "nothing changed"
+    );
 
     // With it: same key, new password, data readable on a fresh terminal.
     let wrong = RecoverySecretKey::generate();
-    assert!(users::passwd(&f.repo, "bob", "second", FAST, FAST, PasswdMode::Recovery(&wrong)).is_err());
+    assert!(users::passwd(
+        &f.repo,
+        "bob",
+        "second",
+        FAST,
+        FAST,
+        PasswdMode::Recovery(&wrong)
+    )
+    .is_err());
     assert_eq!(
-        users::passwd(&f.repo, "bob", "second", FAST, FAST, PasswdMode::Recovery(&org)).unwrap(),
+        users::passwd(
+            &f.repo,
+            "bob",
+            "second",
+            FAST,
+            FAST,
+            PasswdMode::Recovery(&org)
+        )
+        .unwrap(),
         PasswdOutcome::Rewrapped
     );
     let cfg = f.config(&srv.url());
-    assert!(matches!(receiver::login(f.cache("y.img"), &cfg, "bob", "first"), Err(Error::BadCredentials)));
+    assert!(matches!(
+        receiver::login(f.cache("y.img"), &cfg, "bob", "first"),
+        Err(Error::BadCredentials)
+    ));
     let cache = f.cache("b.img");
     let s = receiver::login(cache.clone(), &cfg, "bob", "second").unwrap();
     assert!(reads_markers(&cache, &s, &m));
@@ -238,12 +296,21 @@ fn a_user_changes_their_own_password_and_keeps_their_data() {
         Err(Error::BadCredentials)
     ));
     receiver::change_password(&s, PASSWORD, "new pw").unwrap();
-    assert!(matches!(receiver::login(f.cache("c.img"), &cfg, "alice", PASSWORD), Err(Error::BadCredentials)));
+    assert!(matches!(
+        receiver::login(f.cache("c.img"), &cfg, "alice", PASSWORD),
+        Err(Error::BadCredentials)
+    ));
     let cache = f.cache("d.img");
     let s2 = receiver::login(cache.clone(), &cfg, "alice", "new pw").unwrap();
     assert!(reads_markers(&cache, &s2, &m));
     assert_eq!(
-        f.repo.user("alice").unwrap().unwrap().data_key.unwrap().key_id,
+        f.repo
+            .user("alice")
+            .unwrap()
+            .unwrap()
+            .data_key
+            .unwrap()
+            .key_id,
         s.keys.as_ref().unwrap().wrapped.key_id,
         "the same data key: nothing was re-sealed"
     );
@@ -282,7 +349,9 @@ fn a_user_from_before_sealing_gets_a_key_and_the_clear_disk_is_sealed_at_logout(
     let plain = appliance::ChunkList::of_data(&disk, 65536).unwrap();
     for id in plain.distinct_chunks() {
         let i = plain.chunks.iter().position(|c| *c == Some(id)).unwrap();
-        f.repo.put_chunk(&id, &disk[i * 65536..(i + 1) * 65536]).unwrap();
+        f.repo
+            .put_chunk(&id, &disk[i * 65536..(i + 1) * 65536])
+            .unwrap();
     }
     f.repo
         .write_user_disk(&appliance::UserDiskManifest {
@@ -295,16 +364,27 @@ fn a_user_from_before_sealing_gets_a_key_and_the_clear_disk_is_sealed_at_logout(
             sealed: None,
         })
         .unwrap();
-    assert!(!holding(f.repo.root(), &m).is_empty(), "in the clear before");
+    assert!(
+        !holding(f.repo.root(), &m).is_empty(),
+        "in the clear before"
+    );
 
     let cache = f.cache("a.img");
     let mut s = receiver::login(cache.clone(), &f.config(&srv.url()), "carol", "pw").unwrap();
-    assert!(f.repo.user("carol").unwrap().unwrap().data_key.is_some(), "the terminal stored a key");
+    assert!(
+        f.repo.user("carol").unwrap().unwrap().data_key.is_some(),
+        "the terminal stored a key"
+    );
     assert!(reads_markers(&cache, &s, &m));
     let ov = open_desk_user_disk(&cache, &s);
     let r = receiver::write_back(&mut s, "desk", "user", &ov).unwrap();
     assert_eq!((r.changed_chunks, r.sealed_chunks, r.version), (0, 2, 2));
-    assert!(f.repo.user_disk("carol", "desk", "user").unwrap().unwrap().is_sealed());
+    assert!(f
+        .repo
+        .user_disk("carol", "desk", "user")
+        .unwrap()
+        .unwrap()
+        .is_sealed());
     let stats = repository::gc::gc(
         &f.repo,
         &repository::gc::GcOptions {
@@ -315,7 +395,10 @@ fn a_user_from_before_sealing_gets_a_key_and_the_clear_disk_is_sealed_at_logout(
     )
     .unwrap();
     assert!(stats.removed_chunks >= 2, "{stats:?}");
-    assert!(holding(f.repo.root(), &m).is_empty(), "gc removed the plaintext");
+    assert!(
+        holding(f.repo.root(), &m).is_empty(),
+        "gc removed the plaintext"
+    );
     let cache_b = f.cache("b.img");
     let s = receiver::login(cache_b.clone(), &f.config(&srv.url()), "carol", "pw").unwrap();
     assert!(reads_markers(&cache_b, &s, &m));

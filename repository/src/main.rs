@@ -313,12 +313,20 @@ fn read_password(confirm: bool) -> Result<String> {
 
 /// Writes a key pair: `PREFIX.key` (mode 0600, create-only) and `PREFIX.pub`. Refuses to
 /// replace either: a lost secret key cannot be made again.
-fn write_key_pair(out: &Path, secret_text: &str, public_text: &str, why_not_replace: &str) -> Result<(PathBuf, PathBuf)> {
+fn write_key_pair(
+    out: &Path,
+    secret_text: &str,
+    public_text: &str,
+    why_not_replace: &str,
+) -> Result<(PathBuf, PathBuf)> {
     let secret = out.with_extension("key");
     let public = out.with_extension("pub");
     for p in [&secret, &public] {
         if p.exists() {
-            return Err(Error::Usage(format!("{} exists already; move it away or pick another --out ({why_not_replace})", p.display())));
+            return Err(Error::Usage(format!(
+                "{} exists already; move it away or pick another --out ({why_not_replace})",
+                p.display()
+            )));
         }
     }
     {
@@ -343,7 +351,12 @@ fn keygen(out: &Path) -> Result<()> {
         "# Collective publisher key: build this line into terminal images as a trusted key.\n{}\n",
         key.public()
     );
-    let (secret, public) = write_key_pair(out, &key.to_file_text(), &text, "a new key is not trusted by existing terminals")?;
+    let (secret, public) = write_key_pair(
+        out,
+        &key.to_file_text(),
+        &text,
+        "a new key is not trusted by existing terminals",
+    )?;
     println!(
         "secret key: {} (keep it off the server, back it up)",
         secret.display()
@@ -358,13 +371,25 @@ fn recovery_keygen(out: &Path) -> Result<()> {
         "# Collective organisation recovery key: install it with `collective-repo recovery install`.\n{}\n",
         key.public()
     );
-    let (secret, public) = write_key_pair(out, &key.to_file_text(), &text, "data keys sealed to the old key need it")?;
+    let (secret, public) = write_key_pair(
+        out,
+        &key.to_file_text(),
+        &text,
+        "data keys sealed to the old key need it",
+    )?;
     println!(
         "recovery secret key: {} (keep it OFFLINE, never on the repository; it opens every user's data key made after it is installed)",
         secret.display()
     );
-    println!("recovery public key: {} = {}", public.display(), key.public());
-    println!("install it with `collective-repo -r DIR recovery install {}`", public.display());
+    println!(
+        "recovery public key: {} = {}",
+        public.display(),
+        key.public()
+    );
+    println!(
+        "install it with `collective-repo -r DIR recovery install {}`",
+        public.display()
+    );
     Ok(())
 }
 
@@ -487,7 +512,13 @@ fn run(cli: Cli) -> Result<()> {
         }) => {
             let repo = Repo::open(&cli.repo)?;
             let password = read_password(true)?;
-            users::add(&repo, &name, &password, kdf(insecure_fast_kdf), wrap_kdf(insecure_fast_kdf))?;
+            users::add(
+                &repo,
+                &name,
+                &password,
+                kdf(insecure_fast_kdf),
+                wrap_kdf(insecure_fast_kdf),
+            )?;
             println!("added user {name}; give them appliances with `collective-repo set assign {name} APPLIANCE...`");
         }
         Cmd::User(UserCmd::Passwd {
@@ -497,7 +528,10 @@ fn run(cli: Cli) -> Result<()> {
             insecure_fast_kdf,
         }) => {
             let repo = Repo::open(&cli.repo)?;
-            let secret = recovery_key.as_deref().map(read_recovery_secret).transpose()?;
+            let secret = recovery_key
+                .as_deref()
+                .map(read_recovery_secret)
+                .transpose()?;
             let mode = match (&secret, discard_data) {
                 (Some(s), _) => users::PasswdMode::Recovery(s),
                 (None, true) => users::PasswdMode::DiscardData,
@@ -506,13 +540,22 @@ fn run(cli: Cli) -> Result<()> {
             // Say no before asking for a password that could not be used.
             users::check_passwd(&repo, &name, &mode)?;
             let password = read_password(true)?;
-            let outcome = users::passwd(&repo, &name, &password, kdf(insecure_fast_kdf), wrap_kdf(insecure_fast_kdf), mode)?;
+            let outcome = users::passwd(
+                &repo,
+                &name,
+                &password,
+                kdf(insecure_fast_kdf),
+                wrap_kdf(insecure_fast_kdf),
+                mode,
+            )?;
             match outcome {
                 users::PasswdOutcome::Rewrapped => println!("changed the password of {name}; their data key was re-wrapped with the recovery key, their data stays readable"),
                 users::PasswdOutcome::NoKey => println!("changed the password of {name} (no data key yet: their terminal makes one at the next login)"),
                 users::PasswdOutcome::Discarded(n) => println!("changed the password of {name} and gave them a NEW data key: {n} user disk(s) sealed with the old key were discarded (their chunks go with the next gc); {name} starts from the appliances' initial content"),
             }
-            println!("{name}'s open sessions end now (a terminal logged in as {name} must log in again)");
+            println!(
+                "{name}'s open sessions end now (a terminal logged in as {name} must log in again)"
+            );
         }
         Cmd::Recovery(RecoveryCmd::Keygen { out }) => recovery_keygen(&out)?,
         Cmd::Recovery(RecoveryCmd::Install { public_key }) => {
@@ -529,11 +572,22 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Upgrade { dir } => {
             let (_, keyless, unsealed) = Repo::upgrade(&dir)?;
-            println!("{} is at layout format {}", dir.display(), repository::store::REPOSITORY_FORMAT);
+            println!(
+                "{} is at layout format {}",
+                dir.display(),
+                repository::store::REPOSITORY_FORMAT
+            );
             if keyless.is_empty() && unsealed.is_empty() {
                 println!("every user has a data key and every user disk is sealed");
             } else {
-                println!("users without a data key (their terminal makes one at the next login): {}", if keyless.is_empty() { "none".to_owned() } else { keyless.join(", ") });
+                println!(
+                    "users without a data key (their terminal makes one at the next login): {}",
+                    if keyless.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        keyless.join(", ")
+                    }
+                );
                 println!("user disks still in the clear (sealed at the owner's next logout; then `collective-repo gc` removes the plaintext chunks): {}", if unsealed.is_empty() { "none".to_owned() } else { unsealed.join(", ") });
             }
         }

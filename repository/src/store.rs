@@ -190,7 +190,9 @@ impl Repo {
     /// Installs (or replaces) the recovery public key. Data keys made from now on are
     /// sealed to it too; existing ones keep the wrap they have.
     pub fn set_recovery_key(&self, key: &RecoveryPublicKey) -> Result<()> {
-        let text = format!("# the organisation's recovery key (collective-repo recovery install)\n{key}\n");
+        let text = format!(
+            "# the organisation's recovery key (collective-repo recovery install)\n{key}\n"
+        );
         fsutil::write_replace(&self.tmp_dir(), &self.recovery_file(), text.as_bytes())
     }
 

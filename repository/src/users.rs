@@ -23,7 +23,13 @@ pub fn add(repo: &Repo, name: &str, password: &str, kdf: KdfParams, wrap: KdfPar
     if recovery.is_none() {
         log::info!("no recovery key installed: only {name}'s password opens their data key");
     }
-    repo.create_user(&UserRecord::with_key(name, password, kdf, wrap, recovery.as_ref())?)
+    repo.create_user(&UserRecord::with_key(
+        name,
+        password,
+        kdf,
+        wrap,
+        recovery.as_ref(),
+    )?)
 }
 
 /// How an administrator's password change treats the user's data key.
@@ -99,7 +105,8 @@ pub fn passwd(
         }
         (Some(_), PasswdMode::DiscardData) => {
             let recovery = repo.recovery_key()?;
-            rec.data_key = Some(DataKey::generate().wrap(name, password, wrap, recovery.as_ref())?);
+            rec.data_key =
+                Some(DataKey::generate().wrap(name, password, wrap, recovery.as_ref())?);
             // The record first: if the removal fails half-way, the disks left are refused
             // by terminals (sealed with the old key), never half-readable.
             rec.format = appliance::user::USER_RECORD_FORMAT;
@@ -111,7 +118,9 @@ pub fn passwd(
         }
         (Some(_), PasswdMode::Plain) => {
             // check_passwd refused this already; kept so that no path replaces a key silently.
-            return Err(Error::Usage(format!("{name}'s data key cannot be re-wrapped without --recovery-key or --discard-data")));
+            return Err(Error::Usage(format!(
+                "{name}'s data key cannot be re-wrapped without --recovery-key or --discard-data"
+            )));
         }
     };
     rec.verifier = hash_password(password, kdf)?;

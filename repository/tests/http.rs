@@ -202,7 +202,9 @@ fn user_disk_upload_and_compare_and_swap() {
     assert_eq!((code, err.unwrap().code.as_str()), (400, "chunk_mismatch"));
 
     // Commit before uploading: 400 missing_chunks, listing both.
-    let manifest = |version, image: ChunkList| sealed_manifest(&f.repo, "alice", "desk", "user", version, image);
+    let manifest = |version, image: ChunkList| {
+        sealed_manifest(&f.repo, "alice", "desk", "user", version, image)
+    };
     let commit = |expected, m: UserDiskManifest| {
         status_of(
             api("PUT", &base, &user_disk_api_path("desk", "user"), &token).send_json(

@@ -280,10 +280,20 @@ fn cli_end_to_end_and_errors_that_say_what_to_do() {
     assert!(cli(&["-r", &repo, "set", "assign", "alice", "desk"], None).0);
     // alice's data key opens only with her password: a reset must say so and stop.
     let (ok, _, err) = cli(
-        &["-r", &repo, "user", "passwd", "alice", "--insecure-fast-kdf"],
+        &[
+            "-r",
+            &repo,
+            "user",
+            "passwd",
+            "alice",
+            "--insecure-fast-kdf",
+        ],
         Some("pw3\n"),
     );
-    assert!(!ok && err.contains("--discard-data") && err.contains("recovery"), "{err}");
+    assert!(
+        !ok && err.contains("--discard-data") && err.contains("recovery"),
+        "{err}"
+    );
     assert!(
         cli(
             &[

@@ -78,7 +78,14 @@ impl Fixture {
         let repo = Repo::init(&tmp.path().join("repo")).unwrap();
         let key = SecretKey::generate();
         let kernel = bytes(7, 300_000, true);
-        repository::users::add(&repo, "alice", PASSWORD, KdfParams::INSECURE_FOR_TESTS, KdfParams::INSECURE_FOR_TESTS).unwrap();
+        repository::users::add(
+            &repo,
+            "alice",
+            PASSWORD,
+            KdfParams::INSECURE_FOR_TESTS,
+            KdfParams::INSECURE_FOR_TESTS,
+        )
+        .unwrap();
         Fixture {
             tmp,
             repo,

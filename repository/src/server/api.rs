@@ -379,6 +379,35 @@ fn login(state: &State, body: &[u8], peer: SocketAddr) -> Reply {
     )
 }
 
+/// Checks a wrapped key's shape, then takes the commit lock (record changes by the API are
+/// serialized with each other) and reads the user's record.
+fn record_for_key_change<'a>(
+    state: &'a State,
+    user: &str,
+    key: &appliance::WrappedKey,
+) -> Result<(std::sync::MutexGuard<'a, ()>, appliance::UserRecord), Reply> {
+    if let Err(e) = key.validate() {
+        return Err(Reply::err(
+            400,
+            "bad_request",
+            format!("the wrapped key is invalid: {e}"),
+        ));
+    }
+    let guard = state
+        .commit_lock
+        .lock()
+        .map_err(|_| internal("the commit lock is poisoned"))?;
+    match state.repo.user(user) {
+        Ok(Some(r)) => Ok((guard, r)),
+        Ok(None) => Err(Reply::err(
+            401,
+            "session_revoked",
+            format!("user {user} was removed; log in again"),
+        )),
+        Err(e) => Err(internal(e)),
+    }
+}
+
 /// Keeps a data key the user's terminal made: for a record from before sealing (no key
 /// yet), or to add a recovery wrap to the same key. Never replaces a key: that would make
 /// the user's sealed disks unreadable (an administrator's `passwd --discard-data` does
@@ -388,17 +417,9 @@ fn set_key(state: &State, user: &str, body: &[u8]) -> Reply {
         Ok(b) => b,
         Err(r) => return r,
     };
-    if let Err(e) = body.key.validate() {
-        return Reply::err(400, "bad_request", format!("the wrapped key is invalid: {e}"));
-    }
-    let _guard = match state.commit_lock.lock() {
-        Ok(g) => g,
-        Err(_) => return internal("the commit lock is poisoned"),
-    };
-    let mut rec = match state.repo.user(user) {
-        Ok(Some(r)) => r,
-        Ok(None) => return Reply::err(401, "session_revoked", format!("user {user} was removed; log in again")),
-        Err(e) => return internal(e),
+    let (_guard, mut rec) = match record_for_key_change(state, user, &body.key) {
+        Ok(v) => v,
+        Err(r) => return r,
     };
     let acceptable = match &rec.data_key {
         None => true,
@@ -432,42 +453,46 @@ fn change_password(state: &State, user: &str, body: &[u8], peer: SocketAddr) -> 
     let client = peer.ip();
     if let Some(wait) = state.limiter.wait(user, client) {
         let secs = wait.as_secs() + 1;
-        let mut e = ApiError::new("rate_limited", format!("too many failed attempts: wait {secs} s"));
+        let mut e = ApiError::new(
+            "rate_limited",
+            format!("too many failed attempts: wait {secs} s"),
+        );
         e.retry_after_secs = Some(secs);
         return Reply::Error(429, e);
     }
     if body.new_password.is_empty() {
         return Reply::err(400, "bad_request", "the new password must not be empty");
     }
-    if let Err(e) = body.key.validate() {
-        return Reply::err(400, "bad_request", format!("the wrapped key is invalid: {e}"));
-    }
-    let _guard = match state.commit_lock.lock() {
-        Ok(g) => g,
-        Err(_) => return internal("the commit lock is poisoned"),
-    };
-    let mut rec = match state.repo.user(user) {
-        Ok(Some(r)) => r,
-        Ok(None) => return Reply::err(401, "session_revoked", format!("user {user} was removed; log in again")),
-        Err(e) => return internal(e),
+    let (_guard, mut rec) = match record_for_key_change(state, user, &body.key) {
+        Ok(v) => v,
+        Err(r) => return r,
     };
     match verify_password(&rec.verifier, &body.old_password) {
         Ok(()) => state.limiter.succeeded(user, client),
         Err(appliance::Error::WrongPassword) => {
             state.limiter.failed(user, client);
-            return Reply::err(401, "bad_credentials", "the current password is wrong; nothing changed");
+            return Reply::err(
+                401,
+                "bad_credentials",
+                "the current password is wrong; nothing changed",
+            );
         }
         Err(e) => return internal(format!("the record of user {user} is unusable: {e}")),
     }
     if let Some(old) = &rec.data_key {
         if old.key_id != body.key.key_id || old.recovery != body.key.recovery {
-            return Reply::err(400, "bad_request", "the new wrap must hold the same data key and keep its recovery wrap");
+            return Reply::err(
+                400,
+                "bad_request",
+                "the new wrap must hold the same data key and keep its recovery wrap",
+            );
         }
     }
-    let verifier = match kdf_params_of(&rec.verifier).and_then(|p| hash_password(&body.new_password, p)) {
-        Ok(v) => v,
-        Err(e) => return internal(e),
-    };
+    let verifier =
+        match kdf_params_of(&rec.verifier).and_then(|p| hash_password(&body.new_password, p)) {
+            Ok(v) => v,
+            Err(e) => return internal(e),
+        };
     rec.format = appliance::user::USER_RECORD_FORMAT;
     rec.verifier = verifier;
     rec.data_key = Some(body.key);

@@ -62,7 +62,14 @@ impl Fixture {
             kernel,
         };
         f.publish("desk", &f.system.clone());
-        repository::users::add(&f.repo, "alice", PASSWORD, KdfParams::INSECURE_FOR_TESTS, KdfParams::INSECURE_FOR_TESTS).unwrap();
+        repository::users::add(
+            &f.repo,
+            "alice",
+            PASSWORD,
+            KdfParams::INSECURE_FOR_TESTS,
+            KdfParams::INSECURE_FOR_TESTS,
+        )
+        .unwrap();
         repository::users::assign(&f.repo, "alice", &["desk".into()]).unwrap();
         f
     }
