@@ -133,6 +133,17 @@ pub fn decode_chunk_keeping_frames(id: &ChunkId, mut stored: Vec<u8>) -> Result<
     })
 }
 
+/// Checks stored bytes against their id whatever they are: a `CK` chunk must decode to
+/// plaintext hashing to `id`; a sealed user chunk ([`crate::sealed`]) must have a valid
+/// header and hash to `id` itself (the repository has no key to open it).
+pub fn check_stored(id: &ChunkId, stored: &[u8]) -> Result<()> {
+    if crate::sealed::is_sealed(stored) {
+        crate::sealed::check_sealed(id, stored)
+    } else {
+        decode_chunk(id, stored).map(|_| ())
+    }
+}
+
 /// Decodes a stored chunk without checking its id. Only for tools that compute the id
 /// themselves afterwards.
 pub fn decode_chunk_unverified(stored: &[u8]) -> Result<Vec<u8>> {

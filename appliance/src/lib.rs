@@ -12,19 +12,23 @@ pub mod chunking;
 pub mod error;
 pub mod manifest;
 pub mod names;
+pub mod sealed;
 pub mod sign;
 pub mod user;
+pub mod userkey;
 pub mod wire;
 
 pub use ::chunk::boot_trace;
 pub use chunk::{
-    decode_chunk, decode_chunk_keeping_frames, encode_chunk, is_zero, ChunkEncoding, ChunkId,
-    VerifiedChunk,
+    check_stored, decode_chunk, decode_chunk_keeping_frames, encode_chunk, is_zero, ChunkEncoding,
+    ChunkId, VerifiedChunk,
 };
 pub use chunking::{ChunkList, Chunker, DEFAULT_CHUNK_SIZE};
 pub use error::{Error, Result};
 pub use manifest::{Disk, DiskRole, Manifest, NetworkAttachment, MANIFEST_FORMAT};
+pub use sealed::{SealedIndex, UserSealer};
 pub use sign::{PublicKey, SecretKey, SignedManifest};
 pub use user::{
     hash_password, kdf_params_of, verify_password, KdfParams, UserDiskManifest, UserRecord,
 };
+pub use userkey::{DataKey, RecoveryPublicKey, RecoverySecretKey, WrappedKey};

@@ -11,11 +11,15 @@ use serde::{Deserialize, Serialize};
 use crate::chunking::ChunkList;
 use crate::error::{Error, Result};
 use crate::names::validate_name;
+use crate::sealed::SealedIndex;
+use crate::userkey::{DataKey, RecoveryPublicKey, WrappedKey};
 
-/// Current user record format.
-pub const USER_RECORD_FORMAT: u32 = 1;
-/// Current user-disk manifest format.
-pub const USER_DISK_FORMAT: u32 = 1;
+/// Current user record format: 2 carries the user's wrapped data key. Format 1 records
+/// (written before sealing) are still read: their user gets a key at the next login.
+pub const USER_RECORD_FORMAT: u32 = 2;
+/// Current user-disk manifest format: 2 lists sealed chunks and carries the sealed index
+/// ([`crate::sealed`]). Format 1 (plaintext chunks) is still read, never written.
+pub const USER_DISK_FORMAT: u32 = 2;
 
 /// Cost parameters of argon2id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,6 +38,19 @@ impl KdfParams {
     pub const DEFAULT: KdfParams = KdfParams {
         m_kib: 19 * 1024,
         t: 2,
+        p: 1,
+    };
+    /// The data key's wrap (docs/formats.md, "Key hierarchy"): m = 64 MiB, t = 3, p = 1.
+    /// It is run once per login on the terminal, a PC with gigabytes of memory, so it can
+    /// cost far more than the repository's verifier, which every login costs the server:
+    /// 3.4 times OWASP's memory-time product, about a quarter of a second on a PC. It is
+    /// what stands between a stolen copy of the wrapped key (a terminal's disk, a backup of
+    /// the repository's records) and the user's data. One lane: the `argon2` crate runs
+    /// lanes one after another, so more lanes would cost the terminal time without
+    /// costing an attacker more.
+    pub const DATA_KEY: KdfParams = KdfParams {
+        m_kib: 64 * 1024,
+        t: 3,
         p: 1,
     };
     /// Cheap parameters for tests only (verifiers made with them are weak).
@@ -100,10 +117,14 @@ pub struct UserRecord {
     /// The user's appliance set: appliance names, in start order. The latest version of each
     /// is what a login hands out.
     pub appliances: Vec<String>,
+    /// The user's data key, wrapped (None only in format-1 records: the user's terminal
+    /// makes one at the next login).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_key: Option<WrappedKey>,
 }
 
 impl UserRecord {
-    /// A new user with an empty appliance set.
+    /// A new user with an empty appliance set and no data key (see [`UserRecord::with_key`]).
     pub fn new(name: &str, password: &str, params: KdfParams) -> Result<UserRecord> {
         validate_name("user name", name)?;
         if password.is_empty() {
@@ -114,12 +135,28 @@ impl UserRecord {
             name: name.into(),
             verifier: hash_password(password, params)?,
             appliances: Vec::new(),
+            data_key: None,
         })
+    }
+
+    /// A new user with a fresh data key wrapped with the password (`wrap` parameters) and,
+    /// if given, with the organisation's recovery key. The key itself is dropped (wiped)
+    /// here: nothing on the repository can open it again without the password.
+    pub fn with_key(
+        name: &str,
+        password: &str,
+        params: KdfParams,
+        wrap: KdfParams,
+        recovery: Option<&RecoveryPublicKey>,
+    ) -> Result<UserRecord> {
+        let mut rec = UserRecord::new(name, password, params)?;
+        rec.data_key = Some(DataKey::generate().wrap(name, password, wrap, recovery)?);
+        Ok(rec)
     }
 
     /// Checks format and names.
     pub fn validate(&self) -> Result<()> {
-        if self.format != USER_RECORD_FORMAT {
+        if !(1..=USER_RECORD_FORMAT).contains(&self.format) {
             return Err(Error::UnsupportedFormat {
                 what: "user record",
                 found: self.format,
@@ -129,6 +166,9 @@ impl UserRecord {
         validate_name("user name", &self.name)?;
         for a in &self.appliances {
             validate_name("appliance name", a)?;
+        }
+        if let Some(k) = &self.data_key {
+            k.validate()?;
         }
         Ok(())
     }
@@ -150,14 +190,24 @@ pub struct UserDiskManifest {
     pub disk: String,
     /// 1 for the first commit, then +1 per commit.
     pub version: u64,
-    /// The disk's content.
+    /// The disk's content: sealed chunk ids in format 2, plaintext ids in format 1.
     pub image: ChunkList,
+    /// Format 2: the plaintext ids, encrypted, and the manifest's MAC ([`crate::sealed`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<SealedIndex>,
 }
 
 impl UserDiskManifest {
-    /// Checks format, names and the chunk list.
+    /// True if it lists sealed chunks (format 2); false for a format-1 manifest of
+    /// plaintext chunks written before sealing.
+    pub fn is_sealed(&self) -> bool {
+        self.format >= 2
+    }
+
+    /// Checks format, names and the chunk list (not the seal: that needs the user's key,
+    /// [`crate::sealed::UserSealer::open_manifest`]).
     pub fn validate(&self) -> Result<()> {
-        if self.format != USER_DISK_FORMAT {
+        if !(1..=USER_DISK_FORMAT).contains(&self.format) {
             return Err(Error::UnsupportedFormat {
                 what: "user-disk manifest",
                 found: self.format,
@@ -167,6 +217,12 @@ impl UserDiskManifest {
         validate_name("user name", &self.user)?;
         validate_name("appliance name", &self.appliance)?;
         validate_name("disk name", &self.disk)?;
+        if (self.format >= 2) != self.sealed.is_some() {
+            return Err(Error::invalid(
+                "user-disk manifest",
+                "format 2 carries a sealed index and format 1 none",
+            ));
+        }
         if self.version == 0 {
             return Err(Error::invalid(
                 "user-disk manifest",

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::chunk::ChunkId;
 use crate::user::UserDiskManifest;
+use crate::userkey::WrappedKey;
 
 /// Version of the API (in every path and response).
 pub const API_FORMAT: u32 = 1;
@@ -34,6 +35,14 @@ pub const MAX_MISSING_IDS: usize = 65536;
 pub const USER_DISK_PREFIX: &str = "/api/v1/userdisks/";
 /// Prefix of the chunk upload endpoint, see [`chunk_upload_path`].
 pub const CHUNK_UPLOAD_PREFIX: &str = "/api/v1/chunks/";
+/// The logged-in user's wrapped data key: PUT [`SetKeyRequest`] → 204. Accepted when the
+/// user has no key yet (a record written before sealing: the terminal makes one at login),
+/// or to add a recovery wrap to the same key; 409 `conflict` otherwise.
+pub const KEY_PATH: &str = "/api/v1/key";
+/// The user changes their own password: POST [`ChangePasswordRequest`] → 204. The old
+/// password is checked (and counted as a login attempt); the data key stays the same, so
+/// the terminal sends it wrapped with the new password. Ends the user's sessions.
+pub const PASSWORD_PATH: &str = "/api/v1/password";
 
 /// Relative path of a stored chunk (also its path under the repository's `public/`).
 pub fn chunk_path(id: &ChunkId) -> String {
@@ -115,7 +124,38 @@ pub struct LoginResponse {
     pub user_disks: Vec<UserDiskRef>,
     /// A fresh argon2id verifier of this password (new salt, not the repository's own) for
     /// the terminal to keep for offline login. Check with [`crate::user::verify_password`].
+    /// Terminals that received `data_key` keep that instead (it opens only with the
+    /// password, so it is the offline check too).
     pub offline_verifier: String,
+    /// The user's data key, wrapped with the password (and the organisation's recovery
+    /// key). None: the record predates sealing; the terminal makes a key and sends it
+    /// with [`KEY_PATH`] before it writes anything back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_key: Option<WrappedKey>,
+    /// The organisation's recovery public key (`x25519:<hex>`), if the repository has one:
+    /// a terminal that makes a data key seals it to this key too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_key: Option<String>,
+}
+
+/// Body of [`KEY_PATH`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetKeyRequest {
+    /// The wrapped key to keep in the user's record.
+    pub key: WrappedKey,
+}
+
+/// Body of [`PASSWORD_PATH`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePasswordRequest {
+    /// The current password (checked again: a token alone cannot change it).
+    pub old_password: String,
+    /// The new password.
+    pub new_password: String,
+    /// The user's data key (the same key id) wrapped with the new password.
+    pub key: WrappedKey,
 }
 
 /// Body of [`MISSING_CHUNKS_PATH`].

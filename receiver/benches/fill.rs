@@ -14,59 +14,16 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use appliance::{KdfParams, SecretKey};
+use common::{make_image, publish_request, Rng, CS};
 use receiver::{FillOptions, RepoConfig};
-use repository::publish::{DiskSource, DiskSpec, PublishRequest};
+use repository::publish::{DiskSource, DiskSpec};
 use repository::server::ServeConfig;
 use repository::Repo;
 
-const CS: usize = 64 * 1024;
 const PASSWORD: &str = "bench password";
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-fn make_image(mb: usize, seed: u64) -> Vec<u8> {
-    let words: Vec<&[u8]> = b"the of and to in is for that with as on by this be are from or at an it kernel module libc so ld linux usr share doc copyright changelog gz debian package version".split(|&c| c == b' ').collect();
-    let mut rng = Rng(seed | 1);
-    let mut img = vec![0u8; mb << 20];
-    for (i, c) in img.chunks_mut(CS).enumerate() {
-        match i % 20 {
-            0 | 1 => {}
-            n if n % 2 == 0 => {
-                let mut p = 0;
-                while p < c.len() {
-                    let w = words[(rng.next() % words.len() as u64) as usize];
-                    let n = w.len().min(c.len() - p);
-                    c[p..p + n].copy_from_slice(&w[..n]);
-                    p += n;
-                    if p < c.len() {
-                        c[p] = if rng.next().is_multiple_of(10) {
-                            b'\n'
-                        } else {
-                            b' '
-                        };
-                        p += 1;
-                    }
-                }
-            }
-            _ => {
-                for b in c.chunks_mut(8) {
-                    let x = rng.next().to_le_bytes();
-                    b.copy_from_slice(&x[..b.len()]);
-                }
-            }
-        }
-    }
-    img
-}
 
 fn mibs(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / (1 << 20) as f64 / d.as_secs_f64()
@@ -80,22 +37,11 @@ fn publish(
 ) -> repository::publish::PublishStats {
     let kernel = dir.join("kernel");
     std::fs::write(&kernel, vec![1u8; 100_000]).unwrap();
-    let req = PublishRequest {
-        name: "desk".into(),
-        kernel,
-        initrd: None,
-        cmdline: "console=ttyS0".into(),
-        disks: vec![DiskSpec {
-            role: appliance::DiskRole::System,
-            source: DiskSource::Image(img.into()),
-        }],
-        memory_mib: 512,
-        vcpus: 1,
-        networks: vec![],
-        chunk_size: CS as u32,
-        boot_trace: None,
-        display: false,
-    };
+    let disks = vec![DiskSpec {
+        role: appliance::DiskRole::System,
+        source: DiskSource::Image(img.into()),
+    }];
+    let req = publish_request("desk", kernel, disks);
     repository::publish::publish(repo, &req, key).unwrap()
 }
 
@@ -340,7 +286,14 @@ fn main() {
 
     let repo = Repo::init(&dir.join("repo")).unwrap();
     let key = SecretKey::generate();
-    repository::users::add(&repo, "bench", PASSWORD, KdfParams::INSECURE_FOR_TESTS).unwrap();
+    repository::users::add(
+        &repo,
+        "bench",
+        PASSWORD,
+        KdfParams::INSECURE_FOR_TESTS,
+        KdfParams::INSECURE_FOR_TESTS,
+    )
+    .unwrap();
     let v1 = make_image(mb, 2026);
     let v1_path = dir.join("v1.img");
     std::fs::write(&v1_path, &v1).unwrap();

@@ -14,12 +14,11 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
 
-/// Largest manifest or API reply read (a manifest of a 64 GiB image at 64 KiB chunks is
-/// about 70 MB of JSON).
-pub const MAX_JSON: u64 = 96 << 20;
-/// Largest stored chunk read.
-pub const MAX_STORED_CHUNK: u64 =
-    (appliance::chunk::MAX_CHUNK_SIZE + appliance::chunk::CHUNK_HEADER_LEN) as u64;
+/// Largest manifest or API reply read (a sealed user-disk manifest of a 64 GiB disk at
+/// 64 KiB chunks is about 120 MB of JSON).
+pub const MAX_JSON: u64 = 144 << 20;
+/// Largest stored chunk read (a sealed user chunk is a little larger than a `CK` chunk).
+pub const MAX_STORED_CHUNK: u64 = appliance::sealed::MAX_SEALED_CHUNK as u64;
 
 /// What the firmware knows about its repository: built into the image (URL from the
 /// kernel command line or DHCP, keys and CA at build time), never fetched.
@@ -49,6 +48,9 @@ pub struct RepoConfig {
     /// limit) before it falls back to offline login, when the user has an offline record
     /// on this terminal. Without one it asks `attempts` times.
     pub busy_login_patience: Duration,
+    /// argon2id parameters for a data key this terminal makes or re-wraps (a user from
+    /// before sealing, a password change): [`appliance::KdfParams::DATA_KEY`].
+    pub wrap_kdf: appliance::KdfParams,
 }
 
 impl RepoConfig {
@@ -67,6 +69,7 @@ impl RepoConfig {
             backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
             busy_login_patience: Duration::from_secs(10),
+            wrap_kdf: appliance::KdfParams::DATA_KEY,
         }
     }
 
@@ -123,6 +126,7 @@ pub struct RepoClient {
     base: String,
     token: Option<String>,
     config: Arc<RepoConfig>,
+    sealed: Option<Arc<crate::sealed::SealedChunks>>,
 }
 
 impl RepoClient {
@@ -150,7 +154,19 @@ impl RepoClient {
             base,
             token: None,
             config: Arc::new(config),
+            sealed: None,
         })
+    }
+
+    /// The session's sealed user chunks: a [`crate::Fetcher`] made from this client
+    /// fetches those sealed and opens them with the user's key.
+    pub fn sealed(&self) -> Option<&Arc<crate::sealed::SealedChunks>> {
+        self.sealed.as_ref()
+    }
+
+    /// Sets what [`RepoClient::sealed`] returns (done by the login).
+    pub fn set_sealed(&mut self, sealed: Arc<crate::sealed::SealedChunks>) {
+        self.sealed = Some(sealed);
     }
 
     /// The configuration.
@@ -374,16 +390,13 @@ impl RepoClient {
         &self,
         method: &str,
         path: &str,
-        body: Vec<u8>,
+        body: &[u8],
     ) -> std::result::Result<Vec<u8>, Box<ApiFailure>> {
         let fail = |status, api, error| Box::new(ApiFailure { status, api, error });
         let req = self
             .authed(self.agent.request(method, &self.url(path)))
             .map_err(|e| fail(0, None, e))?;
-        match req
-            .set("Content-Type", "application/json")
-            .send_bytes(&body)
-        {
+        match req.set("Content-Type", "application/json").send_bytes(body) {
             Ok(resp) => self
                 .read_body(path, resp, MAX_JSON)
                 .map_err(|e| fail(0, None, e)),

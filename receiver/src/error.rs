@@ -79,6 +79,18 @@ pub enum Error {
     /// Local configuration (keys, CA, URL) is unusable.
     #[error("configuration: {0}")]
     Config(String),
+    /// The user's data key cannot be opened or kept (a record damaged or changed behind the
+    /// terminal's back): nothing of the user's data can be read or written back.
+    #[error("the data key of {user} cannot be used: {why}")]
+    DataKey { user: String, why: String },
+    /// A committed user-disk manifest fails its seal or does not match the session: it was
+    /// not written by this user's terminal, and is not used.
+    #[error("user disk {appliance}/{disk} refused: {why}")]
+    BadUserDisk {
+        appliance: String,
+        disk: String,
+        why: String,
+    },
     /// The fill was stopped by its owner.
     #[error("the fill was cancelled")]
     Cancelled,

@@ -6,9 +6,12 @@
 //! offline record replaced. If the repository cannot be reached (connect, TLS, timeout, a
 //! 5xx), or turns the login away for now (busy beyond a short patience, or the failed-login
 //! limit) and this user has an offline record here, the login falls back to the offline
-//! record: the password is checked against the saved verifier, and the saved manifests are
-//! verified again against the built-in keys. A wrong password is `Error::BadCredentials`
-//! either way, never "offline".
+//! record: the password must open the saved wrapped data key (older records: match the
+//! saved verifier), and the saved manifests are verified again against the built-in keys.
+//! A wrong password is `Error::BadCredentials` either way, never "offline".
+//!
+//! Either way the session holds the user's data key ([`crate::keys`]) and opens every
+//! committed user-disk manifest with it: a manifest that fails its seal is refused.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -19,6 +22,8 @@ use cachefs::Cache;
 
 use crate::client::{RepoClient, RepoConfig, MAX_JSON};
 use crate::error::{Error, Result};
+use crate::keys::{self, SessionKeys};
+use crate::sealed::SealedChunks;
 use crate::set::{self, Appliance, ApplianceSet, Refused};
 use crate::store::{self, OfflineRecord, SavedAppliance, SavedUserDisk};
 
@@ -50,6 +55,11 @@ pub struct Session {
     /// the terminal had, so an overlay left on an older base can be recognised
     /// ([`crate::writeback::open_session_user_disk`]).
     pub previous_record: Option<OfflineRecord>,
+    /// The user's data key (None only offline from a record made before sealing).
+    pub keys: Option<SessionKeys>,
+    /// The user's sealed chunks known to this session (None without `keys`); the
+    /// session's client carries the same, for its fetchers.
+    pub sealed: Option<Arc<SealedChunks>>,
 }
 
 impl Session {
@@ -118,7 +128,7 @@ pub fn login(
     let patience = has_record.then_some(config.busy_login_patience);
     let mut client = RepoClient::new(config.clone())?;
     match client.login_within(user, password, patience) {
-        Ok(reply) => match online(cache.clone(), client, reply) {
+        Ok(reply) => match online(cache.clone(), client, reply, password) {
             // The repository went away between the login and the manifests: work offline
             // rather than not at all.
             Err(e) if e.is_unreachable() => {
@@ -174,8 +184,16 @@ fn api_retry<T: serde::de::DeserializeOwned>(client: &RepoClient, path: &str) ->
     }
 }
 
-fn online(cache: Arc<Cache>, client: RepoClient, reply: LoginResponse) -> Result<Session> {
+fn online(
+    cache: Arc<Cache>,
+    mut client: RepoClient,
+    reply: LoginResponse,
+    password: &str,
+) -> Result<Session> {
     let user = reply.user.clone();
+    let keys = keys::online_keys(&client, &reply, password)?;
+    let sealed = Arc::new(SealedChunks::new(keys.sealer.clone()));
+    client.set_sealed(sealed.clone());
     let trusted = client.config().trusted_keys.clone();
     let old = store::load(&cache, &user)?;
     let mut set = ApplianceSet {
@@ -264,18 +282,25 @@ fn online(cache: Arc<Cache>, client: RepoClient, reply: LoginResponse) -> Result
                 }
                 Some(m)
             };
-            disks.push(SavedUserDisk {
-                appliance: d.appliance.clone(),
-                disk: d.disk.clone(),
-                version: d.version,
-                manifest: committed,
-            });
+            let plain = committed
+                .as_ref()
+                .map(|m| sealed.open_manifest(m))
+                .transpose()?;
+            disks.push((
+                SavedUserDisk {
+                    appliance: d.appliance.clone(),
+                    disk: d.disk.clone(),
+                    version: d.version,
+                    manifest: committed,
+                },
+                plain,
+            ));
         }
         let user_disks = set::user_disks_of(&manifest, |disk| {
             disks
                 .iter()
-                .find(|d| d.disk == disk)
-                .map(|d| (d.version, d.manifest.clone()))
+                .find(|(d, _)| d.disk == disk)
+                .map(|(d, plain)| (d.version, plain.clone()))
                 .unwrap_or((0, None))
         });
         saved_apps.push(SavedAppliance {
@@ -284,7 +309,7 @@ fn online(cache: Arc<Cache>, client: RepoClient, reply: LoginResponse) -> Result
             signed_manifest: text.clone(),
             previous: previous.as_ref().map(|(m, t)| (m.version, t.clone())),
         });
-        saved_disks.extend(disks);
+        saved_disks.extend(disks.into_iter().map(|(d, _)| d));
         set.appliances.push(Appliance {
             manifest,
             signed_bytes: text,
@@ -296,7 +321,8 @@ fn online(cache: Arc<Cache>, client: RepoClient, reply: LoginResponse) -> Result
     let record = OfflineRecord {
         format: store::RECORD_FORMAT,
         user: user.clone(),
-        verifier: reply.offline_verifier.clone(),
+        verifier: String::new(),
+        data_key: Some(keys.wrapped.clone()),
         saved_unix: now_unix(),
         appliances: saved_apps,
         user_disks: saved_disks,
@@ -316,6 +342,8 @@ fn online(cache: Arc<Cache>, client: RepoClient, reply: LoginResponse) -> Result
         record,
         cache,
         previous_record: old,
+        keys: Some(keys),
+        sealed: Some(sealed),
     })
 }
 
@@ -329,11 +357,18 @@ pub fn offline_login(
 ) -> Result<Session> {
     let record =
         store::load(&cache, user)?.ok_or_else(|| Error::NoOfflineRecord(user.to_owned()))?;
-    match appliance::verify_password(&record.verifier, password) {
-        Ok(()) => {}
-        Err(appliance::Error::WrongPassword) => return Err(Error::BadCredentials),
-        Err(e) => return Err(e.into()),
-    }
+    let keys = match &record.data_key {
+        Some(wrapped) => Some(SessionKeys::unlock(user, password, wrapped)?),
+        // A record from before sealing: its verifier, and its user disks are plaintext.
+        None => match appliance::verify_password(&record.verifier, password) {
+            Ok(()) => None,
+            Err(appliance::Error::WrongPassword) => return Err(Error::BadCredentials),
+            Err(e) => return Err(e.into()),
+        },
+    };
+    let sealed = keys
+        .as_ref()
+        .map(|k| Arc::new(SealedChunks::new(k.sealer.clone())));
     let mut set = ApplianceSet::default();
     for a in &record.appliances {
         let manifest = match set::verify_manifest(
@@ -358,10 +393,27 @@ pub fn offline_login(
                 .ok()
                 .map(|m| (m, t.clone()))
         });
+        let mut plain = Vec::new();
+        for d in record.user_disks.iter().filter(|d| d.appliance == a.name) {
+            let content = match (&d.manifest, &sealed) {
+                (None, _) => None,
+                (Some(m), Some(s)) => Some(s.open_manifest(m)?),
+                (Some(m), None) if !m.is_sealed() => Some(m.image.clone()),
+                (Some(m), None) => return Err(Error::BadUserDisk {
+                    appliance: m.appliance.clone(),
+                    disk: m.disk.clone(),
+                    why:
+                        "it is sealed but the offline record holds no data key; log in online once"
+                            .into(),
+                }),
+            };
+            plain.push((d.disk.clone(), d.version, content));
+        }
         let user_disks = set::user_disks_of(&manifest, |disk| {
-            record
-                .user_disk(&a.name, disk)
-                .map(|d| (d.version, d.manifest.clone()))
+            plain
+                .iter()
+                .find(|(name, _, _)| name == disk)
+                .map(|(_, v, c)| (*v, c.clone()))
                 .unwrap_or((0, None))
         });
         set.appliances.push(Appliance {
@@ -380,5 +432,7 @@ pub fn offline_login(
         previous_record: Some(record.clone()),
         record,
         cache,
+        keys,
+        sealed,
     })
 }

@@ -8,7 +8,7 @@
 
 use std::collections::HashSet;
 
-use appliance::{ChunkId, ChunkList, DiskRole, Manifest, SignedManifest, UserDiskManifest};
+use appliance::{ChunkId, ChunkList, DiskRole, Manifest, SignedManifest};
 use cachefs::Cache;
 use sha2::{Digest, Sha256};
 
@@ -143,10 +143,11 @@ pub fn is_complete(cache: &Cache, a: &Appliance) -> bool {
     needed_chunks(a).iter().all(|id| cache.contains(id))
 }
 
-/// The user disks of `m` at the states `lookup` gives (version, committed manifest).
+/// The user disks of `m` at the states `lookup` gives (version, plaintext content of the
+/// committed version).
 pub fn user_disks_of(
     m: &Manifest,
-    lookup: impl Fn(&str) -> (u64, Option<UserDiskManifest>),
+    lookup: impl Fn(&str) -> (u64, Option<ChunkList>),
 ) -> Vec<UserDisk> {
     m.disks
         .iter()
@@ -156,9 +157,7 @@ pub fn user_disks_of(
             UserDisk {
                 disk: d.name.clone(),
                 version,
-                image: committed
-                    .map(|c| c.image)
-                    .unwrap_or_else(|| d.image.clone()),
+                image: committed.unwrap_or_else(|| d.image.clone()),
             }
         })
         .collect()

@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use appliance::{ChunkList, UserDiskManifest};
+use appliance::{UserDiskManifest, WrappedKey};
 use cachefs::Cache;
 
 use crate::error::{Error, Result};
@@ -38,7 +38,9 @@ pub struct SavedAppliance {
     pub previous: Option<(u64, String)>,
 }
 
-/// One user disk as last committed (or as written back from this terminal).
+/// One user disk as last committed (or as written back from this terminal). Its manifest
+/// is kept as the repository has it (sealed: its chunk list names sealed chunks; the
+/// plaintext content is opened from it with the user's key).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SavedUserDisk {
     /// Appliance.
@@ -59,8 +61,14 @@ pub struct OfflineRecord {
     /// User name.
     pub user: String,
     /// argon2id verifier handed out by the repository at the last login (a fresh salt,
-    /// not the repository's own verifier).
+    /// not the repository's own verifier). Empty when `data_key` is there: the wrapped key
+    /// is the offline check, and a second, cheaper target for guessing is not kept.
+    #[serde(default)]
     pub verifier: String,
+    /// The user's data key as the repository keeps it: opening it with the password is
+    /// the offline login's check, and it opens the saved sealed user-disk manifests.
+    #[serde(default)]
+    pub data_key: Option<WrappedKey>,
     /// When it was saved, seconds since the epoch.
     pub saved_unix: u64,
     /// The appliance set, in start order.
@@ -75,22 +83,6 @@ impl OfflineRecord {
         self.user_disks
             .iter()
             .find(|d| d.appliance == appliance && d.disk == disk)
-    }
-
-    /// The content blob of a user disk: committed content, or `initial` if never committed.
-    pub fn user_disk_blob<'a>(
-        &'a self,
-        appliance: &str,
-        disk: &str,
-        initial: &'a ChunkList,
-    ) -> &'a ChunkList {
-        match self
-            .user_disk(appliance, disk)
-            .and_then(|d| d.manifest.as_ref())
-        {
-            Some(m) => &m.image,
-            None => initial,
-        }
     }
 }
 

@@ -138,6 +138,8 @@ fn a_password_change_ends_the_session_and_write_back_keeps_the_changes() {
         "alice",
         "new secret",
         KdfParams::INSECURE_FOR_TESTS,
+        KdfParams::INSECURE_FOR_TESTS,
+        repository::users::PasswdMode::DiscardData,
     )
     .unwrap();
     let e = receiver::write_back(&mut s, "desk", "user", &ov).unwrap_err();

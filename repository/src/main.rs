@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use appliance::{KdfParams, NetworkAttachment, SecretKey};
+use appliance::{KdfParams, NetworkAttachment, RecoveryPublicKey, RecoverySecretKey, SecretKey};
 use clap::{Parser, Subcommand};
 use repository::error::{Error, Result};
 use repository::gc::GcOptions;
@@ -101,6 +101,16 @@ enum Cmd {
     /// Manage appliance sets.
     #[command(subcommand)]
     Set(SetCmd),
+    /// The organisation's recovery key: lets an administrator give a user a new password
+    /// without losing the user's data.
+    #[command(subcommand)]
+    Recovery(RecoveryCmd),
+    /// Move a repository made by an older collective-repo to this layout (user data
+    /// sealed); lists users and user disks still in the clear.
+    Upgrade {
+        /// The repository directory.
+        dir: PathBuf,
+    },
     /// List appliances (with versions) and users (with sets).
     List,
     /// Remove chunks that no manifest refers to. Safe while publishes and uploads run.
@@ -206,10 +216,19 @@ enum UserCmd {
         #[arg(long, hide = true)]
         insecure_fast_kdf: bool,
     },
-    /// Change a user's password (ends the user's open sessions).
+    /// Change a user's password (ends the user's open sessions). The user's data key is
+    /// re-wrapped with --recovery-key; without it the user's data cannot be kept, and
+    /// only --discard-data goes ahead (a new key, the user's disks removed).
     Passwd {
         /// The user name.
         name: String,
+        /// The organisation's recovery secret key (from `recovery keygen`): keeps the data.
+        #[arg(long, value_name = "FILE", conflicts_with = "discard_data")]
+        recovery_key: Option<PathBuf>,
+        /// Give the user a new data key: every user disk of theirs becomes unreadable and
+        /// is removed.
+        #[arg(long)]
+        discard_data: bool,
         #[arg(long, hide = true)]
         insecure_fast_kdf: bool,
     },
@@ -217,6 +236,21 @@ enum UserCmd {
     Remove {
         /// The user name.
         name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum RecoveryCmd {
+    /// Make a recovery key pair: PREFIX.key (keep it offline) and PREFIX.pub.
+    Keygen {
+        /// Path prefix of the two files.
+        #[arg(long, default_value = "recovery")]
+        out: PathBuf,
+    },
+    /// Install a recovery public key: data keys made from now on are sealed to it too.
+    Install {
+        /// The .pub file from `recovery keygen`.
+        public_key: PathBuf,
     },
 }
 
@@ -237,6 +271,15 @@ fn kdf(insecure: bool) -> KdfParams {
         KdfParams::INSECURE_FOR_TESTS
     } else {
         KdfParams::DEFAULT
+    }
+}
+
+/// The data key's wrap: [`KdfParams::DATA_KEY`], or cheap ones for tests.
+fn wrap_kdf(insecure: bool) -> KdfParams {
+    if insecure {
+        KdfParams::INSECURE_FOR_TESTS
+    } else {
+        KdfParams::DATA_KEY
     }
 }
 
@@ -268,13 +311,22 @@ fn read_password(confirm: bool) -> Result<String> {
     }
 }
 
-fn keygen(out: &Path) -> Result<()> {
-    let key = SecretKey::generate();
+/// Writes a key pair: `PREFIX.key` (mode 0600, create-only) and `PREFIX.pub`. Refuses to
+/// replace either: a lost secret key cannot be made again.
+fn write_key_pair(
+    out: &Path,
+    secret_text: &str,
+    public_text: &str,
+    why_not_replace: &str,
+) -> Result<(PathBuf, PathBuf)> {
     let secret = out.with_extension("key");
     let public = out.with_extension("pub");
     for p in [&secret, &public] {
         if p.exists() {
-            return Err(Error::Usage(format!("{} exists already; move it away or pick another --out (a new key is not trusted by existing terminals)", p.display())));
+            return Err(Error::Usage(format!(
+                "{} exists already; move it away or pick another --out ({why_not_replace})",
+                p.display()
+            )));
         }
     }
     {
@@ -285,21 +337,69 @@ fn keygen(out: &Path) -> Result<()> {
             .mode(0o600)
             .open(&secret)
             .map_err(|e| fsutil::io_context("creating", &secret, e))?;
-        f.write_all(key.to_file_text().as_bytes())
+        f.write_all(secret_text.as_bytes())
             .and_then(|()| f.sync_all())
             .map_err(|e| fsutil::io_context("writing", &secret, e))?;
     }
+    std::fs::write(&public, public_text).map_err(|e| fsutil::io_context("writing", &public, e))?;
+    Ok((secret, public))
+}
+
+fn keygen(out: &Path) -> Result<()> {
+    let key = SecretKey::generate();
     let text = format!(
         "# Collective publisher key: build this line into terminal images as a trusted key.\n{}\n",
         key.public()
     );
-    std::fs::write(&public, text).map_err(|e| fsutil::io_context("writing", &public, e))?;
+    let (secret, public) = write_key_pair(
+        out,
+        &key.to_file_text(),
+        &text,
+        "a new key is not trusted by existing terminals",
+    )?;
     println!(
         "secret key: {} (keep it off the server, back it up)",
         secret.display()
     );
     println!("public key: {} = {}", public.display(), key.public());
     Ok(())
+}
+
+fn recovery_keygen(out: &Path) -> Result<()> {
+    let key = RecoverySecretKey::generate();
+    let text = format!(
+        "# Collective organisation recovery key: install it with `collective-repo recovery install`.\n{}\n",
+        key.public()
+    );
+    let (secret, public) = write_key_pair(
+        out,
+        &key.to_file_text(),
+        &text,
+        "data keys sealed to the old key need it",
+    )?;
+    println!(
+        "recovery secret key: {} (keep it OFFLINE, never on the repository; it opens every user's data key made after it is installed)",
+        secret.display()
+    );
+    println!(
+        "recovery public key: {} = {}",
+        public.display(),
+        key.public()
+    );
+    println!(
+        "install it with `collective-repo -r DIR recovery install {}`",
+        public.display()
+    );
+    Ok(())
+}
+
+fn read_recovery_secret(path: &Path) -> Result<RecoverySecretKey> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::Input {
+        what: "recovery secret key (from `collective-repo recovery keygen`)",
+        path: path.to_path_buf(),
+        why: e.to_string(),
+    })?;
+    RecoverySecretKey::parse(&text).map_err(|e| Error::Usage(format!("{}: {e}", path.display())))
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -412,17 +512,84 @@ fn run(cli: Cli) -> Result<()> {
         }) => {
             let repo = Repo::open(&cli.repo)?;
             let password = read_password(true)?;
-            users::add(&repo, &name, &password, kdf(insecure_fast_kdf))?;
+            users::add(
+                &repo,
+                &name,
+                &password,
+                kdf(insecure_fast_kdf),
+                wrap_kdf(insecure_fast_kdf),
+            )?;
             println!("added user {name}; give them appliances with `collective-repo set assign {name} APPLIANCE...`");
         }
         Cmd::User(UserCmd::Passwd {
             name,
+            recovery_key,
+            discard_data,
             insecure_fast_kdf,
         }) => {
             let repo = Repo::open(&cli.repo)?;
+            let secret = recovery_key
+                .as_deref()
+                .map(read_recovery_secret)
+                .transpose()?;
+            let mode = match (&secret, discard_data) {
+                (Some(s), _) => users::PasswdMode::Recovery(s),
+                (None, true) => users::PasswdMode::DiscardData,
+                (None, false) => users::PasswdMode::Plain,
+            };
+            // Say no before asking for a password that could not be used.
+            users::check_passwd(&repo, &name, &mode)?;
             let password = read_password(true)?;
-            users::passwd(&repo, &name, &password, kdf(insecure_fast_kdf))?;
-            println!("changed the password of {name}; {name}'s open sessions end now (a terminal logged in as {name} must log in again)");
+            let outcome = users::passwd(
+                &repo,
+                &name,
+                &password,
+                kdf(insecure_fast_kdf),
+                wrap_kdf(insecure_fast_kdf),
+                mode,
+            )?;
+            match outcome {
+                users::PasswdOutcome::Rewrapped => println!("changed the password of {name}; their data key was re-wrapped with the recovery key, their data stays readable"),
+                users::PasswdOutcome::NoKey => println!("changed the password of {name} (no data key yet: their terminal makes one at the next login)"),
+                users::PasswdOutcome::Discarded(n) => println!("changed the password of {name} and gave them a NEW data key: {n} user disk(s) sealed with the old key were discarded (their chunks go with the next gc); {name} starts from the appliances' initial content"),
+            }
+            println!(
+                "{name}'s open sessions end now (a terminal logged in as {name} must log in again)"
+            );
+        }
+        Cmd::Recovery(RecoveryCmd::Keygen { out }) => recovery_keygen(&out)?,
+        Cmd::Recovery(RecoveryCmd::Install { public_key }) => {
+            let repo = Repo::open(&cli.repo)?;
+            let text = std::fs::read_to_string(&public_key).map_err(|e| Error::Input {
+                what: "recovery public key (from `collective-repo recovery keygen`)",
+                path: public_key.clone(),
+                why: e.to_string(),
+            })?;
+            let key = RecoveryPublicKey::parse(&text)
+                .map_err(|e| Error::Usage(format!("{}: {e}", public_key.display())))?;
+            repo.set_recovery_key(&key)?;
+            println!("installed recovery key {key}: data keys made from now on are sealed to it too (existing users keep the wrap they have)");
+        }
+        Cmd::Upgrade { dir } => {
+            let (_, keyless, unsealed) = Repo::upgrade(&dir)?;
+            println!(
+                "{} is at layout format {}",
+                dir.display(),
+                repository::store::REPOSITORY_FORMAT
+            );
+            if keyless.is_empty() && unsealed.is_empty() {
+                println!("every user has a data key and every user disk is sealed");
+            } else {
+                println!(
+                    "users without a data key (their terminal makes one at the next login): {}",
+                    if keyless.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        keyless.join(", ")
+                    }
+                );
+                println!("user disks still in the clear (sealed at the owner's next logout; then `collective-repo gc` removes the plaintext chunks): {}", if unsealed.is_empty() { "none".to_owned() } else { unsealed.join(", ") });
+            }
         }
         Cmd::User(UserCmd::Remove { name }) => {
             let repo = Repo::open(&cli.repo)?;

@@ -1,12 +1,13 @@
 //! The repository on disk: where everything lives and the primitive operations on it.
 //!
 //! ```text
-//! DIR/repository.json                       {"format":1,"kind":"collective-repository"}
+//! DIR/repository.json                       {"format":2,"kind":"collective-repository"}
 //! DIR/public/                               the static root: serve it with any HTTP server
 //!   chunks/<2 hex>/<64 hex>                 stored chunks (immutable)
 //!   manifests/<appliance>/<version>.json    signed manifests (immutable)
 //! DIR/private/                              never served as files
-//!   users/<name>.json                       user records (argon2id verifiers, appliance set)
+//!   users/<name>.json                       user records (argon2id verifiers, wrapped data keys, appliance set)
+//!   recovery.pub                            the organisation's recovery public key (optional)
 //!   userdisks/<user>/<appliance>/<disk>.json  current user-disk manifests
 //!   tmp/                                    temporary files, moved into place when complete
 //! DIR/logs/access.log                       the server's access log (default)
@@ -21,14 +22,15 @@ use std::time::SystemTime;
 use appliance::chunk::encode_chunk;
 use appliance::names::validate_name;
 use appliance::wire::{chunk_path, manifest_path};
-use appliance::{ChunkId, UserDiskManifest, UserRecord};
+use appliance::{ChunkId, RecoveryPublicKey, UserDiskManifest, UserRecord};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::fsutil::{self, io_context};
 
-/// Version of the repository's on-disk layout.
-pub const REPOSITORY_FORMAT: u32 = 1;
+/// Version of the repository's on-disk layout. 2: users have wrapped data keys and user
+/// disks are committed sealed (format 1 kept them in the clear); see [`Repo::upgrade`].
+pub const REPOSITORY_FORMAT: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
 struct RepoInfo {
@@ -95,6 +97,13 @@ impl Repo {
         };
         let parsed: RepoInfo = serde_json::from_slice(&text)
             .map_err(|e| Error::Usage(format!("{} is damaged: {e}", info.display())))?;
+        if parsed.format == 1 && parsed.kind == "collective-repository" {
+            return Err(Error::Usage(format!(
+                "{} has layout format 1, from before user data was sealed: its user disks are stored in the clear. Run `collective-repo upgrade {}` once (it lists what is still unsealed; each user's data is sealed at their next logout), then start again",
+                dir.display(),
+                dir.display()
+            )));
+        }
         if parsed.format != REPOSITORY_FORMAT || parsed.kind != "collective-repository" {
             return Err(Error::Usage(format!(
                 "{} has layout format {} (this program knows {REPOSITORY_FORMAT}); use a matching collective-repo",
@@ -105,6 +114,100 @@ impl Repo {
         Ok(Repo {
             root: dir.to_path_buf(),
         })
+    }
+
+    /// Moves a layout-1 repository to layout 2 and reports what is still in the clear.
+    ///
+    /// Nothing can be sealed here: sealing needs each user's data key, which only their
+    /// password opens. So the upgrade only changes the layout's version; from then on the
+    /// server refuses unsealed commits, a user without a data key gets one from their
+    /// terminal at the next login, and that terminal's next write-back seals the whole
+    /// disk (its first write-back uploads every chunk once). The old plaintext chunks are
+    /// no longer referenced after that and `gc` removes them. Returns the users without a
+    /// key and the user disks still committed in the clear.
+    pub fn upgrade(dir: &Path) -> Result<(Repo, Vec<String>, Vec<String>)> {
+        let info = dir.join("repository.json");
+        let text = fs::read(&info).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => Error::NotARepository(dir.to_path_buf()),
+            _ => io_context("reading", &info, e),
+        })?;
+        let parsed: RepoInfo = serde_json::from_slice(&text)
+            .map_err(|e| Error::Usage(format!("{} is damaged: {e}", info.display())))?;
+        let repo = Repo {
+            root: dir.to_path_buf(),
+        };
+        if parsed.format == 1 {
+            let text = serde_json::to_vec_pretty(&RepoInfo {
+                format: REPOSITORY_FORMAT,
+                kind: parsed.kind,
+            })
+            .map_err(|e| Error::Usage(e.to_string()))?;
+            fsutil::write_replace(&repo.tmp_dir(), &info, &text)?;
+        }
+        let repo = Repo::open(dir)?;
+        let (keyless, unsealed) = repo.unsealed()?;
+        Ok((repo, keyless, unsealed))
+    }
+
+    /// Users without a data key, and user disks (`user/appliance/disk`) still committed in
+    /// the clear: what a layout-1 repository has left to seal.
+    pub fn unsealed(&self) -> Result<(Vec<String>, Vec<String>)> {
+        let mut keyless = Vec::new();
+        for u in self.user_names()? {
+            if self.user(&u)?.is_some_and(|r| r.data_key.is_none()) {
+                keyless.push(u);
+            }
+        }
+        let mut unsealed = Vec::new();
+        for u in self.user_names()? {
+            for m in self.user_disks_of(&u)? {
+                if !m.is_sealed() {
+                    unsealed.push(format!("{}/{}/{}", m.user, m.appliance, m.disk));
+                }
+            }
+        }
+        Ok((keyless, unsealed))
+    }
+
+    // ---- the organisation's recovery key ----
+
+    fn recovery_file(&self) -> PathBuf {
+        self.private().join("recovery.pub")
+    }
+
+    /// The organisation's recovery public key, if one was installed.
+    pub fn recovery_key(&self) -> Result<Option<RecoveryPublicKey>> {
+        let path = self.recovery_file();
+        match fs::read_to_string(&path) {
+            Ok(t) => Ok(Some(RecoveryPublicKey::parse(&t).map_err(|e| {
+                Error::Usage(format!("{} is damaged: {e}", path.display()))
+            })?)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_context("reading", &path, e)),
+        }
+    }
+
+    /// Installs (or replaces) the recovery public key. Data keys made from now on are
+    /// sealed to it too; existing ones keep the wrap they have.
+    pub fn set_recovery_key(&self, key: &RecoveryPublicKey) -> Result<()> {
+        let text = format!(
+            "# the organisation's recovery key (collective-repo recovery install)\n{key}\n"
+        );
+        fsutil::write_replace(&self.tmp_dir(), &self.recovery_file(), text.as_bytes())
+    }
+
+    /// Removes every committed user disk of `user` (their chunks are left to `gc`).
+    /// Returns how many there were.
+    pub fn remove_user_disks(&self, user: &str) -> Result<usize> {
+        validate_name("user name", user)?;
+        let dir = self.private().join("userdisks").join(user);
+        let mut files = Vec::new();
+        walk_json(&dir, &mut files)?;
+        for f in &files {
+            fs::remove_file(f).map_err(|e| io_context("removing", f, e))?;
+            fsutil::fsync_parent(f)?;
+        }
+        Ok(files.len())
     }
 
     /// The repository directory.

@@ -71,7 +71,13 @@ fn password_change_and_removal_end_open_sessions() {
 
     let out = repo_cli(
         &f.dir,
-        &["user", "passwd", "alice", "--insecure-fast-kdf"],
+        &[
+            "user",
+            "passwd",
+            "alice",
+            "--discard-data",
+            "--insecure-fast-kdf",
+        ],
         "new secret\n",
     );
     assert!(out.contains("open sessions end"), "{out}");
@@ -87,10 +93,24 @@ fn password_change_and_removal_end_open_sessions() {
     assert_eq!(probe(&base, &token), (401, "session_revoked".into()));
 
     // Added back with the same password: a new verifier, so old tokens stay dead.
-    repository::users::add(&f.repo, "alice", "again", KdfParams::INSECURE_FOR_TESTS).unwrap();
+    repository::users::add(
+        &f.repo,
+        "alice",
+        "again",
+        KdfParams::INSECURE_FOR_TESTS,
+        KdfParams::INSECURE_FOR_TESTS,
+    )
+    .unwrap();
     let token = login_as(&base, "alice", "again", None).unwrap().token;
     repository::users::remove(&f.repo, "alice").unwrap();
-    repository::users::add(&f.repo, "alice", "again", KdfParams::INSECURE_FOR_TESTS).unwrap();
+    repository::users::add(
+        &f.repo,
+        "alice",
+        "again",
+        KdfParams::INSECURE_FOR_TESTS,
+        KdfParams::INSECURE_FOR_TESTS,
+    )
+    .unwrap();
     assert_eq!(probe(&base, &token), (401, "session_revoked".into()));
 }
 
@@ -109,7 +129,14 @@ fn quick_policy() -> LoginPolicy {
 fn failed_logins_behind_a_trusted_proxy_lock_out_no_one_else() {
     let (x, y, home) = ("10.0.0.1", "10.0.0.2", "10.0.0.3");
     let f = Fixture::new();
-    repository::users::add(&f.repo, "bob", "bobs secret", KdfParams::INSECURE_FOR_TESTS).unwrap();
+    repository::users::add(
+        &f.repo,
+        "bob",
+        "bobs secret",
+        KdfParams::INSECURE_FOR_TESTS,
+        KdfParams::INSECURE_FOR_TESTS,
+    )
+    .unwrap();
     // The test client plays the trusted front: loopback, naming the client it carries.
     let (_server, base, _) = f.serve_with(|cfg| {
         cfg.limits.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];

@@ -202,13 +202,8 @@ fn user_disk_upload_and_compare_and_swap() {
     assert_eq!((code, err.unwrap().code.as_str()), (400, "chunk_mismatch"));
 
     // Commit before uploading: 400 missing_chunks, listing both.
-    let manifest = |version, image: ChunkList| UserDiskManifest {
-        format: 1,
-        user: "alice".into(),
-        appliance: "desk".into(),
-        disk: "user".into(),
-        version,
-        image,
+    let manifest = |version, image: ChunkList| {
+        sealed_manifest(&f.repo, "alice", "desk", "user", version, image)
     };
     let commit = |expected, m: UserDiskManifest| {
         status_of(
@@ -514,14 +509,7 @@ fn commit_bodies_are_bounded_by_the_disk_and_stored_compactly() {
     // A list whose length does not match its size is refused.
     let mut image = appliance::ChunkList::zeros(4 << 20, 65536).unwrap();
     image.chunks.pop();
-    let m = |image| UserDiskManifest {
-        format: 1,
-        user: "alice".into(),
-        appliance: "desk".into(),
-        disk: "user".into(),
-        version: 1,
-        image,
-    };
+    let m = |image| sealed_manifest(&f.repo, "alice", "desk", "user", 1, image);
     let (code, _) = status_of(
         api("PUT", &base, &path, &token).send_json(CommitUserDiskRequest {
             expected_version: 0,

@@ -198,14 +198,7 @@ fn front_serves_content_from_disk_and_proxies_the_api() {
     }
     let commit = CommitUserDiskRequest {
         expected_version: 0,
-        manifest: UserDiskManifest {
-            format: 1,
-            user: "alice".into(),
-            appliance: "desk".into(),
-            disk: "user".into(),
-            version: 1,
-            image,
-        },
+        manifest: sealed_manifest(&f.repo, "alice", "desk", "user", 1, image),
     };
     let r = authed(&agent, "PUT", &base, &udisk, &token)
         .send_json(&commit)

@@ -278,6 +278,22 @@ fn cli_end_to_end_and_errors_that_say_what_to_do() {
     let (ok, _, err) = cli(&["-r", &repo, "set", "assign", "alice", "nosuch"], None);
     assert!(!ok && err.contains("no published version"), "{err}");
     assert!(cli(&["-r", &repo, "set", "assign", "alice", "desk"], None).0);
+    // alice's data key opens only with her password: a reset must say so and stop.
+    let (ok, _, err) = cli(
+        &[
+            "-r",
+            &repo,
+            "user",
+            "passwd",
+            "alice",
+            "--insecure-fast-kdf",
+        ],
+        Some("pw3\n"),
+    );
+    assert!(
+        !ok && err.contains("--discard-data") && err.contains("recovery"),
+        "{err}"
+    );
     assert!(
         cli(
             &[
@@ -286,6 +302,7 @@ fn cli_end_to_end_and_errors_that_say_what_to_do() {
                 "user",
                 "passwd",
                 "alice",
+                "--discard-data",
                 "--insecure-fast-kdf"
             ],
             Some("pw3\n")

@@ -135,6 +135,11 @@ pub fn run(settings: &Settings, password: &str, tty_in: File, tty_out: File) -> 
                 settings.user
             ))
         }
+        Err(e @ RepoError::BadUserDisk { .. }) => {
+            return Outcome::Failed(format!(
+                "{e}. It was not written by your terminal, so it is not used; tell your administrator"
+            ))
+        }
         Err(e) => return Outcome::Failed(format!("login failed: {e}")),
     };
     log::info!(

@@ -78,7 +78,14 @@ impl Fixture {
         let repo = Repo::init(&tmp.path().join("repo")).unwrap();
         let key = SecretKey::generate();
         let kernel = bytes(7, 300_000, true);
-        repository::users::add(&repo, "alice", PASSWORD, KdfParams::INSECURE_FOR_TESTS).unwrap();
+        repository::users::add(
+            &repo,
+            "alice",
+            PASSWORD,
+            KdfParams::INSECURE_FOR_TESTS,
+            KdfParams::INSECURE_FOR_TESTS,
+        )
+        .unwrap();
         Fixture {
             tmp,
             repo,
@@ -175,6 +182,7 @@ impl Fixture {
         c.max_backoff = Duration::from_millis(50);
         c.request_timeout = Duration::from_secs(5);
         c.connect_timeout = Duration::from_secs(2);
+        c.wrap_kdf = appliance::KdfParams::INSECURE_FOR_TESTS;
         c
     }
 

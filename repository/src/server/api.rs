@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 
-use appliance::chunk::{decode_chunk, CHUNK_HEADER_LEN, MAX_CHUNK_SIZE};
+use appliance::chunk::{check_stored, CHUNK_HEADER_LEN, MAX_CHUNK_SIZE};
 use appliance::names::validate_name;
 use appliance::user::{hash_password, kdf_params_of, verify_password};
 use appliance::wire::*;
@@ -18,9 +18,10 @@ use sha2::{Digest, Sha256};
 
 use super::{Reply, State};
 
-/// Largest JSON body accepted for a commit whatever the disk (a user-disk manifest of a
-/// 64 GiB disk at 64 KiB chunks is about 70 MB of JSON; larger disks need larger chunks).
-pub(crate) const MAX_JSON: usize = 96 << 20;
+/// Largest JSON body accepted for a commit whatever the disk (a sealed user-disk manifest
+/// of a 64 GiB disk at 64 KiB chunks is about 120 MB of JSON; larger disks need larger
+/// chunks).
+pub(crate) const MAX_JSON: usize = 144 << 20;
 /// Largest chunk upload.
 pub(crate) const MAX_CHUNK_UPLOAD: usize = MAX_CHUNK_SIZE + CHUNK_HEADER_LEN + 64 * 1024;
 /// Largest login body.
@@ -28,8 +29,11 @@ pub(crate) const MAX_LOGIN: usize = 64 * 1024;
 /// Largest `chunks/missing` body: [`MAX_MISSING_IDS`] ids of 64 hex digits, quoted, with
 /// commas, and room for whitespace.
 pub(crate) const MAX_MISSING_BODY: usize = MAX_MISSING_IDS * 72 + 4096;
-/// Bytes of JSON one chunk-list entry may take in a commit (`"<64 hex>",` and spacing).
-const COMMIT_BYTES_PER_ENTRY: usize = 72;
+/// Bytes of JSON one chunk-list entry may take in a commit (`"<64 hex>",` and spacing,
+/// and its 32-byte plaintext id in the sealed index: 43 bytes of base64).
+const COMMIT_BYTES_PER_ENTRY: usize = 128;
+/// Largest body of the key and password calls (a wrapped key is under 1 KiB).
+const MAX_KEY_BODY: usize = 16 * 1024;
 
 /// One API endpoint, as found from method and path.
 #[derive(Clone, Debug)]
@@ -40,6 +44,8 @@ pub(crate) enum Call {
     Upload(String),
     GetUserDisk(String, String),
     Commit(String, String),
+    SetKey,
+    ChangePassword,
 }
 
 /// Finds the endpoint, or the error reply for an unknown one.
@@ -48,6 +54,8 @@ pub(super) fn parse(method: &str, path: &str) -> Result<Call, Reply> {
         ("POST", LOGIN_PATH) => return Ok(Call::Login),
         ("POST", LOGOUT_PATH) => return Ok(Call::Logout),
         ("POST", MISSING_CHUNKS_PATH) => return Ok(Call::Missing),
+        ("PUT", KEY_PATH) => return Ok(Call::SetKey),
+        ("POST", PASSWORD_PATH) => return Ok(Call::ChangePassword),
         _ => {}
     }
     if method == "PUT" {
@@ -106,6 +114,7 @@ impl Call {
             Call::Logout | Call::GetUserDisk(..) => 4096,
             Call::Missing => MAX_MISSING_BODY,
             Call::Upload(_) => MAX_CHUNK_UPLOAD,
+            Call::SetKey | Call::ChangePassword => MAX_KEY_BODY,
             Call::Commit(app, disk) => commit_limit(state, user, app, disk)?,
         })
     }
@@ -175,6 +184,8 @@ pub(super) fn handle(
         Call::Upload(id) => upload_chunk(state, user, body, &id),
         Call::GetUserDisk(app, disk) => get_user_disk(state, user, &app, &disk),
         Call::Commit(app, disk) => commit_user_disk(state, body, user, &app, &disk),
+        Call::SetKey => set_key(state, user, body),
+        Call::ChangePassword => change_password(state, user, body, peer),
     }
 }
 
@@ -343,6 +354,10 @@ fn login(state: &State, body: &[u8], peer: SocketAddr) -> Reply {
             Ok(v) => v,
             Err(e) => return internal(e),
         };
+    let recovery_key = match state.repo.recovery_key() {
+        Ok(k) => k.map(|k| k.to_string()),
+        Err(e) => return internal(e),
+    };
     let token = state
         .sessions
         .create(&rec.name, super::credentials::fingerprint(&rec.verifier));
@@ -358,8 +373,134 @@ fn login(state: &State, body: &[u8], peer: SocketAddr) -> Reply {
             unavailable,
             user_disks,
             offline_verifier,
+            data_key: rec.data_key,
+            recovery_key,
         },
     )
+}
+
+/// Checks a wrapped key's shape, then takes the commit lock (record changes by the API are
+/// serialized with each other) and reads the user's record.
+fn record_for_key_change<'a>(
+    state: &'a State,
+    user: &str,
+    key: &appliance::WrappedKey,
+) -> Result<(std::sync::MutexGuard<'a, ()>, appliance::UserRecord), Reply> {
+    if let Err(e) = key.validate() {
+        return Err(Reply::err(
+            400,
+            "bad_request",
+            format!("the wrapped key is invalid: {e}"),
+        ));
+    }
+    let guard = state
+        .commit_lock
+        .lock()
+        .map_err(|_| internal("the commit lock is poisoned"))?;
+    match state.repo.user(user) {
+        Ok(Some(r)) => Ok((guard, r)),
+        Ok(None) => Err(Reply::err(
+            401,
+            "session_revoked",
+            format!("user {user} was removed; log in again"),
+        )),
+        Err(e) => Err(internal(e)),
+    }
+}
+
+/// Keeps a data key the user's terminal made: for a record from before sealing (no key
+/// yet), or to add a recovery wrap to the same key. Never replaces a key: that would make
+/// the user's sealed disks unreadable (an administrator's `passwd --discard-data` does
+/// that deliberately).
+fn set_key(state: &State, user: &str, body: &[u8]) -> Reply {
+    let body: SetKeyRequest = match parse_json(body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let (_guard, mut rec) = match record_for_key_change(state, user, &body.key) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let acceptable = match &rec.data_key {
+        None => true,
+        Some(old) => {
+            old.key_id == body.key.key_id
+                && old.password == body.key.password
+                && old.recovery.is_none()
+                && body.key.recovery.is_some()
+        }
+    };
+    if !acceptable {
+        return Reply::err(409, "conflict", format!("{user} has a data key already; it is changed only with the password (POST {PASSWORD_PATH})"));
+    }
+    rec.format = appliance::user::USER_RECORD_FORMAT;
+    rec.data_key = Some(body.key);
+    if let Err(e) = state.repo.update_user(&rec) {
+        return internal(e);
+    }
+    // The verifier is unchanged, so this session (bound to it) stays valid.
+    log::info!("{user}: data key stored");
+    Reply::Empty(204)
+}
+
+/// The user's own password change: the old password is checked like a login (and counted
+/// as one), the same data key comes wrapped with the new password.
+fn change_password(state: &State, user: &str, body: &[u8], peer: SocketAddr) -> Reply {
+    let body: ChangePasswordRequest = match parse_json(body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let client = peer.ip();
+    if let Some(wait) = state.limiter.wait(user, client) {
+        let secs = wait.as_secs() + 1;
+        let mut e = ApiError::new(
+            "rate_limited",
+            format!("too many failed attempts: wait {secs} s"),
+        );
+        e.retry_after_secs = Some(secs);
+        return Reply::Error(429, e);
+    }
+    if body.new_password.is_empty() {
+        return Reply::err(400, "bad_request", "the new password must not be empty");
+    }
+    let (_guard, mut rec) = match record_for_key_change(state, user, &body.key) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    match verify_password(&rec.verifier, &body.old_password) {
+        Ok(()) => state.limiter.succeeded(user, client),
+        Err(appliance::Error::WrongPassword) => {
+            state.limiter.failed(user, client);
+            return Reply::err(
+                401,
+                "bad_credentials",
+                "the current password is wrong; nothing changed",
+            );
+        }
+        Err(e) => return internal(format!("the record of user {user} is unusable: {e}")),
+    }
+    if let Some(old) = &rec.data_key {
+        if old.key_id != body.key.key_id || old.recovery != body.key.recovery {
+            return Reply::err(
+                400,
+                "bad_request",
+                "the new wrap must hold the same data key and keep its recovery wrap",
+            );
+        }
+    }
+    let verifier =
+        match kdf_params_of(&rec.verifier).and_then(|p| hash_password(&body.new_password, p)) {
+            Ok(v) => v,
+            Err(e) => return internal(e),
+        };
+    rec.format = appliance::user::USER_RECORD_FORMAT;
+    rec.verifier = verifier;
+    rec.data_key = Some(body.key);
+    if let Err(e) = state.repo.update_user(&rec) {
+        return internal(e);
+    }
+    log::info!("{user} changed their password from {peer}; their sessions end");
+    Reply::Empty(204)
 }
 
 fn missing(state: &State, body: &[u8]) -> Reply {
@@ -404,7 +545,7 @@ fn upload_chunk(state: &State, user: &str, body: &[u8], id: &str) -> Reply {
         Ok(id) => id,
         Err(e) => return Reply::err(400, "bad_request", format!("{e}")),
     };
-    if let Err(e) = decode_chunk(&id, body) {
+    if let Err(e) = check_stored(&id, body) {
         return Reply::err(400, "chunk_mismatch", format!("chunk {id} rejected: {e}"));
     }
     match state.repo.touch_chunk(&id) {
@@ -472,6 +613,13 @@ fn commit_user_disk(state: &State, body: &[u8], user: &str, app: &str, disk: &st
             format!("the user-disk manifest is invalid: {e}"),
         );
     }
+    if !m.is_sealed() {
+        return Reply::err(
+            400,
+            "unsealed",
+            "this repository keeps user data sealed only, and this manifest lists unsealed chunks: update the terminal's firmware; the changes stay on the terminal until then",
+        );
+    }
     if m.user != user || m.appliance != app || m.disk != disk {
         return Reply::err(
             403,
@@ -494,7 +642,17 @@ fn commit_user_disk(state: &State, body: &[u8], user: &str, app: &str, disk: &st
         );
     }
     match state.repo.user(user) {
-        Ok(Some(rec)) if rec.appliances.iter().any(|a| a == app) => {}
+        Ok(Some(rec)) if rec.appliances.iter().any(|a| a == app) => {
+            let current_key = rec.data_key.as_ref().map(|k| k.key_id.as_str());
+            let sealed_with = m.sealed.as_ref().map(|s| s.key_id.as_str());
+            if current_key != sealed_with {
+                return Reply::err(
+                    409,
+                    "stale_key",
+                    format!("{app}/{disk} was sealed with another data key than {user}'s current one (the key was reset): log in again; the changes stay on this terminal"),
+                );
+            }
+        }
         Ok(_) => {
             return Reply::err(
                 403,

@@ -65,7 +65,14 @@ impl Fixture {
             kernel,
         };
         f.publish("desk", &f.system.clone());
-        repository::users::add(&f.repo, "alice", PASSWORD, KdfParams::INSECURE_FOR_TESTS).unwrap();
+        repository::users::add(
+            &f.repo,
+            "alice",
+            PASSWORD,
+            KdfParams::INSECURE_FOR_TESTS,
+            KdfParams::INSECURE_FOR_TESTS,
+        )
+        .unwrap();
         repository::users::assign(&f.repo, "alice", &["desk".into()]).unwrap();
         f
     }
@@ -184,4 +191,35 @@ pub fn cli(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A format-2 user-disk manifest of `user` as a terminal would commit it: `image` as the
+/// sealed chunk list, and a sealed index under the user's current key id (the repository
+/// checks the format and the key id, not the seal, which it has no key for).
+pub fn sealed_manifest(
+    repo: &Repo,
+    user: &str,
+    appliance: &str,
+    disk: &str,
+    version: u64,
+    image: appliance::ChunkList,
+) -> appliance::UserDiskManifest {
+    let key_id = repo
+        .user(user)
+        .unwrap()
+        .and_then(|r| r.data_key)
+        .map(|k| k.key_id)
+        .unwrap_or_default();
+    appliance::UserDiskManifest {
+        format: appliance::user::USER_DISK_FORMAT,
+        user: user.into(),
+        appliance: appliance.into(),
+        disk: disk.into(),
+        version,
+        image,
+        sealed: Some(appliance::SealedIndex {
+            key_id,
+            index: "AAAA".into(),
+        }),
+    }
 }
