@@ -610,14 +610,16 @@ fn main() {
     let image = bytes(2026, settings.mib << 20, false);
     f.publish(APPLIANCE, &image);
     drop(image);
-    let kdf = if settings.real_kdf {
-        KdfParams::DEFAULT
+    // The password verifier and the data key's wrap, as `collective-repo user add` makes
+    // them (the terminal opens the wrap at each login; the server only checks the verifier).
+    let (kdf, wrap) = if settings.real_kdf {
+        (KdfParams::DEFAULT, KdfParams::DATA_KEY)
     } else {
-        KdfParams::INSECURE_FOR_TESTS
+        (KdfParams::INSECURE_FOR_TESTS, KdfParams::INSECURE_FOR_TESTS)
     };
     let users_t = std::time::Instant::now();
     for i in 0..max_n {
-        repository::users::add(&f.repo, &user_name(i), PASSWORD, kdf).expect("add a user");
+        repository::users::add(&f.repo, &user_name(i), PASSWORD, kdf, wrap).expect("add a user");
         repository::users::assign(&f.repo, &user_name(i), &[APPLIANCE.into()])
             .expect("assign the appliance");
     }
