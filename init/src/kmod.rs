@@ -314,7 +314,11 @@ impl Loader {
                 .map_err(|e| format!("module {name} needs {dep}: {e}"))?;
         }
         let started = Instant::now();
-        let result = insert_module(&self.index.dir.join(path));
+        let params = module_params(kernel_cmdline(), name);
+        if !params.is_empty() {
+            info!("module {name}: parameters from the command line: {params}");
+        }
+        let result = insert_module(&self.index.dir.join(path), &params);
         match result {
             Ok(()) | Err(Errno::EEXIST) => {
                 if let Ok(mut loaded) = self.loaded.lock() {
@@ -363,11 +367,38 @@ impl Loader {
     }
 }
 
-fn insert_module(path: &Path) -> Result<(), Errno> {
+fn insert_module(path: &Path, params: &str) -> Result<(), Errno> {
     let file =
         File::open(path).map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::ENOENT)))?;
-    let params = CString::default();
+    let params = CString::new(params).unwrap_or_default();
     finit_module(&file, &params, ModuleInitFlags::empty())
+}
+
+/// The parameters the kernel command line gives module `name` (`kvm_amd.nested=1
+/// i915.enable_guc=0`), as `finit_module` takes them (`nested=1`). The kernel applies
+/// `module.param=` only to built-in drivers; for loadable ones modprobe reads
+/// `/proc/cmdline`, and we are the modprobe here: a quirk an administrator puts on the
+/// terminal's command line must reach the driver it names. `-` and `_` in module names
+/// are the same, as for the kernel. Values with spaces (quoted) are not supported.
+pub fn module_params(cmdline: &str, name: &str) -> String {
+    let norm = |s: &str| s.replace('-', "_");
+    let want = norm(name);
+    cmdline
+        .split_whitespace()
+        .filter_map(|word| {
+            let (module, param) = word.split_once('.')?;
+            // `root=/dev/sda1.2` is not a module parameter: a module name has no `=`.
+            (!module.contains('=') && norm(module) == want && !param.is_empty())
+                .then(|| param.to_string())
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The running kernel's command line, read once.
+fn kernel_cmdline() -> &'static str {
+    static CMDLINE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CMDLINE.get_or_init(|| fs::read_to_string("/proc/cmdline").unwrap_or_default())
 }
 
 fn describe_errno(e: Errno) -> String {
@@ -411,6 +442,16 @@ pub fn modprobe_main(args: &[String], modules_dir: &Path) -> i32 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn command_line_parameters_reach_the_module_they_name() {
+        let cmdline = "root=/dev/vda1.2 quiet kvm_amd.nested=1 kvm-amd.vgif=0 kvm.ignore_msrs=1 i915.enable_guc=0 kvm_amd.";
+        assert_eq!(module_params(cmdline, "kvm_amd"), "nested=1 vgif=0");
+        assert_eq!(module_params(cmdline, "kvm-amd"), "nested=1 vgif=0");
+        assert_eq!(module_params(cmdline, "kvm"), "ignore_msrs=1");
+        assert_eq!(module_params(cmdline, "e1000e"), "");
+        assert_eq!(module_params(cmdline, "root"), "");
+    }
+
     use super::*;
 
     #[test]
