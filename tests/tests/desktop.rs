@@ -426,7 +426,7 @@ fn the_debian_desktop_appliance_on_the_pc_screen() {
     let _ = std::fs::write(out.join("serial.log"), m.transcript());
     let all: u64 = server.chunk_transfers().iter().map(|(_, n)| n).sum();
     println!(
-        "desktop: {:.1} MiB fetched in the whole session (the appliance as stored)",
+        "desktop: {:.1} MiB fetched in the whole session (until logout cancelled the fill)",
         all as f64 / (1 << 20) as f64
     );
     m.power_off().unwrap();
