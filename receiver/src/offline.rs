@@ -17,6 +17,8 @@
 //!   so pins of everyone who ever logged in no longer fill the cache. A user with changes
 //!   not yet written back keeps everything: the overlay needs its base chunks.
 
+use std::collections::HashSet;
+
 use cachefs::Cache;
 
 use crate::error::Result;
@@ -43,13 +45,24 @@ pub fn date(unix: u64) -> String {
 
 /// True if a persistent overlay of `user` holds changes not yet written back.
 pub fn has_unsaved_changes(cache: &Cache, user: &str) -> bool {
-    let prefix = crate::disks::user_overlay_name(user, "", "");
+    users_with_unsaved_changes(cache).contains(user)
+}
+
+/// Users with a persistent overlay holding changes not yet written back (one pass over
+/// the cache's statistics, which walks its whole index).
+fn users_with_unsaved_changes(cache: &Cache) -> HashSet<String> {
+    let prefix = crate::disks::user_overlay_name("", "", "");
     let prefix = prefix.trim_end_matches('/');
     cache
         .stats()
         .overlays
-        .iter()
-        .any(|(name, blocks)| *blocks > 0 && under(name, prefix))
+        .into_iter()
+        .filter(|(_, blocks)| *blocks > 0)
+        .filter_map(|(name, _)| {
+            let rest = name.strip_prefix(prefix)?.strip_prefix('/')?;
+            rest.split('/').next().map(str::to_owned)
+        })
+        .collect()
 }
 
 /// `name` is `prefix` followed by `/` and more.
@@ -63,8 +76,13 @@ fn under(name: &str, prefix: &str) -> bool {
 /// Their emptied overlays stay (metadata only: a name and a base digest; deleting one
 /// still open in this session is not safe).
 pub fn revoke(cache: &Cache, user: &str) -> Result<bool> {
+    revoke_as(cache, user, has_unsaved_changes(cache, user))
+}
+
+/// [`revoke`], told whether the user has changes not yet written back.
+fn revoke_as(cache: &Cache, user: &str, unsaved: bool) -> Result<bool> {
     store::remove(cache, user)?;
-    if has_unsaved_changes(cache, user) {
+    if unsaved {
         log::warn!(
             "offline record of {user} removed; their user disks stay pinned: changes on them are not written back yet"
         );
@@ -94,15 +112,16 @@ pub fn keep_recent_users(cache: &Cache, keep: usize) -> Result<Vec<String>> {
         users.push((last, user));
     }
     users.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    let unsaved = users_with_unsaved_changes(cache);
     let mut gone = Vec::new();
     for (_, user) in users.into_iter().skip(keep) {
-        if has_unsaved_changes(cache, &user) {
+        if unsaved.contains(&user) {
             log::info!(
                 "{user} is beyond the offline users kept but has changes not written back; kept"
             );
             continue;
         }
-        revoke(cache, &user)?;
+        revoke_as(cache, &user, false)?;
         gone.push(user);
     }
     Ok(gone)

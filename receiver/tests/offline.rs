@@ -46,6 +46,23 @@ fn userdisk_pins(cache: &cachefs::Cache, user: &str) -> usize {
         .count()
 }
 
+/// The administrator sets a new password for `user` (a reset that discards the data key).
+fn new_password(f: &Fixture, user: &str) {
+    let k = KdfParams::INSECURE_FOR_TESTS;
+    let discard = repository::users::PasswdMode::DiscardData;
+    repository::users::passwd(&f.repo, user, "new secret", k, k, discard).unwrap();
+}
+
+/// `user` types the old password online: refused as a wrong password. Returns whether
+/// their offline record is still on the terminal.
+fn refused_online(cache: &Arc<cachefs::Cache>, cfg: &receiver::RepoConfig, user: &str) -> bool {
+    let e = receiver::login(cache.clone(), cfg, user, PASSWORD)
+        .err()
+        .unwrap();
+    assert!(matches!(e, Error::BadCredentials), "{user}: {e}");
+    store::users(cache).iter().any(|u| u == user)
+}
+
 /// Changes the record of `user` in `cache` as time would have.
 fn age(cache: &cachefs::Cache, user: &str, change: impl FnOnce(&mut store::OfflineRecord)) {
     let mut rec = store::load(cache, user).unwrap().unwrap();
@@ -158,33 +175,18 @@ fn a_password_refused_online_that_opens_the_record_revokes_it_a_typo_does_not() 
 
     // The password changed on the repository; the old one typed here online is refused
     // and the record goes with its user-disk pin.
-    let k = KdfParams::INSECURE_FOR_TESTS;
-    let discard = repository::users::PasswdMode::DiscardData;
-    repository::users::passwd(&f.repo, "alice", "new secret", k, k, discard).unwrap();
-    let e = receiver::login(cache.clone(), &cfg, "alice", PASSWORD)
-        .err()
-        .unwrap();
-    assert!(matches!(e, Error::BadCredentials), "{e}");
-    assert!(!store::users(&cache).contains(&"alice".to_string()));
+    new_password(&f, "alice");
+    assert!(!refused_online(&cache, &cfg, "alice"));
     assert_eq!(userdisk_pins(&cache, "alice"), 0);
 
     // A removed user: the same at the next online try.
     repository::users::remove(&f.repo, "bob").unwrap();
-    let e = receiver::login(cache.clone(), &cfg, "bob", PASSWORD)
-        .err()
-        .unwrap();
-    assert!(matches!(e, Error::BadCredentials), "{e}");
-    assert!(!store::users(&cache).contains(&"bob".to_string()));
+    assert!(!refused_online(&cache, &cfg, "bob"));
 
     // carol's password changed while her changes wait here: the record goes, the pin of
     // the disk her overlay is based on stays.
-    let discard = repository::users::PasswdMode::DiscardData;
-    repository::users::passwd(&f.repo, "carol", "new secret", k, k, discard).unwrap();
-    let e = receiver::login(cache.clone(), &cfg, "carol", PASSWORD)
-        .err()
-        .unwrap();
-    assert!(matches!(e, Error::BadCredentials), "{e}");
-    assert!(!store::users(&cache).contains(&"carol".to_string()));
+    new_password(&f, "carol");
+    assert!(!refused_online(&cache, &cfg, "carol"));
     assert_eq!(
         userdisk_pins(&cache, "carol"),
         1,
