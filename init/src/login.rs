@@ -39,6 +39,10 @@ pub struct SessionProgram {
     pub board: Arc<StatusBoard>,
     /// `collective.log`: the session logs at the same level as init.
     pub log_level: log::LevelFilter,
+    /// `collective.offline-days`, passed on when set (the session has the default).
+    pub offline_days: Option<u32>,
+    /// `collective.offline-users`, passed on when set.
+    pub offline_users: Option<u32>,
 }
 
 impl SessionProgram {
@@ -56,6 +60,12 @@ impl SessionProgram {
         args.extend(["--trusted-keys".to_string(), TRUSTED_KEYS.to_string()]);
         if std::path::Path::new(REPOSITORY_CA).exists() {
             args.extend(["--ca".to_string(), REPOSITORY_CA.to_string()]);
+        }
+        if let Some(days) = self.offline_days {
+            args.extend(["--offline-days".to_string(), days.to_string()]);
+        }
+        if let Some(users) = self.offline_users {
+            args.extend(["--offline-users".to_string(), users.to_string()]);
         }
         args.extend(["--password-fd".to_string(), "3".to_string()]);
         args.extend([
@@ -144,6 +154,8 @@ mod tests {
             program: PathBuf::from("/bin/session"),
             board,
             log_level: log::LevelFilter::Debug,
+            offline_days: None,
+            offline_users: None,
         };
         let args = program.arguments("alice").join(" ");
         assert!(
@@ -151,5 +163,28 @@ mod tests {
             "{args}"
         );
         assert!(args.ends_with("--log debug"), "{args}");
+        assert!(
+            !args.contains("--offline"),
+            "defaults are the session's: {args}"
+        );
+    }
+
+    #[test]
+    fn offline_settings_reach_the_session() {
+        let settings = crate::settings::Settings::parse(
+            "collective.offline-days=0 collective.offline-users=5",
+        );
+        let program = SessionProgram {
+            program: PathBuf::from("/bin/session"),
+            board: Arc::new(StatusBoard::new(TerminalStatus::default())),
+            log_level: log::LevelFilter::Info,
+            offline_days: settings.offline_days,
+            offline_users: settings.offline_users,
+        };
+        let args = program.arguments("alice").join(" ");
+        assert!(
+            args.contains("--offline-days 0 --offline-users 5 --password-fd 3"),
+            "{args}"
+        );
     }
 }

@@ -122,6 +122,8 @@ fn bring_up() -> Vec<String> {
         program: PathBuf::from("/bin/session"),
         board: board.clone(),
         log_level: settings.log_level,
+        offline_days: settings.offline_days,
+        offline_users: settings.offline_users,
     });
     for name in &settings.consoles {
         console::spawn(name.clone(), board.clone(), sessions.clone());

@@ -31,6 +31,13 @@ pub struct Settings {
     /// `collective.uplink=NIC|off`: the network card whose network appliances join as
     /// `uplink` (default: the first card, by name); `off` keeps appliances off it.
     pub uplink: Uplink,
+    /// `collective.offline-days=N`: days an offline login works after the user's last
+    /// online login on this terminal; 0 turns offline login off. None: the session's
+    /// default (14), so the default lives in one place (the receiver).
+    pub offline_days: Option<u32>,
+    /// `collective.offline-users=K`: users whose offline record and user disks the
+    /// terminal keeps once written back. None: the session's default (3).
+    pub offline_users: Option<u32>,
     /// `collective.`-keys we did not recognise or could not parse, with the reason.
     pub problems: Vec<String>,
 }
@@ -46,6 +53,8 @@ impl Default for Settings {
             extra_modules: Vec::new(),
             autorun: None,
             uplink: Uplink::FirstNic,
+            offline_days: None,
+            offline_users: None,
             problems: Vec::new(),
         }
     }
@@ -80,6 +89,14 @@ pub const KEYS: &[(&str, &str)] = &[
     (
         "collective.uplink=NIC|off",
         "card bridged to appliances' uplink network (default: the first)",
+    ),
+    (
+        "collective.offline-days=N",
+        "days offline login works after the last online login (default 14; 0: off)",
+    ),
+    (
+        "collective.offline-users=K",
+        "users kept for offline login once their data is saved (default 3)",
     ),
 ];
 
@@ -143,6 +160,18 @@ impl Settings {
                         .filter(|m| !m.is_empty())
                         .map(|m| m.replace('-', "_")),
                 ),
+                ("collective.offline-days" | "collective.offline_days", Some(v)) => {
+                    match number(key, v) {
+                        Ok(n) => s.offline_days = Some(n),
+                        Err(p) => s.problems.push(p),
+                    }
+                }
+                ("collective.offline-users" | "collective.offline_users", Some(v)) => {
+                    match number(key, v) {
+                        Ok(n) => s.offline_users = Some(n),
+                        Err(p) => s.problems.push(p),
+                    }
+                }
                 (k, _) if k.starts_with("collective.") => s.problems.push(format!(
                     "{word}: unknown or empty setting; known: {}",
                     known_keys()
@@ -155,6 +184,14 @@ impl Settings {
         }
         s
     }
+}
+
+/// A whole number setting, or the problem to report (the default then stays).
+fn number(key: &str, value: &str) -> Result<u32, String> {
+    value
+        .trim()
+        .parse::<u32>()
+        .map_err(|_| format!("{key}={value}: not a whole number; the default is used"))
 }
 
 fn known_keys() -> String {
@@ -239,6 +276,29 @@ mod tests {
             Settings::parse("collective.rep=http://x collective.log=loud collective.repo=ftp://x");
         assert_eq!(s.problems.len(), 3, "{:?}", s.problems);
         assert_eq!(s.repo, None);
+    }
+
+    #[test]
+    fn offline_days_and_users_are_whole_numbers() {
+        let s = Settings::parse("collective.offline-days=30 collective.offline-users=1");
+        assert_eq!((s.offline_days, s.offline_users), (Some(30), Some(1)));
+        assert_eq!(
+            Settings::parse("collective.offline-days=0").offline_days,
+            Some(0)
+        );
+        let s = Settings::parse("collective.offline-days=two collective.offline-users=-1");
+        assert_eq!((s.offline_days, s.offline_users), (None, None));
+        assert_eq!(s.problems.len(), 2, "{:?}", s.problems);
+        assert!(
+            s.problems[0].contains("not a whole number"),
+            "{:?}",
+            s.problems
+        );
+        assert_eq!(
+            Settings::default().offline_days,
+            None,
+            "the session's default"
+        );
     }
 
     #[test]

@@ -20,6 +20,11 @@ pub const MAX_JSON: u64 = 144 << 20;
 /// Largest stored chunk read (a sealed user chunk is a little larger than a `CK` chunk).
 pub const MAX_STORED_CHUNK: u64 = appliance::sealed::MAX_SEALED_CHUNK as u64;
 
+/// Days an offline login works after the last online login, unless configured.
+pub const DEFAULT_OFFLINE_DAYS: u32 = 14;
+/// Users kept for offline login on one terminal, unless configured.
+pub const DEFAULT_OFFLINE_USERS: usize = 3;
+
 /// What the firmware knows about its repository: built into the image (URL from the
 /// kernel command line or DHCP, keys and CA at build time), never fetched.
 #[derive(Clone, Debug)]
@@ -51,6 +56,14 @@ pub struct RepoConfig {
     /// argon2id parameters for a data key this terminal makes or re-wraps (a user from
     /// before sealing, a password change): [`appliance::KdfParams::DATA_KEY`].
     pub wrap_kdf: appliance::KdfParams,
+    /// Days an offline login works after the user's last online login on this terminal
+    /// (`collective.offline-days`, default 14); 0 turns offline login off. It bounds how
+    /// long a password changed or a user removed elsewhere still opens this terminal's copy.
+    pub offline_days: u32,
+    /// Users whose offline record and user disks this terminal keeps once their data is
+    /// written back (`collective.offline-users`, default 3); the least recently logged in
+    /// beyond it lose both at a logout. Users with changes not yet written back are kept.
+    pub offline_users: usize,
 }
 
 impl RepoConfig {
@@ -70,6 +83,8 @@ impl RepoConfig {
             max_backoff: Duration::from_secs(5),
             busy_login_patience: Duration::from_secs(10),
             wrap_kdf: appliance::KdfParams::DATA_KEY,
+            offline_days: DEFAULT_OFFLINE_DAYS,
+            offline_users: DEFAULT_OFFLINE_USERS,
         }
     }
 

@@ -55,6 +55,20 @@ pub enum Error {
     /// Offline, and this user never logged in on this terminal (or the record is gone).
     #[error("the terminal is offline and user {0} has never logged in on it: connect it to the network to log in")]
     NoOfflineRecord(String),
+    /// Offline, and the user's last online login on this terminal is older than
+    /// `RepoConfig::offline_days`: the copy here may be of a password changed or a user
+    /// removed since. Only an online login renews it.
+    #[error("offline login for {user} on this terminal expired on {expired} (the last online login here was on {last_online}; offline login works for {days} day(s) after it). Connect the terminal to the network and log in online; the repository is not available now ({reason})")]
+    OfflineExpired {
+        user: String,
+        last_online: String,
+        expired: String,
+        days: u32,
+        reason: String,
+    },
+    /// Offline, and this terminal allows no offline login (`collective.offline-days=0`).
+    #[error("offline login is turned off on this terminal (collective.offline-days=0) and the repository is not available ({reason}): connect the terminal to the network and log in online")]
+    OfflineDisabled { reason: String },
     /// A user-disk commit lost the compare-and-swap: someone committed first.
     #[error("user disk {appliance}/{disk} was changed elsewhere (repository at version {current}, this terminal started from {expected}); the local changes are kept on this terminal, nothing was overwritten")]
     Conflict {

@@ -22,6 +22,7 @@ pub mod fetch;
 pub mod fill;
 pub mod keys;
 pub mod login;
+pub mod offline;
 pub mod progress;
 pub mod sealed;
 pub mod set;

@@ -60,18 +60,43 @@ pub struct Session {
     /// The user's sealed chunks known to this session (None without `keys`); the
     /// session's client carries the same, for its fetchers.
     pub sealed: Option<Arc<SealedChunks>>,
+    /// Offline: when this offline login stops working (seconds since the epoch; the
+    /// status line shows the date). None online.
+    pub offline_until: Option<u64>,
+    /// How many users' records and user disks the terminal keeps for offline login
+    /// ([`Session::keep_recent_offline_users`]): `RepoConfig::offline_users`, or 0 when
+    /// offline login is turned off.
+    pub offline_users: usize,
 }
 
 impl Session {
     /// A line for the login screen.
     pub fn status_line(&self) -> String {
         match &self.mode {
-            Mode::Online => format!("{} logged in; {} appliance(s)", self.user, self.set.appliances.len()),
-            Mode::Offline { reason } => format!(
-                "OFFLINE: the repository is not available ({reason}). {} works from this terminal's cache; changes to user disks are kept here and written back at the next online logout",
-                self.user
+            Mode::Online => format!(
+                "{} logged in; {} appliance(s)",
+                self.user,
+                self.set.appliances.len()
             ),
+            Mode::Offline { reason } => {
+                let until = self
+                    .offline_until
+                    .map(|t| format!("; offline: works until {}", crate::offline::date(t)))
+                    .unwrap_or_default();
+                format!(
+                    "OFFLINE: the repository is not available ({reason}). {} works from this terminal's cache; changes to user disks are kept here and written back at the next online logout{until}",
+                    self.user
+                )
+            }
         }
+    }
+
+    /// After the logout's write-backs: keeps the offline records and user disks of the
+    /// most recently logged-in users only (this one counts as the most recent), and
+    /// returns the users whose records went. A user whose changes are not all written
+    /// back keeps everything.
+    pub fn keep_recent_offline_users(&self) -> Result<Vec<String>> {
+        crate::offline::keep_recent_users(&self.cache, self.offline_users)
     }
 
     /// True when working offline.
@@ -141,6 +166,10 @@ pub fn login(
             log::warn!("login: {e}; trying offline login");
             offline_login(cache, config, user, password, e.to_string())
         }
+        Err(Error::BadCredentials) if has_record => {
+            revoke_if_opened(&cache, user, password);
+            Err(Error::BadCredentials)
+        }
         Err(Error::RateLimited { retry_after_secs }) if has_record => {
             log::warn!("login: rate limited for {retry_after_secs} s; trying offline login");
             let reason = format!(
@@ -149,6 +178,51 @@ pub fn login(
             offline_login(cache, config, user, password, reason)
         }
         Err(e) => Err(e),
+    }
+}
+
+/// The repository refused `password` for `user` (a wrong password or an unknown user:
+/// it does not say which). If the password still opens this terminal's record, the
+/// repository no longer accepts what this terminal would accept offline (the password was
+/// changed or the user removed since the record was made): the record goes, so the old
+/// password no longer works offline here. A password that does not open the record is a
+/// typing error, and someone else's wrong guess must not delete a user's record. Costs
+/// one opening of the wrapped key (about a tenth of a second), only after a refusal.
+fn revoke_if_opened(cache: &Cache, user: &str, password: &str) {
+    let record = match store::load(cache, user) {
+        Ok(Some(r)) => r,
+        Ok(None) => return,
+        Err(e) => {
+            log::warn!("offline record of {user}: {e}");
+            return;
+        }
+    };
+    if check_password(&record, user, password).is_err() {
+        return;
+    }
+    log::warn!(
+        "the repository refused a password that opens the offline record of {user}: it was changed or the user removed; removing the record"
+    );
+    if let Err(e) = crate::offline::revoke(cache, user) {
+        log::error!("removing the offline record of {user}: {e}");
+    }
+}
+
+/// Checks `password` against a record: it must open the wrapped data key (a record from
+/// before sealing: match its verifier). `BadCredentials` if it does not.
+fn check_password(
+    record: &OfflineRecord,
+    user: &str,
+    password: &str,
+) -> Result<Option<SessionKeys>> {
+    match &record.data_key {
+        Some(wrapped) => Ok(Some(SessionKeys::unlock(user, password, wrapped)?)),
+        // A record from before sealing: its verifier, and its user disks are plaintext.
+        None => match appliance::verify_password(&record.verifier, password) {
+            Ok(()) => Ok(None),
+            Err(appliance::Error::WrongPassword) => Err(Error::BadCredentials),
+            Err(e) => Err(e.into()),
+        },
     }
 }
 
@@ -195,6 +269,7 @@ fn online(
     let sealed = Arc::new(SealedChunks::new(keys.sealer.clone()));
     client.set_sealed(sealed.clone());
     let trusted = client.config().trusted_keys.clone();
+    let offline_users = kept_users(client.config());
     let old = store::load(&cache, &user)?;
     let mut set = ApplianceSet {
         unavailable: reply.unavailable.clone(),
@@ -324,6 +399,8 @@ fn online(
         verifier: String::new(),
         data_key: Some(keys.wrapped.clone()),
         saved_unix: now_unix(),
+        online_unix: now_unix(),
+        last_login_unix: now_unix(),
         appliances: saved_apps,
         user_disks: saved_disks,
     };
@@ -344,7 +421,18 @@ fn online(
         previous_record: old,
         keys: Some(keys),
         sealed: Some(sealed),
+        offline_until: None,
+        offline_users,
     })
+}
+
+/// Users kept for offline login: none when offline login is turned off.
+fn kept_users(config: &RepoConfig) -> usize {
+    if config.offline_days == 0 {
+        0
+    } else {
+        config.offline_users
+    }
 }
 
 /// Offline login from the stored record.
@@ -355,17 +443,23 @@ pub fn offline_login(
     password: &str,
     reason: String,
 ) -> Result<Session> {
-    let record =
+    let mut record =
         store::load(&cache, user)?.ok_or_else(|| Error::NoOfflineRecord(user.to_owned()))?;
-    let keys = match &record.data_key {
-        Some(wrapped) => Some(SessionKeys::unlock(user, password, wrapped)?),
-        // A record from before sealing: its verifier, and its user disks are plaintext.
-        None => match appliance::verify_password(&record.verifier, password) {
-            Ok(()) => None,
-            Err(appliance::Error::WrongPassword) => return Err(Error::BadCredentials),
-            Err(e) => return Err(e.into()),
-        },
+    // Expiry first: an expired record is refused whatever the password, and the slow key
+    // opening is not spent on it.
+    let Some(until) = crate::offline::expires_unix(&record, config.offline_days) else {
+        return Err(Error::OfflineDisabled { reason });
     };
+    if now_unix() >= until {
+        return Err(Error::OfflineExpired {
+            user: user.to_owned(),
+            last_online: crate::offline::date(record.online_unix),
+            expired: crate::offline::date(until),
+            days: config.offline_days,
+            reason,
+        });
+    }
+    let keys = check_password(&record, user, password)?;
     let sealed = keys
         .as_ref()
         .map(|k| Arc::new(SealedChunks::new(k.sealer.clone())));
@@ -423,7 +517,16 @@ pub fn offline_login(
             user_disks,
         });
     }
-    log::warn!("{user} logged in OFFLINE ({reason})");
+    // Counts as a recent login for the users a terminal keeps; the expiry stays tied to
+    // the last online login. Not saving it only makes this user look older.
+    record.last_login_unix = now_unix();
+    if let Err(e) = store::save(&cache, &record) {
+        log::warn!("offline record of {user}: the login time was not saved: {e}");
+    }
+    log::warn!(
+        "{user} logged in OFFLINE ({reason}); offline login works until {}",
+        crate::offline::date(until)
+    );
     Ok(Session {
         user: user.to_owned(),
         mode: Mode::Offline { reason },
@@ -434,5 +537,7 @@ pub fn offline_login(
         cache,
         keys,
         sealed,
+        offline_until: Some(until),
+        offline_users: kept_users(config),
     })
 }

@@ -255,9 +255,16 @@ fn status(cache: PathBuf) -> ExitCode {
     for user in receiver::store::users(&cache) {
         match receiver::store::load(&cache, &user) {
             Ok(Some(rec)) => {
+                // The command does not know the terminal's setting: the default.
+                let until =
+                    receiver::offline::expires_unix(&rec, receiver::client::DEFAULT_OFFLINE_DAYS)
+                        .map(receiver::offline::date)
+                        .unwrap_or_default();
                 println!(
-                    "user {user}: offline login possible (record saved at unix time {})",
-                    rec.saved_unix
+                    "user {user}: offline record (last online login {}, last login {}; with the default {} days offline login works until {until})",
+                    receiver::offline::date(rec.online_unix),
+                    receiver::offline::date(rec.last_login_unix),
+                    receiver::client::DEFAULT_OFFLINE_DAYS,
                 );
                 for a in &rec.appliances {
                     println!(

@@ -15,8 +15,10 @@ use cachefs::Cache;
 
 use crate::error::{Error, Result};
 
-/// Version of [`OfflineRecord`].
-pub const RECORD_FORMAT: u32 = 1;
+/// Version of [`OfflineRecord`]. 2 added `online_unix` and `last_login_unix` (offline
+/// login expires, and the terminal keeps the most recent users); a format-1 record is
+/// read as format 2 (see [`upgrade`]).
+pub const RECORD_FORMAT: u32 = 2;
 /// Piece size of a stored record.
 const PIECE: usize = 4 << 20;
 /// Prefix of the pin naming a user's record.
@@ -71,6 +73,14 @@ pub struct OfflineRecord {
     pub data_key: Option<WrappedKey>,
     /// When it was saved, seconds since the epoch.
     pub saved_unix: u64,
+    /// The user's last online login on this terminal, seconds since the epoch: offline
+    /// login works for `RepoConfig::offline_days` after it.
+    #[serde(default)]
+    pub online_unix: u64,
+    /// The user's last login of either kind on this terminal: which users a full terminal
+    /// keeps for offline login (the most recent).
+    #[serde(default)]
+    pub last_login_unix: u64,
     /// The appliance set, in start order.
     pub appliances: Vec<SavedAppliance>,
     /// The user disks.
@@ -123,6 +133,7 @@ pub fn load(cache: &Cache, user: &str) -> Result<Option<OfflineRecord>> {
     }
     match serde_json::from_slice::<OfflineRecord>(&json) {
         Ok(r) if r.format == RECORD_FORMAT && r.user == user => Ok(Some(r)),
+        Ok(r) if r.format == 1 && r.user == user => Ok(Some(upgrade(r))),
         Ok(r) => {
             log::warn!(
                 "offline record of {user} has format {} / user {}; ignored",
@@ -136,6 +147,28 @@ pub fn load(cache: &Cache, user: &str) -> Result<Option<OfflineRecord>> {
             Ok(None)
         }
     }
+}
+
+/// A format-1 record as format 2. Format 1 set `saved_unix` only at an online login (a
+/// write-back or a release re-saved the record with the login's time), so it *is* the
+/// last online login: the record keeps its true age. Counting it as expired would turn
+/// every user away offline right after a firmware update; counting it as fresh from now
+/// would give a record of any age another full period.
+fn upgrade(mut r: OfflineRecord) -> OfflineRecord {
+    r.format = RECORD_FORMAT;
+    if r.online_unix == 0 {
+        r.online_unix = r.saved_unix;
+    }
+    r.last_login_unix = r.last_login_unix.max(r.online_unix);
+    r
+}
+
+/// Removes the record of `user` (its pieces lose their pin and are evicted like any
+/// chunk): offline login of that user on this terminal is no longer possible.
+pub fn remove(cache: &Cache, user: &str) -> Result<()> {
+    cache.unpin(&pin_name(user))?;
+    cache.sync()?;
+    Ok(())
 }
 
 /// Users with a stored record.

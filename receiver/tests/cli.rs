@@ -77,7 +77,11 @@ fn fill_and_status_commands() {
     let st = run(&["status", "--cache", cache_s], "");
     let out = String::from_utf8_lossy(&st.stdout);
     assert_eq!(st.status.code(), Some(0));
-    assert!(out.contains("user alice: offline login possible"), "{out}");
+    assert!(
+        out.contains("user alice: offline record (last online login"),
+        "{out}"
+    );
+    assert!(out.contains("offline login works until"), "{out}");
     assert!(
         out.contains("pin app/desk@1:") && out.contains("(complete)"),
         "{out}"

@@ -40,6 +40,11 @@ pub struct Settings {
     pub run_dir: PathBuf,
     /// Parallel connections of the fill.
     pub connections: usize,
+    /// Days an offline login works after the last online login here (0: never);
+    /// `collective.offline-days`, through init.
+    pub offline_days: u32,
+    /// Users kept for offline login once written back; `collective.offline-users`.
+    pub offline_users: usize,
 }
 
 /// How the session ended.
@@ -114,6 +119,8 @@ pub fn run(settings: &Settings, password: &str, tty_in: File, tty_out: File) -> 
     let mut config = RepoConfig::new(&repo, keys);
     config.ca_pem = settings.ca.clone();
     config.connections = settings.connections.max(1);
+    config.offline_days = settings.offline_days;
+    config.offline_users = settings.offline_users;
 
     network_wait::wait_for_repository(&repo, network_wait::NETWORK_WAIT, |s| screen.line(s));
     screen.line(&format!("Logging in to {repo} ..."));
@@ -134,6 +141,10 @@ pub fn run(settings: &Settings, password: &str, tty_in: File, tty_out: File) -> 
                 "the repository cannot be reached and {} has never logged in on this terminal, so there is nothing to work from; check the network cable and the repository",
                 settings.user
             ))
+        }
+        // The receiver's message says until when, why, and to connect the terminal.
+        Err(e @ (RepoError::OfflineExpired { .. } | RepoError::OfflineDisabled { .. })) => {
+            return Outcome::Failed(e.to_string())
         }
         Err(e @ RepoError::BadUserDisk { .. }) => {
             return Outcome::Failed(format!(

@@ -72,6 +72,16 @@ pub fn finish(
             Err(e) => log::warn!("releasing previous versions: {e}"),
         }
     }
+    // Only users whose data is all written back give up their place; this one counts as
+    // the most recent.
+    match session.keep_recent_offline_users() {
+        Ok(gone) if !gone.is_empty() => log::info!(
+            "offline records and user disks released (beyond the users kept): {}",
+            gone.join(", ")
+        ),
+        Ok(_) => {}
+        Err(e) => log::warn!("keeping the recent offline users: {e}"),
+    }
     for b in bridges {
         if let Err(e) = crate::bridges::remove(b) {
             log::debug!("removing bridge {b}: {e}");

@@ -51,6 +51,14 @@ struct Cli {
     /// Parallel connections of the fill.
     #[arg(long, default_value_t = 4)]
     connections: usize,
+    /// Days an offline login works after the user's last online login here; 0 turns
+    /// offline login off (init passes `collective.offline-days`).
+    #[arg(long, default_value_t = receiver::client::DEFAULT_OFFLINE_DAYS)]
+    offline_days: u32,
+    /// Users whose offline record and user disks this terminal keeps once written back
+    /// (init passes `collective.offline-users`).
+    #[arg(long, default_value_t = receiver::client::DEFAULT_OFFLINE_USERS)]
+    offline_users: usize,
     /// Log level for the kernel log (error, warn, info, debug).
     #[arg(long, default_value = "info")]
     log: log::LevelFilter,
@@ -100,6 +108,8 @@ fn main() -> ExitCode {
         ca: cli.ca,
         run_dir: cli.run_dir.clone(),
         connections: cli.connections,
+        offline_days: cli.offline_days,
+        offline_users: cli.offline_users,
     };
     // SAFETY: fds 0 and 1 are the console init gave us; dup them so the session's own
     // handles close independently of the standard streams.
