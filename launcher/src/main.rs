@@ -11,7 +11,7 @@ use launcher::network::Attachment;
 use support::logger::{level_from_env, Logger};
 use vmm::devices::legacy::serial::FlushingWriter;
 use vmm::display::DisplayConfig;
-use vmm::input::{InputConfig, InputKind, InputQueue};
+use vmm::input::{InputConfig, InputQueue};
 use vmm::{ConsoleConfig, DiskConfig, DiskSource, KernelConfig, MachineConfig, NetConfig};
 
 #[derive(Parser)]
@@ -351,18 +351,7 @@ fn main() {
                 sink: d.clone(),
             }),
             inputs: if headless.is_some() {
-                vec![
-                    InputConfig {
-                        kind: InputKind::Keyboard,
-                        name: "Collective keyboard".into(),
-                        queue: InputQueue::new(),
-                    },
-                    InputConfig {
-                        kind: InputKind::Tablet,
-                        name: "Collective tablet".into(),
-                        queue: InputQueue::new(),
-                    },
-                ]
+                InputConfig::keyboard_and_tablet(InputQueue::new(), InputQueue::new())
             } else {
                 Vec::new()
             },

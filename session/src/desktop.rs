@@ -16,7 +16,7 @@ use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use vmm::display::{CursorImage, DisplayConfig, DisplaySink, Framebuffer};
-use vmm::input::{InputConfig, InputKind, InputQueue};
+use vmm::input::{InputConfig, InputQueue};
 
 /// Whether `tty` is a virtual terminal on the PC's screen (`/dev/tty1`..), as opposed to
 /// a serial line: only a person at the PC gets the seat.
@@ -177,18 +177,7 @@ impl Graphics {
                 edid: self.edid.clone(),
                 sink: self.sink.clone(),
             },
-            vec![
-                InputConfig {
-                    kind: InputKind::Keyboard,
-                    name: "Collective keyboard".into(),
-                    queue: self.keyboard.clone(),
-                },
-                InputConfig {
-                    kind: InputKind::Tablet,
-                    name: "Collective tablet".into(),
-                    queue: self.tablet.clone(),
-                },
-            ],
+            InputConfig::keyboard_and_tablet(self.keyboard.clone(), self.tablet.clone()),
         )
     }
 }

@@ -91,6 +91,26 @@ pub struct InputConfig {
     pub queue: InputQueue,
 }
 
+impl InputConfig {
+    /// What a graphical appliance gets from a seat: a keyboard, and a tablet (an absolute
+    /// pointer, so that the seat keeps the pointer's position across switches), fed by
+    /// these queues and named by the device's defaults.
+    pub fn keyboard_and_tablet(keyboard: InputQueue, tablet: InputQueue) -> Vec<InputConfig> {
+        vec![
+            InputConfig {
+                kind: InputKind::Keyboard,
+                name: String::new(),
+                queue: keyboard,
+            },
+            InputConfig {
+                kind: InputKind::Tablet,
+                name: String::new(),
+                queue: tablet,
+            },
+        ]
+    }
+}
+
 type LedCallback = Box<dyn Fn(u32) + Send + Sync>;
 
 struct Pending {
